@@ -32,8 +32,15 @@ type Module struct {
 	Name       string
 	Start, End uint64 // live address range of its code
 	Bias       uint64 // live address = link-time address + Bias
-	Go         *gopcln.Table // nil unless a Go binary
-	CFI        *cfi.Table    // nil when it has no .eh_frame
+	// Pclntab is the Go pclntab section's bytes (nil unless a Go binary).
+	Pclntab []byte
+	// EHFrame is the .eh_frame section's bytes (nil when absent), whose
+	// first byte lies at link-time address EHFrameAddr.
+	EHFrame     []byte
+	EHFrameAddr uint64
+	// implementation fields (lazily parsed tables)
+	goTab  *gopcln.Table
+	cfiTab *cfi.Table
 }
 
 // Frame is one frame of a stack, innermost first.

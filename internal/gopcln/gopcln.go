@@ -19,12 +19,12 @@ type Func struct {
 // runtime abi.FuncID values that unwinding cares about (stable since 1.21,
 // verified by the tests against each toolchain's runtime).
 const (
-	FuncIDNormal       = 0
-	FuncIDAsmcgocall   = 2 // values of the enum in internal/abi/symtab.go
-	FuncIDGoexit       = 7 // fill in: the helper must verify each against the real enum
-	FuncIDMstart       = 11
-	FuncIDRt0Go        = 16
-	FuncIDSystemstack  = 19
+	FuncIDNormal      = 0
+	FuncIDAsmcgocall  = 2 // values of the enum in internal/abi/symtab.go
+	FuncIDGoexit      = 7 // fill in: the helper must verify each against the real enum
+	FuncIDMstart      = 11
+	FuncIDRt0Go       = 16
+	FuncIDSystemstack = 19
 )
 
 // runtime abi.FuncFlag bits.

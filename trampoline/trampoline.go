@@ -81,5 +81,15 @@ type Arch interface {
 	Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error)
 }
 
-// ForMachine returns the Arch for an ELF machine.
-func ForMachine(m elf.Machine) (Arch, error) { panic("todo") }
+// ForMachine returns the Arch for an ELF machine. Machines without an encoder
+// (arm64 for now) give an *Error wrapping ErrUnsupportedArch.
+func ForMachine(m elf.Machine) (Arch, error) {
+	switch m {
+	case elf.EM_X86_64:
+		return AMD64{}, nil
+	}
+	return nil, &Error{
+		Err:    ErrUnsupportedArch,
+		Detail: fmt.Sprintf("no jump encoder or relocator for ELF machine %v; only %v is supported", m, elf.EM_X86_64),
+	}
+}

@@ -1,0 +1,29 @@
+# make test is the project's single test entry point; .ci/run calls exactly it.
+# It installs what the tests need on a fresh Debian machine, then vets and
+# tests every package.
+
+GO ?= go
+GOTEST_FLAGS ?= -count=1 -timeout 20m
+
+.PHONY: test deps vet unit demo
+
+test: deps vet
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# deps installs the packages the tests build fixtures with.
+deps:
+	@missing=""; \
+	for tool in gcc gdb readelf; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev gdb binutils >/dev/null; \
+	fi
+
+demo:
+	$(GO) run ./examples/hotpatch demo

@@ -1,0 +1,118 @@
+// Package consistency is the safety model of a patch: it takes a snapshot of
+// every task of a stopped target (threads now; goroutines are tasks too in Go
+// targets) with its unwound stack, and decides whether any task is executing
+// in, or will return into, a function that is about to change. StopAndCheck
+// drives the stop-check-act-resume cycle with retries and backoff.
+package consistency
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
+)
+
+// ErrBlocked is matched by *BlockedError.
+var ErrBlocked = errors.New("activeness check failed")
+
+// Task is one schedulable unit of the target with its stack.
+type Task struct {
+	// Kind is "thread".
+	Kind string
+	// ID is the thread ID.
+	ID    int
+	Stack unwind.Stack
+}
+
+func (t Task) String() string { return fmt.Sprintf("%s %d", t.Kind, t.ID) }
+
+// Snapshot is every task of a stopped target.
+type Snapshot struct {
+	Tasks []Task
+}
+
+// Region is code that is about to change: a function, and the bytes of it
+// that will be overwritten.
+type Region struct {
+	Name       string
+	Start, End uint64 // the function, [Start, End)
+}
+
+// Blocker is a task that makes a change unsafe now.
+type Blocker struct {
+	Task Task
+	// Func is the region's name; "" for an unreliable stack.
+	Func string
+	// Frame is the index of the frame that is inside Func (0: the task is
+	// executing there; >0: Func is a caller that will be returned into).
+	Frame int
+	// Reason says it in words.
+	Reason string
+}
+
+// Check returns every task that blocks changing the regions: a task whose
+// program counter or any return address on its stack lies inside a region,
+// and every task whose stack could not be unwound reliably (a stack we are
+// not sure of is never assumed clean).
+func Check(s Snapshot, regions []Region) []Blocker {
+	var out []Blocker
+	for _, t := range s.Tasks {
+		blocked := false
+		for i, f := range t.Stack.Frames {
+			for _, r := range regions {
+				if f.PC >= r.Start && f.PC < r.End {
+					reason := fmt.Sprintf("executing in %s", r.Name)
+					if i > 0 {
+						reason = fmt.Sprintf("%s is on its stack (frame %d), it will return into it", r.Name, i)
+					}
+					out = append(out, Blocker{Task: t, Func: r.Name, Frame: i, Reason: reason})
+					blocked = true
+				}
+			}
+		}
+		if !t.Stack.Reliable && !blocked {
+			out = append(out, Blocker{Task: t, Frame: -1, Reason: "stack unreliable: " + t.Stack.Reason})
+		}
+	}
+	return out
+}
+
+// BlockedError is a refusal because tasks stayed in the functions being
+// changed until the deadline.
+type BlockedError struct {
+	Blockers []Blocker
+	Attempts int
+	// Symbolize formats an address for the report (may be nil).
+	Symbolize func(uint64) string
+}
+
+// Is reports target == ErrBlocked.
+func (e *BlockedError) Is(target error) bool { return target == ErrBlocked }
+
+func (e *BlockedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v after %d attempts: %d blocking task(s); retry later, raise --timeout, or patch functions that are not in use:", ErrBlocked, e.Attempts, len(e.Blockers))
+	for _, bl := range e.Blockers {
+		fmt.Fprintf(&b, "\n  %s: %s", bl.Task, bl.Reason)
+		b.WriteString(FormatStack(bl.Task.Stack, e.Symbolize, "\n      "))
+	}
+	return b.String()
+}
+
+// FormatStack renders a stack, one frame per line, each line preceded by
+// prefix.
+func FormatStack(s unwind.Stack, symbolize func(uint64) string, prefix string) string {
+	var b strings.Builder
+	for i, f := range s.Frames {
+		name := fmt.Sprintf("%#x", f.PC)
+		if symbolize != nil {
+			name = symbolize(f.PC)
+		}
+		fmt.Fprintf(&b, "%s#%-2d %#016x %s", prefix, i, f.PC, name)
+	}
+	if !s.Reliable {
+		fmt.Fprintf(&b, "%s(unreliable: %s)", prefix, s.Reason)
+	}
+	return b.String()
+}

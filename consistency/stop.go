@@ -1,0 +1,96 @@
+package consistency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
+)
+
+// Take unwinds every thread of a stopped process.
+func Take(p *tracee.Process, u *unwind.Unwinder) (Snapshot, error) {
+	var s Snapshot
+	for _, tid := range p.Threads() {
+		regs, err := p.GetRegs(tid)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, err)
+		}
+		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Stack: u.Unwind(p, regs.DWARF())})
+	}
+	return s, nil
+}
+
+// Policy says how long to keep trying when tasks block.
+type Policy struct {
+	// Timeout bounds the whole attempt (0: a single attempt).
+	Timeout time.Duration
+	// Backoff is the first wait between attempts; it doubles up to
+	// MaxBackoff.
+	Backoff, MaxBackoff time.Duration
+}
+
+// Result describes a successful StopAndCheck.
+type Result struct {
+	// Pause is how long the target was stopped for the successful attempt.
+	Pause time.Duration
+	// Attempts counts the pauses, including refused ones.
+	Attempts int
+}
+
+// StopAndCheck stops every thread, unwinds each and checks the regions. When
+// no task blocks it calls act with the target still stopped, then resumes it;
+// the pause reported covers exactly that stop. When tasks block it resumes
+// everyone at once and retries with backoff until the policy's timeout, then
+// returns a *BlockedError naming the blockers. An error from act is returned
+// as is (act must leave the target as it found it when it fails).
+func StopAndCheck(ctx context.Context, p *tracee.Process, u *unwind.Unwinder, regions []Region, pol Policy, symbolize func(uint64) string, act func(Snapshot) error) (Result, error) {
+	if pol.Backoff <= 0 {
+		pol.Backoff = time.Millisecond
+	}
+	if pol.MaxBackoff <= 0 {
+		pol.MaxBackoff = 100 * time.Millisecond
+	}
+	deadline := time.Now().Add(pol.Timeout)
+	wait := pol.Backoff
+	var res Result
+	for {
+		res.Attempts++
+		start := time.Now()
+		if err := p.Stop(); err != nil {
+			return res, err
+		}
+		snap, err := Take(p, u)
+		var blockers []Blocker
+		if err == nil {
+			blockers = Check(snap, regions)
+			if len(blockers) == 0 {
+				err = act(snap)
+			}
+		}
+		rerr := p.Resume()
+		res.Pause = time.Since(start)
+		if err != nil {
+			return res, errors.Join(err, rerr)
+		}
+		if rerr != nil {
+			return res, rerr
+		}
+		if len(blockers) == 0 {
+			return res, nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return res, &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize}
+		}
+		select {
+		case <-ctx.Done():
+			return res, fmt.Errorf("consistency: %w (last attempt: %v)", ctx.Err(), &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize})
+		case <-time.After(wait):
+		}
+		if wait *= 2; wait > pol.MaxBackoff {
+			wait = pol.MaxBackoff
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package patch
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+)
+
+// reach is how far a direct jump reaches on x86-64 (rel32), with a margin
+// for the size of the mapping and the code around it.
+const reach = 1<<31 - 1<<24
+
+// lowest address we try to map at (vm.mmap_min_addr is 64 KiB by default).
+const minMapAddr = 1 << 20
+
+// mapNear maps size bytes of read+execute memory in the target, as close to
+// addr as the address space allows (within direct-jump reach when
+// possible), and returns its address. The memory is written through
+// /proc/PID/mem, never made writable, so targets that forbid writable and
+// executable mappings can still be patched.
+func (t *Target) mapNear(addr, size uint64) (uint64, error) {
+	maps, err := elfsym.ReadMappings(t.pid)
+	if err != nil {
+		return 0, err
+	}
+	const prot = tracee.ProtRead | tracee.ProtExec
+	for _, cand := range nearGaps(maps, addr, size) {
+		got, err := t.proc.Mmap(cand, size, prot, tracee.MapPrivate|tracee.MapAnonymous|tracee.MapFixedNoreplace)
+		if err == nil {
+			return got, nil
+		}
+		var se *tracee.SyscallError
+		if !errors.As(err, &se) {
+			return 0, err // not a refusal of this address: give up
+		}
+	}
+	// No gap within reach (or MAP_FIXED_NOREPLACE unsupported): take any
+	// address; the jumps will use the long form.
+	got, err := t.proc.Mmap(0, size, prot, tracee.MapPrivate|tracee.MapAnonymous)
+	if err != nil {
+		return 0, fmt.Errorf("map %d bytes of patch memory in the target: %w", size, err)
+	}
+	return got, nil
+}
+
+// nearGaps returns candidate page-aligned addresses for a mapping of size
+// bytes in the holes between mappings, nearest to addr first, each within
+// direct-jump reach of addr.
+func nearGaps(maps []elfsym.Mapping, addr, size uint64) []uint64 {
+	sorted := append([]elfsym.Mapping(nil), maps...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Start < sorted[j].Start })
+	var cands []uint64
+	prevEnd := uint64(minMapAddr)
+	const guard = pageSize // leave a page between us and our neighbours
+	consider := func(lo, hi uint64) {
+		lo += guard
+		if hi < guard+size || lo > hi-guard-size {
+			return
+		}
+		hi -= guard + size // highest start
+		// The start nearest addr within [lo, hi].
+		start := addr
+		if start < lo {
+			start = lo
+		}
+		if start > hi {
+			start = hi
+		}
+		start &^= pageSize - 1
+		if start < lo {
+			start += pageSize
+		}
+		if start > hi {
+			return
+		}
+		if dist(start, addr) < reach && dist(start+size, addr) < reach {
+			cands = append(cands, start)
+		}
+	}
+	for _, m := range sorted {
+		if m.Start > prevEnd {
+			consider(prevEnd, m.Start)
+		}
+		if m.End > prevEnd {
+			prevEnd = m.End
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool { return dist(cands[i], addr) < dist(cands[j], addr) })
+	if len(cands) > 8 {
+		cands = cands[:8]
+	}
+	return cands
+}
+
+func dist(a, b uint64) uint64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}

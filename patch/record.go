@@ -1,0 +1,156 @@
+package patch
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/elfsym"
+)
+
+// The record of a patch lives in the target, at the start of the patch
+// memory the patch mapped there, so that any later tool can find it by
+// scanning the target's anonymous executable mappings:
+//
+//	0   magic "HOTPATCH"
+//	8   u32 format version (1)
+//	12  u32 state (see State*)
+//	16  u32 length of the JSON record
+//	20  u32 CRC-32 (IEEE) of the JSON record
+//	24  u64 size of the mapping
+//	32  JSON record (type Record)
+//	... thunks, at thunkOffset
+const (
+	recordMagic    = "HOTPATCH"
+	recordVersion  = 1
+	recordHdrSize  = 32
+	stateOffset    = 12
+	pageSize       = 4096
+	thunkSlotAlign = 16
+)
+
+// States of a record, stored as the u32 at offset 12.
+const (
+	statePrepared uint32 = 1 // memory and thunks written, no jump yet
+	stateApplied  uint32 = 2 // jumps written
+	stateReverted uint32 = 3 // original bytes restored
+)
+
+func stateName(s uint32) string {
+	switch s {
+	case statePrepared:
+		return "prepared"
+	case stateApplied:
+		return "applied"
+	case stateReverted:
+		return "reverted"
+	}
+	return fmt.Sprintf("state(%d)", s)
+}
+
+// Bytes is a byte slice that marshals as hex.
+type Bytes []byte
+
+// MarshalJSON encodes b as a hex string.
+func (b Bytes) MarshalJSON() ([]byte, error) { return json.Marshal(hex.EncodeToString(b)) }
+
+// UnmarshalJSON decodes a hex string.
+func (b *Bytes) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := json.Unmarshal(data, &s); err != nil {
+		return err
+	}
+	d, err := hex.DecodeString(s)
+	*b = d
+	return err
+}
+
+// Function is one replaced function of a patch.
+type Function struct {
+	// Old and New are the symbol names; OldAddr and NewAddr their entries.
+	Old     string `json:"old"`
+	OldAddr uint64 `json:"old_addr"`
+	New     string `json:"new"`
+	NewAddr uint64 `json:"new_addr"`
+	NewSize uint64 `json:"new_size"`
+	// Module is the path of the object that defines Old, and BuildID its
+	// GNU build ID.
+	Module  string `json:"module"`
+	BuildID string `json:"build_id,omitempty"`
+	// PatchAddr is where the jump is written (OldAddr, or after endbr64).
+	PatchAddr uint64 `json:"patch_addr"`
+	// Original is the bytes the jump replaced; Jump is what was written.
+	Original Bytes `json:"original"`
+	Jump     Bytes `json:"jump"`
+	// ThunkAddr is the relocated original ("call the original").
+	ThunkAddr uint64 `json:"thunk_addr"`
+}
+
+// Record describes a patch as the target holds it.
+type Record struct {
+	ID        string     `json:"id"`
+	Created   time.Time  `json:"created"`
+	Functions []Function `json:"functions"`
+	// State is "applied", "prepared" (inert: no jump written), "partial"
+	// (some jumps written: a patcher died mid-write) or "reverted". It is
+	// derived from the code bytes when the record is read.
+	State string `json:"state"`
+	// Region and RegionSize locate the patch memory in the target.
+	Region     uint64 `json:"region"`
+	RegionSize uint64 `json:"region_size"`
+}
+
+func encodeRecord(r *Record, state uint32) ([]byte, error) {
+	js, err := json.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, recordHdrSize+len(js))
+	copy(b, recordMagic)
+	binary.LittleEndian.PutUint32(b[8:], recordVersion)
+	binary.LittleEndian.PutUint32(b[12:], state)
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(js)))
+	binary.LittleEndian.PutUint32(b[20:], crc32.ChecksumIEEE(js))
+	binary.LittleEndian.PutUint64(b[24:], r.RegionSize)
+	copy(b[recordHdrSize:], js)
+	return b, nil
+}
+
+// readRecord reads the record at the start of a mapping; ok is false when
+// the mapping is not patch memory.
+func readRecord(mem readerAt, m elfsym.Mapping) (rec *Record, state uint32, ok bool, err error) {
+	hdr := make([]byte, recordHdrSize)
+	if _, err := mem.ReadAt(hdr, int64(m.Start)); err != nil {
+		return nil, 0, false, nil // unreadable: not ours
+	}
+	if string(hdr[:8]) != recordMagic {
+		return nil, 0, false, nil
+	}
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != recordVersion {
+		return nil, 0, true, fmt.Errorf("patch memory at %#x has record format %d, this tool reads %d: use the matching hotpatch version", m.Start, v, recordVersion)
+	}
+	state = binary.LittleEndian.Uint32(hdr[12:])
+	n := binary.LittleEndian.Uint32(hdr[16:])
+	if uint64(n) > m.End-m.Start-recordHdrSize {
+		return nil, 0, true, fmt.Errorf("patch memory at %#x: record length %d exceeds the mapping", m.Start, n)
+	}
+	js := make([]byte, n)
+	if _, err := mem.ReadAt(js, int64(m.Start)+recordHdrSize); err != nil {
+		return nil, 0, true, fmt.Errorf("patch memory at %#x: %w", m.Start, err)
+	}
+	if crc32.ChecksumIEEE(js) != binary.LittleEndian.Uint32(hdr[20:]) {
+		return nil, 0, true, fmt.Errorf("patch memory at %#x: record checksum mismatch (corrupted)", m.Start)
+	}
+	rec = new(Record)
+	if err := json.Unmarshal(js, rec); err != nil {
+		return nil, 0, true, fmt.Errorf("patch memory at %#x: %w", m.Start, err)
+	}
+	return rec, state, true, nil
+}
+
+type readerAt interface {
+	ReadAt(p []byte, off int64) (int, error)
+}

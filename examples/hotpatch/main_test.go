@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+var hotpatchBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hotpatch-cli-")
+	if err != nil {
+		panic(err)
+	}
+	hotpatchBin = filepath.Join(dir, "hotpatch")
+	if out, err := exec.Command("go", "build", "-o", hotpatchBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build hotpatch: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// hotpatch runs the CLI as its own process.
+func hotpatch(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(hotpatchBin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run hotpatch: %v", err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestCLIApplyStatusRevert(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2"))
+	pid := fmt.Sprint(p.Pid)
+	p.Expect(t, regexp.MustCompile(`^result 2`), 10*time.Second)
+
+	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--replace", "compute=compute_fixed", "--json")
+	require.Equal(t, 0, code, errOut)
+	var applied struct {
+		ID        string `json:"id"`
+		Functions []struct {
+			Old string `json:"old"`
+			New string `json:"new"`
+		} `json:"functions"`
+		PauseUS *int64 `json:"pause_us"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &applied), out)
+	require.Regexp(t, `^hp-[0-9a-f]{8}$`, applied.ID)
+	require.Len(t, applied.Functions, 1)
+	require.Equal(t, "compute", applied.Functions[0].Old)
+	require.NotNil(t, applied.PauseUS)
+	require.Greater(t, *applied.PauseUS, int64(0))
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^result 3`), 10*time.Second)
+
+	// status from a new process sees the patch, in JSON and as a table.
+	out, errOut, code = hotpatch(t, "status", "--pid", pid, "--json")
+	require.Equal(t, 0, code, errOut)
+	var status struct {
+		Patches []struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+		} `json:"patches"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &status), out)
+	require.Len(t, status.Patches, 1)
+	require.Equal(t, applied.ID, status.Patches[0].ID)
+	require.Equal(t, "applied", status.Patches[0].State)
+	out, _, code = hotpatch(t, "status", "--pid", pid)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, applied.ID)
+	require.Contains(t, out, "compute -> compute_fixed")
+
+	// A second apply of the same function is refused with exit status 1.
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--replace", "compute=compute_fixed", "--json")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "already applied")
+	require.Contains(t, out, `"code": "already_applied"`)
+
+	out, errOut, code = hotpatch(t, "revert", "--pid", pid, "--id", applied.ID)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "reverted "+applied.ID)
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^result 2`), 10*time.Second)
+
+	_, errOut, code = hotpatch(t, "revert", "--pid", pid, "--id", applied.ID)
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "not applied")
+
+	// apply text output names the ID and the pause; revert --all undoes it.
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--replace", "compute=compute_fixed")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `applied hp-[0-9a-f]{8}: 1 function\(s\), pause \d+ us`, out)
+	out, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, `"reverted"`)
+	out, _, _ = hotpatch(t, "status", "--pid", pid)
+	require.Contains(t, out, "no patches")
+}
+
+func TestCLISymsAndThreads(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2", "-fomit-frame-pointer"))
+	pid := fmt.Sprint(p.Pid)
+	out, errOut, code := hotpatch(t, "syms", "--pid", pid, "compute")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)^0x[0-9a-f]+\s+\d+\s+\d+\s+\S+\s+compute$`, out)
+	require.Regexp(t, `(?m)\scompute_fixed$`, out)
+
+	time.Sleep(50 * time.Millisecond)
+	out, errOut, code = hotpatch(t, "threads", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	// 1 main + 4 sleepers + 1 reader, each with a symbolized stack.
+	require.Equal(t, 6, strings.Count(out, "thread "), out)
+	require.Contains(t, out, "slow_read+")
+	require.Contains(t, out, "sleeper+")
+	require.Contains(t, out, "main+")
+}
+
+func TestCLIErrors(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2"))
+	pid := fmt.Sprint(p.Pid)
+	tests := []struct {
+		args     []string
+		code     int
+		inStderr string
+	}{
+		{[]string{}, 2, "usage"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"apply", "--replace", "a=b"}, 2, "--pid is required"},
+		{[]string{"apply", "--pid", pid}, 2, "--replace"},
+		{[]string{"apply", "--pid", pid, "--replace", "nonsense"}, 2, "OLD=NEW"},
+		{[]string{"revert", "--pid", pid}, 2, "--id ID or --all"},
+		{[]string{"status", "--pid", "999999999"}, 1, "no such process"},
+		{[]string{"apply", "--pid", pid, "--replace", "nope=compute_fixed"}, 1, "unknown symbol"},
+		{[]string{"apply", "--pid", pid, "--replace", "tiny=compute_fixed"}, 1, "too short"},
+		{[]string{"revert", "--pid", pid, "--id", "hp-12345678"}, 1, "not applied"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, errOut, code := hotpatch(t, tt.args...)
+			require.Equal(t, tt.code, code, errOut)
+			require.Contains(t, errOut, tt.inStderr)
+		})
+	}
+}
+
+func TestDemo(t *testing.T) {
+	out, errOut, code := hotpatch(t, "demo")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	require.Contains(t, out, `GET -> "Helo, operator!"`)
+	require.Contains(t, out, `GET -> "Hello, operator!"`)
+	require.Regexp(t, `requests served \(\d+ of them by the fix\), 0 failed`, out)
+}

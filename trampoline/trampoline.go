@@ -34,6 +34,9 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	if e.Func == "" && e.Addr == 0 {
+		return fmt.Sprintf("trampoline: %v: %s", e.Err, e.Detail)
+	}
 	return fmt.Sprintf("trampoline: %s at %#x: %v: %s", e.Func, e.Addr, e.Err, e.Detail)
 }
 
@@ -62,10 +65,22 @@ type Plan struct {
 	// Jump is the bytes written at Addr.
 	Jump []byte
 	// ThunkAddr and Thunk: the relocated displaced instructions followed by a
-	// jump back to the rest of the original function. Calling ThunkAddr
-	// behaves as calling the unpatched function.
+	// jump back to the rest of the original function (or by int3 when the
+	// displaced instructions were the whole function). Calling ThunkAddr
+	// behaves as calling the unpatched function, except that a branch of the
+	// original back to its own entry reaches the jump (Go's stack-growth
+	// path does this). On x86-64 a kept endbr64 is repeated at ThunkAddr.
 	ThunkAddr uint64
 	Thunk     []byte
+}
+
+// Overwrites reports whether pc lies strictly inside the bytes the jump
+// overwrites, (Addr, Addr+len(Jump)). A thread or goroutine stopped there, or
+// a return address there on any stack (a displaced call), would resume in
+// the middle of the jump, so the jump must not be written while one exists.
+// A pc equal to Addr is safe: it executes the jump.
+func (p *Plan) Overwrites(pc uint64) bool {
+	return pc > p.Addr && pc < p.Addr+uint64(len(p.Jump))
 }
 
 // Arch encodes and relocates code for one architecture.

@@ -54,7 +54,7 @@ func Example() {
 		return
 	}
 	fmt.Println("applied", len(res.Functions), "function(s)")
-	for !strings.HasPrefix(next("result"), "result 3") { // x*3+1 now
+	for l := next("result"); l != "" && !strings.HasPrefix(l, "result 3"); l = next("result") { // x*3+1 now
 	}
 	fmt.Println("output changed")
 
@@ -62,7 +62,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	for !strings.HasPrefix(next("result"), "result 2") { // x*2 again
+	for l := next("result"); l != "" && !strings.HasPrefix(l, "result 2"); l = next("result") { // x*2 again
 	}
 	fmt.Println("reverted")
 	// Output:

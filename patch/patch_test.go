@@ -256,4 +256,3 @@ func BenchmarkApplyC(b *testing.B) {
 	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
 	b.ReportMetric(float64(revert.Microseconds())/float64(b.N), "revert-pause-us")
 }
-

@@ -34,6 +34,10 @@ type Module struct {
 	Bias       uint64 // live address = link-time address + Bias
 	// Pclntab is the Go pclntab section's bytes (nil unless a Go binary).
 	Pclntab []byte
+	// GoTextStart is the link-time address the pclntab's function entry
+	// offsets are relative to (Go 1.26 writes 0 in the pclntab header, so
+	// it comes from the ELF file: runtime.text or the module data).
+	GoTextStart uint64
 	// EHFrame is the .eh_frame section's bytes (nil when absent), whose
 	// first byte lies at link-time address EHFrameAddr.
 	EHFrame     []byte

@@ -1,0 +1,570 @@
+package elfsym
+
+import (
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseMappings(t *testing.T) {
+	tests := []struct {
+		name string
+		line string
+		want Mapping
+	}{
+		{"file", "55d1c4a00000-55d1c4a02000 r-xp 00002000 fd:01 1234567                    /usr/bin/cat",
+			Mapping{Start: 0x55d1c4a00000, End: 0x55d1c4a02000, Perms: "r-xp", Offset: 0x2000, Dev: "fd:01", Inode: 1234567, Path: "/usr/bin/cat"}},
+		{"anonymous", "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 ",
+			Mapping{Start: 0x7f0000000000, End: 0x7f0000001000, Perms: "rw-p", Dev: "00:00"}},
+		{"anonymous no trailing space", "7f0000000000-7f0000001000 ---p 00000000 00:00 0",
+			Mapping{Start: 0x7f0000000000, End: 0x7f0000001000, Perms: "---p", Dev: "00:00"}},
+		{"spaces in path", "400000-401000 r-xp 00000000 08:02 42     /tmp/my dir/a  b",
+			Mapping{Start: 0x400000, End: 0x401000, Perms: "r-xp", Dev: "08:02", Inode: 42, Path: "/tmp/my dir/a  b"}},
+		{"deleted", "400000-401000 r-xp 00001000 08:02 42   /tmp/old bin (deleted)",
+			Mapping{Start: 0x400000, End: 0x401000, Perms: "r-xp", Offset: 0x1000, Dev: "08:02", Inode: 42, Path: "/tmp/old bin", Deleted: true}},
+		{"vdso", "7ffd5c9f4000-7ffd5c9f6000 r-xp 00000000 00:00 0                          [vdso]",
+			Mapping{Start: 0x7ffd5c9f4000, End: 0x7ffd5c9f6000, Perms: "r-xp", Dev: "00:00", Path: "[vdso]"}},
+		{"memfd", "7f1-7f2 r--s 00000000 00:01 77 /memfd:wayland-shm (deleted)",
+			Mapping{Start: 0x7f1, End: 0x7f2, Perms: "r--s", Dev: "00:01", Inode: 77, Path: "/memfd:wayland-shm", Deleted: true}},
+		{"vsyscall", "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
+			Mapping{Start: 0xffffffffff600000, End: 0xffffffffff601000, Perms: "--xp", Dev: "00:00", Path: "[vsyscall]"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ms, err := ParseMappings(strings.NewReader(tc.line + "\n"))
+			require.NoError(t, err)
+			require.Len(t, ms, 1)
+			assert.Equal(t, tc.want, ms[0])
+		})
+	}
+
+	bad := []struct{ name, text, want string }{
+		{"no dash", "ok-1 r-xp 0 00:00 0\n", "line 1"},
+		{"bad start", "zz-1000 r-xp 00000000 00:00 0\n", "line 1"},
+		{"short perms", "1000-2000 r-x 00000000 00:00 0\n", "line 1"},
+		{"missing inode", "1000-2000 r-xp 00000000 00:00\n", "line 1"},
+		{"bad inode on line 3", "1000-2000 r-xp 00000000 00:00 0\n\n3000-4000 r-xp 00000000 00:00 x /a\n", "line 3"},
+		{"end below start", "2000-1000 r-xp 00000000 00:00 0\n", "line 1"},
+		{"bad device", "1000-2000 r-xp 00000000 0000 0\n", "line 1"},
+	}
+	for _, tc := range bad {
+		t.Run("error/"+tc.name, func(t *testing.T) {
+			_, err := ParseMappings(strings.NewReader(tc.text))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestReadMappingsSelf(t *testing.T) {
+	ms, err := ReadMappings(os.Getpid())
+	require.NoError(t, err)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	found := false
+	for _, m := range ms {
+		if m.Path == exe && m.exec() {
+			found = true
+		}
+	}
+	assert.True(t, found, "own executable %s not in maps", exe)
+}
+
+func TestFillerLen(t *testing.T) {
+	tests := []struct {
+		name string
+		code []byte
+		want int
+	}{
+		{"int3", []byte{0xcc}, 1},
+		{"nop", []byte{0x90}, 1},
+		{"xchg ax,ax", []byte{0x66, 0x90}, 2},
+		{"nop eax reg", []byte{0x0f, 0x1f, 0xc0}, 3},
+		{"nopl (rax)", []byte{0x0f, 0x1f, 0x00}, 3},
+		{"nopl 0(rax)", []byte{0x0f, 0x1f, 0x40, 0x00}, 4},
+		{"nopl 0(rax,rax)", []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}, 5},
+		{"nopw 0(rax,rax)", []byte{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00}, 6},
+		{"nopl 0L(rax)", []byte{0x0f, 0x1f, 0x80, 0, 0, 0, 0}, 7},
+		{"nopl 0L(rax,rax)", []byte{0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0}, 8},
+		{"nopw 0L(rax,rax)", []byte{0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0}, 9},
+		{"cs nopw", []byte{0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0}, 10},
+		{"data16 cs nopw", []byte{0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0}, 11},
+		{"ret", []byte{0xc3}, 0},
+		{"endbr64", []byte{0xf3, 0x0f, 0x1e, 0xfa}, 0},
+		{"0f 1f /1 is not a nop", []byte{0x0f, 0x1f, 0x48, 0x00}, 0},
+		{"truncated", []byte{0x0f, 0x1f, 0x44, 0x00}, 0},
+		{"66 alone", []byte{0x66}, 0},
+		{"cs 90", []byte{0x2e, 0x90}, 0},
+		{"mov", []byte{0x48, 0x89, 0xe5}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, fillerLen(tc.code))
+		})
+	}
+	assert.Equal(t, 1+2+10, fillerRun([]byte{0xcc, 0x66, 0x90, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0x55, 0x90}))
+}
+
+// checkAgainstNM checks that every text symbol nm lists resolves to the
+// same address (plus bias) and size.
+func checkAgainstNM(t *testing.T, tab *Table, mod *Module, want map[string][]nmSym, bias uint64, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		defs := want[name]
+		require.Len(t, defs, 1, "nm definitions of %s", name)
+		s, err := tab.Lookup(name)
+		require.NoError(t, err, name)
+		assert.Equal(t, defs[0].addr+bias, s.Addr, "address of %s", name)
+		assert.Equal(t, defs[0].size, s.Size, "size of %s", name)
+		assert.Same(t, mod, s.Module, name)
+	}
+}
+
+// checkGoAsm checks that Go assembly functions, named NAME.abi0 in the
+// symtab, resolve under the pclntab's NAME too.
+func checkGoAsm(t *testing.T, tab *Table, want map[string][]nmSym, bias uint64) {
+	t.Helper()
+	// An assembly function with an ABIInternal wrapper resolves to its
+	// body; a Go function with an ABI0 wrapper resolves to the function.
+	for _, name := range []string{"runtime.asmcgocall", "runtime.goexit", "runtime.morestack", "runtime.rt0_go"} {
+		s, err := tab.Lookup(name)
+		require.NoError(t, err)
+		require.Len(t, want[name+".abi0"], 1, name)
+		assert.Equal(t, want[name+".abi0"][0].addr+bias, s.Addr, name)
+		assert.Equal(t, want[name+".abi0"][0].size, s.Size, name)
+	}
+	for _, name := range []string{"runtime.check", "runtime.newproc"} {
+		s, err := tab.Lookup(name)
+		require.NoError(t, err)
+		require.Len(t, want[name], 1, name)
+		require.Len(t, want[name+".abi0"], 1, name)
+		assert.Equal(t, want[name][0].addr+bias, s.Addr, name)
+	}
+}
+
+// checkSymbolize checks the address → name round trip of s. An address
+// symbolizes to one of the aliases defined there.
+func checkSymbolize(t *testing.T, tab *Table, s Symbol) {
+	t.Helper()
+	name := tab.Symbolize(s.Addr)
+	alias, err := tab.Lookup(s.Module.Name() + ":" + name)
+	require.NoError(t, err, name)
+	assert.Equal(t, s.Addr, alias.Addr, "%s and %s", s.Name, name)
+	if s.Size > 1 {
+		assert.Equal(t, fmt.Sprintf("%s+0x1", name), tab.Symbolize(s.Addr+1))
+	}
+	at, ok := tab.SymbolAt(s.Addr + s.Size - 1)
+	require.True(t, ok)
+	assert.Equal(t, s.Addr, at.Addr)
+	m, ok := tab.ModuleAt(s.Addr)
+	require.True(t, ok)
+	assert.Same(t, s.Module, m)
+}
+
+func TestLoadFileC(t *testing.T) {
+	dir := t.TempDir()
+	variants := []struct {
+		name     string
+		flags    []string
+		strip    string
+		wantType elf.Type
+	}{
+		{"pie", []string{"-fPIE", "-pie", "-rdynamic"}, "", elf.ET_DYN},
+		{"nopie", []string{"-fno-pie", "-no-pie", "-rdynamic"}, "", elf.ET_EXEC},
+		{"pie-strip-unneeded", []string{"-fPIE", "-pie", "-rdynamic"}, "--strip-unneeded", elf.ET_DYN},
+		{"nopie-strip-all", []string{"-fno-pie", "-no-pie", "-rdynamic"}, "-s", elf.ET_EXEC},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			bin := buildC(t, dir, "c-"+v.name, cProgSrc, v.flags...)
+			full := nm(t, false, bin) // before stripping
+			if v.strip != "" {
+				need(t, "strip")
+				run(t, "", "strip", v.strip, bin)
+			}
+			tab, err := LoadFile(bin)
+			require.NoError(t, err)
+			require.Len(t, tab.Modules, 1)
+			m := tab.Modules[0]
+			assert.Equal(t, uint64(0), m.Bias)
+			assert.Equal(t, elf.EM_X86_64, m.Machine)
+			assert.False(t, m.IsGo)
+			assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
+			assert.Len(t, m.BuildID, 40)
+
+			checkAgainstNM(t, tab, m, full, 0, "exported_add", "hp_dup", "main")
+			if v.strip == "" {
+				checkAgainstNM(t, tab, m, full, 0, "tiny", "after_tiny")
+				tiny, err := tab.Lookup("tiny")
+				require.NoError(t, err)
+				assert.NotZero(t, tiny.Padding, "tiny is followed by alignment filler")
+				end := tiny.Addr + tiny.Size + tiny.Padding
+				after, err := tab.Lookup("after_tiny")
+				require.NoError(t, err)
+				assert.True(t, end == after.Addr || end%8 == 0, "padding of tiny ends at %#x", end)
+				pad, err := m.Code(tiny.Addr+tiny.Size, int(tiny.Padding))
+				require.NoError(t, err)
+				assert.True(t, isFiller(pad), "padding bytes % x", pad)
+			} else {
+				_, err := tab.Lookup("tiny")
+				assert.ErrorIs(t, err, ErrUnknownSymbol)
+			}
+			s, err := tab.Lookup("exported_add")
+			require.NoError(t, err)
+			checkSymbolize(t, tab, s)
+			// Padding never runs into the next function.
+			for _, x := range tab.syms {
+				next, ok := tab.SymbolAt(x.Addr + x.Size + x.Padding)
+				if ok && next.Addr != x.Addr {
+					assert.GreaterOrEqual(t, next.Addr, x.Addr+x.Size+x.Padding, x.Name)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadFileGo(t *testing.T) {
+	dir := t.TempDir()
+	wantFull := nm(t, true, buildGo(t, dir, "go-default"))
+	type variant struct {
+		name  string
+		flags []string
+		ref   *variant // unstripped twin for nm
+	}
+	def := &variant{"default", nil, nil}
+	pie := &variant{"pie", []string{"-buildmode=pie"}, nil}
+	ext := &variant{"external", []string{"-ldflags=-linkmode=external"}, nil}
+	extPIE := &variant{"external-pie", []string{"-buildmode=pie", "-ldflags=-linkmode=external"}, nil}
+	variants := []*variant{
+		def,
+		{"stripped", []string{"-ldflags=-s -w"}, def},
+		pie,
+		{"pie-stripped", []string{"-buildmode=pie", "-ldflags=-s -w"}, pie},
+		ext,
+		{"external-stripped", []string{"-ldflags=-linkmode=external -s -w"}, ext},
+		extPIE,
+		{"external-pie-stripped", []string{"-buildmode=pie", "-ldflags=-linkmode=external -s -w"}, extPIE},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			if strings.Contains(strings.Join(v.flags, " "), "external") {
+				need(t, "gcc")
+			}
+			bin := buildGo(t, dir, "go-"+v.name, v.flags...)
+			want := wantFull
+			if v.ref != nil {
+				want = nm(t, true, buildGo(t, dir, "go-"+v.ref.name, v.ref.flags...))
+			} else if v != def {
+				want = nm(t, true, bin)
+			}
+			tab, err := LoadFile(bin)
+			require.NoError(t, err)
+			m := tab.Modules[0]
+			assert.True(t, m.IsGo)
+			assert.NotEmpty(t, m.GoBuildID)
+			assert.True(t, strings.HasPrefix(m.GoVersion, "go1."), m.GoVersion)
+			assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
+			assert.NotNil(t, m.pclntab)
+
+			checkAgainstNM(t, tab, m, want, 0, "main.work", "main.main", "runtime.mallocgc")
+			checkGoAsm(t, tab, want, 0)
+			// Every Go function's size, computed from the pclntab without
+			// the int3 filler, is the size the linker wrote to the symtab.
+			n := 0
+			for name, defs := range want {
+				if len(defs) != 1 || defs[0].size == 0 || len(want[name+".abi0"]) > 0 || strings.HasPrefix(name, "go:") ||
+					(v.ref != nil && (!strings.Contains(name, ".") || strings.HasSuffix(name, ".cold"))) { // C code of cgo: gone with the symtab
+					continue // an ABI pair: see checkGoAsm
+				}
+				if base, ok := strings.CutSuffix(name, ".abi0"); ok {
+					if len(want[base]) > 0 {
+						continue // an ABI pair: see checkGoAsm
+					}
+					if v.ref != nil {
+						name = base // the pclntab has no ABI suffixes
+					}
+				}
+				s, err := tab.Lookup(name)
+				if !assert.NoError(t, err) {
+					continue
+				}
+				assert.Equal(t, defs[0].addr, s.Addr, name)
+				assert.Equal(t, defs[0].size, s.Size, name)
+				n++
+			}
+			assert.Greater(t, n, 1000)
+			s, err := tab.Lookup("main.work")
+			require.NoError(t, err)
+			checkSymbolize(t, tab, s)
+			assert.NotZero(t, s.Padding, "main.work is a tiny function padded to 32 bytes")
+			assert.Zero(t, (s.Addr+s.Size+s.Padding)%32)
+			pad, err := m.Code(s.Addr+s.Size, int(s.Padding))
+			require.NoError(t, err)
+			assert.True(t, isFiller(pad), "% x", pad)
+		})
+	}
+}
+
+func TestLookupErrors(t *testing.T) {
+	dir := t.TempDir()
+	tab, err := LoadFile(buildC(t, dir, "prog", cProgSrc, "-rdynamic"))
+	require.NoError(t, err)
+	_, err = tab.Lookup("no_such_function")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	assert.Contains(t, err.Error(), "no_such_function")
+	assert.Contains(t, err.Error(), "hotpatch syms --pid")
+
+	_, err = tab.Lookup("exported")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	assert.Contains(t, err.Error(), "exported_add", "suggests a similar name")
+
+	_, err = tab.Lookup("prog:exported_add")
+	require.NoError(t, err)
+	_, err = tab.Lookup("other.so:exported_add")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+
+	assert.NotEmpty(t, tab.Search("tiny"))
+	for _, s := range tab.Search("_") {
+		assert.Contains(t, s.Name, "_")
+	}
+	assert.Equal(t, "0x4000000000000000", tab.Symbolize(1<<62))
+}
+
+func TestLiveC(t *testing.T) {
+	dir := t.TempDir()
+	lib := buildC(t, dir, "libhpa.so", cLibSrc, "-shared", "-fPIC")
+	require.NoError(t, os.Rename(lib, filepath.Join(dir, "libhpa.so")))
+	lib = filepath.Join(dir, "libhpa.so")
+	for _, pie := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pie=%v", pie), func(t *testing.T) {
+			flags := []string{"-DWITH_LIB", "-rdynamic", "-L" + dir, "-Wl,-rpath," + dir, "-Wl,--no-as-needed", "-lhpa"}
+			if pie {
+				flags = append(flags, "-fPIE", "-pie")
+			} else {
+				flags = append(flags, "-fno-pie", "-no-pie")
+			}
+			bin := buildC(t, dir, fmt.Sprintf("live-%v", pie), cProgSrc, flags...)
+			p := start(t, bin)
+			tab, err := Load(p.pid, p.mem)
+			require.NoError(t, err)
+			assert.Empty(t, tab.Warnings)
+
+			// The executable, first, at its independently computed bias.
+			exe := tab.Modules[0]
+			assert.Equal(t, bin, exe.Path)
+			base, _ := mapBase(t, p.pid, "/"+filepath.Base(bin))
+			wantBias := base - firstLoadVaddr(t, bin)
+			if !pie {
+				assert.Zero(t, wantBias)
+			}
+			assert.Equal(t, wantBias, exe.Bias)
+			assert.Equal(t, readelfBuildID(t, bin), exe.BuildID)
+			checkAgainstNM(t, tab, exe, nm(t, false, bin), wantBias, "exported_add", "main", "tiny")
+
+			// libc, by plain and by qualified name.
+			libcBase, libcPath := mapBase(t, p.pid, "/libc.so.6")
+			libcNM := nm(t, false, "-D", libcPath)
+			for _, name := range []string{"nanosleep", "libc.so.6:nanosleep", "printf"} {
+				s, err := tab.Lookup(name)
+				require.NoError(t, err, name)
+				short := name[strings.IndexByte(name, ':')+1:]
+				require.NotEmpty(t, libcNM[short], short)
+				assert.Equal(t, libcNM[short][0].addr+libcBase-firstLoadVaddr(t, libcPath), s.Addr, name)
+				assert.Equal(t, "libc.so.6", s.Module.Name())
+				checkSymbolize(t, tab, s)
+				code, err := s.Module.Code(s.Addr, int(s.Size))
+				require.NoError(t, err)
+				assert.Equal(t, p.read(t, s.Addr, int(s.Size)), code, "file bytes equal live bytes of %s", name)
+			}
+			assert.Equal(t, readelfBuildID(t, libcPath), tab.mustModule(t, "libc.so.6").BuildID)
+
+			// hp_dup is in the executable and in libhpa.so.
+			_, err = tab.Lookup("hp_dup")
+			var amb *AmbiguousError
+			require.ErrorAs(t, err, &amb)
+			require.ErrorIs(t, err, ErrAmbiguous)
+			assert.ElementsMatch(t, []string{filepath.Base(bin), "libhpa.so"}, amb.Modules)
+			sa, err := tab.Lookup("libhpa.so:hp_dup")
+			require.NoError(t, err)
+			se, err := tab.Lookup(filepath.Base(bin) + ":hp_dup")
+			require.NoError(t, err)
+			assert.NotEqual(t, sa.Addr, se.Addr)
+			libBase, _ := mapBase(t, p.pid, "/libhpa.so")
+			assert.Equal(t, nm(t, false, lib)["hp_dup"][0].addr+libBase, sa.Addr)
+			assert.Equal(t, nm(t, false, lib)["hp_dup"][0].addr+libBase, tab.Search("hp_dup")[len(tab.Search("hp_dup"))-1].Addr)
+
+			// The vDSO, read from memory.
+			vs, err := tab.Lookup("__vdso_clock_gettime")
+			require.NoError(t, err)
+			assert.Equal(t, "[vdso]", vs.Module.Path)
+			vm := tab.mustModule(t, "[vdso]")
+			assert.True(t, vs.Addr >= vm.TextStart && vs.Addr < vm.TextEnd)
+			code, err := vm.Code(vs.Addr, int(vs.Size))
+			require.NoError(t, err)
+			assert.Equal(t, p.read(t, vs.Addr, int(vs.Size)), code)
+			checkSymbolize(t, tab, vs)
+			cg, err := tab.Lookup("vdso:clock_gettime")
+			require.NoError(t, err)
+			assert.Equal(t, vs.Addr, cg.Addr)
+
+			// Live code of the executable equals the file's bytes.
+			s, err := tab.Lookup("exported_add")
+			require.NoError(t, err)
+			code, err = exe.Code(s.Addr, int(s.Size))
+			require.NoError(t, err)
+			assert.Equal(t, p.read(t, s.Addr, int(s.Size)), code)
+			checkSymbolize(t, tab, s)
+			_, err = exe.Code(exe.TextEnd+1<<30, 4)
+			assert.Error(t, err)
+			// An address in a module but outside any function.
+			assert.Equal(t, fmt.Sprintf("%s+%#x", filepath.Base(bin), exe.TextEnd-1-exe.Bias), tab.Symbolize(exe.TextEnd-1))
+
+			// Unwind tables.
+			u := tab.Unwinder()
+			assert.Equal(t, unwind.AMD64, u.Arch)
+			require.Len(t, u.Modules, len(tab.Modules))
+			for i, um := range u.Modules {
+				m := tab.Modules[i]
+				assert.Equal(t, m.Path, um.Name)
+				assert.Equal(t, m.Bias, um.Bias)
+				assert.Equal(t, m.TextStart, um.Start)
+				assert.Equal(t, m.TextEnd, um.End)
+				assert.Nil(t, um.Pclntab)
+				if m.Path != "[vdso]" {
+					assert.NotEmpty(t, um.EHFrame, m.Path)
+					assert.NotZero(t, um.EHFrameAddr, m.Path)
+				}
+			}
+		})
+	}
+}
+
+func (t *Table) mustModule(tb testing.TB, name string) *Module {
+	tb.Helper()
+	for _, m := range t.Modules {
+		if m.Name() == name {
+			return m
+		}
+	}
+	tb.Fatalf("no module %s", name)
+	return nil
+}
+
+func TestLiveGo(t *testing.T) {
+	dir := t.TempDir()
+	variants := []struct {
+		name  string
+		flags []string
+	}{
+		{"default", nil},
+		{"stripped", []string{"-ldflags=-s -w"}},
+		{"pie", []string{"-buildmode=pie"}},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			bin := buildGo(t, dir, "live-"+v.name, v.flags...)
+			ref := bin
+			if v.name == "stripped" {
+				ref = buildGo(t, dir, "live-ref")
+			}
+			want := nm(t, true, ref)
+			p := start(t, bin)
+			tab, err := Load(p.pid, p.mem)
+			require.NoError(t, err)
+			exe := tab.Modules[0]
+			assert.True(t, exe.IsGo)
+			base, _ := mapBase(t, p.pid, "/"+filepath.Base(bin))
+			bias := base - firstLoadVaddr(t, bin)
+			assert.Equal(t, bias, exe.Bias)
+			checkAgainstNM(t, tab, exe, want, bias, "main.work", "runtime.mallocgc")
+			checkGoAsm(t, tab, want, bias)
+			s, err := tab.Lookup("main.work")
+			require.NoError(t, err)
+			code, err := exe.Code(s.Addr, int(s.Size+s.Padding))
+			require.NoError(t, err)
+			assert.Equal(t, p.read(t, s.Addr, len(code)), code)
+			checkSymbolize(t, tab, s)
+
+			u := tab.Unwinder()
+			assert.Equal(t, exe.pclntab, u.Modules[0].Pclntab)
+			assert.NotEmpty(t, u.Modules[0].Pclntab)
+			assert.Equal(t, exe.TextStart, u.Modules[0].Start)
+		})
+	}
+}
+
+// TestLiveReplacedBinary checks that a binary replaced on disk after start
+// is still read from the mapped inode (map_files).
+func TestLiveReplacedBinary(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildC(t, dir, "replaced", cProgSrc, "-rdynamic")
+	want := nm(t, false, bin)
+	p := start(t, bin)
+	base, _ := mapBase(t, p.pid, "/replaced")
+	// Replace the file by another program.
+	other := buildC(t, dir, "other", cLibSrc+"int main(void){return hp_dup(1);}\n", "-rdynamic")
+	require.NoError(t, os.Rename(other, bin))
+
+	tab, err := Load(p.pid, p.mem)
+	require.NoError(t, err)
+	exe := tab.Modules[0]
+	assert.Equal(t, bin, exe.Path)
+	checkAgainstNM(t, tab, exe, want, base, "exported_add", "tiny")
+}
+
+func TestAmbiguousError(t *testing.T) {
+	err := error(&AmbiguousError{Name: "f", Modules: []string{"a", "b"}})
+	assert.True(t, errors.Is(err, ErrAmbiguous))
+	assert.Contains(t, err.Error(), "MODULE:f")
+}
+
+func BenchmarkLoadLiveGo(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "bench")
+	src := filepath.Join(dir, "src")
+	require.NoError(b, os.MkdirAll(src, 0o755))
+	require.NoError(b, os.WriteFile(filepath.Join(src, "main.go"), []byte(goProgSrc), 0o644))
+	require.NoError(b, os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fixture\n\ngo 1.22\n"), 0o644))
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = src
+	out, err := cmd.CombinedOutput()
+	require.NoError(b, err, "%s", out)
+	p := exec.Command(bin)
+	require.NoError(b, p.Start())
+	defer func() { _ = p.Process.Kill(); _ = p.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", p.Process.Pid))
+	require.NoError(b, err)
+	defer mem.Close()
+	b.ResetTimer()
+	var tab *Table
+	for i := 0; i < b.N; i++ {
+		tab, err = Load(p.Process.Pid, mem)
+		require.NoError(b, err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(len(tab.syms)), "symbols")
+}
+
+func BenchmarkLookup(b *testing.B) {
+	exe, err := os.Executable()
+	require.NoError(b, err)
+	tab, err := LoadFile(exe)
+	require.NoError(b, err)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := tab.Lookup("runtime.mallocgc"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

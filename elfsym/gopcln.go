@@ -1,0 +1,130 @@
+package elfsym
+
+import (
+	"debug/elf"
+	"debug/gosym"
+	"fmt"
+)
+
+// findPclntab returns the Go pclntab bytes and their link-time address. The
+// Go linker names the section .gopclntab (every build mode as of Go 1.26);
+// older toolchains used .data.rel.ro.gopclntab for PIE and external links.
+// Without sections, the runtime.pclntab/runtime.epclntab symbols bound it.
+func findPclntab(ef *elf.File, syms []elf.Symbol) ([]byte, uint64) {
+	for _, name := range []string{".gopclntab", ".data.rel.ro.gopclntab"} {
+		if s := ef.Section(name); s != nil && s.Type != elf.SHT_NOBITS {
+			if d, err := s.Data(); err == nil && len(d) > 0 {
+				return d, s.Addr
+			}
+		}
+	}
+	var lo, hi uint64
+	for _, s := range syms {
+		switch s.Name {
+		case "runtime.pclntab":
+			lo = s.Value
+		case "runtime.epclntab":
+			hi = s.Value
+		}
+	}
+	if lo == 0 || hi <= lo {
+		return nil, 0
+	}
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD && lo >= p.Vaddr && hi <= p.Vaddr+p.Filesz {
+			d := make([]byte, hi-lo)
+			if _, err := p.ReadAt(d, int64(lo-p.Vaddr)); err == nil {
+				return d, lo
+			}
+		}
+	}
+	return nil, 0
+}
+
+// goTextStart returns the link-time address of runtime.text, the base of the
+// pclntab's function offsets. The pclntab header has a field for it, but the
+// Go 1.26 linker leaves it zero in the file. In order: the runtime.text
+// symbol; the header field when set; the text field of the module data that
+// points at the pclntab (found in stripped binaries too); the start of the
+// .text section (right for internally linked binaries).
+func (m *Module) goTextStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) uint64 {
+	for _, s := range syms {
+		if s.Name == "runtime.text" && s.Value != 0 {
+			return s.Value
+		}
+	}
+	ptr := 8
+	if ef.Class == elf.ELFCLASS32 {
+		ptr = 4
+	}
+	word := func(b []byte) uint64 {
+		if ptr == 4 {
+			return uint64(ef.ByteOrder.Uint32(b))
+		}
+		return ef.ByteOrder.Uint64(b)
+	}
+	if s := ef.Section(".gopclntab"); s != nil {
+		if d, err := s.Data(); err == nil && len(d) >= 8+3*ptr {
+			if v := word(d[8+2*ptr:]); v != 0 && m.inExec(v) {
+				return v
+			}
+		}
+	}
+	// runtime.moduledata: pcHeader, then six slices (funcnametab, cutab,
+	// filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc, text.
+	const minpcWord, textWord = 1 + 6*3 + 1, 1 + 6*3 + 3
+	for _, s := range ef.Sections {
+		if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_EXECINSTR != 0 {
+			continue
+		}
+		d, err := s.Data()
+		if err != nil {
+			continue
+		}
+		for off := 0; off+(textWord+1)*ptr <= len(d); off += ptr {
+			if word(d[off:]) != pclnAddr {
+				continue
+			}
+			minpc, text := word(d[off+minpcWord*ptr:]), word(d[off+textWord*ptr:])
+			if text != 0 && minpc == text && m.inExec(text) {
+				return text
+			}
+		}
+	}
+	if s := ef.Section(".text"); s != nil {
+		return s.Addr
+	}
+	if len(m.exec) > 0 {
+		return m.exec[0].vaddr
+	}
+	return 0
+}
+
+// newGoTable parses a pclntab, turning a panic on malformed data into an error.
+func newGoTable(pcln []byte, text uint64) (tab *gosym.Table, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			tab, err = nil, fmt.Errorf("malformed pclntab: %v", r)
+		}
+	}()
+	return gosym.NewTable(nil, gosym.NewLineTable(pcln, text))
+}
+
+// goFuncSize returns the size of a Go function without the int3 filler the
+// linker puts between functions. code is the function's bytes up to the
+// next function's entry. A trailing 0xcc may still be code (the last byte of
+// a "jmp rel8" back to the entry, for example), so a byte only counts as
+// filler when the function's line table does not cover it.
+func goFuncSize(tab *gosym.Table, code []byte, entry uint64) uint64 {
+	n := len(code)
+	for n > 0 && code[n-1] == 0xcc {
+		n--
+	}
+	for n < len(code) {
+		if _, line, fn := tab.PCToLine(entry + uint64(n)); fn == nil || fn.Entry != entry || line < 0 {
+			break
+		}
+		n++
+	}
+	return uint64(n)
+}

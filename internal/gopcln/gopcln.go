@@ -2,59 +2,204 @@
 // formats) that debug/gosym does not expose: each function's pc→sp-delta
 // table, funcID and flags, which unwinding needs. Symbol names and line
 // tables come from debug/gosym; this package is only what it lacks.
+//
+// The runtime's FuncID enum is not stable across releases (Go 1.24 and 1.25
+// inserted values before FuncID_systemstack), so callers identify special
+// runtime functions by name; only the flag bits are relied on.
 package gopcln
 
-import "fmt"
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+)
 
 // Func is one function of the table. Addresses are link-time addresses.
 type Func struct {
 	Name   string
 	Entry  uint64
 	End    uint64 // entry of the next function (includes trailing padding)
-	FuncID uint8  // runtime's abi.FuncID (see FuncID* constants)
-	Flag   uint8  // runtime's abi.FuncFlag (see Flag* constants)
+	FuncID uint8  // the runtime's abi.FuncID (release-specific values)
+	Flag   uint8  // the runtime's abi.FuncFlag (see Flag* constants)
 	pcsp   uint32 // offset of the pc→sp-delta table in pctab
 }
 
-// runtime abi.FuncID values that unwinding cares about (stable since 1.21,
-// verified by the tests against each toolchain's runtime).
-const (
-	FuncIDNormal      = 0
-	FuncIDAsmcgocall  = 2 // values of the enum in internal/abi/symtab.go
-	FuncIDGoexit      = 7 // fill in: the helper must verify each against the real enum
-	FuncIDMstart      = 11
-	FuncIDRt0Go       = 16
-	FuncIDSystemstack = 19
-)
-
-// runtime abi.FuncFlag bits.
+// The runtime's abi.FuncFlag bits (unchanged since Go 1.21).
 const (
 	FlagTopFrame = 1 << 0 // function marks the outermost frame of a stack
 	FlagSPWrite  = 1 << 1 // function writes SP arbitrarily: unwinding cannot cross it
-	FlagAsm      = 1 << 2
+	FlagAsm      = 1 << 2 // function is assembly
 )
+
+const (
+	magic118 = 0xfffffff0
+	magic120 = 0xfffffff1
+)
+
+// ErrFormat is matched by every parse error.
+var ErrFormat = errors.New("malformed pclntab")
+
+// FormatError is a malformed table at a byte offset.
+type FormatError struct {
+	Off int
+	Msg string
+}
+
+func (e *FormatError) Error() string { return fmt.Sprintf("gopcln: offset %#x: %s", e.Off, e.Msg) }
+
+// Is reports target == ErrFormat.
+func (e *FormatError) Is(target error) bool { return target == ErrFormat }
 
 // Table is a parsed pclntab.
 type Table struct {
-	// implementation fields
+	data      []byte
+	quantum   uint64
+	textStart uint64
+	funcs     []Func
+	pctab     []byte
 }
 
-// Parse parses a pclntab section. It returns an error naming the offset of
-// anything malformed, and an error for formats older than Go 1.18.
-func Parse(pclntab []byte) (*Table, error) { panic("todo") }
+// Parse parses a pclntab section. textStart is the link-time address the
+// function entry offsets are relative to; 0 means "take it from the header"
+// (Go 1.26 writes 0 there, so pass the runtime.text address when known).
+// Errors carry the offending offset; formats older than Go 1.18 are refused.
+func Parse(pclntab []byte, textStart uint64) (*Table, error) {
+	d := pclntab
+	if len(d) < 8 {
+		return nil, &FormatError{0, "too short for a header"}
+	}
+	order := binary.ByteOrder(binary.LittleEndian)
+	if m := binary.BigEndian.Uint32(d); m == magic118 || m == magic120 {
+		order = binary.BigEndian
+	}
+	m := order.Uint32(d)
+	if m != magic118 && m != magic120 {
+		return nil, &FormatError{0, fmt.Sprintf("magic %#x is not a Go 1.18+ pclntab", m)}
+	}
+	quantum, ptr := d[6], int(d[7])
+	if (quantum != 1 && quantum != 2 && quantum != 4) || (ptr != 4 && ptr != 8) {
+		return nil, &FormatError{6, fmt.Sprintf("bad pc quantum %d or pointer size %d", quantum, ptr)}
+	}
+	word := func(i int) (uint64, error) {
+		off := 8 + i*ptr
+		if off+ptr > len(d) {
+			return 0, &FormatError{off, "header truncated"}
+		}
+		if ptr == 8 {
+			return order.Uint64(d[off:]), nil
+		}
+		return uint64(order.Uint32(d[off:])), nil
+	}
+	var hdr [8]uint64 // nfunc nfiles textStart funcname cu filetab pctab pcln
+	for i := range hdr {
+		v, err := word(i)
+		if err != nil {
+			return nil, err
+		}
+		hdr[i] = v
+	}
+	nfunc, funcnameOff, pctabOff, pclnOff := hdr[0], hdr[3], hdr[6], hdr[7]
+	if textStart == 0 {
+		textStart = hdr[2]
+	}
+	n := uint64(len(d))
+	if funcnameOff > n || pctabOff > n || pclnOff > n || nfunc > n/8 {
+		return nil, &FormatError{8, "header offsets beyond the table"}
+	}
+	t := &Table{data: d, quantum: uint64(quantum), textStart: textStart, pctab: d[pctabOff:]}
+	pcln := d[pclnOff:]
+	u32 := func(b []byte, off uint64) (uint32, error) {
+		if off+4 > uint64(len(b)) {
+			return 0, &FormatError{int(pclnOff + off), "function table truncated"}
+		}
+		return order.Uint32(b[off:]), nil
+	}
+	// functab: nfunc+1 pairs of (entry offset, func offset).
+	if (nfunc+1)*8 > uint64(len(pcln)) {
+		return nil, &FormatError{int(pclnOff), "function table truncated"}
+	}
+	t.funcs = make([]Func, 0, nfunc)
+	for i := uint64(0); i < nfunc; i++ {
+		entry, _ := u32(pcln, i*8)
+		funcOff, _ := u32(pcln, i*8+4)
+		next, _ := u32(pcln, (i+1)*8)
+		// _func: entryOff u32, nameOff i32, args, deferreturn, pcsp, pcfile,
+		// pcln, npcdata, cuOffset u32, startLine i32, funcID, flag u8, ...
+		if uint64(funcOff)+44 > uint64(len(pcln)) {
+			return nil, &FormatError{int(pclnOff) + int(funcOff), "function record truncated"}
+		}
+		f := pcln[funcOff:]
+		nameOff := uint64(order.Uint32(f[4:]))
+		name, err := cstring(d, funcnameOff+nameOff)
+		if err != nil {
+			return nil, err
+		}
+		t.funcs = append(t.funcs, Func{
+			Name: name, Entry: textStart + uint64(entry), End: textStart + uint64(next),
+			pcsp: order.Uint32(f[16:]), FuncID: f[40], Flag: f[41],
+		})
+	}
+	return t, nil
+}
+
+func cstring(d []byte, off uint64) (string, error) {
+	if off >= uint64(len(d)) {
+		return "", &FormatError{int(off), "function name beyond the table"}
+	}
+	for i := off; i < uint64(len(d)); i++ {
+		if d[i] == 0 {
+			return string(d[off:i]), nil
+		}
+	}
+	return "", &FormatError{int(off), "unterminated function name"}
+}
 
 // TextStart returns the link-time address that function entry offsets are
 // relative to.
-func (t *Table) TextStart() uint64 { panic("todo") }
+func (t *Table) TextStart() uint64 { return t.textStart }
 
 // Funcs returns every function, sorted by entry.
-func (t *Table) Funcs() []Func { panic("todo") }
+func (t *Table) Funcs() []Func { return t.funcs }
 
 // FuncAt returns the function containing the link-time address pc.
-func (t *Table) FuncAt(pc uint64) (*Func, bool) { panic("todo") }
+func (t *Table) FuncAt(pc uint64) (*Func, bool) {
+	i := sort.Search(len(t.funcs), func(i int) bool { return t.funcs[i].Entry > pc }) - 1
+	if i < 0 || pc >= t.funcs[i].End {
+		return nil, false
+	}
+	return &t.funcs[i], true
+}
 
 // SPDelta returns how far the stack pointer is below the function's entry SP
 // (not counting the return address pushed by the call) at link-time pc.
-func (t *Table) SPDelta(f *Func, pc uint64) (int64, error) { panic("todo") }
-
-var _ = fmt.Sprintf
+func (t *Table) SPDelta(f *Func, pc uint64) (int64, error) {
+	if pc < f.Entry || pc >= f.End {
+		return 0, fmt.Errorf("gopcln: pc %#x is outside %s [%#x, %#x)", pc, f.Name, f.Entry, f.End)
+	}
+	if f.pcsp == 0 {
+		return 0, fmt.Errorf("gopcln: %s has no pc→sp table", f.Name)
+	}
+	p := int(f.pcsp)
+	val, cur := int64(-1), f.Entry
+	for first := true; ; first = false {
+		uv, n := binary.Uvarint(t.pctab[min(p, len(t.pctab)):])
+		if n <= 0 {
+			return 0, &FormatError{p, "pc→sp table of " + f.Name + " truncated"}
+		}
+		if uv == 0 && !first {
+			return 0, fmt.Errorf("gopcln: pc %#x beyond the pc→sp table of %s", pc, f.Name)
+		}
+		p += n
+		val += int64(-(uv & 1) ^ (uv >> 1))
+		pd, n := binary.Uvarint(t.pctab[min(p, len(t.pctab)):])
+		if n <= 0 {
+			return 0, &FormatError{p, "pc→sp table of " + f.Name + " truncated"}
+		}
+		p += n
+		cur += pd * t.quantum
+		if pc < cur {
+			return val, nil
+		}
+	}
+}

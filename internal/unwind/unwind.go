@@ -1,11 +1,14 @@
 // Package unwind walks a stopped thread's stack: Go frames with the pclntab's
 // pc→sp-delta tables, C frames with .eh_frame call frame information. A frame
 // it cannot be sure of ends the walk and marks the stack unreliable; it never
-// guesses.
+// guesses (there is no blind frame-pointer walk).
 package unwind
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io"
+	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/cfi"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
@@ -15,17 +18,20 @@ import (
 type Arch struct {
 	PtrSize int
 	// SPReg and RAReg are DWARF register numbers of the stack pointer and of
-	// the return address column.
+	// the return address column (the pc).
 	SPReg, RAReg int
 	// FPReg is the DWARF number of the frame pointer register.
 	FPReg int
+	// CalleeSaved lists the DWARF registers a call preserves; the others are
+	// unknown in a caller's frame unless CFI recovers them.
+	CalleeSaved []int
 	// LinkRegister is true on arm64: a Go function that has not stored LR yet
 	// (sp delta 0) returns to the LR register, not to memory.
 	LinkRegister bool
 }
 
-// AMD64 is the x86-64 description.
-var AMD64 = Arch{PtrSize: 8, SPReg: 7, RAReg: 16, FPReg: 6}
+// AMD64 is the x86-64 description (System V psABI register numbers).
+var AMD64 = Arch{PtrSize: 8, SPReg: 7, RAReg: 16, FPReg: 6, CalleeSaved: []int{3, 6, 12, 13, 14, 15}}
 
 // Module is one mapped object with its unwind tables.
 type Module struct {
@@ -42,9 +48,35 @@ type Module struct {
 	// first byte lies at link-time address EHFrameAddr.
 	EHFrame     []byte
 	EHFrameAddr uint64
-	// implementation fields (lazily parsed tables)
+
+	once   sync.Once
 	goTab  *gopcln.Table
 	cfiTab *cfi.Table
+	err    error
+}
+
+func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
+	m.once.Do(func() {
+		var errs []error
+		if m.Pclntab != nil {
+			t, err := gopcln.Parse(m.Pclntab, m.GoTextStart)
+			m.goTab = t
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if m.EHFrame != nil {
+			t, err := cfi.Parse(m.EHFrame, m.EHFrameAddr, a.PtrSize, binary.LittleEndian)
+			m.cfiTab = t
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 && m.goTab == nil && m.cfiTab == nil {
+			m.err = errs[0]
+		}
+	})
+	return m.goTab, m.cfiTab, m.err
 }
 
 // Frame is one frame of a stack, innermost first.
@@ -52,7 +84,8 @@ type Frame struct {
 	PC  uint64 // for callers: the return address
 	SP  uint64 // stack pointer in this frame
 	CFA uint64 // canonical frame address (SP of the caller after the return)
-	// Method says how the caller of this frame was found: "pclntab", "cfi".
+	// Method says how the caller of this frame was found: "pclntab", "cfi",
+	// or "" for the outermost frame.
 	Method string
 }
 
@@ -61,7 +94,7 @@ type Stack struct {
 	Frames   []Frame
 	Reliable bool
 	// Reason explains why the stack is unreliable ("no unwind info for pc
-	// 0x...", "stack does not end at a root", ...).
+	// 0x...", ...), or how a reliable one ended.
 	Reason string
 }
 
@@ -71,6 +104,182 @@ type Unwinder struct {
 	Modules []*Module // any order
 }
 
+// MaxFrames bounds a walk; a deeper stack is reported unreliable.
+const MaxFrames = 1024
+
+// Go runtime functions where a thread's stack legitimately ends.
+var goRoots = map[string]string{
+	"runtime.goexit": "goroutine root",
+	"runtime.mstart": "thread root",
+	"runtime.rt0_go": "main thread root",
+	// mcall switched to the system stack after saving the goroutine's
+	// state in its g: the g0 frames end here, and the goroutine is parked
+	// (goroutine stacks are walked from the g, not from the thread).
+	"runtime.mcall": "system stack root (goroutine parked)",
+}
+
 // Unwind walks from regs, which are indexed by DWARF register number and
 // include the pc at index Arch.RAReg, reading stack memory from mem.
-func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack { panic("todo") }
+func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
+	a := u.Arch
+	n := max(len(regs), a.RAReg+1, 32)
+	cur := make([]uint64, n)
+	valid := make([]bool, n)
+	copy(cur, regs)
+	for i := range regs {
+		valid[i] = true
+	}
+	var s Stack
+	buf := make([]byte, a.PtrSize)
+	read := func(addr uint64) (uint64, error) {
+		if _, err := mem.ReadAt(buf, int64(addr)); err != nil {
+			return 0, fmt.Errorf("read stack at %#x: %w", addr, err)
+		}
+		if a.PtrSize == 4 {
+			return uint64(binary.LittleEndian.Uint32(buf)), nil
+		}
+		return binary.LittleEndian.Uint64(buf), nil
+	}
+	unreliable := func(format string, args ...any) Stack {
+		s.Reliable, s.Reason = false, fmt.Sprintf(format, args...)
+		return s
+	}
+	for depth := 0; ; depth++ {
+		pc, sp := cur[a.RAReg], cur[a.SPReg]
+		if depth >= MaxFrames {
+			return unreliable("more than %d frames", MaxFrames)
+		}
+		s.Frames = append(s.Frames, Frame{PC: pc, SP: sp})
+		fr := &s.Frames[len(s.Frames)-1]
+		// A return address points after the call: look up the call itself.
+		lookup := pc
+		if depth > 0 {
+			lookup--
+		}
+		m := u.moduleAt(lookup)
+		if m == nil {
+			return unreliable("no module maps pc %#x", pc)
+		}
+		goTab, cfiTab, err := m.tables(a)
+		if err != nil {
+			return unreliable("unwind tables of %s: %v", m.Name, err)
+		}
+		link := lookup - m.Bias
+		if goTab != nil {
+			if f, ok := goTab.FuncAt(link); ok {
+				if why, ok := goRoots[f.Name]; ok {
+					s.Reliable, s.Reason = true, "ends at "+f.Name+" ("+why+")"
+					return s
+				}
+				if f.Flag&gopcln.FlagSPWrite != 0 || f.Flag&gopcln.FlagTopFrame != 0 {
+					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
+				}
+				delta, err := goTab.SPDelta(f, link)
+				if err != nil {
+					return unreliable("%v", err)
+				}
+				cfa := sp + uint64(delta) + uint64(a.PtrSize)
+				ra, err := read(cfa - uint64(a.PtrSize))
+				if err != nil {
+					return unreliable("%v", err)
+				}
+				fr.CFA, fr.Method = cfa, "pclntab"
+				// Go frames keep no C callee-saved registers we can trust.
+				for i := range valid {
+					valid[i] = false
+				}
+				cur[a.SPReg], valid[a.SPReg] = cfa, true
+				cur[a.RAReg], valid[a.RAReg] = ra, true
+				if ra == 0 {
+					return unreliable("%s has a zero return address", f.Name)
+				}
+				if cfa <= sp {
+					return unreliable("stack pointer does not grow at %s", f.Name)
+				}
+				continue
+			}
+		}
+		if cfiTab == nil {
+			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
+		}
+		row, ok, err := cfiTab.RowAt(link)
+		if err != nil {
+			return unreliable("CFI of %s at %#x: %v", m.Name, pc, err)
+		}
+		if !ok {
+			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
+		}
+		if row.Signal {
+			return unreliable("signal frame at %#x in %s", pc, m.Name)
+		}
+		if row.CFA.Expr != nil {
+			return unreliable("CFA expression at %#x in %s", pc, m.Name)
+		}
+		if row.CFA.Reg >= n || !valid[row.CFA.Reg] {
+			return unreliable("CFA register %d unknown at %#x in %s", row.CFA.Reg, pc, m.Name)
+		}
+		cfa := uint64(int64(cur[row.CFA.Reg]) + row.CFA.Offset)
+		fr.CFA, fr.Method = cfa, "cfi"
+		next := make([]uint64, n)
+		nextValid := make([]bool, n)
+		for _, r := range a.CalleeSaved {
+			next[r], nextValid[r] = cur[r], valid[r]
+		}
+		raRule, hasRA := row.Regs[row.RA]
+		if hasRA && raRule.Kind == cfi.RuleUndefined {
+			s.Reliable, s.Reason = true, "outermost frame (return address undefined by CFI)"
+			return s
+		}
+		for r, rule := range row.Regs {
+			if r >= n {
+				continue
+			}
+			switch rule.Kind {
+			case cfi.RuleOffset:
+				v, err := read(uint64(int64(cfa) + rule.Offset))
+				if err != nil {
+					return unreliable("%v", err)
+				}
+				next[r], nextValid[r] = v, true
+			case cfi.RuleValOffset:
+				next[r], nextValid[r] = uint64(int64(cfa)+rule.Offset), true
+			case cfi.RuleSameValue:
+				next[r], nextValid[r] = cur[r], valid[r]
+			case cfi.RuleRegister:
+				if rule.Reg < n {
+					next[r], nextValid[r] = cur[rule.Reg], valid[rule.Reg]
+				}
+			case cfi.RuleUndefined:
+				nextValid[r] = false
+			default: // expressions
+				nextValid[r] = false
+				if r == row.RA {
+					return unreliable("return address given by an expression at %#x in %s", pc, m.Name)
+				}
+			}
+		}
+		if !hasRA {
+			return unreliable("no return-address rule at %#x in %s", pc, m.Name)
+		}
+		if row.RA != a.RAReg {
+			next[a.RAReg], nextValid[a.RAReg] = next[row.RA], nextValid[row.RA]
+		}
+		next[a.SPReg], nextValid[a.SPReg] = cfa, true
+		if !nextValid[a.RAReg] || next[a.RAReg] == 0 {
+			return unreliable("return address unknown above %#x in %s", pc, m.Name)
+		}
+		if cfa <= sp {
+			return unreliable("stack pointer does not grow at %#x in %s", pc, m.Name)
+		}
+		cur, valid = next, nextValid
+	}
+}
+
+func (u *Unwinder) moduleAt(pc uint64) *Module {
+	for _, m := range u.Modules {
+		if pc >= m.Start && pc < m.End {
+			return m
+		}
+	}
+	return nil
+}

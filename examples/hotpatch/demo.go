@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/patch"
@@ -121,7 +122,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	f := res.Functions[0]
 	say("   applied %s: the service was stopped for %d us (%d attempt(s)),", res.ID, res.PauseMicros, res.Attempts)
-	say("   every thread's stack was checked, then a %d-byte jump was written at %#x.", len(f.Jump), f.PatchAddr)
+	say("   every thread's stack was checked, then %d bytes (a jump to the fix) were written at %#x.", len(f.Jump), f.PatchAddr)
 	say("   GET -> %q   <- fixed, same process, no restart", hello())
 	say("")
 
@@ -156,7 +157,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wg.Wait()
 	say("")
 	say("6. Under load throughout: %d requests served (%d of them by the fix), %d failed.", ok.Load(), fixed.Load(), failed.Load())
-	if exited := svc.ProcessState; exited != nil || svc.Process.Signal(nil) != nil {
+	if svc.Process.Signal(syscall.Signal(0)) != nil {
 		return fmt.Errorf("demo: the service died")
 	}
 	if failed.Load() > 0 {

@@ -101,7 +101,10 @@ func newFlags(name string, stderr io.Writer, withJSON, withTimeout bool) *common
 
 func (c *common) parse(args []string) error {
 	if err := c.fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if c.pid <= 0 {
 		return fmt.Errorf("%w: --pid is required", errUsage)

@@ -1,0 +1,112 @@
+package consistency_test
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+)
+
+// names returns a stack's frames as function names.
+func names(tab *elfsym.Table, s consistency.Task) []string {
+	var out []string
+	for _, f := range s.Stack.Frames {
+		pc := f.PC
+		if len(out) > 0 {
+			pc-- // a return address: name the call
+		}
+		if sym, ok := tab.SymbolAt(pc); ok {
+			out = append(out, sym.Name)
+		} else {
+			out = append(out, tab.Symbolize(pc))
+		}
+	}
+	return out
+}
+
+func snapshot(t *testing.T, pid int) (*elfsym.Table, consistency.Snapshot) {
+	t.Helper()
+	p, err := tracee.Open(pid)
+	require.NoError(t, err)
+	defer p.Close()
+	tab, err := elfsym.Load(pid, p)
+	require.NoError(t, err)
+	var snap consistency.Snapshot
+	// A thread may be caught mid-signal or between frames: retry a few
+	// times until every stack is reliable, as the apply path does.
+	for i := 0; i < 20; i++ {
+		require.NoError(t, p.Stop())
+		snap, err = consistency.Take(p, tab.Unwinder())
+		require.NoError(t, p.Resume())
+		require.NoError(t, err)
+		if len(consistency.Check(snap, nil)) == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return tab, snap
+}
+
+// threadRoot is how a thread's two outermost frames read: start_thread and
+// clone3, named when libc has a .symtab, else as libc offsets.
+const threadRoot = `(start_thread|libc\.so\.6\+0x[0-9a-f]+) < (clone3|libc\.so\.6\+0x[0-9a-f]+)$`
+
+// Every thread of a C program built without frame pointers unwinds, by CFI
+// alone, through libc to its start routine, and the frames are the ones
+// the source says.
+func TestTakeCWithoutFramePointers(t *testing.T) {
+	for _, flags := range [][]string{{"-O2", "-fomit-frame-pointer"}, {"-O0", "-no-pie"}} {
+		p := fixture.Start(t, fixture.BuildC(t, "cservice", flags...), "4")
+		p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
+		time.Sleep(50 * time.Millisecond)
+		tab, snap := snapshot(t, p.Pid)
+		require.Len(t, snap.Tasks, 6, "main, 4 sleepers, 1 reader")
+		var sleepers, readers, mains int
+		for _, task := range snap.Tasks {
+			got := names(tab, task)
+			require.True(t, task.Stack.Reliable, "%v: %v: %s", flags, got, task.Stack.Reason)
+			joined := strings.Join(got, " < ")
+			switch {
+			case task.ID == p.Pid:
+				mains++
+				require.Regexp(t, `nanosleep.* < (nap < )?main < .*__libc_start_main < _start$`, joined)
+			case strings.Contains(joined, "slow_read"):
+				readers++
+				require.Regexp(t, regexp.MustCompile(`read.* < slow_read < reader < `+threadRoot), joined)
+			default:
+				sleepers++
+				require.Regexp(t, regexp.MustCompile(`nanosleep.* < (nap < )?sleeper < `+threadRoot), joined)
+			}
+		}
+		require.Equal(t, []int{1, 1, 4}, []int{mains, readers, sleepers})
+	}
+}
+
+// Go threads unwind with the pclntab: the thread blocked in read(2) from
+// main.slowRead shows it, and every thread's stack ends at a runtime root.
+func TestTakeGo(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "goservice", ""))
+	p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
+	time.Sleep(50 * time.Millisecond)
+	tab, snap := snapshot(t, p.Pid)
+	require.GreaterOrEqual(t, len(snap.Tasks), 6)
+	found := false
+	for _, task := range snap.Tasks {
+		got := names(tab, task)
+		require.True(t, task.Stack.Reliable, "%v: %s", got, task.Stack.Reason)
+		joined := strings.Join(got, " < ")
+		if strings.Contains(joined, "main.slowRead") {
+			found = true
+			require.Regexp(t, `syscall.* < main.slowRead < main.main.func2 < runtime.goexit`, joined)
+		}
+		require.Regexp(t, `runtime\.(goexit|mstart|rt0_go|mcall)$`, joined)
+	}
+	require.True(t, found, "no thread shows main.slowRead")
+}

@@ -26,3 +26,34 @@ func (r *Regs) DWARF() []uint64 {
 // G returns the register that holds the current goroutine in Go's
 // ABIInternal (R14 on amd64).
 func (r *Regs) G() uint64 { return r.R14 }
+
+// syscallInsn is the system call instruction (syscall).
+var syscallInsn = []byte{0x0f, 0x05}
+
+// System call numbers used by this package.
+const (
+	sysGetpid   = 39
+	sysMmap     = 9
+	sysMprotect = 10
+	sysMunmap   = 11
+)
+
+func getRegs(tid int, r *Regs) error { return unix.PtraceGetRegs(tid, &r.PtraceRegs) }
+
+func setRegs(tid int, r *Regs) error { return unix.PtraceSetRegs(tid, &r.PtraceRegs) }
+
+// setupSyscall makes r execute system call nr with args at the system call
+// instruction pc. orig_rax = -1 keeps the kernel's syscall-restart logic
+// away from these registers when the thread leaves its current stop.
+func (r *Regs) setupSyscall(pc, nr uint64, args []uint64) {
+	r.Rip = pc
+	r.Rax = nr
+	r.Orig_rax = ^uint64(0)
+	dst := [...]*uint64{&r.Rdi, &r.Rsi, &r.Rdx, &r.R10, &r.R8, &r.R9}
+	for i, a := range args {
+		*dst[i] = a
+	}
+}
+
+// syscallResult is the register that holds a system call's result.
+func (r *Regs) syscallResult() uint64 { return r.Rax }

@@ -3,10 +3,24 @@ package tracee
 import (
 	"errors"
 	"fmt"
+	"runtime"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoProcess is returned when the process does not exist (or exited).
 var ErrNoProcess = errors.New("no such process")
+
+// ErrExited is returned when the process exits while it is being stopped,
+// resumed or operated on. errors.Is(ErrExited, ErrNoProcess) is true.
+var ErrExited = fmt.Errorf("process exited: %w", ErrNoProcess)
+
+// ErrNotStopped is returned by operations that need a thread stopped by Stop
+// (GetRegs, SetRegs) when it is not.
+var ErrNotStopped = errors.New("tracee: thread is not stopped (call Stop first)")
+
+// ErrClosed is returned by every method called after Close.
+var ErrClosed = errors.New("tracee: process handle is closed")
 
 // ErrPermission is matched (errors.Is) by every *PermissionError.
 var ErrPermission = errors.New("permission denied")
@@ -15,7 +29,8 @@ var ErrPermission = errors.New("permission denied")
 type PermissionError struct {
 	Pid int
 	// Reason is one of: "ptrace_scope=N" (Yama), "not dumpable",
-	// "owned by uid U, we are uid V", or the raw errno text.
+	// "owned by uid U, we are uid V", "already traced by pid P", or the raw
+	// errno text.
 	Reason string
 	// Hint says what to do about it.
 	Hint string
@@ -35,20 +50,105 @@ type SyscallError struct {
 }
 
 func (e *SyscallError) Error() string {
-	return fmt.Sprintf("tracee: remote %s failed: errno %d", e.Name, e.Errno)
+	return fmt.Sprintf("tracee: remote %s failed: errno %d (%v)", e.Name, e.Errno, unix.Errno(e.Errno))
 }
+
+// Unwrap returns the errno as a syscall.Errno, so that errors.Is(err,
+// syscall.EINVAL) works.
+func (e *SyscallError) Unwrap() error { return unix.Errno(e.Errno) }
 
 // Process is a target process. Create one with Open. All methods are safe for
 // use from any goroutine (they are funneled to one locked OS thread).
 type Process struct {
-	pid int
-	// implementation fields
+	pid   int
+	reqs  chan func()
+	quit  chan struct{}
+	memfd int // /proc/PID/mem, O_RDWR; -1 after Close
+
+	// Everything below is owned by the ptrace goroutine.
+	closed   bool
+	stopped  bool
+	threads  map[int]*thread
+	order    []int // leader first
+	sysInsn  uint64
+	pollMode bool // another child of the ptrace thread has pending events
+}
+
+// thread is one traced thread.
+type thread struct {
+	tid     int
+	stopped bool // in a ptrace-stop we caused (or a group-stop)
+	// groupStop is the stop signal when the thread reported a group-stop
+	// (the process was SIGSTOP'd); 0 for our own interrupt stop.
+	groupStop int
+	// inSigStop: the current stop is a signal-delivery-stop, where a signal
+	// (with its siginfo) can be injected on detach.
+	inSigStop bool
+	// pending are signals that arrived while the thread ran a remote system
+	// call; they are delivered again when the thread is detached.
+	pending []pendingSignal
+}
+
+type pendingSignal struct {
+	sig  int
+	info unix.Siginfo
+	ok   bool // info is valid
 }
 
 // Open checks that the caller may trace pid (existence, Yama ptrace_scope,
 // dumpable, uid) without attaching. It returns ErrNoProcess or a
 // *PermissionError when not.
-func Open(pid int) (*Process, error) { panic("todo") }
+func Open(pid int) (*Process, error) {
+	memfd, err := checkAccess(pid)
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{
+		pid:     pid,
+		reqs:    make(chan func()),
+		quit:    make(chan struct{}),
+		memfd:   memfd,
+		threads: map[int]*thread{},
+	}
+	go p.loop()
+	return p, nil
+}
+
+// loop is the ptrace goroutine. It never unlocks its OS thread, so that when
+// it returns the thread exits, and the kernel detaches anything still traced
+// by it (a safety net: nothing is ever left stopped by a closed Process).
+func (p *Process) loop() {
+	runtime.LockOSThread()
+	for {
+		select {
+		case f := <-p.reqs:
+			f()
+		case <-p.quit:
+			return
+		}
+	}
+}
+
+// do runs f on the ptrace goroutine and waits for it.
+func (p *Process) do(f func() error) error {
+	var err error
+	done := make(chan struct{})
+	g := func() {
+		defer close(done)
+		if p.closed {
+			err = ErrClosed
+			return
+		}
+		err = f()
+	}
+	select {
+	case p.reqs <- g:
+	case <-p.quit:
+		return ErrClosed
+	}
+	<-done
+	return err
+}
 
 // Pid returns the process ID.
 func (p *Process) Pid() int { return p.pid }
@@ -56,53 +156,113 @@ func (p *Process) Pid() int { return p.pid }
 // Stop seizes and interrupts every thread of the process and waits until all
 // are stopped, including threads created while stopping. Signals that arrive
 // meanwhile are re-delivered, never lost. On error nothing is left stopped.
-func (p *Process) Stop() error { panic("todo") }
+// Stop on a stopped process does nothing.
+//
+// A process that is in a group-stop (SIGSTOP) is stopped as well; Resume
+// leaves it in its group-stop (the kernel reinstates it on detach).
+func (p *Process) Stop() error { return p.do(p.stopAll) }
 
 // Stopped reports whether the process is currently stopped by Stop.
-func (p *Process) Stopped() bool { panic("todo") }
+func (p *Process) Stopped() bool {
+	var s bool
+	_ = p.do(func() error { s = p.stopped; return nil })
+	return s
+}
 
 // Threads returns the thread IDs stopped by the last Stop, leader first.
-func (p *Process) Threads() []int { panic("todo") }
+// It is empty when the process is not stopped.
+func (p *Process) Threads() []int {
+	var out []int
+	_ = p.do(func() error {
+		if p.stopped {
+			out = append([]int(nil), p.order...)
+		}
+		return nil
+	})
+	return out
+}
 
 // Resume restarts every thread stopped by Stop and detaches from it.
-func (p *Process) Resume() error { panic("todo") }
+// If the process died while stopped, Resume reaps what is left and returns
+// an error matching ErrExited.
+func (p *Process) Resume() error { return p.do(p.resumeAll) }
 
 // Close resumes the process if stopped and releases the ptrace thread.
-func (p *Process) Close() error { panic("todo") }
+func (p *Process) Close() error {
+	err := p.do(func() error {
+		err := p.resumeAll()
+		p.closed = true
+		if p.memfd >= 0 {
+			unix.Close(p.memfd)
+			p.memfd = -1
+		}
+		close(p.quit)
+		return err
+	})
+	if err == ErrClosed {
+		return nil
+	}
+	return err
+}
 
 // GetRegs reads the registers of a stopped thread.
-func (p *Process) GetRegs(tid int) (Regs, error) { panic("todo") }
+func (p *Process) GetRegs(tid int) (Regs, error) {
+	var r Regs
+	err := p.do(func() error {
+		if _, err := p.stoppedThread(tid); err != nil {
+			return err
+		}
+		return p.threadErr(tid, "get registers", getRegs(tid, &r))
+	})
+	return r, err
+}
 
 // SetRegs writes the registers of a stopped thread.
-func (p *Process) SetRegs(tid int, r Regs) error { panic("todo") }
+func (p *Process) SetRegs(tid int, r Regs) error {
+	return p.do(func() error {
+		if _, err := p.stoppedThread(tid); err != nil {
+			return err
+		}
+		return p.threadErr(tid, "set registers", setRegs(tid, &r))
+	})
+}
 
-// ReadAt reads target memory (process_vm_readv, falling back to
-// /proc/PID/mem). It implements io.ReaderAt with off as the address; it does
-// not need the process stopped. A short read returns an error naming the
-// address.
-func (p *Process) ReadAt(b []byte, off int64) (int, error) { panic("todo") }
+func (p *Process) stoppedThread(tid int) (*thread, error) {
+	t := p.threads[tid]
+	if !p.stopped || t == nil || !t.stopped {
+		return nil, fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
+	}
+	return t, nil
+}
 
-// WriteMem writes target memory through /proc/PID/mem, which also writes
-// read-only and executable pages without changing their protection.
-func (p *Process) WriteMem(addr uint64, data []byte) error { panic("todo") }
-
-// Syscall runs system call nr with up to six arguments in the target and
-// returns its raw result (negative errno values are returned as
-// *SyscallError). When the process is stopped it borrows a stopped thread;
-// otherwise it stops only one thread for the call, so the others keep
-// running. The borrowed thread's registers, including the syscall-restart
-// state (orig_rax), are restored exactly.
-func (p *Process) Syscall(name string, nr uint64, args ...uint64) (uint64, error) { panic("todo") }
+// threadErr decorates an error of a ptrace request on tid.
+func (p *Process) threadErr(tid int, what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if err == unix.ESRCH {
+		return fmt.Errorf("tracee: pid %d thread %d: %s: %w", p.pid, tid, what, ErrExited)
+	}
+	return fmt.Errorf("tracee: pid %d thread %d: %s: %w", p.pid, tid, what, err)
+}
 
 // Mmap maps memory in the target (see mmap(2)); addr is a hint unless flags
 // contain MAP_FIXED_NOREPLACE.
-func (p *Process) Mmap(addr, length uint64, prot, flags int) (uint64, error) { panic("todo") }
+func (p *Process) Mmap(addr, length uint64, prot, flags int) (uint64, error) {
+	return p.Syscall("mmap", sysMmap, addr, length, uint64(prot), uint64(flags), ^uint64(0), 0)
+}
 
 // Munmap unmaps memory in the target.
-func (p *Process) Munmap(addr, length uint64) error { panic("todo") }
+func (p *Process) Munmap(addr, length uint64) error {
+	_, err := p.Syscall("munmap", sysMunmap, addr, length)
+	return err
+}
 
 // Mprotect changes protection of memory in the target.
-func (p *Process) Mprotect(addr, length uint64, prot int) error { panic("todo") }
+func (p *Process) Mprotect(addr, length uint64, prot int) error {
+	_, err := p.Syscall("mprotect", sysMprotect, addr, length, uint64(prot))
+	return err
+}
 
 // Protection and mapping flags, re-exported so that callers need not import
 // x/sys/unix.

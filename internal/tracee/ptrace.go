@@ -1,0 +1,169 @@
+package tracee
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Raw ptrace and wait helpers. They must run on the ptrace goroutine.
+
+func ptrace(req, tid int, addr, data uintptr) error {
+	_, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(tid), addr, data, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func seize(tid int, opts int) error {
+	return ptrace(unix.PTRACE_SEIZE, tid, 0, uintptr(opts))
+}
+
+func interrupt(tid int) error { return ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0) }
+
+func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
+
+func detach(tid, sig int) error { return ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }
+
+func singlestep(tid, sig int) error { return ptrace(unix.PTRACE_SINGLESTEP, tid, 0, uintptr(sig)) }
+
+func getEventMsg(tid int) (uint64, error) {
+	var msg uint64
+	err := ptrace(unix.PTRACE_GETEVENTMSG, tid, 0, uintptr(unsafe.Pointer(&msg)))
+	return msg, err
+}
+
+func getSiginfo(tid int, si *unix.Siginfo) error {
+	return ptrace(unix.PTRACE_GETSIGINFO, tid, 0, uintptr(unsafe.Pointer(si)))
+}
+
+func setSiginfo(tid int, si *unix.Siginfo) error {
+	return ptrace(unix.PTRACE_SETSIGINFO, tid, 0, uintptr(unsafe.Pointer(si)))
+}
+
+// sigchld is the part of siginfo_t that waitid fills in.
+type sigchld struct {
+	signo, errno, code, _ int32
+	pid                   int32
+	uid                   uint32
+	status                int32
+	_                     [100]byte
+}
+
+const waitFlags = unix.WALL | unix.WNOTHREAD
+
+// wait4 waits for tid (one of our tracees), retrying on EINTR.
+func wait4(tid int, opts int) (int, unix.WaitStatus, error) {
+	var ws unix.WaitStatus
+	for {
+		wpid, err := unix.Wait4(tid, &ws, waitFlags|opts, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		return wpid, ws, err
+	}
+}
+
+// nextEvent blocks until one of our tracees reports a wait event and
+// consumes it. It looks only at the tracees of this OS thread (__WNOTHREAD).
+// It first peeks (WNOWAIT) at any event of this thread, which is ours unless
+// the thread also happens to be the real parent of another child with a
+// pending event; then it falls back to polling our tracees one by one.
+func (p *Process) nextEvent() (int, unix.WaitStatus, error) {
+	backoff := 20 * time.Microsecond
+	for {
+		if len(p.threads) == 0 {
+			return 0, 0, unix.ECHILD
+		}
+		if !p.pollMode {
+			var si sigchld
+			_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_ALL, 0, uintptr(unsafe.Pointer(&si)),
+				unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT|waitFlags, 0, 0)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e != 0:
+				return 0, 0, e
+			}
+			if tid := int(si.pid); p.threads[tid] != nil {
+				wpid, ws, err := wait4(tid, unix.WNOHANG)
+				if err == nil && wpid == tid {
+					return tid, ws, nil
+				}
+				if err == unix.ECHILD {
+					return tid, 0, err
+				}
+				continue
+			}
+			p.pollMode = true
+		}
+		for tid := range p.threads {
+			wpid, ws, err := wait4(tid, unix.WNOHANG)
+			if err == unix.ECHILD || (err == nil && wpid == tid) {
+				return tid, ws, err
+			}
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, time.Millisecond)
+	}
+}
+
+// listTasks returns the thread IDs of pid.
+func listTasks(pid int) ([]int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	tids := make([]int, 0, len(names))
+	for _, n := range names {
+		if tid, err := strconv.Atoi(n); err == nil {
+			tids = append(tids, tid)
+		}
+	}
+	sort.Ints(tids)
+	return tids, nil
+}
+
+// taskState returns the state letter of /proc/PID/task/TID/stat, or 0 when
+// the thread is gone.
+func taskState(pid, tid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
+}
+
+// taskTracer returns the TracerPid of a thread (0 when not traced).
+func taskTracer(pid, tid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(parseStatus(b)["TracerPid"])
+	return n
+}
+
+func isStopSignal(sig int) bool {
+	switch unix.Signal(sig) {
+	case unix.SIGSTOP, unix.SIGTSTP, unix.SIGTTIN, unix.SIGTTOU:
+		return true
+	}
+	return false
+}

@@ -65,7 +65,9 @@ type FormatError struct {
 	Msg string
 }
 
-func (e *FormatError) Error() string { return fmt.Sprintf("cfi: .eh_frame offset %#x: %s", e.Off, e.Msg) }
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("cfi: .eh_frame offset %#x: %s", e.Off, e.Msg)
+}
 
 // Is reports target == ErrFormat.
 func (e *FormatError) Is(target error) bool { return target == ErrFormat }

@@ -180,19 +180,11 @@ func (p *Process) handleStopEvent(tid int, ws unix.WaitStatus) error {
 		}
 		return fmt.Errorf("tracee: pid %d: continue thread %d: %w", p.pid, tid, err)
 	}
-	if dbgEvents != nil {
-		dbgEvents[int(ws>>16)]++
-	}
-	if !dbgNoReinterrupt || int(ws>>16) == 0 {
-		if err := interrupt(tid); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("tracee: pid %d: interrupt thread %d: %w", p.pid, tid, err)
-		}
+	if err := interrupt(tid); err != nil && err != unix.ESRCH {
+		return fmt.Errorf("tracee: pid %d: interrupt thread %d: %w", p.pid, tid, err)
 	}
 	return nil
 }
-
-var dbgNoReinterrupt bool
-var dbgEvents map[int]int
 
 func (p *Process) exited() error {
 	return fmt.Errorf("tracee: pid %d: %w", p.pid, ErrExited)

@@ -1,0 +1,507 @@
+package tracee
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+func openT(t testing.TB, pid int) *Process {
+	t.Helper()
+	p, err := Open(pid)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func TestOpenNoProcess(t *testing.T) {
+	for _, pid := range []int{0, -1, 0x7ffffff0} {
+		t.Run(fmt.Sprint(pid), func(t *testing.T) {
+			_, err := Open(pid)
+			require.ErrorIs(t, err, ErrNoProcess)
+			assert.Contains(t, err.Error(), fmt.Sprint(pid))
+		})
+	}
+}
+
+func TestDiagnose(t *testing.T) {
+	const pid = 42
+	tests := []struct {
+		name   string
+		f      permFacts
+		reason string // "" = allowed
+		noProc bool
+	}{
+		{name: "same uid, no yama", f: permFacts{Yama: -1, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}}},
+		{name: "root", f: permFacts{Yama: 1, UID: 0, CapPtrace: true, TargetUIDs: []int{1000, 1000, 1000, 1000}}},
+		{name: "gone", f: permFacts{Yama: -1, UID: 1000, ProbeErr: syscall.ENOENT}, noProc: true},
+		{name: "gone esrch", f: permFacts{Yama: -1, UID: 1000, ProbeErr: syscall.ESRCH}, noProc: true},
+		{name: "yama 3 even root", f: permFacts{Yama: 3, UID: 0, CapPtrace: true, TargetUIDs: []int{0, 0, 0, 0}}, reason: "ptrace_scope=3"},
+		{name: "yama 2", f: permFacts{Yama: 2, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}}, reason: "ptrace_scope=2"},
+		{name: "yama 2 with cap", f: permFacts{Yama: 2, UID: 1000, CapPtrace: true, TargetUIDs: []int{1000, 1000, 1000, 1000}}},
+		{name: "yama 1 not descendant", f: permFacts{Yama: 1, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}, ProbeErr: syscall.EACCES}, reason: "ptrace_scope=1"},
+		{name: "yama 1 descendant", f: permFacts{Yama: 1, UID: 1000, Descendant: true, TargetUIDs: []int{1000, 1000, 1000, 1000}}},
+		{name: "yama 1 PR_SET_PTRACER (probe ok)", f: permFacts{Yama: 1, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}}},
+		{name: "other uid", f: permFacts{Yama: -1, UID: 1000, TargetUIDs: []int{1001, 1001, 1001, 1001}, ProbeErr: syscall.EACCES}, reason: "owned by uid 1001, we are uid 1000"},
+		{name: "setuid saved uid", f: permFacts{Yama: 0, UID: 1000, TargetUIDs: []int{1000, 1000, 0, 1000}, ProbeErr: syscall.EACCES}, reason: "owned by uid 0, we are uid 1000"},
+		{name: "other uid yama 1", f: permFacts{Yama: 1, UID: 1000, TargetUIDs: []int{1001, 1001, 1001, 1001}, ProbeErr: syscall.EACCES}, reason: "owned by uid 1001, we are uid 1000"},
+		{name: "not dumpable", f: permFacts{Yama: 0, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}, ProbeErr: syscall.EACCES}, reason: "not dumpable"},
+		{name: "not dumpable eperm", f: permFacts{Yama: -1, UID: 1000, TargetUIDs: []int{1000, 1000, 1000, 1000}, ProbeErr: syscall.EPERM}, reason: "not dumpable"},
+		{name: "yama 1 descendant not dumpable", f: permFacts{Yama: 1, UID: 1000, Descendant: true, TargetUIDs: []int{1000, 1000, 1000, 1000}, ProbeErr: syscall.EACCES}, reason: "not dumpable"},
+		{name: "root refused (LSM)", f: permFacts{Yama: -1, UID: 0, CapPtrace: true, TargetUIDs: []int{0, 0, 0, 0}, ProbeErr: syscall.EACCES}, reason: syscall.EACCES.Error()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.f.Pid = pid
+			err := diagnose(tc.f)
+			switch {
+			case tc.noProc:
+				require.ErrorIs(t, err, ErrNoProcess)
+			case tc.reason == "":
+				require.NoError(t, err)
+			default:
+				require.ErrorIs(t, err, ErrPermission)
+				var pe *PermissionError
+				require.ErrorAs(t, err, &pe)
+				assert.Equal(t, pid, pe.Pid)
+				assert.Equal(t, tc.reason, pe.Reason)
+				assert.NotEmpty(t, pe.Hint)
+			}
+		})
+	}
+	// Another errno is passed through, not blamed on permissions.
+	err := diagnose(permFacts{Pid: pid, Yama: -1, ProbeErr: syscall.EIO})
+	require.ErrorIs(t, err, syscall.EIO)
+	require.NotErrorIs(t, err, ErrPermission)
+}
+
+// TestOpenOtherUID opens a target running as another uid: as root (with
+// CAP_SYS_PTRACE) we may trace it. The refusal cases are in TestDiagnose.
+func TestOpenOtherUID(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	// Let uid 65534 reach the binary.
+	require.NoError(t, os.Chmod(dir, 0o755))
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	bin := filepath.Join(dir, "tracee")
+	b, err := os.ReadFile(fixture.BuildC(t, "tracee", "-O2"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, b, 0o755))
+	cmd := exec.Command(bin, "1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	tg := startTarget(t, cmd)
+	p := openT(t, tg.pid)
+	require.NoError(t, p.Stop())
+	requireAllStopped(t, p)
+	require.NoError(t, p.Resume())
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+}
+
+func TestOpenThreadID(t *testing.T) {
+	tg := startFixture(t, 1)
+	for tid := range threadStates(t, tg.pid) {
+		if tid != tg.pid {
+			_, err := Open(tid)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "thread of process")
+			return
+		}
+	}
+}
+
+func TestStopResume(t *testing.T) {
+	tests := []struct {
+		name  string
+		start func(testing.TB) *target
+		beats []string
+		iters int
+	}{
+		{"C", func(tb testing.TB) *target { return startFixture(tb, 3) }, fixtureBeats(3), 200},
+		{"Go", startGoTarget, []string{"main", "spin", "sleeper0"}, 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := tc.start(t)
+			p := openT(t, tg.pid)
+			assert.False(t, p.Stopped())
+			assert.Empty(t, p.Threads())
+
+			require.NoError(t, p.Stop())
+			assert.True(t, p.Stopped())
+			requireAllStopped(t, p)
+			require.NoError(t, p.Stop(), "Stop when stopped is a no-op")
+			require.NoError(t, p.Resume())
+			assert.False(t, p.Stopped())
+			assert.Empty(t, p.Threads())
+			tg.waitBeats(tg.mark(), tc.beats...)
+
+			for i := 0; i < tc.iters; i++ {
+				require.NoError(t, p.Stop(), "iteration %d", i)
+				if i%20 == 0 {
+					requireAllStopped(t, p)
+				}
+				require.NoError(t, p.Resume(), "iteration %d", i)
+			}
+			m := tg.mark()
+			tg.waitBeats(m, tc.beats...)
+			for tid, st := range threadStates(t, tg.pid) {
+				assert.NotEqual(t, "t", string(st), "thread %d still traced", tid)
+			}
+			assert.Empty(t, tg.errs())
+		})
+	}
+}
+
+// TestStopGroupStopped: a SIGSTOP'd process can be stopped and is left in
+// its group-stop by Resume.
+func TestStopGroupStopped(t *testing.T) {
+	tg := startFixture(t, 2)
+	require.NoError(t, syscall.Kill(tg.pid, syscall.SIGSTOP))
+	waitStates(t, tg.pid, 'T')
+	p := openT(t, tg.pid)
+	require.NoError(t, p.Stop())
+	requireAllStopped(t, p)
+	_, err := p.Syscall("getpid", sysGetpid)
+	require.NoError(t, err)
+	require.NoError(t, p.Resume())
+	waitStates(t, tg.pid, 'T')
+	m := tg.mark()
+	// Give a wrongly woken target the chance to print (not a timing
+	// assertion: a correct target prints nothing whatever the delay).
+	time.Sleep(200 * time.Millisecond)
+	assert.Empty(t, tg.linesFrom(m), "the group-stopped target ran after Resume")
+	require.NoError(t, syscall.Kill(tg.pid, syscall.SIGCONT))
+	tg.waitBeats(m, fixtureBeats(2)...)
+	assert.Empty(t, tg.errs())
+}
+
+// waitStates waits until every thread of pid is in state st.
+func waitStates(t *testing.T, pid int, st byte) {
+	t.Helper()
+	deadline := time.Now().Add(safety)
+	for {
+		all := true
+		for _, s := range threadStates(t, pid) {
+			if s != st {
+				all = false
+			}
+		}
+		if all {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "safety timeout waiting for state %c: %v", st, threadStates(t, pid))
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSyscallGetpid(t *testing.T) {
+	tg := startFixture(t, 2)
+	p := openT(t, tg.pid)
+	for _, stopped := range []bool{false, true, false} {
+		t.Run(fmt.Sprintf("stopped=%v", stopped), func(t *testing.T) {
+			if stopped {
+				require.NoError(t, p.Stop())
+				defer func() { require.NoError(t, p.Resume()) }()
+			}
+			for i := 0; i < 20; i++ {
+				got, err := p.Syscall("getpid", sysGetpid)
+				require.NoError(t, err)
+				require.Equal(t, uint64(tg.pid), got)
+			}
+			assert.Equal(t, stopped, p.Stopped())
+			if !stopped {
+				for tid, st := range threadStates(t, tg.pid) {
+					assert.NotEqual(t, "t", string(st), "thread %d left traced", tid)
+				}
+			}
+		})
+	}
+	tg.waitBeats(tg.mark(), fixtureBeats(2)...)
+	assert.Empty(t, tg.errs())
+}
+
+func TestSyscallErrors(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	err := p.Munmap(0x1001, 4096) // unaligned
+	var se *SyscallError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, "munmap", se.Name)
+	assert.Equal(t, uint64(syscall.EINVAL), se.Errno)
+	assert.ErrorIs(t, err, syscall.EINVAL)
+	require.Error(t, p.Mprotect(0x1001, 4096, ProtRead))
+	_, err = p.Syscall("x", 1, 1, 2, 3, 4, 5, 6, 7)
+	require.Error(t, err)
+	_, err = p.GetRegs(tg.pid)
+	require.ErrorIs(t, err, ErrNotStopped)
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+}
+
+func TestMemory(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	for _, stopped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stopped=%v", stopped), func(t *testing.T) {
+			if stopped {
+				require.NoError(t, p.Stop())
+				defer func() { require.NoError(t, p.Resume()) }()
+			}
+			const size = 3 * 4096
+			// Read-write anonymous memory.
+			addr, err := p.Mmap(0, size, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+			require.NoError(t, err)
+			require.NotZero(t, addr)
+			data := bytes.Repeat([]byte("hotpatch"), size/8)
+			require.NoError(t, p.WriteMem(addr, data))
+			got := make([]byte, size)
+			n, err := p.ReadAt(got, int64(addr))
+			require.NoError(t, err)
+			require.Equal(t, size, n)
+			require.Equal(t, data, got)
+
+			// PROT_NONE in the middle: process_vm_readv stops there,
+			// /proc/PID/mem reads on.
+			require.NoError(t, p.Mprotect(addr+4096, 4096, 0))
+			clear(got)
+			n, err = p.ReadAt(got, int64(addr))
+			require.NoError(t, err)
+			require.Equal(t, size, n)
+			require.Equal(t, data, got)
+			require.NoError(t, p.Munmap(addr, size))
+
+			// Unmapped: error naming the address.
+			n, err = p.ReadAt(got[:16], int64(addr))
+			require.Error(t, err)
+			assert.Less(t, n, 16)
+			assert.Contains(t, err.Error(), fmt.Sprintf("%#x", addr))
+			require.Error(t, p.WriteMem(addr, got[:16]))
+
+			// Read+execute memory written through /proc/PID/mem.
+			addr, err = p.Mmap(0, 4096, ProtRead|ProtExec, MapPrivate|MapAnonymous)
+			require.NoError(t, err)
+			code := []byte{0x90, 0x90, 0xc3, 0xcc}
+			require.NoError(t, p.WriteMem(addr+100, code))
+			n, err = p.ReadAt(got[:4], int64(addr+100))
+			require.NoError(t, err)
+			require.Equal(t, 4, n)
+			require.Equal(t, code, got[:4])
+			require.NoError(t, p.Munmap(addr, 4096))
+
+			// The r-x text of the fixture itself: write its bytes back.
+			text := textMapping(t, tg.pid)
+			orig := make([]byte, 64)
+			_, err = p.ReadAt(orig, int64(text))
+			require.NoError(t, err)
+			require.NoError(t, p.WriteMem(text, orig))
+			flipped := make([]byte, len(orig))
+			for i := range orig {
+				flipped[i] = ^orig[i]
+			}
+			// Write something else and put it back, only while stopped
+			// (the text may run).
+			if stopped {
+				require.NoError(t, p.WriteMem(text, flipped))
+				_, err = p.ReadAt(got[:64], int64(text))
+				require.NoError(t, err)
+				require.Equal(t, flipped, got[:64])
+				require.NoError(t, p.WriteMem(text, orig))
+			}
+			_, err = p.ReadAt(got[:64], int64(text))
+			require.NoError(t, err)
+			require.Equal(t, orig, got[:64])
+		})
+	}
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+	assert.Empty(t, tg.errs())
+}
+
+// textMapping returns the start of the first r-x mapping of pid's executable.
+func textMapping(t *testing.T, pid int) uint64 {
+	t.Helper()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	require.NoError(t, err)
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 6 && f[1] == "r-xp" && f[5] == exe {
+			var lo, hi uint64
+			_, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi)
+			require.NoError(t, err)
+			return lo
+		}
+	}
+	t.Fatalf("no text mapping of %s", exe)
+	return 0
+}
+
+// TestSyscallRestartsBlockedThreads runs remote system calls on every thread
+// of the fixture, most of them blocked in nanosleep, read or pause; each
+// must restart its call as if nothing happened.
+func TestSyscallRestartsBlockedThreads(t *testing.T) {
+	const sleepers = 3
+	tg := startFixture(t, sleepers)
+	p := openT(t, tg.pid)
+	for round := 0; round < 20; round++ {
+		require.NoError(t, p.Stop())
+		for _, tid := range p.Threads() {
+			before, err := p.GetRegs(tid)
+			require.NoError(t, err)
+			got, err := p.syscallOn(tid, "getpid", sysGetpid)
+			require.NoError(t, err)
+			require.Equal(t, uint64(tg.pid), got)
+			after, err := p.GetRegs(tid)
+			require.NoError(t, err)
+			require.Equal(t, before, after, "registers of thread %d not restored", tid)
+		}
+		require.NoError(t, p.Resume())
+		m := tg.mark()
+		line := fmt.Sprintf("round %d", round)
+		_, err := fmt.Fprintln(tg.Stdin, line)
+		require.NoError(t, err)
+		tg.waitLine(m, func(s string) bool { return s == "read "+line })
+		tg.waitBeats(m, fixtureBeats(sleepers)...)
+	}
+	assert.Empty(t, tg.errs())
+}
+
+// TestSignalDuringPause: a SIGUSR1 sent while the process is stopped is
+// delivered exactly once after Resume, also when the thread that takes it
+// ran remote system calls meanwhile.
+func TestSignalDuringPause(t *testing.T) {
+	for _, withSyscalls := range []bool{false, true} {
+		t.Run(fmt.Sprintf("syscalls=%v", withSyscalls), func(t *testing.T) {
+			tg := startFixture(t, 1)
+			p := openT(t, tg.pid)
+			for round := 1; round <= 5; round++ {
+				m := tg.mark()
+				require.NoError(t, p.Stop())
+				require.NoError(t, syscall.Kill(tg.pid, syscall.SIGUSR1))
+				if withSyscalls {
+					for i := 0; i < 3; i++ {
+						for _, tid := range p.Threads() {
+							_, err := p.syscallOn(tid, "getpid", sysGetpid)
+							require.NoError(t, err)
+						}
+					}
+				}
+				require.NoError(t, p.Resume())
+				got, _ := tg.waitLine(m, func(s string) bool { return strings.HasPrefix(s, "usr1 ") })
+				require.Equal(t, fmt.Sprintf("usr1 %d", round), got)
+			}
+			assert.Empty(t, tg.errs())
+		})
+	}
+}
+
+// TestKillWhileStopped: the target dies while stopped; Resume returns an
+// ErrExited error without hanging, and so do later calls.
+func TestKillWhileStopped(t *testing.T) {
+	tg := startFixture(t, 2)
+	p := openT(t, tg.pid)
+	require.NoError(t, p.Stop())
+	require.NoError(t, syscall.Kill(tg.pid, syscall.SIGKILL))
+	err := p.Resume()
+	if err != nil {
+		require.ErrorIs(t, err, ErrExited)
+	}
+	tg.Wait() // Wait may see ECHILD: the tracer reaped the leader
+	err = p.Stop()
+	require.ErrorIs(t, err, ErrNoProcess)
+	_, err = p.Syscall("getpid", sysGetpid)
+	require.ErrorIs(t, err, ErrNoProcess)
+	require.NoError(t, p.Close())
+	require.ErrorIs(t, p.Stop(), ErrClosed)
+}
+
+// TestKillDuringSyscall: the target dies between remote system calls.
+func TestExitWhileOpen(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	require.NoError(t, syscall.Kill(tg.pid, syscall.SIGKILL))
+	tg.Wait()
+	require.ErrorIs(t, p.Stop(), ErrNoProcess)
+	_, err := p.Syscall("getpid", sysGetpid)
+	require.ErrorIs(t, err, ErrNoProcess)
+}
+
+// TestTracerDeath: a tracer process that dies (SIGKILL) while the target is
+// stopped leaves a running target behind.
+func TestTracerDeath(t *testing.T) {
+	tests := []struct {
+		name  string
+		start func(testing.TB) *target
+		beats []string
+	}{
+		{"C", func(tb testing.TB) *target { return startFixture(tb, 2) }, fixtureBeats(2)},
+		{"Go", startGoTarget, []string{"main", "spin", "sleeper0"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := tc.start(t)
+			for i := 0; i < 3; i++ {
+				cmd := exec.Command(os.Args[0], "-test.run=^$")
+				cmd.Env = append(os.Environ(), helperEnv+"=tracer", fmt.Sprintf("TRACEE_TEST_PID=%d", tg.pid))
+				startTarget(t, cmd) // returns once the tracer says "ready stopped N"
+				for tid, st := range threadStates(t, tg.pid) {
+					if st != 'Z' {
+						require.Equal(t, "t", string(st), "thread %d", tid)
+					}
+				}
+				m := tg.mark()
+				require.NoError(t, cmd.Process.Kill())
+				_ = cmd.Wait()
+				tg.waitBeats(m, tc.beats...)
+			}
+			for tid, st := range threadStates(t, tg.pid) {
+				assert.NotEqual(t, "t", string(st), "thread %d still traced", tid)
+			}
+			assert.Empty(t, tg.errs())
+		})
+	}
+}
+
+func TestCloseResumes(t *testing.T) {
+	tg := startFixture(t, 1)
+	p, err := Open(tg.pid)
+	require.NoError(t, err)
+	require.NoError(t, p.Stop())
+	require.NoError(t, p.Close())
+	require.NoError(t, p.Close())
+	require.ErrorIs(t, p.Resume(), ErrClosed)
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+	_, err = p.ReadAt(make([]byte, 1), 0x1000)
+	require.Error(t, err)
+	_ = errors.New
+}
+
+func BenchmarkStopResume(b *testing.B) {
+	tg := startFixture(b, 4) // leader, reader, spinner, signal thread, 4 sleepers
+	p := openT(b, tg.pid)
+	require.NoError(b, p.Stop())
+	require.Len(b, p.Threads(), 8)
+	require.NoError(b, p.Resume())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := p.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Resume(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

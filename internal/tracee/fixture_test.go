@@ -50,7 +50,7 @@ func (tg *target) mark() int { return tg.Mark() }
 // and its index.
 func (tg *target) waitLine(from int, match func(string) bool) (string, int) {
 	tg.tb.Helper()
-	return tg.WaitLine(tg.tb, from, "the expected line", match, safety)
+	return tg.WaitLine(tg.tb, from, "the line the test waits for", match, safety)
 }
 
 // waitBeats waits, after line index from, for a heartbeat of every name.

@@ -350,7 +350,7 @@ func textMapping(t *testing.T, pid int) uint64 {
 }
 
 // TestSyscallRestartsBlockedThreads runs remote system calls on every thread
-// of the fixture, most of them blocked in nanosleep, read or pause; each
+// of the fixture, most of them blocked in nanosleep, read or sigsuspend; each
 // must restart its call as if nothing happened.
 func TestSyscallRestartsBlockedThreads(t *testing.T) {
 	const sleepers = 3

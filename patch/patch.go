@@ -76,7 +76,12 @@ func Attach(pid int, opts *Options) (*Target, error) {
 		proc.Close()
 		return nil, &Error{Op: "attach", Pid: pid, Err: err}
 	}
-	return &Target{pid: pid, proc: proc, syms: syms, arch: arch, unw: syms.Unwinder(), log: log}, nil
+	unw := syms.Unwinder()
+	if err := unw.Prepare(); err != nil {
+		// Not fatal: stacks through such a module are unreliable and block.
+		log.Warn("unwind tables", "err", err)
+	}
+	return &Target{pid: pid, proc: proc, syms: syms, arch: arch, unw: unw, log: log}, nil
 }
 
 // Close releases the target (it never leaves it stopped).

@@ -6,6 +6,7 @@ package unwind
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -102,6 +103,20 @@ type Stack struct {
 type Unwinder struct {
 	Arch    Arch
 	Modules []*Module // any order
+}
+
+// Prepare parses every module's unwind tables now (they are otherwise parsed
+// on first use), so that no walk made while the target is stopped pays for
+// it. Modules whose tables are broken are reported, and stacks through them
+// are unreliable.
+func (u *Unwinder) Prepare() error {
+	var errs []error
+	for _, m := range u.Modules {
+		if _, _, err := m.tables(u.Arch); err != nil {
+			errs = append(errs, fmt.Errorf("unwind tables of %s: %w", m.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // MaxFrames bounds a walk; a deeper stack is reported unreliable.

@@ -1,6 +1,6 @@
 // Package consistency is the safety model of a patch: it takes a snapshot of
-// every task of a stopped target (threads now; goroutines are tasks too in Go
-// targets) with its unwound stack, and decides whether any task is executing
+// every task of a stopped target (its threads, and in Go targets every
+// goroutine, running or parked) with its unwound stack, and decides whether any task is executing
 // in, or will return into, a function that is about to change. StopAndCheck
 // drives the stop-check-act-resume cycle with retries and backoff.
 package consistency
@@ -18,14 +18,33 @@ var ErrBlocked = errors.New("activeness check failed")
 
 // Task is one schedulable unit of the target with its stack.
 type Task struct {
-	// Kind is "thread".
+	// Kind is "thread" or "goroutine".
 	Kind string
-	// ID is the thread ID.
-	ID    int
-	Stack unwind.Stack
+	// ID is the thread ID or the goroutine ID.
+	ID int
+	// Status is a goroutine's status ("waiting", "running", ...).
+	Status string
+	// Wait is a waiting goroutine's wait reason ("chan receive").
+	Wait string
+	// Thread is the thread a running goroutine was found on (its stack is
+	// that thread's), 0 otherwise.
+	Thread int
+	Stack  unwind.Stack
 }
 
-func (t Task) String() string { return fmt.Sprintf("%s %d", t.Kind, t.ID) }
+func (t Task) String() string {
+	if t.Kind != "goroutine" {
+		return fmt.Sprintf("%s %d", t.Kind, t.ID)
+	}
+	state := t.Status
+	if t.Wait != "" {
+		state = t.Wait
+	}
+	if t.Thread != 0 {
+		state += fmt.Sprintf(", on thread %d", t.Thread)
+	}
+	return fmt.Sprintf("goroutine %d [%s]", t.ID, state)
+}
 
 // Snapshot is every task of a stopped target.
 type Snapshot struct {

@@ -6,6 +6,7 @@
 package elfsym
 
 import (
+	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -343,6 +344,20 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("elfsym: %#x..%#x is not file-backed in %s (bias %#x)", addr, addr+uint64(n), m.Path, m.Bias)
+}
+
+// Open opens the module's ELF file as it is mapped (through
+// /proc/PID/map_files when possible, so a file replaced on disk since is not
+// read by mistake). The caller closes it.
+func (m *Module) Open() (*elf.File, error) {
+	if m.image != nil {
+		return elf.NewFile(bytes.NewReader(m.image))
+	}
+	ef, err := elf.Open(m.src)
+	if err != nil {
+		return nil, fmt.Errorf("elfsym: opening %s: %w", m.Path, err)
+	}
+	return ef, nil
 }
 
 // Unwinder returns the unwind tables of every module for package unwind.

@@ -24,6 +24,8 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
@@ -43,6 +45,10 @@ type Target struct {
 	arch trampoline.Arch
 	unw  *unwind.Unwinder
 	log  *slog.Logger
+
+	goRT    *goruntime.Runtime // loaded on first use, Go targets only
+	goRTErr error
+	goRTOK  bool
 }
 
 // Attach opens process pid for patching: it checks that we may trace it and
@@ -241,7 +247,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		regions = append(regions, consistency.Region{Name: p.rep.Old, Start: p.old.Addr, End: end})
 	}
-	res, err := consistency.StopAndCheck(ctx, t.proc, t.unw, regions,
+	src, err := t.source()
+	if err != nil {
+		unmap()
+		return fail("", err, "")
+	}
+	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			var writes []write
@@ -422,7 +433,11 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		}
 		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.Original})
 	}
-	res, err := consistency.StopAndCheck(ctx, t.proc, t.unw, regions,
+	src, err := t.source()
+	if err != nil {
+		return fail(err, "")
+	}
+	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
 		func(consistency.Snapshot) error { return t.writeAll(rec.Region, writes, stateReverted) })
 	if err != nil {
@@ -463,12 +478,59 @@ func newID() string {
 
 func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 
-// Threads stops the target once, unwinds every thread and resumes it.
+// source returns where tasks come from: the threads, and for a Go target its
+// goroutines.
+func (t *Target) source() (consistency.Source, error) {
+	src := consistency.Source{Proc: t.proc, Unwinder: t.unw}
+	if !t.goRTOK {
+		t.goRTOK = true
+		t.goRT, t.goRTErr = t.loadGoRuntime()
+	}
+	if t.goRTErr != nil {
+		return src, t.goRTErr
+	}
+	src.Go = t.goRT
+	return src, nil
+}
+
+// loadGoRuntime finds the goroutine list of a Go target (nil, nil for other
+// targets).
+func (t *Target) loadGoRuntime() (*goruntime.Runtime, error) {
+	main := t.syms.Modules[0]
+	if !main.IsGo {
+		return nil, nil
+	}
+	ef, err := main.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer ef.Close()
+	var funcs *gopcln.Table
+	for _, m := range t.unw.Modules {
+		if m.Name == main.Path && m.Pclntab != nil {
+			if funcs, err = m.GoTable(t.unw.Arch); err != nil {
+				return nil, err
+			}
+		}
+	}
+	rt, err := goruntime.Load(goruntime.Binary{ELF: ef, Bias: main.Bias, Version: main.GoVersion, Funcs: funcs}, t.proc)
+	if err != nil {
+		return nil, fmt.Errorf("%w (without the goroutine list no patch can be proven safe)", err)
+	}
+	return rt, nil
+}
+
+// Threads stops the target once, unwinds every thread (and every goroutine
+// of a Go target) and resumes it.
 func (t *Target) Threads() (consistency.Snapshot, error) {
+	src, err := t.source()
+	if err != nil {
+		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
+	}
 	if err := t.proc.Stop(); err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
-	snap, err := consistency.Take(t.proc, t.unw)
+	snap, err := src.Take()
 	if rerr := t.proc.Resume(); err == nil {
 		err = rerr
 	}

@@ -172,8 +172,17 @@ func TestApplyRefusedWhileThreadInside(t *testing.T) {
 			for _, e := range tasks {
 				tids = append(tids, e.Name())
 			}
-			require.Contains(t, tids, strconv.Itoa(blocker.Task.ID))
-			require.Contains(t, err.Error(), fmt.Sprintf("thread %d", blocker.Task.ID))
+			if svc.name == "go" {
+				// Named as the goroutine, found on the thread that runs it.
+				require.Equal(t, "goroutine", blocker.Task.Kind)
+				require.Equal(t, "syscall", blocker.Task.Status)
+				require.Contains(t, tids, strconv.Itoa(blocker.Task.Thread))
+				require.Contains(t, err.Error(), fmt.Sprintf("goroutine %d [syscall, on thread %d]", blocker.Task.ID, blocker.Task.Thread))
+			} else {
+				require.Equal(t, "thread", blocker.Task.Kind)
+				require.Contains(t, tids, strconv.Itoa(blocker.Task.ID))
+				require.Contains(t, err.Error(), fmt.Sprintf("thread %d", blocker.Task.ID))
+			}
 			require.Contains(t, err.Error(), svc.slow)
 
 			require.Equal(t, untouched, snapshot(t, tg, p.Pid, svc.slow, svc.old), "a refusal must leave the target byte-for-byte as it was")

@@ -1,0 +1,145 @@
+package consistency
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
+)
+
+// Source is where a snapshot's tasks come from.
+type Source struct {
+	Proc     *tracee.Process
+	Unwinder *unwind.Unwinder
+	// Go is the runtime of a Go target, whose goroutines are tasks too;
+	// nil for other targets.
+	Go *goruntime.Runtime
+}
+
+// stackPrefetch bounds how much of a parked goroutine's stack is read in
+// the batch before its walk (the rest is read on demand).
+const stackPrefetch = 16 << 10
+
+// Take unwinds every thread of the stopped process and, for a Go target,
+// every goroutine that is not dead: a goroutine running on a thread takes
+// that thread's stack (the thread's registers are the truth), every other one
+// is walked from the registers its g saved. A thread whose walk ended where
+// it switched from a goroutine's stack to its system stack is complete then,
+// since that goroutine is walked from its g.
+func (src Source) Take() (Snapshot, error) {
+	p, u := src.Proc, src.Unwinder
+	var s Snapshot
+	threads := map[int]int{} // tid → index in s.Tasks
+	for _, tid := range p.Threads() {
+		regs, err := p.GetRegs(tid)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, err)
+		}
+		threads[tid] = len(s.Tasks)
+		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Stack: u.Unwind(p, regs.DWARF())})
+	}
+	if src.Go == nil {
+		return s, nil
+	}
+	gs, err := src.Go.Goroutines(p)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
+	}
+	covered := map[int]bool{}
+	var walk []goruntime.G
+	var goTasks []Task
+	var walkOf []int // goTasks index → walk index, -1 when not walked from its g
+	for _, g := range gs {
+		if !g.Live() {
+			continue
+		}
+		t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread}
+		if g.Status == goruntime.Waiting && t.Wait == "" {
+			t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
+		}
+		if i, ok := threads[g.Thread]; ok && (g.Status == goruntime.Running || g.Status == goruntime.Syscall) &&
+			onStack(s.Tasks[i].Stack, g) {
+			t.Stack = s.Tasks[i].Stack
+			covered[g.Thread] = true
+			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
+			continue
+		}
+		t.Thread = 0
+		if g.Status == goruntime.CopyStack {
+			t.Stack = unwind.Stack{Reason: "its stack is being moved"}
+			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
+			continue
+		}
+		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
+		walk = append(walk, g)
+	}
+	// Read the live part of every parked goroutine's stack in one batch.
+	addrs := make([]uint64, len(walk))
+	bufs := make([][]byte, len(walk))
+	for i, g := range walk {
+		if g.SP >= g.StackLo && g.SP < g.StackHi {
+			addrs[i] = g.SP
+			bufs[i] = make([]byte, min(g.StackHi-g.SP, stackPrefetch))
+		}
+	}
+	if err := p.ReadMany(addrs, bufs); err != nil {
+		return Snapshot{}, fmt.Errorf("consistency: goroutine stacks: %w", err)
+	}
+	for i, j := range walkOf {
+		if j < 0 {
+			continue
+		}
+		t, g := &goTasks[i], walk[j]
+		if g.SP < g.StackLo || g.SP >= g.StackHi {
+			t.Stack = unwind.Stack{Reason: fmt.Sprintf("saved sp %#x is outside its stack [%#x, %#x)", g.SP, g.StackLo, g.StackHi)}
+			continue
+		}
+		regs := make([]uint64, u.Arch.RAReg+1)
+		regs[u.Arch.RAReg], regs[u.Arch.SPReg], regs[u.Arch.FPReg] = g.PC, g.SP, g.BP
+		if u.Arch.LinkRegister && u.Arch.LRReg < len(regs) {
+			regs[u.Arch.LRReg] = g.LR
+		}
+		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j]}, regs)
+	}
+	// A covered thread is reported as its goroutine.
+	var out Snapshot
+	for _, t := range s.Tasks {
+		if covered[t.ID] {
+			continue
+		}
+		if !t.Stack.Reliable && t.Stack.SwitchedAt != "" {
+			t.Stack.Reliable = true
+			t.Stack.Reason = "system stack, entered at " + t.Stack.SwitchedAt + " (the goroutine's own frames are checked from its g)"
+		}
+		out.Tasks = append(out.Tasks, t)
+	}
+	out.Tasks = append(out.Tasks, goTasks...)
+	return out, nil
+}
+
+// onStack reports whether a walk ran on g's stack.
+func onStack(s unwind.Stack, g goruntime.G) bool {
+	for _, f := range s.Frames {
+		if f.SP >= g.StackLo && f.SP < g.StackHi {
+			return true
+		}
+	}
+	return false
+}
+
+// prefetched serves reads of one region from a buffer read beforehand.
+type prefetched struct {
+	base io.ReaderAt
+	addr uint64
+	buf  []byte
+}
+
+func (m *prefetched) ReadAt(b []byte, off int64) (int, error) {
+	a := uint64(off)
+	if a >= m.addr && a+uint64(len(b)) <= m.addr+uint64(len(m.buf)) {
+		return copy(b, m.buf[a-m.addr:]), nil
+	}
+	return m.base.ReadAt(b, off)
+}

@@ -6,6 +6,7 @@
 package elfsym
 
 import (
+	"sync"
 	"bytes"
 	"debug/elf"
 	"errors"
@@ -74,6 +75,11 @@ type Module struct {
 	texts    [][2]uint64      // live executable ranges
 	pclntab  []byte
 	goText   uint64 // link-time text start the pclntab's entry offsets are relative to
+	goFunc   uint64 // link-time address of go:func.* (inline trees), 0 when unknown
+
+	inlineOnce sync.Once
+	inlines    map[string][]InlineSite // callee name → where it was inlined
+	inlineErr  error
 	ehFrame  []byte
 	ehAddr   uint64
 	textSect [][2]uint64 // link-time executable section ranges

@@ -5,7 +5,7 @@
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch syms    --pid PID [SUBSTRING]
-//	hotpatch threads --pid PID
+//	hotpatch threads --pid PID [--goroutines]
 //	hotpatch demo
 //
 // Exit status: 0 on success, 1 when the operation is refused or fails (the
@@ -34,7 +34,7 @@ const usage = `usage:
   hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
   hotpatch status  --pid PID [--json]
   hotpatch syms    --pid PID [SUBSTRING]
-  hotpatch threads --pid PID
+  hotpatch threads --pid PID [--goroutines]
   hotpatch demo
 `
 
@@ -294,6 +294,7 @@ func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := newFlags("threads", stderr, false, false)
+	all := c.fs.Bool("goroutines", false, "also list every goroutine of a Go target (parked ones too), not only those running on a thread")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -306,8 +307,16 @@ func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	hidden := 0
 	for _, task := range snap.Tasks {
+		if task.Kind == "goroutine" && task.Thread == 0 && !*all {
+			hidden++
+			continue
+		}
 		fmt.Fprintf(stdout, "%s%s\n", task, patch.FormatStack(t, task.Stack))
+	}
+	if hidden > 0 {
+		fmt.Fprintf(stdout, "(%d goroutines not running on a thread; --goroutines lists them)\n", hidden)
 	}
 	return nil
 }

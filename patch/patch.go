@@ -110,6 +110,11 @@ type ApplyOptions struct {
 	// Timeout bounds how long Apply retries while threads are inside the
 	// functions (default 5s).
 	Timeout time.Duration
+	// AllowInlined patches only the out-of-line copy of a function the
+	// compiler also inlined into callers (those copies keep the old code;
+	// the result lists them). Without it such a function is refused with an
+	// *InlinedError.
+	AllowInlined bool
 }
 
 // Result is a successful Apply or Revert.
@@ -131,6 +136,7 @@ type planned struct {
 	old, new elfsym.Symbol
 	code     []byte // live bytes: the function then its padding
 	plan     *trampoline.Plan
+	inlined  []elfsym.InlineSite
 }
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
@@ -183,7 +189,14 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if id, ok := patched[old.Addr]; ok {
 			return fail(rep.Old, ErrAlreadyApplied, fmt.Sprintf("patch %s already replaces it; revert it first (hotpatch revert --pid %d --id %s)", id, t.pid, id))
 		}
-		p := &planned{rep: rep, old: old, new: nw}
+		sites, err := t.syms.InlineSites(old)
+		if err != nil {
+			return fail(rep.Old, err, "the inlining information could not be read; without it the patch cannot be shown complete")
+		}
+		if len(sites) > 0 && !o.AllowInlined {
+			return fail(rep.Old, &InlinedError{Func: rep.Old, Sites: sites}, "")
+		}
+		p := &planned{rep: rep, old: old, new: nw, inlined: sites}
 		if err := t.readCode(p); err != nil {
 			return fail(rep.Old, err, "")
 		}
@@ -223,6 +236,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			Old: p.rep.Old, OldAddr: p.old.Addr, New: p.rep.New, NewAddr: p.new.Addr, NewSize: p.new.Size,
 			Module: p.old.Module.Path, BuildID: p.old.Module.BuildID,
 			PatchAddr: plan.Addr, Original: plan.Original, Jump: plan.Jump, ThunkAddr: thunk,
+			InlinedInto: inlineCallers(p.inlined),
 		})
 	}
 	hdr, err := encodeRecord(rec, statePrepared)
@@ -272,6 +286,18 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts}, nil
+}
+
+func inlineCallers(sites []elfsym.InlineSite) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range sites {
+		if !seen[s.Caller] {
+			seen[s.Caller] = true
+			out = append(out, s.Caller)
+		}
+	}
+	return out
 }
 
 func (p *planned) fn() trampoline.Func {

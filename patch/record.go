@@ -87,6 +87,9 @@ type Function struct {
 	Jump     Bytes `json:"jump"`
 	// ThunkAddr is the relocated original ("call the original").
 	ThunkAddr uint64 `json:"thunk_addr"`
+	// InlinedInto lists the callers that hold inlined copies of Old, which
+	// this patch does not change (applied with AllowInlined).
+	InlinedInto []string `json:"inlined_into,omitempty"`
 }
 
 // Record describes a patch as the target holds it.

@@ -1,7 +1,7 @@
 // Command hotpatch replaces functions inside a running process, and puts
 // them back, without restarting it.
 //
-//	hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
+//	hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch syms    --pid PID [SUBSTRING]
@@ -30,7 +30,7 @@ import (
 )
 
 const usage = `usage:
-  hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
+  hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined] [--json]
   hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
   hotpatch status  --pid PID [--json]
   hotpatch syms    --pid PID [SUBSTRING]
@@ -164,6 +164,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c := newFlags("apply", stderr, true, true)
 	var reps replaceFlags
 	c.fs.Var(&reps, "replace", "OLD=NEW: redirect function OLD to function NEW (repeatable)")
+	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers (those copies keep the old code)")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -175,9 +176,14 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	res, err := t.Apply(ctx, reps, patch.ApplyOptions{Timeout: c.timeout})
+	res, err := t.Apply(ctx, reps, patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined})
 	if err != nil {
 		return c.fail(stdout, err)
+	}
+	for _, f := range res.Functions {
+		if len(f.InlinedInto) > 0 {
+			fmt.Fprintf(stderr, "hotpatch: warning: %s stays inlined, with the old code, in: %s\n", f.Old, strings.Join(f.InlinedInto, ", "))
+		}
 	}
 	if c.json {
 		writeJSON(stdout, res)
@@ -285,9 +291,15 @@ func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer t.Close()
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADDRESS\tSIZE\tPAD\tMODULE\tNAME")
+	fmt.Fprintln(tw, "ADDRESS\tSIZE\tPAD\tMODULE\tNAME\tINLINED INTO")
 	for _, s := range t.Symbols().Search(c.fs.Arg(0)) {
-		fmt.Fprintf(tw, "%#x\t%d\t%d\t%s\t%s\n", s.Addr, s.Size, s.Padding, baseName(s.Module.Path), s.Name)
+		inl := ""
+		if sites, err := t.Symbols().InlineSites(s); err != nil {
+			inl = "? (" + err.Error() + ")"
+		} else if len(sites) > 0 {
+			inl = patch.FormatInlineSites(sites)
+		}
+		fmt.Fprintf(tw, "%#x\t%d\t%d\t%s\t%s\t%s\n", s.Addr, s.Size, s.Padding, baseName(s.Module.Path), s.Name, inl)
 	}
 	return tw.Flush()
 }

@@ -109,12 +109,37 @@ type BlockedError struct {
 // Is reports target == ErrBlocked.
 func (e *BlockedError) Is(target error) bool { return target == ErrBlocked }
 
+// MaxReported bounds the blockers BlockedError.Error shows with their
+// stacks; the rest are counted by function.
+const MaxReported = 10
+
 func (e *BlockedError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v after %d attempts: %d blocking task(s); retry later, raise --timeout, or patch functions that are not in use:", ErrBlocked, e.Attempts, len(e.Blockers))
-	for _, bl := range e.Blockers {
+	for i, bl := range e.Blockers {
+		if i == MaxReported {
+			break
+		}
 		fmt.Fprintf(&b, "\n  %s: %s", bl.Task, bl.Reason)
 		b.WriteString(FormatStack(bl.Task.Stack, e.Symbolize, "\n      "))
+	}
+	if rest := len(e.Blockers) - MaxReported; rest > 0 {
+		counts := map[string]int{}
+		var order []string
+		for _, bl := range e.Blockers[MaxReported:] {
+			k := bl.Func
+			if k == "" {
+				k = "an unreliable stack"
+			}
+			if counts[k] == 0 {
+				order = append(order, k)
+			}
+			counts[k]++
+		}
+		fmt.Fprintf(&b, "\n  ... and %d more:", rest)
+		for _, k := range order {
+			fmt.Fprintf(&b, " %d in %s;", counts[k], k)
+		}
 	}
 	return b.String()
 }

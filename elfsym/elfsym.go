@@ -6,7 +6,6 @@
 package elfsym
 
 import (
-	"sync"
 	"bytes"
 	"debug/elf"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
@@ -68,22 +68,22 @@ type Module struct {
 	// ("go1.26.1"), "" when absent.
 	GoVersion string
 
-	src      string           // path the file was opened through ("" for in-memory images)
-	image    []byte           // the whole image when read from memory (vDSO)
-	loads    []elf.ProgHeader // PT_LOAD segments
-	exec     []segment        // executable segments' file bytes
-	texts    [][2]uint64      // live executable ranges
-	pclntab  []byte
-	goText   uint64 // link-time text start the pclntab's entry offsets are relative to
-	goFunc   uint64 // link-time address of go:func.* (inline trees), 0 when unknown
+	src     string           // path the file was opened through ("" for in-memory images)
+	image   []byte           // the whole image when read from memory (vDSO)
+	loads   []elf.ProgHeader // PT_LOAD segments
+	exec    []segment        // executable segments' file bytes
+	texts   [][2]uint64      // live executable ranges
+	pclntab []byte
+	goText  uint64 // link-time text start the pclntab's entry offsets are relative to
+	goFunc  uint64 // link-time address of go:func.* (inline trees), 0 when unknown
 
 	inlineOnce sync.Once
 	inlines    map[string][]InlineSite // callee name → where it was inlined
 	inlineErr  error
-	ehFrame  []byte
-	ehAddr   uint64
-	textSect [][2]uint64 // link-time executable section ranges
-	syms     []Symbol    // filled by parse, moved into the table by index
+	ehFrame    []byte
+	ehAddr     uint64
+	textSect   [][2]uint64 // link-time executable section ranges
+	syms       []Symbol    // filled by parse, moved into the table by index
 }
 
 // segment is the file contents of one executable PT_LOAD segment.

@@ -93,6 +93,7 @@ func FormatInlineSites(sites []elfsym.InlineSite) string {
 	}
 	return b.String()
 }
+
 // Error is a failed operation on a target. The target is left as it was.
 type Error struct {
 	Op   string // "attach", "apply", "revert", "status"

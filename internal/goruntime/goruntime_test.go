@@ -177,4 +177,3 @@ func TestStatusName(t *testing.T) {
 	g.Status = Leaked
 	require.True(t, g.Live(), "a leaked goroutine still has frames")
 }
-

@@ -19,8 +19,9 @@ type Source struct {
 }
 
 // stackPrefetch bounds how much of a parked goroutine's stack is read in
-// the batch before its walk (the rest is read on demand).
-const stackPrefetch = 16 << 10
+// the batch before its walk (the rest is read on demand, a page at a time).
+// Parked goroutines typically use a few hundred bytes.
+const stackPrefetch = 2 << 10
 
 // Take unwinds every thread of the stopped process and, for a Go target,
 // every goroutine that is not dead: a goroutine running on a thread takes
@@ -31,6 +32,7 @@ const stackPrefetch = 16 << 10
 func (src Source) Take() (Snapshot, error) {
 	p, u := src.Proc, src.Unwinder
 	var s Snapshot
+	s.Tasks = make([]Task, 0, len(p.Threads()))
 	threads := map[int]int{} // tid → index in s.Tasks
 	for _, tid := range p.Threads() {
 		regs, err := p.GetRegs(tid)
@@ -48,9 +50,9 @@ func (src Source) Take() (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
 	covered := map[int]bool{}
-	var walk []goruntime.G
-	var goTasks []Task
-	var walkOf []int // goTasks index → walk index, -1 when not walked from its g
+	walk := make([]goruntime.G, 0, len(gs))
+	goTasks := make([]Task, 0, len(gs))
+	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
 	for _, g := range gs {
 		if !g.Live() {
 			continue
@@ -78,10 +80,18 @@ func (src Source) Take() (Snapshot, error) {
 	// Read the live part of every parked goroutine's stack in one batch.
 	addrs := make([]uint64, len(walk))
 	bufs := make([][]byte, len(walk))
+	total := uint64(0)
+	for _, g := range walk {
+		if g.SP >= g.StackLo && g.SP < g.StackHi {
+			total += min(g.StackHi-g.SP, stackPrefetch)
+		}
+	}
+	arena := make([]byte, total)
 	for i, g := range walk {
 		if g.SP >= g.StackLo && g.SP < g.StackHi {
 			addrs[i] = g.SP
-			bufs[i] = make([]byte, min(g.StackHi-g.SP, stackPrefetch))
+			n := min(g.StackHi-g.SP, stackPrefetch)
+			bufs[i], arena = arena[:n:n], arena[n:]
 		}
 	}
 	if err := p.ReadMany(addrs, bufs); err != nil {
@@ -101,10 +111,10 @@ func (src Source) Take() (Snapshot, error) {
 		if u.Arch.LinkRegister && u.Arch.LRReg < len(regs) {
 			regs[u.Arch.LRReg] = g.LR
 		}
-		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j]}, regs)
+		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j], hi: g.StackHi}, regs)
 	}
 	// A covered thread is reported as its goroutine.
-	var out Snapshot
+	out := Snapshot{Tasks: make([]Task, 0, len(s.Tasks)+len(goTasks))}
 	for _, t := range s.Tasks {
 		if covered[t.ID] {
 			continue
@@ -129,17 +139,28 @@ func onStack(s unwind.Stack, g goruntime.G) bool {
 	return false
 }
 
-// prefetched serves reads of one region from a buffer read beforehand.
+// prefetched serves reads of a goroutine's stack from a buffer read
+// beforehand; a read beyond it extends the buffer by at least a page (up to
+// the stack's top, hi).
 type prefetched struct {
 	base io.ReaderAt
 	addr uint64
 	buf  []byte
+	hi   uint64
 }
 
 func (m *prefetched) ReadAt(b []byte, off int64) (int, error) {
-	a := uint64(off)
-	if a >= m.addr && a+uint64(len(b)) <= m.addr+uint64(len(m.buf)) {
+	a, end := uint64(off), uint64(off)+uint64(len(b))
+	have := m.addr + uint64(len(m.buf))
+	if a >= m.addr && end <= have {
 		return copy(b, m.buf[a-m.addr:]), nil
+	}
+	if a >= m.addr && a <= have && end <= m.hi {
+		more := make([]byte, min(max(end-have, 4096), m.hi-have))
+		if _, err := m.base.ReadAt(more, int64(have)); err == nil {
+			m.buf = append(m.buf, more...)
+			return copy(b, m.buf[a-m.addr:]), nil
+		}
 	}
 	return m.base.ReadAt(b, off)
 }

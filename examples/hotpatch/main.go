@@ -14,6 +14,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -290,7 +291,8 @@ func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer t.Close()
-	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "ADDRESS\tSIZE\tPAD\tMODULE\tNAME\tINLINED INTO")
 	for _, s := range t.Symbols().Search(c.fs.Arg(0)) {
 		inl := ""
@@ -301,7 +303,15 @@ func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(tw, "%#x\t%d\t%d\t%s\t%s\t%s\n", s.Addr, s.Size, s.Padding, baseName(s.Module.Path), s.Name, inl)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		if line != "" {
+			fmt.Fprintln(stdout, strings.TrimRight(line, " \n"))
+		}
+	}
+	return nil
 }
 
 func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) error {

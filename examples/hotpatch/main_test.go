@@ -134,6 +134,45 @@ func TestCLISymsAndThreads(t *testing.T) {
 	require.Contains(t, out, "main+")
 }
 
+// TestCLIGo: on a Go target, syms shows where a function was inlined, apply
+// refuses it (exit 1, callers named) unless --allow-inlined, which warns;
+// threads --goroutines lists parked goroutines with their stacks.
+func TestCLIGo(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
+	pid := fmt.Sprint(p.Pid)
+	out, errOut, code := hotpatch(t, "syms", "--pid", pid, "main.addOne")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)\smain\.addOne\s+main\.inlineCaller`, out)
+
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--replace", "main.addOne=main.addOneFixed")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, errOut, "inlined into main.inlineCaller")
+	require.Contains(t, errOut, "--allow-inlined")
+
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--allow-inlined", "--replace", "main.addOne=main.addOneFixed", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "main.addOne stays inlined, with the old code, in: main.inlineCaller")
+	var res struct {
+		Functions []struct {
+			InlinedInto []string `json:"inlined_into"`
+		} `json:"functions"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Functions, 1)
+	require.Equal(t, []string{"main.inlineCaller"}, res.Functions[0].InlinedInto)
+	_, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all")
+	require.Equal(t, 0, code, errOut)
+
+	out, errOut, code = hotpatch(t, "threads", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `\(\d+ goroutines not running on a thread; --goroutines lists them\)`, out)
+	out, errOut, code = hotpatch(t, "threads", "--pid", pid, "--goroutines")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)^goroutine 1 \[sleep\]$`, out)
+	require.Contains(t, out, "main.main+")
+	require.Contains(t, out, "runtime.goexit+")
+}
+
 func TestCLIErrors(t *testing.T) {
 	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2"))
 	pid := fmt.Sprint(p.Pid)

@@ -323,8 +323,9 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 		addrs[i] = binary.LittleEndian.Uint64(ptrs[8*i:])
 	}
 	raw := make([][]byte, n)
+	arena := make([]byte, int(n)*r.Layout.GSize)
 	for i := range raw {
-		raw[i] = make([]byte, r.Layout.GSize)
+		raw[i], arena = arena[:r.Layout.GSize:r.Layout.GSize], arena[r.Layout.GSize:]
 	}
 	if err := readMany(mem, addrs, raw); err != nil {
 		return nil, fmt.Errorf("goruntime: read g: %w", err)

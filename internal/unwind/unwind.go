@@ -80,6 +80,20 @@ type Module struct {
 	goTab  *gopcln.Table
 	cfiTab *cfi.Table
 	err    error
+	// deltas memoizes SPDelta by pc: thousands of parked goroutines stop
+	// at the same few return addresses.
+	deltas sync.Map // uint64 → int64
+}
+
+func (m *Module) spDelta(t *gopcln.Table, f *gopcln.Func, pc uint64) (int64, error) {
+	if d, ok := m.deltas.Load(pc); ok {
+		return d.(int64), nil
+	}
+	d, err := t.SPDelta(f, pc)
+	if err == nil {
+		m.deltas.Store(pc, d)
+	}
+	return d, err
 }
 
 func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
@@ -184,7 +198,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 	for i := range regs {
 		valid[i] = true
 	}
-	var s Stack
+	s := Stack{Frames: make([]Frame, 0, 16)}
 	buf := make([]byte, a.PtrSize)
 	read := func(addr uint64) (uint64, error) {
 		if _, err := mem.ReadAt(buf, int64(addr)); err != nil {
@@ -249,7 +263,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					s.SwitchedAt = f.Name
 					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
 				}
-				delta, err := goTab.SPDelta(f, link)
+				delta, err := m.spDelta(goTab, f, link)
 				if err != nil {
 					return unreliable("%v", err)
 				}

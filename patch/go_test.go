@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -273,6 +274,56 @@ func TestGoStackGrowth(t *testing.T) {
 	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
 	require.NoError(t, err)
 	command(t, p, "deep 5000", regexp.MustCompile(`^deep 5000$`))
+	exited, werr := p.Exited()
+	require.False(t, exited, "target died: %v", werr)
+}
+
+// TestGoSnapshotsUnderLoad: snapshots of a target whose goroutines spin (and
+// are preempted asynchronously), grow their stacks and take signals. Every
+// snapshot is taken; each stack that is reliable ends where it must (a
+// parked goroutine at runtime.goexit); the patch still applies and reverts,
+// retrying past the moments nothing can be proven.
+func TestGoSnapshotsUnderLoad(t *testing.T) {
+	p := startTasks(t, "")
+	command(t, p, "storm 4", regexp.MustCompile(`^storming 4$`))
+	tg := attach(t, p.Pid)
+	reliable, total, signal, switched := 0, 0, 0, 0
+	for i := 0; i < 100; i++ {
+		snap, err := tg.Threads()
+		require.NoError(t, err)
+		for _, task := range snap.Tasks {
+			total++
+			for _, f := range task.Stack.Frames {
+				if f.Method == "signal" {
+					signal++
+				}
+			}
+			if strings.Contains(task.Stack.Reason, "system stack, entered at") {
+				switched++
+			}
+			if !task.Stack.Reliable {
+				continue
+			}
+			reliable++
+			names := frameNames(tg, task)
+			last := names[len(names)-1]
+			switch {
+			case task.Kind == "goroutine":
+				require.Equal(t, "runtime.goexit", last, "%s: %v", task, names)
+			case task.Stack.SwitchedAt != "":
+				require.Equal(t, task.Stack.SwitchedAt, last, "%s: %v", task, names)
+			default:
+				require.Contains(t, []string{"runtime.mstart", "runtime.rt0_go", "runtime.mcall", "runtime.goexit"}, last, "%s: %v (%s)", task, names, task.Stack.Reason)
+			}
+		}
+	}
+	t.Logf("%d stacks: %d reliable; %d crossed a signal frame; %d threads on a system stack", total, reliable, signal, switched)
+	require.Greater(t, reliable, total*9/10, "most stacks can be proven")
+	res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{})
+	require.NoError(t, err)
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^tick 22 `), 10*time.Second)
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
 	exited, werr := p.Exited()
 	require.False(t, exited, "target died: %v", werr)
 }

@@ -285,6 +285,9 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				if cfa <= sp {
 					return unreliable("stack pointer does not grow at %s", f.Name)
 				}
+				// The runtime injects calls of these at an interrupted
+				// instruction: the "return address" is that instruction.
+				exact = f.Name == "runtime.asyncPreempt" || f.Name == "runtime.sigpanic"
 				continue
 			}
 		}

@@ -68,6 +68,13 @@ func (src Source) Take() (Snapshot, error) {
 			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
 			continue
 		}
+		if _, seen := threads[g.Thread]; g.Status == goruntime.Running && !seen {
+			// Its saved registers are stale while it runs, and the thread
+			// that runs it is not one we stopped: nothing can be proven.
+			t.Stack = unwind.Stack{Reason: fmt.Sprintf("running on thread %d, which is not among the stopped threads", g.Thread)}
+			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
+			continue
+		}
 		t.Thread = 0
 		if g.Status == goruntime.CopyStack {
 			t.Stack = unwind.Stack{Reason: "its stack is being moved"}

@@ -120,6 +120,13 @@ func TestFindAllGsWithoutSymbols(t *testing.T) {
 	require.Equal(t, r.AllGLen, blind.AllGLen, "allglen")
 	require.Equal(t, r.AllGPtr, blind.AllGPtr, "allgptr")
 
+	// The wait reasons' names are found without symbols too.
+	addr, n, ok := findWaitReasons(b, proc)
+	require.True(t, ok)
+	require.Equal(t, len(r.waitReasons), n)
+	require.Equal(t, r.waitReasons, readStrings(proc, addr, n))
+	require.Contains(t, r.waitReasons, "chan receive")
+
 	// Without a function table there is nothing to search.
 	b.Funcs = nil
 	require.ErrorIs(t, blind.findAllGs(b, proc), ErrNotFound)

@@ -79,8 +79,71 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	}
 	if wrs.Size > 0 && wrs.Size <= 16*256 {
 		r.waitReasons = readStrings(mem, wrs.Value+b.Bias, int(wrs.Size/16))
+	} else if addr, n, ok := findWaitReasons(b, mem); ok {
+		r.waitReasons = readStrings(mem, addr, n)
 	}
 	return r, nil
+}
+
+// findWaitReasons locates runtime.waitReasonStrings without symbols, from
+// runtime.waitReason.String (amd64): "CMP AL, $len; JB ...; ...; LEAQ table,
+// R; MOVQ 0(R)(I*1), ..." (Go 1.22–1.26). The result is only used to name
+// wait reasons in reports; a table whose entries do not read as short
+// printable strings is dropped.
+func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
+	if b.Funcs == nil || b.ELF.Machine != elf.EM_X86_64 {
+		return 0, 0, false
+	}
+	var fn *gopcln.Func
+	for i := range b.Funcs.Funcs() {
+		if f := &b.Funcs.Funcs()[i]; f.Name == "runtime.waitReason.String" {
+			fn = f
+		}
+	}
+	if fn == nil || fn.End-fn.Entry > 256 {
+		return 0, 0, false
+	}
+	code := make([]byte, fn.End-fn.Entry)
+	pc := fn.Entry + b.Bias
+	if _, err := mem.ReadAt(code, int64(pc)); err != nil {
+		return 0, 0, false
+	}
+	lea := map[x86asm.Reg]uint64{}
+	for off := 0; off < len(code); {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || in.Len == 0 {
+			break
+		}
+		off += in.Len
+		next := pc + uint64(off)
+		switch in.Op {
+		case x86asm.CMP:
+			if imm, isImm := in.Args[1].(x86asm.Imm); isImm && n == 0 && imm > 0 && imm < 256 {
+				n = int(imm)
+			}
+		case x86asm.LEA:
+			if m, isMem := in.Args[1].(x86asm.Mem); isMem && m.Base == x86asm.RIP {
+				if r, isReg := in.Args[0].(x86asm.Reg); isReg {
+					lea[r] = uint64(int64(next) + m.Disp)
+				}
+			}
+		case x86asm.MOV:
+			if m, isMem := in.Args[1].(x86asm.Mem); isMem && m.Index != 0 {
+				if a, found := lea[m.Base]; found && n > 0 {
+					names := readStrings(mem, a, n)
+					for _, s := range names {
+						for _, c := range []byte(s) {
+							if c < ' ' || c > '~' {
+								return 0, 0, false
+							}
+						}
+					}
+					return a, n, len(names) == n
+				}
+			}
+		}
+	}
+	return 0, 0, false
 }
 
 // findAllGs finds allglen and allgptr in a binary without symbols: they are

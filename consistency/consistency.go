@@ -29,7 +29,11 @@ type Task struct {
 	// Thread is the thread a running goroutine was found on (its stack is
 	// that thread's), 0 otherwise.
 	Thread int
-	Stack  unwind.Stack
+	// Key identifies the task to a dispatch stub: a goroutine's g pointer;
+	// for a thread of a Go target the g it runs (its TLS slot); for a
+	// thread of another target its thread pointer. 0 when unknown.
+	Key   uint64
+	Stack unwind.Stack
 }
 
 func (t Task) String() string {

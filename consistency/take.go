@@ -1,6 +1,7 @@
 package consistency
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -40,7 +41,19 @@ func (src Source) Take() (Snapshot, error) {
 			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, err)
 		}
 		threads[tid] = len(s.Tasks)
-		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Stack: u.Unwind(p, regs.DWARF())})
+		key := regs.ThreadPointer()
+		if src.Go != nil {
+			// The g the thread runs: Go keeps it in the TLS slot just
+			// below the thread pointer (R14 only holds it in Go code).
+			key = 0
+			var b [8]byte
+			if tp := regs.ThreadPointer(); tp >= 8 {
+				if _, err := p.ReadAt(b[:], int64(tp-8)); err == nil {
+					key = binary.LittleEndian.Uint64(b[:])
+				}
+			}
+		}
+		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: u.Unwind(p, regs.DWARF())})
 	}
 	if src.Go == nil {
 		return s, nil
@@ -57,7 +70,7 @@ func (src Source) Take() (Snapshot, error) {
 		if !g.Live() {
 			continue
 		}
-		t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread}
+		t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread, Key: g.Addr}
 		if g.Status == goruntime.Waiting && t.Wait == "" {
 			t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
 		}

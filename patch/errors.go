@@ -42,6 +42,10 @@ var (
 	ErrCodeChanged = errors.New("code bytes changed")
 	// ErrBadRequest: the request itself is malformed.
 	ErrBadRequest = errors.New("bad request")
+	// ErrInTransition: another patch is in a gradual transition.
+	ErrInTransition = errors.New("a patch is in transition")
+	// ErrNoTransition: Resume found no transition to drive.
+	ErrNoTransition = errors.New("no transition")
 	// ErrInlined: the compiler copied the function into callers, which a
 	// patch of the function does not change (matched by *InlinedError).
 	ErrInlined = errors.New("function was inlined")

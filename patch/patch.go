@@ -115,6 +115,24 @@ type ApplyOptions struct {
 	// the result lists them). Without it such a function is refused with an
 	// *InlinedError.
 	AllowInlined bool
+	// Mode is ModeStop (the default: one pause in which no task may be in
+	// the functions), ModeGradual (per-task universes: busy tasks keep the
+	// old code until their stacks are clean) or ModeAuto (stop-and-check
+	// first, gradual when tasks stay busy).
+	Mode string
+	// OnTimeout says what a gradual transition that has tasks pending at
+	// Timeout does: OnTimeoutRevert (the default: go back, the same way)
+	// or OnTimeoutStay (return, leaving the target in transition; Resume
+	// or Revert continue it later).
+	OnTimeout string
+	// Force finishes a gradual transition at Timeout even though tasks
+	// still run old code, moving them to the new code (each is reported).
+	Force bool
+	// Interval is the time between the short pauses of a transition
+	// (default 20ms).
+	Interval time.Duration
+	// Progress, when set, is called after every pause of a transition.
+	Progress func(Progress)
 }
 
 // Result is a successful Apply or Revert.
@@ -128,6 +146,14 @@ type Result struct {
 	// Attempts counts the stops, including those refused because a thread
 	// was inside a function.
 	Attempts int `json:"attempts"`
+	// State is "applied" or "reverted" when done; after a gradual
+	// transition that timed out with OnTimeout "stay", "transition" (or
+	// "reverting"), with Pending tasks left.
+	State   string `json:"state"`
+	Pending int    `json:"pending"`
+	// Forced lists the tasks a Force moved to the new code while they
+	// still had old code on their stacks.
+	Forced []string `json:"forced,omitempty"`
 }
 
 // planned is one function of an Apply being prepared.
@@ -146,6 +172,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	if len(reps) == 0 {
 		return fail("", ErrBadRequest, "give at least one OLD=NEW replacement")
+	}
+	if o.OnTimeout != "" && o.OnTimeout != OnTimeoutRevert && o.OnTimeout != OnTimeoutStay {
+		return fail("", ErrBadRequest, fmt.Sprintf("on-timeout %q: want %q or %q", o.OnTimeout, OnTimeoutRevert, OnTimeoutStay))
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
@@ -206,12 +235,43 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		ps = append(ps, p)
 	}
 
-	// Prepare: map patch memory near the code, write the record and the
-	// thunks. It is inert: nothing jumps there yet.
+	for _, r := range records {
+		if r.State == "transition" || r.State == "reverting" {
+			return fail("", ErrInTransition, fmt.Sprintf("patch %s is in a gradual %s with %d task(s) pending; finish it (hotpatch apply --pid %d --resume --id %s) or revert it first",
+				r.ID, r.State, r.Pending, t.pid, r.ID))
+		}
+	}
+	mode := o.Mode
+	if mode == "" {
+		mode = ModeStop
+	}
+	if mode != ModeStop && mode != ModeGradual && mode != ModeAuto {
+		return fail("", ErrBadRequest, fmt.Sprintf("mode %q: want %q, %q or %q", o.Mode, ModeStop, ModeGradual, ModeAuto))
+	}
+	disp, canDispatch := t.arch.(trampoline.Dispatcher)
+	if mode == ModeGradual && !canDispatch {
+		return fail("", trampoline.ErrUnsupportedArch, "gradual transitions need dispatch stubs, not built for this architecture yet; use --mode stop")
+	}
+
+	// Prepare: map patch memory near the code, write the record, the
+	// thunks, the dispatch stubs and an empty universe table. It is inert:
+	// nothing jumps there yet.
 	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
 	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
-	size := roundUp(thunkOff+slot*uint64(len(ps)), pageSize)
+	stubOff := thunkOff + slot*uint64(len(ps))
+	stubSlot, capacity, tableOff := uint64(0), 0, roundUp(stubOff, pageSize)
+	key := trampoline.KeyThread
+	if canDispatch {
+		stubSlot = roundUp(uint64(disp.MaxStubSize()), thunkSlotAlign)
+		tableOff = roundUp(stubOff+stubSlot*uint64(len(ps)), pageSize)
+		// Room for every task there is now, twice over, plus new ones.
+		capacity = trampoline.TableCapacity(2*t.taskEstimate() + 64)
+		if src, err := t.source(); err == nil && src.Go != nil {
+			key = trampoline.KeyG
+		}
+	}
+	size := roundUp(tableOff+uint64(trampoline.TableSize(capacity)), pageSize)
 	region, err := t.mapNear(ps[0].old.Addr, size)
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
@@ -222,7 +282,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 	}
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
-	image := make([]byte, size)
+	if canDispatch {
+		rec.Table, rec.TableCapacity = region+tableOff, capacity
+		rec.TaskKey = map[trampoline.TaskKey]string{trampoline.KeyG: "g", trampoline.KeyThread: "thread"}[key]
+	}
+	// The table's pages stay untouched (zero) but for its header.
+	image := make([]byte, tableOff+trampoline.TableHeaderSize)
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
 		plan, err := t.arch.Plan(p.fn(), p.new.Addr, thunk)
@@ -232,12 +297,36 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		p.plan = plan
 		copy(image[thunk-region:], plan.Thunk)
-		rec.Functions = append(rec.Functions, Function{
-			Old: p.rep.Old, OldAddr: p.old.Addr, New: p.rep.New, NewAddr: p.new.Addr, NewSize: p.new.Size,
+		f := Function{
+			Old: p.rep.Old, OldAddr: p.old.Addr, OldSize: p.old.Size, New: p.rep.New, NewAddr: p.new.Addr, NewSize: p.new.Size,
 			Module: p.old.Module.Path, BuildID: p.old.Module.BuildID,
 			PatchAddr: plan.Addr, Original: plan.Original, Jump: plan.Jump, ThunkAddr: thunk,
 			InlinedInto: inlineCallers(p.inlined),
-		})
+		}
+		if canDispatch {
+			at := region + stubOff + uint64(i)*stubSlot
+			stub, err := disp.Stub(key, at, rec.Table, thunk, p.new.Addr)
+			if err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
+			copy(image[at-region:], stub.Code)
+			f.StubAddr, f.StubListed, f.StubUnlisted = at, stub.ListedOff, stub.UnlistedOff
+			f.StubJump = padJump(t.arch.Jump(plan.Addr, at), len(plan.Original))
+			if f.StubJump == nil {
+				unmap()
+				return fail(p.rep.Old, trampoline.ErrTooShort, "the jump to the dispatch stub does not fit")
+			}
+		}
+		rec.Functions = append(rec.Functions, f)
+	}
+	if canDispatch {
+		tbl, err := trampoline.BuildTable(nil, capacity)
+		if err != nil {
+			unmap()
+			return fail("", err, "")
+		}
+		copy(image[tableOff:], tbl[:trampoline.TableHeaderSize])
 	}
 	hdr, err := encodeRecord(rec, statePrepared)
 	if err == nil && uint64(len(hdr)) > thunkOff {
@@ -266,8 +355,15 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		unmap()
 		return fail("", err, "")
 	}
-	res, err := consistency.StopAndCheck(ctx, src, regions,
-		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
+	if mode == ModeGradual {
+		return t.gradualApply(ctx, rec, o)
+	}
+	pol := consistency.Policy{Timeout: o.Timeout}
+	if mode == ModeAuto {
+		// A few quick tries; then the tasks that stay get their universe.
+		pol.Timeout = min(o.Timeout, autoStopTries)
+	}
+	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			var writes []write
 			for _, p := range ps {
@@ -275,6 +371,10 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			}
 			return t.writeAll(region, writes, stateApplied)
 		})
+	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch {
+		t.log.Debug("stop-and-check blocked; switching to a gradual transition", "id", id)
+		return t.gradualApply(ctx, rec, o)
+	}
 	if err != nil {
 		unmap()
 		var fn string
@@ -285,7 +385,20 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return fail(fn, err, "")
 	}
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts}, nil
+	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
+}
+
+// padJump pads a jump with int3 to n bytes (nil when it is longer).
+func padJump(j []byte, n int) []byte {
+	if len(j) > n {
+		return nil
+	}
+	out := make([]byte, n)
+	copy(out, j)
+	for i := len(j); i < n; i++ {
+		out[i] = 0xcc
+	}
+	return out
 }
 
 func inlineCallers(sites []elfsym.InlineSite) []string {
@@ -389,6 +502,18 @@ func (t *Target) Status() ([]Record, error) {
 			return nil, &Error{Op: "status", Pid: t.pid, Err: err}
 		}
 		rec.State = t.liveState(rec, state)
+		if (rec.State == "transition" || rec.State == "reverting") && rec.Table != 0 {
+			if es, err := t.readTable(rec); err == nil {
+				rec.Pending = len(es)
+				kind := "thread"
+				if rec.TaskKey == "g" {
+					kind = "goroutine"
+				}
+				for _, e := range es {
+					rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: kind, ID: e.ID, Key: e.Key})
+				}
+			}
+		}
 		out = append(out, *rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
@@ -399,14 +524,30 @@ func (t *Target) Status() ([]Record, error) {
 // says what the writer meant, the bytes say what happened (the writer may have
 // been killed between the two).
 func (t *Target) liveState(rec *Record, state uint32) string {
-	jumps := 0
+	jumps, stubs := 0, 0
 	for _, f := range rec.Functions {
 		live := make([]byte, len(f.Jump))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err == nil && bytes.Equal(live, f.Jump) {
-			jumps++
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err == nil {
+			switch {
+			case bytes.Equal(live, f.Jump):
+				jumps++
+			case f.StubJump != nil && bytes.Equal(live, f.StubJump):
+				stubs++
+			}
 		}
 	}
 	switch {
+	case stubs == len(rec.Functions) && stubs > 0:
+		// Every entry dispatches per task: the header says which way.
+		if state == stateReverting {
+			return stateName(stateReverting)
+		}
+		return stateName(stateTransition)
+	case stubs > 0:
+		return "partial"
+	case jumps == len(rec.Functions) && jumps > 0 && state == stateReverting:
+		// A reverting transition that died before its first write.
+		return stateName(stateApplied)
 	case jumps == len(rec.Functions) && jumps > 0:
 		return stateName(stateApplied)
 	case jumps > 0:
@@ -437,6 +578,15 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 			rec = &records[i]
 		}
 	}
+	if rec != nil && (rec.State == "transition" || rec.State == "reverting" ||
+		(rec.State == "applied" && rec.Table != 0 && (o.Mode == ModeGradual || o.Mode == ModeAuto))) {
+		if rec.State == "applied" && o.Mode == ModeAuto {
+			if res, err := t.stopRevert(ctx, rec, o, min(o.Timeout, autoStopTries)); err == nil || !errors.Is(err, ErrBlocked) {
+				return res, err
+			}
+		}
+		return t.gradualRevert(ctx, rec, o)
+	}
 	if rec == nil || (rec.State != "applied" && rec.State != "partial") {
 		if rec != nil && rec.State == "prepared" {
 			// Inert leftovers of an apply that died before writing: drop them.
@@ -444,7 +594,18 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		}
 		return fail(ErrNotApplied, fmt.Sprintf("hotpatch status --pid %d lists the applied patches", t.pid))
 	}
-	var regions []consistency.Region
+	return t.stopRevert(ctx, rec, o, o.Timeout)
+}
+
+// stopRevert restores the original bytes of an applied (or partial) patch in
+// one pause in which no task executes in, or returns into, the new
+// functions, the overwritten bytes or the patch memory.
+func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, timeout time.Duration) (*Result, error) {
+	id := rec.ID
+	fail := func(err error, hint string) (*Result, error) {
+		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
+	}
+	regions := []consistency.Region{{Name: "patch " + id + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
 	var writes []write
 	for _, f := range rec.Functions {
 		regions = append(regions,
@@ -464,7 +625,7 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		return fail(err, "")
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions,
-		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
+		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
 		func(consistency.Snapshot) error { return t.writeAll(rec.Region, writes, stateReverted) })
 	if err != nil {
 		return fail(err, "")
@@ -473,7 +634,7 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", id, "err", err)
 	}
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts}, nil
+	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "reverted"}, nil
 }
 
 // RevertAll reverts every applied patch, newest first.
@@ -484,7 +645,7 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 	}
 	var out []*Result
 	for i := len(records) - 1; i >= 0; i-- {
-		if s := records[i].State; s != "applied" && s != "partial" {
+		if s := records[i].State; s != "applied" && s != "partial" && s != "transition" && s != "reverting" {
 			continue
 		}
 		r, err := t.Revert(ctx, records[i].ID, o)

@@ -1,0 +1,595 @@
+package patch
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/trampoline"
+)
+
+// Modes of Apply (ApplyOptions.Mode).
+const (
+	ModeStop    = "stop"
+	ModeGradual = "gradual"
+	ModeAuto    = "auto"
+)
+
+// What a gradual transition does at its timeout (ApplyOptions.OnTimeout).
+const (
+	OnTimeoutRevert = "revert"
+	OnTimeoutStay   = "stay"
+)
+
+// autoStopTries bounds the stop-and-check attempts of ModeAuto.
+const autoStopTries = 50 * time.Millisecond
+
+// Progress reports one pause of a gradual transition.
+type Progress struct {
+	ID string `json:"id"`
+	// Event is "transition" (the first pause: universes assigned),
+	// "progress", "forced", "applied", "reverting", "reverted" or "timeout".
+	Event string `json:"event"`
+	// Pending is the number of tasks the transition still waits for.
+	Pending int `json:"pending"`
+	// Moved is the number of tasks this pause moved to their new universe.
+	Moved       int           `json:"moved"`
+	Pause       time.Duration `json:"-"`
+	PauseMicros int64         `json:"pause_us"`
+	// Oldest lists up to five pending tasks with their stacks.
+	Oldest []TaskReport `json:"oldest,omitempty"`
+}
+
+// TaskReport is a task and its symbolized stack, for progress reports.
+type TaskReport struct {
+	Task  string   `json:"task"`
+	Stack []string `json:"stack"`
+}
+
+// direction of a transition: toward the new code or back to the old.
+type direction int
+
+const (
+	forward direction = iota
+	backward
+)
+
+// taskEstimate counts the tasks of the target now (threads, plus goroutines
+// of a Go target), to size the universe table.
+func (t *Target) taskEstimate() int {
+	n := 0
+	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", t.pid)); err == nil {
+		n = len(ents)
+	}
+	if src, err := t.source(); err == nil && src.Go != nil {
+		var b [8]byte
+		if _, err := t.proc.ReadAt(b[:], int64(src.Go.AllGLen)); err == nil {
+			n += int(binary.LittleEndian.Uint64(b[:]))
+		}
+	}
+	return n
+}
+
+// transitionRegions are the code a task must not have on its stack to leave
+// the listed universe: forward, the old functions and the patch memory
+// (thunks run old code, stubs are mid-decision); backward, the new functions.
+func transitionRegions(rec *Record, dir direction) []consistency.Region {
+	var rs []consistency.Region
+	for _, f := range rec.Functions {
+		if dir == forward {
+			end := f.OldAddr + max(f.OldSize, 1)
+			if e := f.PatchAddr + uint64(len(f.Jump)); e > end {
+				end = e
+			}
+			rs = append(rs, consistency.Region{Name: f.Old, Start: f.OldAddr, End: end})
+		} else {
+			rs = append(rs, consistency.Region{Name: f.New, Start: f.NewAddr, End: f.NewAddr + max(f.NewSize, 1)})
+		}
+	}
+	if dir == forward {
+		rs = append(rs, consistency.Region{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize})
+	}
+	return rs
+}
+
+// inStub reports a task stopped inside a dispatch stub: it may have looked
+// the table up already, so no table or target may change under it.
+func inStub(rec *Record, s consistency.Snapshot) bool {
+	for _, task := range s.Tasks {
+		if len(task.Stack.Frames) == 0 {
+			continue
+		}
+		pc := task.Stack.Frames[0].PC
+		for _, f := range rec.Functions {
+			if f.StubAddr != 0 && pc >= f.StubAddr && pc < f.StubAddr+uint64(f.StubUnlisted+8) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// blockedKeys returns the keys of the tasks that must stay listed, and a
+// representative task of each.
+func blockedKeys(s consistency.Snapshot, regions []consistency.Region) map[uint64]consistency.Task {
+	out := map[uint64]consistency.Task{}
+	for _, b := range consistency.Check(s, regions) {
+		if b.Task.Key != 0 {
+			if _, ok := out[b.Task.Key]; !ok {
+				out[b.Task.Key] = b.Task
+			}
+		}
+	}
+	return out
+}
+
+func (t *Target) readTable(rec *Record) ([]trampoline.TableEntry, error) {
+	b := make([]byte, trampoline.TableSize(rec.TableCapacity))
+	if _, err := t.proc.ReadAt(b, int64(rec.Table)); err != nil {
+		return nil, err
+	}
+	return trampoline.ParseTable(b)
+}
+
+func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry) error {
+	b, err := trampoline.BuildTable(es, rec.TableCapacity)
+	if err != nil {
+		return err
+	}
+	return t.proc.WriteMem(rec.Table, b)
+}
+
+// setTargets writes every stub's two targets: forward, listed tasks run the
+// old code (the thunk) and the others the new; backward, the reverse.
+func (t *Target) setTargets(rec *Record, dir direction) error {
+	for _, f := range rec.Functions {
+		listed, unlisted := f.ThunkAddr, f.NewAddr
+		if dir == backward {
+			listed, unlisted = f.NewAddr, f.ThunkAddr
+		}
+		var b [16]byte
+		binary.LittleEndian.PutUint64(b[:8], listed)
+		binary.LittleEndian.PutUint64(b[8:], unlisted)
+		if err := t.proc.WriteMem(f.StubAddr+uint64(f.StubListed), b[:8]); err != nil {
+			return err
+		}
+		if err := t.proc.WriteMem(f.StubAddr+uint64(f.StubUnlisted), b[8:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Target) setState(rec *Record, state uint32) error {
+	var st [4]byte
+	binary.LittleEndian.PutUint32(st[:], state)
+	return t.proc.WriteMem(rec.Region+stateOffset, st[:])
+}
+
+// entries turns blocked tasks into table entries, sorted by ID.
+func entries(keys map[uint64]consistency.Task) []trampoline.TableEntry {
+	var es []trampoline.TableEntry
+	for k, task := range keys {
+		es = append(es, trampoline.TableEntry{Key: k, ID: uint64(task.ID)})
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].ID < es[j].ID })
+	return es
+}
+
+// gradualApply starts a transition of a prepared patch: one pause assigns
+// every task its universe — old for those with an old function (or patch
+// memory) on their stack or whose stack is unreliable, new for the others —
+// and points every entry at its stub; then drive moves the old ones over.
+func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) (*Result, error) {
+	fail := func(err error) (*Result, error) {
+		t.proc.Munmap(rec.Region, rec.RegionSize)
+		return nil, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	src, err := t.source()
+	if err != nil {
+		return fail(err)
+	}
+	var res Result
+	for attempt := 1; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return fail(err)
+		}
+		start := time.Now()
+		if err := t.proc.Stop(); err != nil {
+			return fail(err)
+		}
+		snap, err := src.Take()
+		var old map[uint64]consistency.Task
+		started := false
+		if err == nil {
+			old = blockedKeys(snap, transitionRegions(rec, forward))
+			if 2*len(old) > rec.TableCapacity {
+				err = fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
+			} else if !inStub(rec, snap) || attempt > 100 {
+				err = t.startForward(rec, old)
+				started = err == nil
+			}
+		}
+		rerr := t.proc.Resume()
+		pause := time.Since(start)
+		if err != nil || rerr != nil {
+			return fail(joinErr(err, rerr))
+		}
+		if !started {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		res = Result{ID: rec.ID, Functions: rec.Functions, Pause: pause, PauseMicros: pause.Microseconds(), Attempts: attempt, State: "transition", Pending: len(old)}
+		t.report(o, rec, "transition", len(old), 0, pause, snap, old)
+		break
+	}
+	if res.Pending == 0 {
+		// Nothing was busy: the first pause already wrote direct jumps.
+		res.State = "applied"
+		t.report(o, rec, "applied", 0, 0, res.Pause, consistency.Snapshot{}, nil)
+		return &res, nil
+	}
+	return t.drive(ctx, rec, forward, o, &res)
+}
+
+// startForward writes, target stopped, the first state of a forward
+// transition; with no busy task it applies at once.
+func (t *Target) startForward(rec *Record, old map[uint64]consistency.Task) error {
+	var writes []write
+	for _, f := range rec.Functions {
+		next := f.StubJump
+		if len(old) == 0 {
+			next = f.Jump
+		}
+		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Original, new: next})
+	}
+	if len(old) > 0 {
+		if err := t.writeTable(rec, entries(old)); err != nil {
+			return err
+		}
+		if err := t.setTargets(rec, forward); err != nil {
+			return err
+		}
+		return t.writeAll(rec.Region, writes, stateTransition)
+	}
+	return t.writeAll(rec.Region, writes, stateApplied)
+}
+
+// drive runs the short pauses of a transition until no task is pending,
+// then finishes it; at the timeout it follows the options.
+func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyOptions, res *Result) (*Result, error) {
+	op := "apply"
+	if dir == backward {
+		op = "revert"
+	}
+	fail := func(err error) (*Result, error) {
+		return res, &Error{Op: op, Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	interval := o.Interval
+	if interval <= 0 {
+		interval = 20 * time.Millisecond
+	}
+	src, err := t.source()
+	if err != nil {
+		return fail(err)
+	}
+	deadline := time.Now().Add(o.Timeout)
+	regions := transitionRegions(rec, dir)
+	for {
+		timedOut := time.Now().After(deadline)
+		force := timedOut && o.Force && dir == forward
+		if !timedOut {
+			select {
+			case <-ctx.Done():
+				return fail(fmt.Errorf("%w; the target stays in transition, consistent (hotpatch apply --resume or revert continue it)", ctx.Err()))
+			case <-time.After(interval):
+			}
+		}
+		start := time.Now()
+		if err := t.proc.Stop(); err != nil {
+			return fail(err)
+		}
+		var (
+			pending  []trampoline.TableEntry
+			moved    int
+			finished bool
+			snap     consistency.Snapshot
+			keep     map[uint64]consistency.Task
+		)
+		err := func() error {
+			var err error
+			if snap, err = src.Take(); err != nil {
+				return err
+			}
+			if inStub(rec, snap) {
+				return errRetry
+			}
+			listed, err := t.readTable(rec)
+			if err != nil {
+				return err
+			}
+			busy := blockedKeys(snap, regions)
+			keep = map[uint64]consistency.Task{}
+			for _, e := range listed {
+				if task, ok := busy[e.Key]; ok && !force {
+					keep[e.Key] = task
+				} else if ok && force {
+					res.Forced = append(res.Forced, task.String())
+				}
+			}
+			moved = len(listed) - len(keep)
+			pending = entries(keep)
+			if len(keep) == 0 {
+				finished, err = t.finish(rec, dir, snap)
+				return err
+			}
+			if moved > 0 {
+				return t.writeTable(rec, pending)
+			}
+			return nil
+		}()
+		rerr := t.proc.Resume()
+		pause := time.Since(start)
+		if err == errRetry {
+			continue
+		}
+		if err != nil || rerr != nil {
+			return fail(joinErr(err, rerr))
+		}
+		res.Attempts++
+		res.Pending = len(pending)
+		event := "progress"
+		if force && len(res.Forced) > 0 {
+			event = "forced"
+		}
+		if finished {
+			event = "applied"
+			res.State = "applied"
+			if dir == backward {
+				event, res.State = "reverted", "reverted"
+			}
+			res.Pause, res.PauseMicros = pause, pause.Microseconds()
+			t.report(o, rec, event, 0, moved, pause, snap, nil)
+			return res, nil
+		}
+		t.report(o, rec, event, len(pending), moved, pause, snap, keep)
+		if !timedOut {
+			continue
+		}
+		// Timed out with tasks pending.
+		t.report(o, rec, "timeout", len(pending), 0, 0, snap, keep)
+		if dir == forward && o.OnTimeout != OnTimeoutStay && !o.Force {
+			rr, err := t.gradualRevert(ctx, rec, o)
+			if err != nil {
+				return rr, err
+			}
+			return rr, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: ErrBlocked,
+				Hint: fmt.Sprintf("%d task(s) kept old code on their stacks until the timeout; the patch was reverted, the original bytes are back (raise --timeout, use --on-timeout stay, or --force)", len(pending))}
+		}
+		if dir == forward && o.Force {
+			continue // the next pause forces
+		}
+		res.State = map[direction]string{forward: "transition", backward: "reverting"}[dir]
+		return res, nil
+	}
+}
+
+// errRetry: a task was inside a stub; pause again.
+var errRetry = fmt.Errorf("retry")
+
+// finish ends a transition whose table is empty, target stopped. Forward:
+// every entry gets its direct jump. Backward: the original bytes come back
+// and the patch memory is unmapped — but only once no task executes in, or
+// will return into, the patch memory or the new functions; until then it
+// reports not finished.
+func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) (bool, error) {
+	if err := t.writeTable(rec, nil); err != nil {
+		return false, err
+	}
+	var writes []write
+	for _, f := range rec.Functions {
+		if dir == forward {
+			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.StubJump, new: f.Jump})
+		} else {
+			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.StubJump, new: f.Original})
+		}
+	}
+	if dir == forward {
+		return true, t.writeAll(rec.Region, writes, stateApplied)
+	}
+	rs := transitionRegions(rec, backward)
+	rs = append(rs, consistency.Region{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize})
+	if len(consistency.Check(snap, rs)) > 0 {
+		return false, nil
+	}
+	if err := t.writeAll(rec.Region, writes, stateReverted); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// gradualRevert reverts a patch the same way it may have been applied: one
+// pause lists the tasks that have new code on their stacks (they keep it),
+// everyone else goes back to the old code at once; the listed ones follow
+// as their stacks clear. It works from "applied", "transition" (tasks still
+// on the old code stay there) and "reverting" (resumes).
+func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions) (*Result, error) {
+	fail := func(err error) (*Result, error) {
+		return nil, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	src, err := t.source()
+	if err != nil {
+		return fail(err)
+	}
+	res := &Result{ID: rec.ID, Functions: rec.Functions, State: "reverting"}
+	if rec.State != "reverting" {
+		for attempt := 1; ; attempt++ {
+			start := time.Now()
+			if err := t.proc.Stop(); err != nil {
+				return fail(err)
+			}
+			snap, err := src.Take()
+			started := false
+			var newTasks map[uint64]consistency.Task
+			if err == nil && (!inStub(rec, snap) || attempt > 100) {
+				newTasks, err = t.startBackward(rec, snap)
+				started = err == nil
+			}
+			rerr := t.proc.Resume()
+			pause := time.Since(start)
+			if err != nil || rerr != nil {
+				return fail(joinErr(err, rerr))
+			}
+			if !started {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			res.Pause, res.PauseMicros, res.Attempts, res.Pending = pause, pause.Microseconds(), attempt, len(newTasks)
+			t.report(o, rec, "reverting", len(newTasks), 0, pause, snap, newTasks)
+			break
+		}
+	}
+	res, err = t.drive(ctx, rec, backward, o, res)
+	if err != nil {
+		return res, err
+	}
+	if res.State == "reverted" {
+		if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
+			t.log.Warn("could not unmap patch memory", "id", rec.ID, "err", err)
+		}
+	}
+	return res, nil
+}
+
+// startBackward writes, target stopped, the first state of a backward
+// transition. The tasks listed are those that run the new code now (not
+// listed in a forward table) and have new code on their stacks, or an
+// unreliable stack: they keep it. Tasks that ran the old code keep it too,
+// unlisted.
+func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
+	onOld := map[uint64]bool{}
+	if rec.State == "transition" {
+		es, err := t.readTable(rec)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			onOld[e.Key] = true
+		}
+	}
+	keep := map[uint64]consistency.Task{}
+	for k, task := range blockedKeys(snap, transitionRegions(rec, backward)) {
+		if !onOld[k] {
+			keep[k] = task
+		}
+	}
+	if 2*len(keep) > rec.TableCapacity {
+		return nil, fmt.Errorf("%d tasks are busy in the new functions, more than the universe table holds (%d)", len(keep), rec.TableCapacity/2)
+	}
+	// Every entry must jump to its stub: from "applied" it jumps to New.
+	var writes []write
+	for _, f := range rec.Functions {
+		live := make([]byte, len(f.Jump))
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
+			return nil, err
+		}
+		switch {
+		case bytes.Equal(live, f.StubJump):
+		case bytes.Equal(live, f.Jump):
+			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.StubJump})
+		default:
+			return nil, fmt.Errorf("%w: %s at %#x is % x, neither the patch's jump nor its stub jump", ErrCodeChanged, f.Old, f.PatchAddr, live)
+		}
+	}
+	if err := t.writeTable(rec, entries(keep)); err != nil {
+		return nil, err
+	}
+	if err := t.setTargets(rec, backward); err != nil {
+		return nil, err
+	}
+	if err := t.writeAll(rec.Region, writes, stateReverting); err != nil {
+		return nil, err
+	}
+	rec.State = "reverting"
+	return keep, nil
+}
+
+// Resume drives the transition of patch id (left by a tool that stopped or
+// died, or by OnTimeoutStay) to its end: "transition" toward applied,
+// "reverting" toward reverted.
+func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
+	rec, err := t.record(id)
+	if err != nil {
+		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
+	}
+	switch rec.State {
+	case "transition":
+		res := &Result{ID: rec.ID, Functions: rec.Functions, State: "transition"}
+		return t.drive(ctx, rec, forward, o, res)
+	case "reverting":
+		return t.gradualRevert(ctx, rec, o)
+	}
+	return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: ErrNoTransition,
+		Hint: fmt.Sprintf("patch %s is %s; hotpatch status --pid %d lists the patches", id, rec.State, t.pid)}
+}
+
+// record finds a patch by ID ("" picks the one in transition).
+func (t *Target) record(id string) (*Record, error) {
+	recs, err := t.Status()
+	if err != nil {
+		return nil, err
+	}
+	for i := range recs {
+		r := &recs[i]
+		if r.ID == id || (id == "" && (r.State == "transition" || r.State == "reverting")) {
+			return r, nil
+		}
+	}
+	if id == "" {
+		return nil, ErrNoTransition
+	}
+	return nil, ErrNotApplied
+}
+
+// report calls the Progress callback.
+func (t *Target) report(o ApplyOptions, rec *Record, event string, pending, moved int, pause time.Duration, snap consistency.Snapshot, keep map[uint64]consistency.Task) {
+	if o.Progress == nil {
+		return
+	}
+	p := Progress{ID: rec.ID, Event: event, Pending: pending, Moved: moved, Pause: pause, PauseMicros: pause.Microseconds()}
+	es := entries(keep)
+	for i, e := range es {
+		if i == 5 {
+			break
+		}
+		task := keep[e.Key]
+		var frames []string
+		for j, f := range task.Stack.Frames {
+			pc := f.PC
+			if j > 0 {
+				pc--
+			}
+			frames = append(frames, t.syms.Symbolize(pc))
+		}
+		p.Oldest = append(p.Oldest, TaskReport{Task: task.String(), Stack: frames})
+	}
+	o.Progress(p)
+}
+
+func joinErr(a, b error) error {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return fmt.Errorf("%w (and: %v)", a, b)
+}

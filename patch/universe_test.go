@@ -1,0 +1,169 @@
+package patch_test
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// universeSet is the patch set of the universe fixtures: serve and the two
+// functions it calls, whose versions must agree within every task.
+func universeSet(prefix string) []patch.Replacement {
+	return []patch.Replacement{
+		{Old: prefix + "serve", New: prefix + "serveFixed"},
+		{Old: prefix + "verA", New: prefix + "verAFixed"},
+		{Old: prefix + "verB", New: prefix + "verBFixed"},
+	}
+}
+
+var roundRe = regexp.MustCompile(`^round v1=(\d+) v2=(\d+) mix=(\d+)$`)
+
+func round(t testing.TB, p *fixture.Proc) (v1, v2, mix int) {
+	t.Helper()
+	m := command(t, p, "round", roundRe)
+	fmt.Sscan(m[1], &v1)
+	fmt.Sscan(m[2], &v2)
+	fmt.Sscan(m[3], &mix)
+	return
+}
+
+// universeCase drives one fixture through a gradual transition: n tasks are
+// inside serve when the patch set applies; they keep the old versions of
+// serve, verA and verB (never a mix), tasks that enter serve afterwards get
+// the new ones, and once the old tasks return the transition ends by itself.
+func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
+	command(t, p, fmt.Sprintf("start %d", n), regexp.MustCompile(fmt.Sprintf(`^batch 0 started %d$`, n)))
+	tg := attach(t, p.Pid)
+	untouched := snapshot(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB")
+
+	var mu sync.Mutex
+	var events []patch.Progress
+	started := make(chan struct{})
+	type outcome struct {
+		res *patch.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := tg.Apply(context.Background(), universeSet(prefix), patch.ApplyOptions{
+			Mode: patch.ModeGradual, Timeout: 2 * time.Minute, Interval: 10 * time.Millisecond,
+			Progress: func(pr patch.Progress) {
+				mu.Lock()
+				events = append(events, pr)
+				mu.Unlock()
+				if pr.Event == "transition" {
+					close(started)
+				}
+			},
+		})
+		done <- outcome{res, err}
+	}()
+	select {
+	case <-started:
+	case o := <-done:
+		t.Fatalf("apply ended before a transition started: %+v %v", o.res, o.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no transition started")
+	}
+	mu.Lock()
+	require.Equal(t, n, events[0].Pending, "every task inside serve stays on the old code")
+	mu.Unlock()
+
+	// In transition: the old tasks see version 1 throughout.
+	v1, v2, mix := round(t, p)
+	require.Equal(t, [3]int{n, 0, 0}, [3]int{v1, v2, mix})
+	recs, err := tg.Status()
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	require.Equal(t, "transition", recs[0].State)
+	require.Equal(t, n, recs[0].Pending)
+
+	// New tasks enter the new serve, and call the new verA and verB.
+	command(t, p, "start 10", regexp.MustCompile(`^batch 1 started 10$`))
+	v1, v2, mix = round(t, p)
+	require.Equal(t, [3]int{n, 10, 0}, [3]int{v1, v2, mix})
+
+	// Released, the old tasks return; the transition ends by itself.
+	released := time.Now()
+	command(t, p, "stop 0", regexp.MustCompile(fmt.Sprintf(`^batch 0 stopped %d$`, n)))
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the transition did not finish after the old tasks returned")
+	}
+	require.NoError(t, o.err)
+	require.Equal(t, "applied", o.res.State)
+	t.Logf("%d tasks: transition finished %v after their release (%d pauses)", n, time.Since(released), o.res.Attempts)
+	v1, v2, mix = round(t, p)
+	require.Equal(t, [3]int{0, 10, 0}, [3]int{v1, v2, mix})
+	recs, err = tg.Status()
+	require.NoError(t, err)
+	require.Equal(t, "applied", recs[0].State)
+	require.Zero(t, recs[0].Pending)
+
+	// A revert with a task inside the new serve goes back the same way.
+	rr, err := tg.Revert(context.Background(), o.res.ID, patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 200 * time.Millisecond, Interval: 10 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
+	require.NoError(t, err)
+	require.Equal(t, "reverting", rr.State, "the 10 new tasks are inside the new serve")
+	require.Equal(t, 10, rr.Pending)
+	command(t, p, "start 5", regexp.MustCompile(`^batch 2 started 5$`))
+	v1, v2, mix = round(t, p)
+	require.Equal(t, [3]int{5, 10, 0}, [3]int{v1, v2, mix}, "new tasks are back on the old code; the busy ones keep the new")
+	command(t, p, "stop 1", regexp.MustCompile(`^batch 1 stopped 10$`))
+	rr, err = tg.Resume(context.Background(), o.res.ID, patch.ApplyOptions{Timeout: time.Minute, Interval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	require.Equal(t, "reverted", rr.State)
+	v1, v2, mix = round(t, p)
+	require.Equal(t, [3]int{5, 0, 0}, [3]int{v1, v2, mix})
+	command(t, p, "stop 2", regexp.MustCompile(`^batch 2 stopped 5$`))
+	require.Equal(t, untouched, snapshot(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"), "reverted: the code and the memory map are as before")
+	exited, werr := p.Exited()
+	require.False(t, exited, "target died: %v", werr)
+}
+
+// TestUniverseGo: 1,000 goroutines inside serve.
+func TestUniverseGo(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	universeCase(t, p, "main.", 1000)
+}
+
+// TestUniverseTimeoutReverts: a transition that times out with tasks
+// pending reverts, and leaves the original bytes exactly.
+func TestUniverseTimeoutReverts(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	command(t, p, "start 20", regexp.MustCompile(`^batch 0 started 20$`))
+	tg := attach(t, p.Pid)
+	untouched := snapshot(t, tg, p.Pid, "main.serve", "main.verA", "main.verB")
+	_, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond})
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.Contains(t, err.Error(), "reverted")
+	require.Equal(t, untouched, snapshot(t, tg, p.Pid, "main.serve", "main.verA", "main.verB"))
+	v1, v2, mix := round(t, p)
+	require.Equal(t, [3]int{20, 0, 0}, [3]int{v1, v2, mix})
+
+	// A second patch while one is in transition is refused.
+	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 100 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
+	require.NoError(t, err)
+	require.Equal(t, "transition", res.State)
+	_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "main.verAFixed", New: "main.verBFixed"}}, patch.ApplyOptions{})
+	require.ErrorIs(t, err, patch.ErrInTransition)
+	require.Contains(t, err.Error(), res.ID)
+
+	// Force: the 20 tasks are moved (and named), the patch is applied.
+	res, err = tg.Resume(context.Background(), res.ID, patch.ApplyOptions{Timeout: 50 * time.Millisecond, Force: true})
+	require.NoError(t, err)
+	require.Equal(t, "applied", res.State)
+	require.Len(t, res.Forced, 20)
+	require.Contains(t, res.Forced[0], "goroutine ")
+	_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto})
+	require.NoError(t, err)
+}

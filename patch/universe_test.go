@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,7 +43,8 @@ func round(t testing.TB, p *fixture.Proc) (v1, v2, mix int) {
 func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
 	command(t, p, fmt.Sprintf("start %d", n), regexp.MustCompile(fmt.Sprintf(`^batch 0 started %d$`, n)))
 	tg := attach(t, p.Pid)
-	untouched := snapshot(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB")
+	// Threads come and go in this test, so compare the code, not the map.
+	untouched := code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB")
 
 	var mu sync.Mutex
 	var events []patch.Progress
@@ -125,9 +127,19 @@ func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
 	v1, v2, mix = round(t, p)
 	require.Equal(t, [3]int{5, 0, 0}, [3]int{v1, v2, mix})
 	command(t, p, "stop 2", regexp.MustCompile(`^batch 2 stopped 5$`))
-	require.Equal(t, untouched, snapshot(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"), "reverted: the code and the memory map are as before")
+	require.Equal(t, untouched, code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"), "reverted: the code is as before")
+	recs, err = tg.Status()
+	require.NoError(t, err)
+	require.Empty(t, recs, "the patch memory is unmapped")
 	exited, werr := p.Exited()
 	require.False(t, exited, "target died: %v", werr)
+}
+
+// code returns the bytes of the functions (with their padding).
+func code(t testing.TB, tg *patch.Target, pid int, funcs ...string) string {
+	t.Helper()
+	s := snapshot(t, tg, pid, funcs...)
+	return s[strings.Index(s, funcs[0]+" "):]
 }
 
 // TestUniverseGo: 1,000 goroutines inside serve.
@@ -166,4 +178,11 @@ func TestUniverseTimeoutReverts(t *testing.T) {
 	require.Contains(t, res.Forced[0], "goroutine ")
 	_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto})
 	require.NoError(t, err)
+}
+
+// TestUniverseC: 50 threads inside serve of a C program built without frame
+// pointers.
+func TestUniverseC(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cuniverse", "-O2", "-fomit-frame-pointer"))
+	universeCase(t, p, "", 50)
 }

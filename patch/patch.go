@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -271,7 +272,8 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			key = trampoline.KeyG
 		}
 	}
-	size := roundUp(tableOff+uint64(trampoline.TableSize(capacity)), pageSize)
+	// The control word, then the two tables it switches between.
+	size := roundUp(tableOff+tableCtlSize+2*uint64(trampoline.TableSize(capacity)), pageSize)
 	region, err := t.mapNear(ps[0].old.Addr, size)
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
@@ -286,8 +288,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		rec.Table, rec.TableCapacity = region+tableOff, capacity
 		rec.TaskKey = map[trampoline.TaskKey]string{trampoline.KeyG: "g", trampoline.KeyThread: "thread"}[key]
 	}
-	// The table's pages stay untouched (zero) but for its header.
-	image := make([]byte, tableOff+trampoline.TableHeaderSize)
+	// The tables' pages stay untouched (zero) but for the control word and
+	// the first table's header.
+	image := make([]byte, tableOff+tableCtlSize+trampoline.TableHeaderSize)
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
 		plan, err := t.arch.Plan(p.fn(), p.new.Addr, thunk)
@@ -311,7 +314,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 				return fail(p.rep.Old, err, "")
 			}
 			copy(image[at-region:], stub.Code)
-			f.StubAddr, f.StubListed, f.StubUnlisted = at, stub.ListedOff, stub.UnlistedOff
+			f.StubAddr, f.StubSize = at, uint64(len(stub.Code))
 			f.StubJump = padJump(t.arch.Jump(plan.Addr, at), len(plan.Original))
 			if f.StubJump == nil {
 				unmap()
@@ -321,12 +324,14 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		rec.Functions = append(rec.Functions, f)
 	}
 	if canDispatch {
-		tbl, err := trampoline.BuildTable(nil, capacity)
+		// Active: the first table, empty, everyone on the old code.
+		tbl, err := trampoline.BuildTable(nil, capacity, false)
 		if err != nil {
 			unmap()
 			return fail("", err, "")
 		}
-		copy(image[tableOff:], tbl[:trampoline.TableHeaderSize])
+		binary.LittleEndian.PutUint64(image[tableOff:], tableAddr(rec, 0))
+		copy(image[tableOff+tableCtlSize:], tbl[:trampoline.TableHeaderSize])
 	}
 	hdr, err := encodeRecord(rec, statePrepared)
 	if err == nil && uint64(len(hdr)) > thunkOff {
@@ -334,7 +339,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	if err == nil {
 		copy(image, hdr)
-		err = t.proc.WriteMem(region, image)
+		err = t.writeMem(region, image)
 	}
 	if err != nil {
 		unmap()
@@ -365,6 +370,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			if canDispatch {
+				// Through the stubs, so that the set switches with one
+				// write whatever happens to us meanwhile.
+				return t.startForward(rec, nil)
+			}
 			var writes []write
 			for _, p := range ps {
 				writes = append(writes, write{name: p.rep.Old, addr: p.plan.Addr, old: p.plan.Original, new: p.plan.Jump})
@@ -468,9 +478,9 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 		}
 	}
 	for i, w := range ws {
-		if err := t.proc.WriteMem(w.addr, w.new); err != nil {
+		if err := t.writeMem(w.addr, w.new); err != nil {
 			for _, u := range ws[:i] {
-				if uerr := t.proc.WriteMem(u.addr, u.old); uerr != nil {
+				if uerr := t.writeMem(u.addr, u.old); uerr != nil {
 					return errors.Join(err, fmt.Errorf("undo %s failed: %w", u.name, uerr))
 				}
 			}
@@ -479,7 +489,7 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 	}
 	var st [4]byte
 	st[0], st[1], st[2], st[3] = byte(state), byte(state>>8), byte(state>>16), byte(state>>24)
-	return t.proc.WriteMem(region+stateOffset, st[:])
+	return t.writeMem(region+stateOffset, st[:])
 }
 
 // Status lists the patches recorded in the target, oldest first. A record's
@@ -503,7 +513,7 @@ func (t *Target) Status() ([]Record, error) {
 		}
 		rec.State = t.liveState(rec, state)
 		if (rec.State == "transition" || rec.State == "reverting") && rec.Table != 0 {
-			if es, err := t.readTable(rec); err == nil {
+			if es, _, err := t.readTable(rec); err == nil {
 				rec.Pending = len(es)
 				kind := "thread"
 				if rec.TaskKey == "g" {
@@ -524,35 +534,51 @@ func (t *Target) Status() ([]Record, error) {
 // says what the writer meant, the bytes say what happened (the writer may have
 // been killed between the two).
 func (t *Target) liveState(rec *Record, state uint32) string {
-	jumps, stubs := 0, 0
+	var orig, jumps, stubs int
 	for _, f := range rec.Functions {
-		live := make([]byte, len(f.Jump))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err == nil {
-			switch {
-			case bytes.Equal(live, f.Jump):
-				jumps++
-			case f.StubJump != nil && bytes.Equal(live, f.StubJump):
-				stubs++
-			}
+		live := make([]byte, len(f.Original))
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
+			continue
+		}
+		switch {
+		case bytes.Equal(live, f.Original):
+			orig++
+		case bytes.Equal(live, f.Jump):
+			jumps++
+		case f.StubJump != nil && bytes.Equal(live, f.StubJump):
+			stubs++
 		}
 	}
-	switch {
-	case stubs == len(rec.Functions) && stubs > 0:
-		// Every entry dispatches per task: the header says which way.
-		if state == stateReverting {
+	n := len(rec.Functions)
+	if stubs > 0 && orig+jumps+stubs == n && rec.Table != 0 {
+		// What the stubs do is what the active table says.
+		es, unlistedNew, err := t.readTable(rec)
+		if err != nil {
+			return "partial"
+		}
+		switch {
+		case len(es) > 0 && unlistedNew && orig == 0:
+			return stateName(stateTransition)
+		case len(es) > 0 && !unlistedNew && orig == 0:
+			return stateName(stateReverting)
+		case len(es) == 0 && unlistedNew && orig == 0:
+			return stateName(stateApplied) // everyone new; direct jumps pending
+		case len(es) == 0 && !unlistedNew && jumps == 0:
+			// Everyone old, but entries still lead to the stubs: a switch
+			// that had not happened, or a revert whose original bytes are
+			// not all back. Reverting (Revert or Resume) finishes either.
 			return stateName(stateReverting)
 		}
-		return stateName(stateTransition)
-	case stubs > 0:
 		return "partial"
-	case jumps == len(rec.Functions) && jumps > 0 && state == stateReverting:
-		// A reverting transition that died before its first write.
-		return stateName(stateApplied)
-	case jumps == len(rec.Functions) && jumps > 0:
+	}
+	switch {
+	case jumps == n && n > 0:
 		return stateName(stateApplied)
 	case jumps > 0:
 		return "partial"
-	case state == stateApplied: // the record says applied but no jump is there
+	case state == stateApplied || state == stateTransition || state == stateReverting:
+		// The header says a switch began, but all the original bytes are
+		// there.
 		return stateName(stateReverted)
 	}
 	return stateName(state)
@@ -588,9 +614,11 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		return t.gradualRevert(ctx, rec, o)
 	}
 	if rec == nil || (rec.State != "applied" && rec.State != "partial") {
-		if rec != nil && rec.State == "prepared" {
-			// Inert leftovers of an apply that died before writing: drop them.
-			t.proc.Munmap(rec.Region, rec.RegionSize)
+		if rec != nil && (rec.State == "prepared" || rec.State == "reverted") {
+			// Leftovers of a patcher that died: drop them.
+			if err := t.discard(ctx, rec, o); err != nil {
+				return nil, err
+			}
 		}
 		return fail(ErrNotApplied, fmt.Sprintf("hotpatch status --pid %d lists the applied patches", t.pid))
 	}
@@ -626,7 +654,12 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
-		func(consistency.Snapshot) error { return t.writeAll(rec.Region, writes, stateReverted) })
+		func(consistency.Snapshot) error {
+			if rec.Table != 0 && rec.State == "applied" {
+				return t.stopBackward(rec)
+			}
+			return t.writeAll(rec.Region, writes, stateReverted)
+		})
 	if err != nil {
 		return fail(err, "")
 	}
@@ -637,7 +670,36 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "reverted"}, nil
 }
 
-// RevertAll reverts every applied patch, newest first.
+// discard unmaps the memory of a patch whose entries all hold their
+// original bytes, once no task executes in it or will return into it (a
+// patch that never switched needs no check).
+func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error {
+	hdr := make([]byte, recordHdrSize)
+	if _, err := t.proc.ReadAt(hdr, int64(rec.Region)); err == nil && binary.LittleEndian.Uint32(hdr[stateOffset:]) != statePrepared {
+		src, err := t.source()
+		if err != nil {
+			return err
+		}
+		timeout := o.Timeout
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		regions := []consistency.Region{{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
+		if _, err := consistency.StopAndCheck(ctx, src, regions, consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
+			func(consistency.Snapshot) error { return nil }); err != nil {
+			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+		}
+	}
+	// Nothing jumps there any more: no task can enter it after the check.
+	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
+		return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	return nil
+}
+
+// RevertAll reverts every applied patch, newest first, and removes the
+// memory of patches whose patcher died before switching them or after
+// reverting them.
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, error) {
 	records, err := t.Status()
 	if err != nil {
@@ -645,6 +707,14 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 	}
 	var out []*Result
 	for i := len(records) - 1; i >= 0; i-- {
+		if s := records[i].State; s == "prepared" || s == "reverted" {
+			// Leftovers of a patcher that died before its switch, or
+			// after its revert but before unmapping.
+			if err := t.discard(ctx, &records[i], o); err != nil {
+				return out, err
+			}
+			continue
+		}
 		if s := records[i].State; s != "applied" && s != "partial" && s != "transition" && s != "reverting" {
 			continue
 		}

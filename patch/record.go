@@ -98,13 +98,12 @@ type Function struct {
 	// InlinedInto lists the callers that hold inlined copies of Old, which
 	// this patch does not change (applied with AllowInlined).
 	InlinedInto []string `json:"inlined_into,omitempty"`
-	// StubAddr is the function's dispatch stub (gradual transitions) and
-	// StubJump the bytes at PatchAddr that jump to it; StubListed and
-	// StubUnlisted are the offsets of the stub's two targets.
-	StubAddr     uint64 `json:"stub_addr,omitempty"`
-	StubJump     Bytes  `json:"stub_jump,omitempty"`
-	StubListed   int    `json:"stub_listed,omitempty"`
-	StubUnlisted int    `json:"stub_unlisted,omitempty"`
+	// StubAddr and StubSize locate the function's dispatch stub, and
+	// StubJump is the bytes at PatchAddr that jump to it. Every switch of
+	// the set goes through the stubs.
+	StubAddr uint64 `json:"stub_addr,omitempty"`
+	StubSize uint64 `json:"stub_size,omitempty"`
+	StubJump Bytes  `json:"stub_jump,omitempty"`
 }
 
 // Record describes a patch as the target holds it.
@@ -119,8 +118,9 @@ type Record struct {
 	// Region and RegionSize locate the patch memory in the target.
 	Region     uint64 `json:"region"`
 	RegionSize uint64 `json:"region_size"`
-	// Table and TableCapacity locate the universe table of gradual
-	// transitions; TaskKey is how its stubs know a task ("g" or "thread").
+	// Table is the universe control word (the address of the active
+	// table; the two tables follow it), TableCapacity their slots; TaskKey
+	// is how the stubs know a task ("g" or "thread").
 	Table         uint64 `json:"table,omitempty"`
 	TableCapacity int    `json:"table_capacity,omitempty"`
 	TaskKey       string `json:"task_key,omitempty"`

@@ -106,7 +106,7 @@ func inStub(rec *Record, s consistency.Snapshot) bool {
 		}
 		pc := task.Stack.Frames[0].PC
 		for _, f := range rec.Functions {
-			if f.StubAddr != 0 && pc >= f.StubAddr && pc < f.StubAddr+uint64(f.StubUnlisted+8) {
+			if f.StubAddr != 0 && pc >= f.StubAddr && pc < f.StubAddr+f.StubSize {
 				return true
 			}
 		}
@@ -128,47 +128,93 @@ func blockedKeys(s consistency.Snapshot, regions []consistency.Region) map[uint6
 	return out
 }
 
-func (t *Target) readTable(rec *Record) ([]trampoline.TableEntry, error) {
+// The universe control word is at rec.Table; the two tables follow it.
+func tableAddr(rec *Record, i int) uint64 {
+	return rec.Table + tableCtlSize + uint64(i*trampoline.TableSize(rec.TableCapacity))
+}
+
+const tableCtlSize = 64
+
+// readTable returns the active table's entries and Sel.
+func (t *Target) readTable(rec *Record) ([]trampoline.TableEntry, bool, error) {
+	var w [8]byte
+	if _, err := t.proc.ReadAt(w[:], int64(rec.Table)); err != nil {
+		return nil, false, err
+	}
+	active := binary.LittleEndian.Uint64(w[:])
+	if active != tableAddr(rec, 0) && active != tableAddr(rec, 1) {
+		return nil, false, fmt.Errorf("patch %s: universe control word %#x points at no table", rec.ID, active)
+	}
 	b := make([]byte, trampoline.TableSize(rec.TableCapacity))
-	if _, err := t.proc.ReadAt(b, int64(rec.Table)); err != nil {
-		return nil, err
+	if _, err := t.proc.ReadAt(b, int64(active)); err != nil {
+		return nil, false, err
 	}
 	return trampoline.ParseTable(b)
 }
 
-func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry) error {
-	b, err := trampoline.BuildTable(es, rec.TableCapacity)
+// writeTable makes a table with these entries and Sel active: it fills the
+// inactive table, then switches the control word with one 8-byte write.
+func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew bool) error {
+	b, err := trampoline.BuildTable(es, rec.TableCapacity, unlistedNew)
 	if err != nil {
 		return err
 	}
-	return t.proc.WriteMem(rec.Table, b)
+	var w [8]byte
+	if _, err := t.proc.ReadAt(w[:], int64(rec.Table)); err != nil {
+		return err
+	}
+	next := tableAddr(rec, 0)
+	if binary.LittleEndian.Uint64(w[:]) == next {
+		next = tableAddr(rec, 1)
+	}
+	if err := t.writeMem(next, b); err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint64(w[:], next)
+	return t.writeMem(rec.Table, w[:])
 }
 
-// setTargets writes every stub's two targets: forward, listed tasks run the
-// old code (the thunk) and the others the new; backward, the reverse.
-func (t *Target) setTargets(rec *Record, dir direction) error {
+// entriesTo rewrites every entry whose bytes are one of from into to
+// (entries already at to are left alone); any other bytes refuse, with
+// nothing written. The target is stopped.
+func (t *Target) entriesTo(rec *Record, to func(Function) []byte, from ...func(Function) []byte) error {
+	var ws []write
 	for _, f := range rec.Functions {
-		listed, unlisted := f.ThunkAddr, f.NewAddr
-		if dir == backward {
-			listed, unlisted = f.NewAddr, f.ThunkAddr
-		}
-		var b [16]byte
-		binary.LittleEndian.PutUint64(b[:8], listed)
-		binary.LittleEndian.PutUint64(b[8:], unlisted)
-		if err := t.proc.WriteMem(f.StubAddr+uint64(f.StubListed), b[:8]); err != nil {
+		live := make([]byte, len(f.Original))
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
 			return err
 		}
-		if err := t.proc.WriteMem(f.StubAddr+uint64(f.StubUnlisted), b[8:]); err != nil {
+		want := to(f)
+		if bytes.Equal(live, want) {
+			continue
+		}
+		ok := false
+		for _, fr := range from {
+			if bytes.Equal(live, fr(f)) {
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s at %#x is % x, not what patch %s wrote or found there; nothing was written", ErrCodeChanged, f.Old, f.PatchAddr, live, rec.ID)
+		}
+		ws = append(ws, write{name: f.Old, addr: f.PatchAddr, old: live, new: want})
+	}
+	for _, w := range ws {
+		if err := t.writeMem(w.addr, w.new); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+func original(f Function) []byte { return f.Original }
+func jump(f Function) []byte     { return f.Jump }
+func stubJump(f Function) []byte { return f.StubJump }
+
 func (t *Target) setState(rec *Record, state uint32) error {
 	var st [4]byte
 	binary.LittleEndian.PutUint32(st[:], state)
-	return t.proc.WriteMem(rec.Region+stateOffset, st[:])
+	return t.writeMem(rec.Region+stateOffset, st[:])
 }
 
 // entries turns blocked tasks into table entries, sorted by ID.
@@ -237,27 +283,47 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 	return t.drive(ctx, rec, forward, o, &res)
 }
 
-// startForward writes, target stopped, the first state of a forward
-// transition; with no busy task it applies at once.
+// startForward switches a prepared patch, target stopped. Every step leaves
+// the target consistent if we die after it: entries jump to their stubs
+// (whose active table sends everyone to the old code); one word switches to
+// a table listing the busy tasks (old code) and sending all others to the
+// new; with none busy, the entries then get their direct jumps.
 func (t *Target) startForward(rec *Record, old map[uint64]consistency.Task) error {
-	var writes []write
-	for _, f := range rec.Functions {
-		next := f.StubJump
-		if len(old) == 0 {
-			next = f.Jump
-		}
-		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Original, new: next})
+	if err := t.setState(rec, stateTransition); err != nil {
+		return err
+	}
+	if err := t.entriesTo(rec, stubJump, original); err != nil {
+		return err
+	}
+	if err := t.writeTable(rec, entries(old), true); err != nil {
+		return err
 	}
 	if len(old) > 0 {
-		if err := t.writeTable(rec, entries(old)); err != nil {
-			return err
-		}
-		if err := t.setTargets(rec, forward); err != nil {
-			return err
-		}
-		return t.writeAll(rec.Region, writes, stateTransition)
+		return nil
 	}
-	return t.writeAll(rec.Region, writes, stateApplied)
+	if err := t.entriesTo(rec, jump, stubJump); err != nil {
+		return err
+	}
+	return t.setState(rec, stateApplied)
+}
+
+// stopBackward reverts an applied patch at once, target stopped and no task
+// in the new code or the patch memory: entries to stubs (everyone new), one
+// word sends everyone to the old code, then the original bytes.
+func (t *Target) stopBackward(rec *Record) error {
+	if err := t.setState(rec, stateReverting); err != nil {
+		return err
+	}
+	if err := t.entriesTo(rec, stubJump, jump); err != nil {
+		return err
+	}
+	if err := t.writeTable(rec, nil, false); err != nil {
+		return err
+	}
+	if err := t.entriesTo(rec, original, stubJump); err != nil {
+		return err
+	}
+	return t.setState(rec, stateReverted)
 }
 
 // drive runs the short pauses of a transition until no task is pending,
@@ -312,7 +378,7 @@ func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyO
 			if inStub(rec, snap) {
 				return errRetry
 			}
-			listed, err := t.readTable(rec)
+			listed, _, err := t.readTable(rec)
 			if err != nil {
 				return err
 			}
@@ -332,7 +398,7 @@ func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyO
 				return err
 			}
 			if moved > 0 {
-				return t.writeTable(rec, pending)
+				return t.writeTable(rec, pending, dir == forward)
 			}
 			return nil
 		}()
@@ -386,34 +452,29 @@ func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyO
 var errRetry = fmt.Errorf("retry")
 
 // finish ends a transition whose table is empty, target stopped. Forward:
-// every entry gets its direct jump. Backward: the original bytes come back
-// and the patch memory is unmapped — but only once no task executes in, or
-// will return into, the patch memory or the new functions; until then it
-// reports not finished.
+// every entry gets its direct jump. Backward: the original bytes come back —
+// but only once no task executes in, or will return into, the patch memory
+// or the new functions (the caller then unmaps it); until then it reports
+// not finished.
 func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) (bool, error) {
-	if err := t.writeTable(rec, nil); err != nil {
+	if err := t.writeTable(rec, nil, dir == forward); err != nil {
 		return false, err
 	}
-	var writes []write
-	for _, f := range rec.Functions {
-		if dir == forward {
-			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.StubJump, new: f.Jump})
-		} else {
-			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.StubJump, new: f.Original})
-		}
-	}
 	if dir == forward {
-		return true, t.writeAll(rec.Region, writes, stateApplied)
+		if err := t.entriesTo(rec, jump, stubJump); err != nil {
+			return false, err
+		}
+		return true, t.setState(rec, stateApplied)
 	}
 	rs := transitionRegions(rec, backward)
 	rs = append(rs, consistency.Region{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize})
 	if len(consistency.Check(snap, rs)) > 0 {
 		return false, nil
 	}
-	if err := t.writeAll(rec.Region, writes, stateReverted); err != nil {
+	if err := t.entriesTo(rec, original, stubJump); err != nil {
 		return false, err
 	}
-	return true, nil
+	return true, t.setState(rec, stateReverted)
 }
 
 // gradualRevert reverts a patch the same way it may have been applied: one
@@ -469,15 +530,15 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 	return res, nil
 }
 
-// startBackward writes, target stopped, the first state of a backward
-// transition. The tasks listed are those that run the new code now (not
-// listed in a forward table) and have new code on their stacks, or an
-// unreliable stack: they keep it. Tasks that ran the old code keep it too,
-// unlisted.
+// startBackward starts a backward transition, target stopped. The tasks
+// listed are those that run the new code now (not listed in a forward
+// table) and have new code on their stacks, or an unreliable stack: they
+// keep the new code. Everyone else gets the old code at once; tasks that
+// ran the old code keep it.
 func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
 	onOld := map[uint64]bool{}
 	if rec.State == "transition" {
-		es, err := t.readTable(rec)
+		es, _, err := t.readTable(rec)
 		if err != nil {
 			return nil, err
 		}
@@ -494,28 +555,20 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 	if 2*len(keep) > rec.TableCapacity {
 		return nil, fmt.Errorf("%d tasks are busy in the new functions, more than the universe table holds (%d)", len(keep), rec.TableCapacity/2)
 	}
-	// Every entry must jump to its stub: from "applied" it jumps to New.
-	var writes []write
-	for _, f := range rec.Functions {
-		live := make([]byte, len(f.Jump))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
+	if err := t.setState(rec, stateReverting); err != nil {
+		return nil, err
+	}
+	// From "applied" the entries jump to New: to the stubs first, whose
+	// table (empty, or the forward one) keeps everyone where they are.
+	if rec.State != "transition" {
+		if err := t.writeTable(rec, nil, true); err != nil {
 			return nil, err
 		}
-		switch {
-		case bytes.Equal(live, f.StubJump):
-		case bytes.Equal(live, f.Jump):
-			writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.StubJump})
-		default:
-			return nil, fmt.Errorf("%w: %s at %#x is % x, neither the patch's jump nor its stub jump", ErrCodeChanged, f.Old, f.PatchAddr, live)
-		}
 	}
-	if err := t.writeTable(rec, entries(keep)); err != nil {
+	if err := t.entriesTo(rec, stubJump, jump); err != nil {
 		return nil, err
 	}
-	if err := t.setTargets(rec, backward); err != nil {
-		return nil, err
-	}
-	if err := t.writeAll(rec.Region, writes, stateReverting); err != nil {
+	if err := t.writeTable(rec, entries(keep), false); err != nil {
 		return nil, err
 	}
 	rec.State = "reverting"
@@ -592,4 +645,22 @@ func joinErr(a, b error) error {
 		return a
 	}
 	return fmt.Errorf("%w (and: %v)", a, b)
+}
+
+// faultCountdown, when positive, counts target writes down and panics with
+// errInjectedDeath at zero: tests use it to stop the patcher between any two
+// writes, as a SIGKILL would.
+var faultCountdown int
+
+var errInjectedDeath = fmt.Errorf("injected death of the patcher")
+
+// writeMem writes target memory (every write of this package goes here).
+func (t *Target) writeMem(addr uint64, b []byte) error {
+	if faultCountdown > 0 {
+		faultCountdown--
+		if faultCountdown == 0 {
+			panic(errInjectedDeath)
+		}
+	}
+	return t.proc.WriteMem(addr, b)
 }

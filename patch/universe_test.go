@@ -186,3 +186,88 @@ func TestUniverseC(t *testing.T) {
 	p := fixture.Start(t, fixture.BuildC(t, "cuniverse", "-O2", "-fomit-frame-pointer"))
 	universeCase(t, p, "", 50)
 }
+
+// TestDeathAtEveryWrite kills the patcher (an injected panic, then a
+// detach, as the kernel does for a dead tracer) before each write of an
+// apply and of a revert, in stop and gradual mode. After each death the
+// target runs on, no task ever sees a mix of versions, the record is never
+// "partial", and a new tool reverts everything to the original bytes.
+func TestDeathAtEveryWrite(t *testing.T) {
+	for _, mode := range []string{patch.ModeStop, patch.ModeGradual} {
+		for _, phase := range []string{"apply", "revert"} {
+			t.Run(mode+"-"+phase, func(t *testing.T) {
+				for n := 1; n < 100; n++ {
+					if !deathCase(t, mode, phase, n) {
+						t.Logf("%s %s: survived a death before each of %d writes", mode, phase, n-1)
+						return
+					}
+				}
+				t.Fatal("more than 100 writes?")
+			})
+		}
+	}
+}
+
+// deathCase dies before the n-th write; it reports whether it died.
+func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
+	t.Helper()
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	defer p.Kill()
+	busy := 0
+	if mode == patch.ModeGradual {
+		busy = 20 // inside the old serve for the whole case
+		command(t, p, "start 20", regexp.MustCompile(`^batch 0 started 20$`))
+	}
+	tg := attach(t, p.Pid)
+	base := code(t, tg, p.Pid, "main.serve", "main.verA", "main.verB")
+	opts := patch.ApplyOptions{Mode: mode, Timeout: 150 * time.Millisecond, OnTimeout: patch.OnTimeoutStay, Interval: 5 * time.Millisecond}
+	if phase == "revert" {
+		res, err := tg.Apply(context.Background(), universeSet("main."), opts)
+		require.NoError(t, err)
+		require.Contains(t, []string{"applied", "transition"}, res.State)
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if !patch.IsInjectedDeath(v) {
+					panic(v)
+				}
+				died = true
+				require.NoError(t, patch.Abandon(tg))
+			}
+		}()
+		patch.DieAfterWrites(n)
+		defer patch.DieAfterWrites(0)
+		if phase == "apply" {
+			tg.Apply(context.Background(), universeSet("main."), opts)
+		} else {
+			tg.RevertAll(context.Background(), opts)
+		}
+	}()
+	// Alive and consistent: old tasks and new ones each see one version.
+	command(t, p, "start 5", regexp.MustCompile(`^batch \d+ started 5$`))
+	v1, v2, mix := round(t, p)
+	require.Zero(t, mix, "death before write %d: a task saw a mix", n)
+	require.Equal(t, busy+5, v1+v2)
+
+	// A new tool finds a state it understands, and reverts it all.
+	tg2 := attach(t, p.Pid)
+	recs, err := tg2.Status()
+	require.NoError(t, err)
+	for _, r := range recs {
+		require.NotEqual(t, "partial", r.State, "death before write %d", n)
+	}
+	last := 0
+	if busy > 0 {
+		command(t, p, "stop 0", regexp.MustCompile(`^batch 0 stopped 20$`))
+		last = 1
+	}
+	command(t, p, fmt.Sprintf("stop %d", last), regexp.MustCompile(fmt.Sprintf(`^batch %d stopped 5$`, last)))
+	_, err = tg2.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
+	require.NoError(t, err, "death before write %d", n)
+	recs, err = tg2.Status()
+	require.NoError(t, err)
+	require.Empty(t, recs, "death before write %d", n)
+	require.Equal(t, base, code(t, tg2, p.Pid, "main.serve", "main.verA", "main.verB"), "death before write %d", n)
+	return died
+}

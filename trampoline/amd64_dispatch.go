@@ -66,77 +66,90 @@ func (AMD64) MaxStubSize() int { return 128 }
 //     (variadic vector count) and RCX (an argument) are pushed and popped
 //     around the lookup.
 //
-// The table address is reached rip-relative, so the table must be within
-// ±2 GiB of the stub (it lives in the same patch memory).
-func (AMD64) Stub(key TaskKey, addr, table, listed, unlisted uint64) (*Stub, error) {
-	d := int64(table) - int64(addr)
+// The control word is reached rip-relative, so it must be within ±1 GiB of
+// the stub (both live in the same patch memory).
+func (AMD64) Stub(key TaskKey, addr, ctl, old, new uint64) (*Stub, error) {
+	d := int64(ctl) - int64(addr)
 	if d > 1<<30 || d < -(1<<30) {
-		return nil, &Error{Addr: addr, Err: ErrCannotRelocate, Detail: fmt.Sprintf("universe table %#x is out of rip-relative reach of the stub at %#x", table, addr)}
+		return nil, &Error{Addr: addr, Err: ErrCannotRelocate, Detail: fmt.Sprintf("universe control word %#x is out of rip-relative reach of the stub at %#x", ctl, addr)}
 	}
 	a := newAsm(addr)
-	// The table is referenced through a label placed after the code:
-	// its displacement is computed like the others, from the label
-	// "table", which is then fixed to the real address below.
+	// Where a lookup ends: listed tasks go where unlisted ones do not.
+	// Sel (table+16) is 1 when unlisted tasks run the new code.
+	tail := func(pop ...byte) {
+		a.label("listed")
+		a.emit(tailSel(key)...)      // cmp qword [T+16], 0
+		a.jcc8(0x75, "toold")        // jne toold (Sel 1: listed run old)
+		a.jcc8(0xeb, "tonew")        // jmp tonew
+		a.label("unlisted")          //
+		a.emit(tailSel(key)...)      // cmp qword [T+16], 0
+		a.jcc8(0x75, "tonew")        // jne tonew (Sel 1: unlisted run new)
+		a.label("toold")             //
+		a.emit(pop...)               //
+		a.ripRef("told", 0xff, 0x25) // jmp [rip+told]
+		a.label("tonew")             //
+		a.emit(pop...)               //
+		a.ripRef("tnew", 0xff, 0x25) // jmp [rip+tnew]
+	}
 	switch key {
 	case KeyG:
-		a.ripRef("table", 0x4c, 0x8d, 0x25)        // lea r12, [rip+table]
+		a.ripRef("ctl", 0x4c, 0x8b, 0x25)          // mov r12, [rip+ctl]
 		a.emit(0x49, 0x83, 0x7c, 0x24, 0x08, 0x00) // cmp qword [r12+8], 0
 		a.jcc8(0x74, "unlisted")                   // je unlisted
 		a.emit(0x4d, 0x89, 0xf5)                   // mov r13, r14
 		a.emit(0x4d, 0x23, 0x2c, 0x24)             // and r13, [r12]
 		a.label("probe")                           //
-		a.emit(0x4f, 0x39, 0x74, 0x2c, 0x10)       // cmp [r12+r13+16], r14
+		a.emit(0x4f, 0x39, 0x74, 0x2c, 0x20)       // cmp [r12+r13+32], r14
 		a.jcc8(0x74, "listed")                     // je listed
-		a.emit(0x4b, 0x83, 0x7c, 0x2c, 0x10, 0x00) // cmp qword [r12+r13+16], 0
+		a.emit(0x4b, 0x83, 0x7c, 0x2c, 0x20, 0x00) // cmp qword [r12+r13+32], 0
 		a.jcc8(0x74, "unlisted")                   // je unlisted
 		a.emit(0x49, 0x83, 0xc5, 0x10)             // add r13, 16
 		a.emit(0x4d, 0x23, 0x2c, 0x24)             // and r13, [r12]
 		a.jcc8(0xeb, "probe")                      // jmp probe
-		a.label("listed")                          //
-		a.ripRef("tlisted", 0xff, 0x25)            // jmp [rip+tlisted]
-		a.label("unlisted")                        //
-		a.ripRef("tunlisted", 0xff, 0x25)          // jmp [rip+tunlisted]
+		tail()
 	case KeyThread:
 		a.emit(0x51)                                     // push rcx
 		a.emit(0x50)                                     // push rax
 		a.emit(0x64, 0x4c, 0x8b, 0x1c, 0x25, 0, 0, 0, 0) // mov r11, fs:[0]
-		a.ripRef("table", 0x48, 0x8d, 0x05)              // lea rax, [rip+table]
+		a.ripRef("ctl", 0x48, 0x8b, 0x05)                // mov rax, [rip+ctl]
 		a.emit(0x48, 0x83, 0x78, 0x08, 0x00)             // cmp qword [rax+8], 0
 		a.jcc8(0x74, "unlisted")                         // je unlisted
 		a.emit(0x4c, 0x89, 0xd9)                         // mov rcx, r11
 		a.emit(0x48, 0x23, 0x08)                         // and rcx, [rax]
 		a.label("probe")                                 //
-		a.emit(0x4c, 0x39, 0x5c, 0x08, 0x10)             // cmp [rax+rcx+16], r11
+		a.emit(0x4c, 0x39, 0x5c, 0x08, 0x20)             // cmp [rax+rcx+32], r11
 		a.jcc8(0x74, "listed")                           // je listed
-		a.emit(0x48, 0x83, 0x7c, 0x08, 0x10, 0x00)       // cmp qword [rax+rcx+16], 0
+		a.emit(0x48, 0x83, 0x7c, 0x08, 0x20, 0x00)       // cmp qword [rax+rcx+32], 0
 		a.jcc8(0x74, "unlisted")                         // je unlisted
 		a.emit(0x48, 0x83, 0xc1, 0x10)                   // add rcx, 16
 		a.emit(0x48, 0x23, 0x08)                         // and rcx, [rax]
 		a.jcc8(0xeb, "probe")                            // jmp probe
-		a.label("listed")                                //
-		a.emit(0x58, 0x59)                               // pop rax; pop rcx
-		a.ripRef("tlisted", 0xff, 0x25)                  // jmp [rip+tlisted]
-		a.label("unlisted")                              //
-		a.emit(0x58, 0x59)                               // pop rax; pop rcx
-		a.ripRef("tunlisted", 0xff, 0x25)                // jmp [rip+tunlisted]
+		tail(0x58, 0x59)                                 // (pop rax; pop rcx before each jump)
 	default:
 		return nil, fmt.Errorf("trampoline: unknown task key %d", key)
 	}
 	for len(a.b)%8 != 0 {
 		a.emit(0xcc)
 	}
-	a.label("tlisted")
+	a.label("told")
 	a.emit(make([]byte, 8)...)
-	a.label("tunlisted")
+	a.label("tnew")
 	a.emit(make([]byte, 8)...)
-	// "table" is not in the stub: place the label at its real distance.
-	a.labels["table"] = int(d)
+	// The control word is not in the stub: place its label at its distance.
+	a.labels["ctl"] = int(d)
 	code, err := a.finish()
 	if err != nil {
 		return nil, err
 	}
-	s := &Stub{Addr: addr, Code: code, ListedOff: a.labels["tlisted"], UnlistedOff: a.labels["tunlisted"]}
-	binary.LittleEndian.PutUint64(s.Code[s.ListedOff:], listed)
-	binary.LittleEndian.PutUint64(s.Code[s.UnlistedOff:], unlisted)
-	return s, nil
+	binary.LittleEndian.PutUint64(code[a.labels["told"]:], old)
+	binary.LittleEndian.PutUint64(code[a.labels["tnew"]:], new)
+	return &Stub{Addr: addr, Code: code}, nil
+}
+
+// tailSel is "cmp qword [T+16], 0" with T the register holding the table.
+func tailSel(key TaskKey) []byte {
+	if key == KeyG {
+		return []byte{0x49, 0x83, 0x7c, 0x24, 0x10, 0x00} // [r12+16]
+	}
+	return []byte{0x48, 0x83, 0x78, 0x10, 0x00} // [rax+16]
 }

@@ -18,15 +18,21 @@ const (
 	KeyThread
 )
 
-// Universe table layout. The table lists the tasks of one universe (the
-// "listed" one); every other task, including tasks created later, is in the
-// other. It is an open-addressing hash set with linear probing: a header of
-// two words — the probe mask (byte offset of the last slot, relative to the
-// first) and the number of keys — then a power-of-two number of 16-byte
-// slots {key, id}; key 0 marks an empty slot. A key's first slot is
-// key & mask. Tables are written only while the target is stopped.
+// Universe tables. A table lists the tasks of one universe (the "listed"
+// tasks); every other task, including tasks created later, is in the other.
+// It is an open-addressing hash set with linear probing: a 32-byte header —
+// the probe mask (byte offset of the last slot, relative to the first), the
+// number of keys, and Sel, which says where unlisted tasks go (1: the new
+// code, listed ones the old; 0: the old code, listed ones the new) — then a
+// power-of-two number of 16-byte slots {key, id}; key 0 marks an empty slot.
+// A key's first slot is key & mask.
+//
+// Stubs do not point at a table but at a control word holding the address
+// of the active one. The patcher writes the inactive table of a pair, then
+// the control word: every universe switch is a single aligned 8-byte write,
+// so a patcher killed at any point leaves one consistent table active.
 const (
-	TableHeaderSize = 16
+	TableHeaderSize = 32
 	TableSlotSize   = 16
 )
 
@@ -49,8 +55,8 @@ func TableSize(capacity int) int { return TableHeaderSize + capacity*TableSlotSi
 
 // BuildTable lays out entries in a table of the given capacity (a power of
 // two, at least twice len(entries): see TableCapacity). Keys must be non-zero
-// and distinct.
-func BuildTable(entries []TableEntry, capacity int) ([]byte, error) {
+// and distinct. unlistedNew is the header's Sel.
+func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, error) {
 	if capacity < 1 || capacity&(capacity-1) != 0 {
 		return nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
 	}
@@ -61,6 +67,9 @@ func BuildTable(entries []TableEntry, capacity int) ([]byte, error) {
 	mask := uint64(capacity-1) * TableSlotSize
 	binary.LittleEndian.PutUint64(b[0:], mask)
 	binary.LittleEndian.PutUint64(b[8:], uint64(len(entries)))
+	if unlistedNew {
+		binary.LittleEndian.PutUint64(b[16:], 1)
+	}
 	for _, e := range entries {
 		if e.Key == 0 {
 			return nil, fmt.Errorf("trampoline: a task key is 0")
@@ -81,15 +90,16 @@ func BuildTable(entries []TableEntry, capacity int) ([]byte, error) {
 	return b, nil
 }
 
-// ParseTable returns the entries of a table (in slot order).
-func ParseTable(b []byte) ([]TableEntry, error) {
+// ParseTable returns the entries of a table (in slot order) and its Sel.
+func ParseTable(b []byte) (entries []TableEntry, unlistedNew bool, err error) {
 	if len(b) < TableHeaderSize {
-		return nil, fmt.Errorf("trampoline: universe table of %d bytes is truncated", len(b))
+		return nil, false, fmt.Errorf("trampoline: universe table of %d bytes is truncated", len(b))
 	}
+	unlistedNew = binary.LittleEndian.Uint64(b[16:]) != 0
 	mask := binary.LittleEndian.Uint64(b)
 	n := binary.LittleEndian.Uint64(b[8:])
 	if mask%TableSlotSize != 0 || TableHeaderSize+mask+TableSlotSize > uint64(len(b)) {
-		return nil, fmt.Errorf("trampoline: universe table mask %#x does not fit its %d bytes", mask, len(b))
+		return nil, false, fmt.Errorf("trampoline: universe table mask %#x does not fit its %d bytes", mask, len(b))
 	}
 	var out []TableEntry
 	for off := uint64(0); off <= mask; off += TableSlotSize {
@@ -99,29 +109,25 @@ func ParseTable(b []byte) ([]TableEntry, error) {
 		}
 	}
 	if uint64(len(out)) != n {
-		return nil, fmt.Errorf("trampoline: universe table says %d keys but holds %d", n, len(out))
+		return nil, false, fmt.Errorf("trampoline: universe table says %d keys but holds %d", n, len(out))
 	}
-	return out, nil
+	return out, unlistedNew, nil
 }
 
 // Stub is a dispatch stub: code that a patched function's entry jumps to
-// during a transition. It looks the calling task up in the universe table
-// and jumps through one of two 8-byte targets stored in the stub itself:
-// Listed for tasks in the table, Unlisted for every other task.
+// while its patch set is switched. It loads the active table from the
+// control word, looks the calling task up, and jumps to the old code (the
+// relocated original) or the new one as the table's Sel says.
 type Stub struct {
 	Addr uint64
 	Code []byte
-	// ListedOff and UnlistedOff are the offsets in Code of the two
-	// targets; rewriting them (target stopped) switches what each universe
-	// runs.
-	ListedOff, UnlistedOff int
 }
 
 // Dispatcher builds dispatch stubs. AMD64 implements it.
 type Dispatcher interface {
-	// Stub builds the stub placed at addr, looking tasks up by key in the
-	// table at table, jumping to listed or unlisted.
-	Stub(key TaskKey, addr, table, listed, unlisted uint64) (*Stub, error)
+	// Stub builds the stub placed at addr, keyed by key, whose active
+	// table's address is the word at ctl; old and new are the two codes.
+	Stub(key TaskKey, addr, ctl, old, new uint64) (*Stub, error)
 	// MaxStubSize bounds len(Stub.Code).
 	MaxStubSize() int
 }

@@ -51,12 +51,14 @@ var (
 	goUnlisted = []byte{0x48, 0x8d, 0x04, 0x40, 0xc3} // lea rax, [rax+rax*2]; ret
 )
 
+// dispatchLab: "listed" and "unlisted" name the codes the first tests send
+// listed and unlisted tasks to (table Sel 1: listed tasks run the old code).
 type dispatchLab struct {
-	region                        *execmem.Region
-	listed, unlisted, stub, table uint64
-	call                          uint64
-	s                             *trampoline.Stub
-	capacity                      int
+	region                             *execmem.Region
+	listed, unlisted, stub, ctl, table uint64
+	call                               uint64
+	s                                  *trampoline.Stub
+	capacity                           int
 }
 
 func newLab(t testing.TB, key trampoline.TaskKey, capacity int) *dispatchLab {
@@ -65,14 +67,14 @@ func newLab(t testing.TB, key trampoline.TaskKey, capacity int) *dispatchLab {
 	t.Cleanup(func() { r.Free() })
 	l := &dispatchLab{region: r, capacity: capacity}
 	base := uint64(r.Addr)
-	l.listed, l.unlisted, l.stub, l.call, l.table = base, base+0x100, base+0x200, base+0x400, base+0x1000
+	l.listed, l.unlisted, l.stub, l.call, l.ctl, l.table = base, base+0x100, base+0x200, base+0x400, base+0x1000, base+0x1040
 	lc, uc := codeListed, codeUnlisted
 	if key == trampoline.KeyG {
 		lc, uc = goListed, goUnlisted
 	}
 	r.Write(0, lc)
 	r.Write(0x100, uc)
-	s, err := trampoline.AMD64{}.Stub(key, l.stub, l.table, l.listed, l.unlisted)
+	s, err := trampoline.AMD64{}.Stub(key, l.stub, l.ctl, l.listed, l.unlisted)
 	require.NoError(t, err)
 	l.s = s
 	r.Write(0x200, s.Code)
@@ -85,10 +87,17 @@ func newLab(t testing.TB, key trampoline.TaskKey, capacity int) *dispatchLab {
 	return l
 }
 
-func (l *dispatchLab) setTable(t testing.TB, e []trampoline.TableEntry) {
-	b, err := trampoline.BuildTable(e, l.capacity)
+// setTable makes a table with Sel 1 (unlisted tasks to "unlisted", the new
+// code) active.
+func (l *dispatchLab) setTable(t testing.TB, e []trampoline.TableEntry) { l.setTableSel(t, e, true) }
+
+func (l *dispatchLab) setTableSel(t testing.TB, e []trampoline.TableEntry, unlistedNew bool) {
+	b, err := trampoline.BuildTable(e, l.capacity, unlistedNew)
 	require.NoError(t, err)
 	l.region.Write(int(l.table-uint64(l.region.Addr)), b)
+	var w [8]byte
+	binary.LittleEndian.PutUint64(w[:], l.table)
+	l.region.Write(int(l.ctl-uint64(l.region.Addr)), w[:])
 }
 
 // TestDispatchThread executes the thread-keyed stub: a thread whose thread
@@ -113,11 +122,13 @@ func TestDispatchThread(t *testing.T) {
 	require.Equal(t, int64(421), call(), "not listed")
 	l.setTable(t, append(others, trampoline.TableEntry{Key: me, ID: 4}))
 	require.Equal(t, int64(321), call(), "listed")
-	// Switching a universe's code is a write of the stub's target.
-	b := make([]byte, 8)
-	binary.LittleEndian.PutUint64(b, l.unlisted)
-	l.region.Write(int(l.stub-uint64(l.region.Addr))+l.s.ListedOff, b)
-	require.Equal(t, int64(421), call(), "listed, target switched")
+	// Sel 0: unlisted tasks run the old code, listed ones the new.
+	l.setTableSel(t, append(others, trampoline.TableEntry{Key: me, ID: 4}), false)
+	require.Equal(t, int64(421), call(), "listed, Sel 0")
+	l.setTableSel(t, others, false)
+	require.Equal(t, int64(321), call(), "unlisted, Sel 0")
+	l.setTableSel(t, nil, false)
+	require.Equal(t, int64(321), call(), "empty, Sel 0: everyone old")
 }
 
 // TestDispatchG executes the g-keyed stub as Go code reaches it.
@@ -136,6 +147,9 @@ func TestDispatchG(t *testing.T) {
 		require.Equal(t, int64(14), call(e.Key), "listed %#x", e.Key)
 	}
 	require.Equal(t, int64(21), call(g+8))
+	l.setTableSel(t, es, false)
+	require.Equal(t, int64(14), call(g), "Sel 0: unlisted run the old code")
+	require.Equal(t, int64(21), call(es[3].Key), "Sel 0: listed run the new code")
 }
 
 // benchLoop returns code that calls `to` n (rdi) times with R14 = rsi.

@@ -17,35 +17,37 @@ func TestBuildParseTable(t *testing.T) {
 	// Keys that share their first slot (same bits under the mask) probe on.
 	entries := []TableEntry{{0xc000001000, 1}, {0xc000002000, 2}, {0xc000003000, 3}, {0xc000001010, 4}, {0x7f0000000040, 5}}
 	capacity := TableCapacity(len(entries))
-	b, err := BuildTable(entries, capacity)
+	b, err := BuildTable(entries, capacity, true)
 	require.NoError(t, err)
 	require.Len(t, b, TableSize(capacity))
-	got, err := ParseTable(b)
+	got, sel, err := ParseTable(b)
 	require.NoError(t, err)
+	require.True(t, sel)
 	require.ElementsMatch(t, entries, got)
 
-	empty, err := BuildTable(nil, 4)
+	empty, err := BuildTable(nil, 4, false)
 	require.NoError(t, err)
-	got, err = ParseTable(empty)
+	got, sel, err = ParseTable(empty)
 	require.NoError(t, err)
+	require.False(t, sel)
 	require.Empty(t, got)
 
-	_, err = BuildTable(entries, 6)
+	_, err = BuildTable(entries, 6, true)
 	require.ErrorContains(t, err, "power of two")
-	_, err = BuildTable(entries, 8)
+	_, err = BuildTable(entries, 8, true)
 	require.ErrorContains(t, err, "half full")
-	_, err = BuildTable([]TableEntry{{0, 1}}, 4)
+	_, err = BuildTable([]TableEntry{{0, 1}}, 4, true)
 	require.ErrorContains(t, err, "key is 0")
-	_, err = BuildTable([]TableEntry{{5, 1}, {5, 2}}, 4)
+	_, err = BuildTable([]TableEntry{{5, 1}, {5, 2}}, 4, true)
 	require.ErrorContains(t, err, "twice")
 
 	for _, bad := range [][]byte{nil, b[:8], b[:TableSize(capacity)-1]} {
-		_, err := ParseTable(bad)
+		_, _, err := ParseTable(bad)
 		require.Error(t, err, "%d bytes", len(bad))
 	}
 	corrupt := append([]byte(nil), b...)
 	corrupt[8]++ // count
-	_, err = ParseTable(corrupt)
+	_, _, err = ParseTable(corrupt)
 	require.ErrorContains(t, err, "says")
 }
 
@@ -60,7 +62,7 @@ func TestStubRegisters(t *testing.T) {
 		s, err := AMD64{}.Stub(key, 0x10000, 0x20000, 0x30000, 0x40000)
 		require.NoError(t, err)
 		require.LessOrEqual(t, len(s.Code), AMD64{}.MaxStubSize())
-		code := s.Code[:s.ListedOff]
+		code := s.Code[:len(s.Code)-16] // the two targets follow the code
 		for off := 0; off < len(code); {
 			in, err := x86asm.Decode(code[off:], 64)
 			require.NoError(t, err, "offset %d", off)

@@ -271,3 +271,44 @@ func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
 	require.Equal(t, base, code(t, tg2, p.Pid, "main.serve", "main.verA", "main.verB"), "death before write %d", n)
 	return died
 }
+
+// BenchmarkTransition1000 measures how long a gradual transition takes to
+// finish after the 1,000 goroutines that held the old serve return
+// (release-ms), and the pause that assigned the universes (first-pause-us).
+func BenchmarkTransition1000(b *testing.B) {
+	p := fixture.Start(b, fixture.BuildGo(b, "gouniverse", ""))
+	tg := attach(b, p.Pid)
+	var release, first time.Duration
+	for i := 0; i < b.N; i++ {
+		command(b, p, "start 1000", regexp.MustCompile(`^batch \d+ started 1000$`))
+		started := make(chan time.Duration, 1)
+		done := make(chan error, 1)
+		var res *patch.Result
+		go func() {
+			var err error
+			res, err = tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{
+				Mode: patch.ModeGradual, Timeout: time.Minute, Interval: 10 * time.Millisecond,
+				Progress: func(pr patch.Progress) {
+					if pr.Event == "transition" {
+						started <- pr.Pause
+					}
+				}})
+			done <- err
+		}()
+		first += <-started
+		t0 := time.Now()
+		command(b, p, fmt.Sprintf("stop %d", 2*i), regexp.MustCompile(`stopped 1000$`))
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		release += time.Since(t0)
+		// Put it back for the next round (batch 2i+1 keeps nobody busy).
+		command(b, p, "start 1", regexp.MustCompile(`started 1$`))
+		command(b, p, fmt.Sprintf("stop %d", 2*i+1), regexp.MustCompile(`stopped 1$`))
+		if _, err := tg.Revert(context.Background(), res.ID, patch.ApplyOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(release.Microseconds())/1000/float64(b.N), "release-ms")
+	b.ReportMetric(float64(first.Microseconds())/float64(b.N), "first-pause-us")
+}

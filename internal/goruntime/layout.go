@@ -123,10 +123,14 @@ func LayoutFromDWARF(d *dwarf.Data) (Layout, error) {
 		types[name] = st
 		r.SkipChildren()
 	}
+	var missing []string
 	for n := range want {
 		if types[n] == nil {
-			return Layout{}, fmt.Errorf("goruntime: DWARF has no type %s", n)
+			missing = append(missing, n)
 		}
+	}
+	if len(missing) > 0 {
+		return Layout{}, fmt.Errorf("goruntime: DWARF has no type %s (not a Go binary?)", strings.Join(sortedStrings(missing), ", "))
 	}
 	var errs []error
 	field := func(st *dwarf.StructType, name string) int {

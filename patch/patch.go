@@ -278,12 +278,8 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
 	}
-	unmap := func() {
-		if err := t.proc.Munmap(region, size); err != nil {
-			t.log.Warn("could not unmap patch memory", "addr", fmt.Sprintf("%#x", region), "err", err)
-		}
-	}
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
+	unmap := func() { t.unmapUnused(rec) }
 	if canDispatch {
 		rec.Table, rec.TableCapacity = region+tableOff, capacity
 		rec.TaskKey = map[trampoline.TaskKey]string{trampoline.KeyG: "g", trampoline.KeyThread: "thread"}[key]

@@ -233,47 +233,25 @@ func entries(keys map[uint64]consistency.Task) []trampoline.TableEntry {
 // and points every entry at its stub; then drive moves the old ones over.
 func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) (*Result, error) {
 	fail := func(err error) (*Result, error) {
-		t.proc.Munmap(rec.Region, rec.RegionSize)
+		t.unmapUnused(rec)
 		return nil, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: err}
 	}
 	src, err := t.source()
 	if err != nil {
 		return fail(err)
 	}
-	var res Result
-	for attempt := 1; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return fail(err)
+	snap, old, pause, attempts, err := t.switchPause(ctx, src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
+		old := blockedKeys(snap, transitionRegions(rec, forward))
+		if 2*len(old) > rec.TableCapacity {
+			return nil, fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
 		}
-		start := time.Now()
-		if err := t.proc.Stop(); err != nil {
-			return fail(err)
-		}
-		snap, err := src.Take()
-		var old map[uint64]consistency.Task
-		started := false
-		if err == nil {
-			old = blockedKeys(snap, transitionRegions(rec, forward))
-			if 2*len(old) > rec.TableCapacity {
-				err = fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
-			} else if !inStub(rec, snap) || attempt > 100 {
-				err = t.startForward(rec, old)
-				started = err == nil
-			}
-		}
-		rerr := t.proc.Resume()
-		pause := time.Since(start)
-		if err != nil || rerr != nil {
-			return fail(joinErr(err, rerr))
-		}
-		if !started {
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		res = Result{ID: rec.ID, Functions: rec.Functions, Pause: pause, PauseMicros: pause.Microseconds(), Attempts: attempt, State: "transition", Pending: len(old)}
-		t.report(o, rec, "transition", len(old), 0, pause, snap, old)
-		break
+		return old, t.startForward(rec, old)
+	})
+	if err != nil {
+		return fail(err)
 	}
+	res := Result{ID: rec.ID, Functions: rec.Functions, Pause: pause, PauseMicros: pause.Microseconds(), Attempts: attempts, State: "transition", Pending: len(old)}
+	t.report(o, rec, "transition", len(old), 0, pause, snap, old)
 	if res.Pending == 0 {
 		// Nothing was busy: the first pause already wrote direct jumps.
 		res.State = "applied"
@@ -281,6 +259,56 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 		return &res, nil
 	}
 	return t.drive(ctx, rec, forward, o, &res)
+}
+
+// unmapUnused unmaps the memory of a patch after a failed apply, but only
+// when every entry still holds its original bytes: otherwise something
+// jumps there, and the record stays for status and revert.
+func (t *Target) unmapUnused(rec *Record) {
+	for _, f := range rec.Functions {
+		live := make([]byte, len(f.Original))
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil || !bytes.Equal(live, f.Original) {
+			t.log.Warn("patch memory left mapped: an entry leads there", "id", rec.ID, "func", f.Old)
+			return
+		}
+	}
+	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
+		t.log.Warn("could not unmap patch memory", "id", rec.ID, "err", err)
+	}
+}
+
+// switchPause stops the target, takes a snapshot and runs sw on it, then
+// resumes the target. A task inside a dispatch stub may have read the table
+// already, so while one is there nothing is switched: the pause is retried
+// (tasks leave stubs within nanoseconds; one that stays, a stopped one say,
+// makes it fail after a thousand pauses).
+func (t *Target) switchPause(ctx context.Context, src consistency.Source, rec *Record, sw func(consistency.Snapshot) (map[uint64]consistency.Task, error)) (consistency.Snapshot, map[uint64]consistency.Task, time.Duration, int, error) {
+	for attempt := 1; attempt <= 1000; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return consistency.Snapshot{}, nil, 0, attempt, err
+		}
+		start := time.Now()
+		if err := t.proc.Stop(); err != nil {
+			return consistency.Snapshot{}, nil, 0, attempt, err
+		}
+		snap, err := src.Take()
+		var keep map[uint64]consistency.Task
+		ran := false
+		if err == nil && !inStub(rec, snap) {
+			keep, err = sw(snap)
+			ran = true
+		}
+		rerr := t.proc.Resume()
+		pause := time.Since(start)
+		if err != nil || rerr != nil {
+			return snap, nil, pause, attempt, joinErr(err, rerr)
+		}
+		if ran {
+			return snap, keep, pause, attempt, nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return consistency.Snapshot{}, nil, 0, 1000, fmt.Errorf("a task stayed inside a dispatch stub of patch %s for 1000 pauses (is it stopped?); nothing was switched", rec.ID)
 }
 
 // startForward switches a prepared patch, target stopped. Every step leaves
@@ -492,31 +520,14 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 	}
 	res := &Result{ID: rec.ID, Functions: rec.Functions, State: "reverting"}
 	if rec.State != "reverting" {
-		for attempt := 1; ; attempt++ {
-			start := time.Now()
-			if err := t.proc.Stop(); err != nil {
-				return fail(err)
-			}
-			snap, err := src.Take()
-			started := false
-			var newTasks map[uint64]consistency.Task
-			if err == nil && (!inStub(rec, snap) || attempt > 100) {
-				newTasks, err = t.startBackward(rec, snap)
-				started = err == nil
-			}
-			rerr := t.proc.Resume()
-			pause := time.Since(start)
-			if err != nil || rerr != nil {
-				return fail(joinErr(err, rerr))
-			}
-			if !started {
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			res.Pause, res.PauseMicros, res.Attempts, res.Pending = pause, pause.Microseconds(), attempt, len(newTasks)
-			t.report(o, rec, "reverting", len(newTasks), 0, pause, snap, newTasks)
-			break
+		snap, newTasks, pause, attempts, err := t.switchPause(ctx, src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
+			return t.startBackward(rec, snap)
+		})
+		if err != nil {
+			return fail(err)
 		}
+		res.Pause, res.PauseMicros, res.Attempts, res.Pending = pause, pause.Microseconds(), attempts, len(newTasks)
+		t.report(o, rec, "reverting", len(newTasks), 0, pause, snap, newTasks)
 	}
 	res, err = t.drive(ctx, rec, backward, o, res)
 	if err != nil {

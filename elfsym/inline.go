@@ -202,31 +202,10 @@ func goFuncStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) uint64 {
 			return s.Value
 		}
 	}
-	if ef.Class != elf.ELFCLASS64 {
-		return 0
-	}
-	// runtime.moduledata (Go 1.22–1.26): pcHeader, six slices, findfunctab,
-	// minpc, maxpc, text, etext, noptrdata, enoptrdata, data, edata, bss,
-	// ebss, noptrbss, enoptrbss, covctrs, ecovctrs, end, gcdata, gcbss,
-	// types, etypes, rodata, gofunc.
-	const gofuncWord, textWord, minpcWord = 40, 22, 20
-	for _, s := range ef.Sections {
-		if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_EXECINSTR != 0 {
-			continue
-		}
-		d, err := s.Data()
-		if err != nil {
-			continue
-		}
-		for off := 0; off+(gofuncWord+1)*8 <= len(d); off += 8 {
-			if ef.ByteOrder.Uint64(d[off:]) != pclnAddr {
-				continue
-			}
-			if ef.ByteOrder.Uint64(d[off+minpcWord*8:]) != ef.ByteOrder.Uint64(d[off+textWord*8:]) {
-				continue
-			}
-			return ef.ByteOrder.Uint64(d[off+gofuncWord*8:])
-		}
+	if w := moduleData(ef, pclnAddr, mdGofunc+1, func(w []uint64) bool {
+		return w[mdText] != 0 && w[mdMinpc] == w[mdText]
+	}); w != nil {
+		return w[mdGofunc]
 	}
 	return 0
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
 // memory is a sparse little-endian word store.
@@ -58,12 +59,11 @@ func afterCall(t *testing.T, tab *elfsym.Table, fn, target string) uint64 {
 	return 0
 }
 
-// TestGoSignalFrame: a thread stopped inside runtime.sigtramp (the Go signal
-// handler's entry, called by the kernel with runtime.sigreturn__sigaction as
-// return address above its signal frame) is walked through the kernel's
-// ucontext into the interrupted goroutine's frames, down to runtime.goexit.
-// The stack is built from the real binary's code and pclntab.
-func TestGoSignalFrame(t *testing.T) {
+// goLab loads gotasks' tables and returns its unwinder, a function giving
+// the sp delta at a pc (of the call before a return address when ret), and
+// one giving a symbol's address.
+func goLab(t *testing.T) (*elfsym.Table, *unwind.Unwinder, func(pc uint64, ret bool) uint64, func(string) uint64) {
+	t.Helper()
 	tab, err := elfsym.LoadFile(fixture.BuildGo(t, "gotasks", ""))
 	require.NoError(t, err)
 	u := tab.Unwinder()
@@ -85,7 +85,16 @@ func TestGoSignalFrame(t *testing.T) {
 		require.NoError(t, err)
 		return s.Addr
 	}
+	return tab, u, delta, sym
+}
 
+// TestGoSignalFrame: a thread stopped inside runtime.sigtramp (the Go signal
+// handler's entry, called by the kernel with runtime.sigreturn__sigaction as
+// return address above its signal frame) is walked through the kernel's
+// ucontext into the interrupted goroutine's frames, down to runtime.goexit.
+// The stack is built from the real binary's code and pclntab.
+func TestGoSignalFrame(t *testing.T) {
+	tab, u, delta, sym := goLab(t)
 	mem := memory{}
 	// The handler: stopped in sigtramp just after its call of sigtrampgo.
 	pc0 := afterCall(t, tab, "runtime.sigtramp", "runtime.sigtrampgo")
@@ -153,23 +162,8 @@ func TestGoSwitchedStack(t *testing.T) {
 // instruction the preemption interrupted, here main.tiny's first one (its
 // pc-1 lies in the function before): it is looked up as is.
 func TestGoAsyncPreempt(t *testing.T) {
-	tab, err := elfsym.LoadFile(fixture.BuildGo(t, "gotasks", ""))
-	require.NoError(t, err)
-	u := tab.Unwinder()
-	goTab, err := u.Modules[0].GoTable(u.Arch)
-	require.NoError(t, err)
-	delta := func(pc uint64) uint64 {
-		f, ok := goTab.FuncAt(pc)
-		require.True(t, ok)
-		d, err := goTab.SPDelta(f, pc)
-		require.NoError(t, err)
-		return uint64(d)
-	}
-	sym := func(name string) uint64 {
-		s, err := tab.Lookup(name)
-		require.NoError(t, err)
-		return s.Addr
-	}
+	tab, u, d, sym := goLab(t)
+	delta := func(pc uint64) uint64 { return d(pc, false) }
 	mem := memory{}
 	pc0 := afterCall(t, tab, "runtime.asyncPreempt", "")
 	sp0 := uint64(0xc000_0000)

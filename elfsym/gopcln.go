@@ -53,16 +53,7 @@ func (m *Module) goTextStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) u
 			return s.Value
 		}
 	}
-	ptr := 8
-	if ef.Class == elf.ELFCLASS32 {
-		ptr = 4
-	}
-	word := func(b []byte) uint64 {
-		if ptr == 4 {
-			return uint64(ef.ByteOrder.Uint32(b))
-		}
-		return ef.ByteOrder.Uint64(b)
-	}
+	ptr, word := words(ef)
 	if s := ef.Section(".gopclntab"); s != nil {
 		if d, err := s.Data(); err == nil && len(d) >= 8+3*ptr {
 			if v := word(d[8+2*ptr:]); v != 0 && m.inExec(v) {
@@ -100,16 +91,7 @@ const (
 // its first n words, the first such candidate valid accepts (nil if none).
 // Stripped binaries have it too.
 func moduleData(ef *elf.File, pclnAddr uint64, n int, valid func(w []uint64) bool) []uint64 {
-	ptr := 8
-	if ef.Class == elf.ELFCLASS32 {
-		ptr = 4
-	}
-	word := func(b []byte) uint64 {
-		if ptr == 4 {
-			return uint64(ef.ByteOrder.Uint32(b))
-		}
-		return ef.ByteOrder.Uint64(b)
-	}
+	ptr, word := words(ef)
 	for _, s := range ef.Sections {
 		if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_EXECINSTR != 0 {
 			continue
@@ -132,6 +114,14 @@ func moduleData(ef *elf.File, pclnAddr uint64, n int, valid func(w []uint64) boo
 		}
 	}
 	return nil
+}
+
+// words returns the pointer size of ef and a reader of one pointer.
+func words(ef *elf.File) (int, func([]byte) uint64) {
+	if ef.Class == elf.ELFCLASS32 {
+		return 4, func(b []byte) uint64 { return uint64(ef.ByteOrder.Uint32(b)) }
+	}
+	return 8, ef.ByteOrder.Uint64
 }
 
 // newGoTable parses a pclntab, turning a panic on malformed data into an error.

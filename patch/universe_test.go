@@ -142,10 +142,22 @@ func code(t testing.TB, tg *patch.Target, pid int, funcs ...string) string {
 	return s[strings.Index(s, funcs[0]+" "):]
 }
 
-// TestUniverseGo: 1,000 goroutines inside serve.
+// TestUniverseGo: 1,000 goroutines inside serve, in targets built by every
+// supported Go release (and stripped by the current one).
 func TestUniverseGo(t *testing.T) {
-	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
-	universeCase(t, p, "main.", 1000)
+	for _, tc := range append(Toolchains, "stripped") {
+		name, flags := tc, []string(nil)
+		switch tc {
+		case "":
+			name = "current"
+		case "stripped":
+			tc, flags = "", []string{"-ldflags=-s -w"}
+		}
+		t.Run(name, func(t *testing.T) {
+			p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", tc, flags...))
+			universeCase(t, p, "main.", 1000)
+		})
+	}
 }
 
 // TestUniverseTimeoutReverts: a transition that times out with tasks

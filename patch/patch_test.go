@@ -64,14 +64,23 @@ func attach(t testing.TB, pid int) *patch.Target {
 	return tg
 }
 
-// snapshot captures what "untouched" means: the memory map and the bytes of
-// the given functions.
+// snapshot captures what "untouched" means: the file-backed and executable
+// mappings (patch memory is anonymous and executable; the heaps of the
+// target itself come and go) and the bytes of the given functions.
 func snapshot(t testing.TB, tg *patch.Target, pid int, funcs ...string) string {
 	t.Helper()
 	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
 	require.NoError(t, err)
 	var b strings.Builder
-	b.Write(maps)
+	for _, line := range strings.SplitAfter(string(maps), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if len(f) >= 6 || strings.Contains(f[1], "x") {
+			b.WriteString(line)
+		}
+	}
 	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 	require.NoError(t, err)
 	defer mem.Close()

@@ -153,7 +153,10 @@ func (t *Target) readTable(rec *Record) ([]trampoline.TableEntry, bool, error) {
 }
 
 // writeTable makes a table with these entries and Sel active: it fills the
-// inactive table, then switches the control word with one 8-byte write.
+// inactive table, then switches the control word with one 8-byte write. Only
+// the slots that change are written (an empty table over an empty one is
+// its header alone), so a stop-mode switch stays cheap however large the
+// tables were sized.
 func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew bool) error {
 	b, err := trampoline.BuildTable(es, rec.TableCapacity, unlistedNew)
 	if err != nil {
@@ -167,7 +170,40 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 	if binary.LittleEndian.Uint64(w[:]) == next {
 		next = tableAddr(rec, 1)
 	}
-	if err := t.writeMem(next, b); err != nil {
+	// The byte range of slots used by the new table or the old content.
+	lo, hi := len(b), 0
+	mark := func(buf []byte) {
+		for off := trampoline.TableHeaderSize; off+trampoline.TableSlotSize <= len(buf); off += trampoline.TableSlotSize {
+			if binary.LittleEndian.Uint64(buf[off:]) != 0 {
+				lo, hi = min(lo, off), max(hi, off+trampoline.TableSlotSize)
+			}
+		}
+	}
+	mark(b)
+	var hdr [trampoline.TableHeaderSize]byte
+	if _, err := t.proc.ReadAt(hdr[:], int64(next)); err != nil {
+		return err
+	}
+	if binary.LittleEndian.Uint64(hdr[8:]) != 0 {
+		old := make([]byte, len(b))
+		if _, err := t.proc.ReadAt(old, int64(next)); err != nil {
+			return err
+		}
+		mark(old)
+	}
+	if hi > lo {
+		// Mark the buffer dirty first (a non-zero count makes the next
+		// writer read it whole), so a death amid the slots leaves no
+		// stale key behind a header that says "empty".
+		dirty := [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+		if err := t.writeMem(next+8, dirty[:]); err != nil {
+			return err
+		}
+		if err := t.writeMem(next+uint64(lo), b[lo:hi]); err != nil {
+			return err
+		}
+	}
+	if err := t.writeMem(next, b[:trampoline.TableHeaderSize]); err != nil {
 		return err
 	}
 	binary.LittleEndian.PutUint64(w[:], next)

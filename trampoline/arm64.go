@@ -184,6 +184,43 @@ func isBTI(w uint32) bool       { return w&0xffffff3f == 0xd503241f }
 func isPACxSP(w uint32) bool    { return w == 0xd503233f || w == 0xd503237f }
 func isA64Filler(w uint32) bool { return w == 0 || w == a64NOP }
 
+// pcIndependentClass reports encodings in the top-level classes that have
+// no PC-relative form: loads and stores other than LDR (literal) and the
+// load/store-exclusive group, data processing (register), SIMD and
+// floating point, SVE, and system register and PSTATE instructions.
+func pcIndependentClass(w uint32) bool {
+	switch {
+	case w&0x0a000000 == 0x08000000: // loads and stores
+		return w&0x3b000000 != 0x18000000 && w&0x3f000000 != 0x08000000
+	case w&0x0e000000 == 0x0a000000, // data processing (register)
+		w&0x0e000000 == 0x0e000000, // SIMD and floating point
+		w&0x1e000000 == 0x04000000: // SVE
+		return true
+	}
+	return false
+}
+
+// goStackCheckEnd returns the address after Go's stack-growth check when
+// code (at addr) starts with one: `MOVD 16(g), R16` (or 24(g), the
+// runtime's stackguard1) then, within 8 instructions, the `BLS` to the
+// morestack tail; else 0. Small frames compare RSP with R16, larger ones
+// compute RSP-framesize into R17 first, huge ones with R27 and an extra
+// BCC; none of these registers carries anything past the check.
+func goStackCheckEnd(code []byte, addr uint64) uint64 {
+	if len(code) < 4 {
+		return 0
+	}
+	if w := binary.LittleEndian.Uint32(code); w != 0xf9400b90 && w != 0xf9400f90 {
+		return 0
+	}
+	for p := 4; p+4 <= len(code) && p < 32; p += 4 {
+		if binary.LittleEndian.Uint32(code[p:])&0xff00001f == 0x54000009 { // B.LS
+			return addr + uint64(p) + 4
+		}
+	}
+	return 0
+}
+
 // isExclusive reports load/store-exclusive instructions (LDXR, STXR,
 // LDAXR, STLXR and their byte, halfword and pair forms).
 func isExclusive(op arm64asm.Op) bool {
@@ -227,8 +264,20 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 	if thunkAddr&3 != 0 || newAddr&3 != 0 {
 		return refuse(fn.Addr, ErrCannotRelocate, "the replacement %#x and the thunk %#x must be 4-byte aligned; allocate them on an instruction boundary", newAddr, thunkAddr)
 	}
-	code := fn.Code
+	code, padding := fn.Code, fn.Padding
 	word := func(off int) uint32 { return binary.LittleEndian.Uint32(code[off:]) }
+	if len(code)%4 == 0 {
+		// Go counts the zero words that align the next function in the
+		// symbol's size: they are padding.
+		n := len(code)
+		for n >= 4 && word(n-4) == 0 {
+			n -= 4
+		}
+		if n > 0 && n < len(code) {
+			padding = append(append([]byte(nil), code[n:]...), fn.Padding...)
+			code = code[:n]
+		}
+	}
 	start := 0
 	if len(code) >= 4 && isBTI(word(0)) {
 		start = 4
@@ -246,9 +295,10 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 		}
 		w := word(pos)
 		inst, err := arm64asm.Decode(code[pos:])
-		if err != nil && isHint(w) {
-			// Hints (PACIASP, AUTIASP, newer NOP-space instructions) the
-			// decoder may not know: none reads the PC, so they move as is.
+		if err != nil && (isHint(w) || pcIndependentClass(w)) {
+			// Hints (PACIASP, newer NOP-space instructions) and classes
+			// with no PC-relative form (LSE atomics, newer loads, SIMD,
+			// SVE) the decoder may not know: they move as they are.
 			inst, err = arm64asm.Inst{Op: arm64asm.HINT, Enc: w}, nil
 		}
 		if err != nil && !isBTI(w) {
@@ -269,21 +319,33 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 	if len(original) < len(jump) {
 		need := len(jump) - len(original)
 		fl := 0
-		for fl+4 <= len(fn.Padding) && isA64Filler(binary.LittleEndian.Uint32(fn.Padding[fl:])) {
+		for fl+4 <= len(padding) && isA64Filler(binary.LittleEndian.Uint32(padding[fl:])) {
 			fl += 4
 		}
 		if len(code)&3 != 0 || fl < need {
 			return refuse(fn.Addr, ErrTooShort, "the jump to %#x needs %d bytes at %#x, but the function has %d bytes of code there and %d bytes of zero/NOP padding after it; %s",
 				newAddr, len(jump), addr, len(original), fl, arm64TooShortAdvice(len(jump), len(original)+fl))
 		}
-		original = append(original, fn.Padding[:need]...)
+		original = append(original, padding[:need]...)
 	}
 	end := addr + uint64(len(original))
+	dispEnd := addr + 4*uint64(len(displaced))
+	// internal returns the index of the displaced instruction a displaced
+	// branch goes to, other than the first (a branch to addr reaches the
+	// jump, as from anywhere else).
+	internal := func(in *a64Inst) (int, bool) {
+		t, ok := in.pcrel()
+		if !ok || in.Addr < addr || in.Addr >= dispEnd || !isBranch(in.Enc) || t <= addr || t >= dispEnd || t&3 != 0 {
+			return 0, false
+		}
+		return int(t-addr) / 4, true
+	}
 
 	// Nothing else in the function may branch into, or load from, the
-	// overwritten bytes (a branch to addr itself reaches the jump). Words
-	// the decoder does not know are taken for data (Go and gcc keep literal
-	// pools in functions), except BC.cond, which is a branch.
+	// overwritten bytes (a branch to addr itself reaches the jump; a
+	// branch among the displaced instructions is retargeted in the thunk).
+	// Words the decoder does not know are taken for data (Go and gcc keep
+	// literal pools in functions), except BC.cond, which is a branch.
 	for p := 0; p+4 <= len(code); p += 4 {
 		at := fn.Addr + uint64(p)
 		w := word(p)
@@ -305,39 +367,69 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 			}
 			continue
 		}
-		if t > addr && t < end {
+		if _, ok := internal(in); !ok && t > addr && t < end {
 			return refuse(at, ErrBranchIntoPatch, "%s refers to %#x, inside the %d bytes [%#x, %#x) the jump would overwrite; the function cannot be patched at its entry: patch its callers instead", in, t, len(original), addr, end)
 		}
 	}
 
 	// Scratch register for sequences that reach further than the field of
-	// the instruction they replace: X16, or X17 if X16 is in use.
-	scratch := uint32(0) // none free
-	for _, r := range []uint32{regX17, regX16} {
-		used := false
-		for _, in := range displaced {
-			used = used || in.mentions(r)
+	// the instruction they replace: X16, or X17 if X16 is in use. Go's
+	// stack-growth check (see goStackCheckEnd) computes in X16/X17 (and
+	// R27) for itself only: its branches go to the morestack tail, which
+	// reads neither, and after it the function body starts afresh, so the
+	// check's own uses do not count there.
+	goEnd := goStackCheckEnd(code[start:], addr)
+	scratchAt := func(at uint64) uint32 {
+		if goEnd != 0 && at < goEnd {
+			return regX16 // a branch of the check, to the morestack tail
 		}
-		if !used {
-			scratch = r
+		for _, r := range []uint32{regX16, regX17} {
+			used := false
+			for _, in := range displaced {
+				if goEnd != 0 && in.Addr < goEnd && at >= goEnd {
+					continue
+				}
+				used = used || in.mentions(r)
+			}
+			if !used {
+				return r
+			}
 		}
+		return 0 // none free
 	}
 
 	var thunk []byte
 	if start > 0 {
 		thunk = append(thunk, code[:4]...)
 	}
-	for _, in := range displaced {
-		b, err := relocateARM64(in, thunkAddr+uint64(len(thunk)), scratch)
-		if err != nil {
-			return refuse(in.Addr, ErrCannotRelocate, "%v", err)
+	// Two passes: the first finds where each displaced instruction lands
+	// in the thunk (a branch among them is always one word: the thunk is
+	// far shorter than any branch's reach), the second retargets them.
+	offsets := make([]int, len(displaced))
+	body := len(thunk)
+	for pass := range 2 {
+		thunk = thunk[:body]
+		for i, in := range displaced {
+			offsets[i] = len(thunk)
+			if j, ok := internal(in); ok {
+				w, _ := setBranchOffset(in.Enc, int64(offsets[j]-offsets[i]))
+				if pass == 0 {
+					w = in.Enc
+				}
+				thunk = append(thunk, words(w)...)
+				continue
+			}
+			b, err := relocateARM64(in, thunkAddr+uint64(len(thunk)), scratchAt(in.Addr))
+			if err != nil {
+				return refuse(in.Addr, ErrCannotRelocate, "%v", err)
+			}
+			thunk = append(thunk, b...)
 		}
-		thunk = append(thunk, b...)
 	}
 	if whole {
 		thunk = append(thunk, words(a64BRK0)...)
 	} else {
-		back, err := jumpARM64(thunkAddr+uint64(len(thunk)), end, scratch)
+		back, err := jumpARM64(thunkAddr+uint64(len(thunk)), end, scratchAt(end))
 		if err != nil {
 			return refuse(addr, ErrCannotRelocate, "the jump back from the thunk to %#x: %v", end, err)
 		}
@@ -410,6 +502,26 @@ func literalKind(w uint32) *literal {
 	return nil
 }
 
+// isBranch reports B, BL, B.cond, CBZ/CBNZ and TBZ/TBNZ.
+func isBranch(w uint32) bool {
+	_, ok := setBranchOffset(w, 0)
+	return ok
+}
+
+// setBranchOffset rewrites the offset of a B, BL, B.cond, CBZ/CBNZ or
+// TBZ/TBNZ to d bytes, if it fits.
+func setBranchOffset(w uint32, d int64) (uint32, bool) {
+	switch {
+	case w&0x7c000000 == 0x14000000: // B, BL
+		return w&^0x3ffffff | uint32(d>>2)&0x3ffffff, fits(d, 26)
+	case w&0xff000010 == 0x54000000, w&0x7e000000 == 0x34000000: // B.cond, CBZ/CBNZ
+		return w&^(0x7ffff<<5) | uint32(d>>2)&0x7ffff<<5, fits(d, 19)
+	case w&0x7e000000 == 0x36000000: // TBZ/TBNZ
+		return w&^(0x3fff<<5) | uint32(d>>2)&0x3fff<<5, fits(d, 14)
+	}
+	return 0, false
+}
+
 // relocateARM64 returns in re-encoded to run at pc with the same effect.
 // r is the scratch register (X16 or X17), or 0 if none is free.
 func relocateARM64(in *a64Inst, pc uint64, r uint32) ([]byte, error) {
@@ -436,8 +548,8 @@ func relocateARM64(in *a64Inst, pc uint64, r uint32) ([]byte, error) {
 
 	case w&0xff000010 == 0x54000000, // B.cond
 		w&0x7e000000 == 0x34000000: // CBZ, CBNZ
-		if fits(d, 19) {
-			return words(w&^(0x7ffff<<5) | uint32(d>>2)&0x7ffff<<5), nil
+		if nw, ok := setBranchOffset(w, d); ok {
+			return words(nw), nil
 		}
 		var inv uint32
 		if w&0xff000000 == 0x54000000 {
@@ -451,8 +563,8 @@ func relocateARM64(in *a64Inst, pc uint64, r uint32) ([]byte, error) {
 		return skipOverJump(in, inv, 19, pc, target, r)
 
 	case w&0x7e000000 == 0x36000000: // TBZ, TBNZ
-		if fits(d, 14) {
-			return words(w&^(0x3fff<<5) | uint32(d>>2)&0x3fff<<5), nil
+		if nw, ok := setBranchOffset(w, d); ok {
+			return words(nw), nil
 		}
 		return skipOverJump(in, w&^(0x3fff<<5)^1<<24, 14, pc, target, r)
 

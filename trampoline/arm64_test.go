@@ -368,7 +368,10 @@ func TestARM64Plan(t *testing.T) {
 		{name: "empty", newAddr: newNear, thunkAddr: fnAddr + 0x1000, err: ErrTooShort},
 		{name: "truncated", code: []byte{0x1f, 0x20}, newAddr: newNear, thunkAddr: fnAddr + 0x1000, err: ErrCannotRelocate, detail: "truncated"},
 		{name: "truncated after 1", code: []byte{0x1f, 0x20, 0x03, 0xd5, 0x1f}, padding: a64Code(0, 0, 0), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrCannotRelocate, detail: "truncated"},
-		{name: "loop to 2nd", code: a64Code(addX0, addX0, encCB(true, true, 1, -4), ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrBranchIntoPatch},
+		{name: "loop to 2nd", code: a64Code(addX0, addX0, addX0, addX0, encCB(true, true, 1, -12), ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrBranchIntoPatch},
+		{name: "loop inside the window", code: a64Code(addX0, 0x91000421, encTB(false, 1, 2, -4), addX0, ret), newAddr: newFar, thunkAddr: fnAddr + 1<<34, addr: fnAddr, displaced: 4, run: true},
+		{name: "forward inside the window", code: a64Code(encCB(true, false, 0, 12), encBcond(0, 0x40), addX0, addX0, ret), newAddr: newFar, thunkAddr: fnAddr + 1<<34, addr: fnAddr, displaced: 4, run: true},
+		{name: "go zero padding in symbol", code: a64Code(addX0, encBr(false, 0x100), 0, 0), newAddr: newFar, thunkAddr: fnAddr + 0x1000, addr: fnAddr, displaced: 2},
 		{name: "loop to 2nd near ok", code: a64Code(addX0, addX0, encCB(true, true, 1, -4), ret), newAddr: newNear, thunkAddr: fnAddr + 0x1000, addr: fnAddr, displaced: 1, run: true},
 		{name: "loop to entry ok", code: a64Code(addX0, addX0, encCB(true, true, 1, -8), ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, addr: fnAddr, displaced: 4},
 		{name: "adr into patch", code: a64Code(addX0, addX0, addX0, addX0, encADR(false, 1, -8), ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrBranchIntoPatch},
@@ -376,7 +379,7 @@ func TestARM64Plan(t *testing.T) {
 		{name: "bc.cond into patch", code: a64Code(addX0, addX0, addX0, addX0, encBcond(0, -12)|0x10, ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrBranchIntoPatch, detail: "BC.cond"},
 		{name: "bti inside", code: a64Code(addX0, 0xd503249f, addX0, addX0, ret), newAddr: newFar, thunkAddr: fnAddr + 0x1000, err: ErrBranchIntoPatch, detail: "landing pad"},
 		{name: "exclusive", code: a64Code(0xc85f7c01, addX0, ret), newAddr: newNear, thunkAddr: fnAddr + 0x1000, err: ErrCannotRelocate, detail: "exclusive"},
-		{name: "unknown word", code: a64Code(0xffffffff, ret), newAddr: newNear, thunkAddr: fnAddr + 0x1000, err: ErrCannotRelocate, detail: "does not know"},
+		{name: "unknown word", code: a64Code(encBcond(0, 0x40)|0x10, ret), newAddr: newNear, thunkAddr: fnAddr + 0x1000, err: ErrCannotRelocate, detail: "does not know"},
 		{name: "no scratch", code: a64Code(0xaa1003f1, addX0, addX0, encBcond(0, 0x40), ret), newAddr: newFar, thunkAddr: fnAddr + 1<<34, err: ErrCannotRelocate, detail: "X16 and X17"},
 		{name: "unaligned thunk", code: a64Code(addX0, ret), newAddr: newNear, thunkAddr: fnAddr + 0x1002, err: ErrCannotRelocate, detail: "aligned"},
 	} {
@@ -404,7 +407,14 @@ func TestARM64Plan(t *testing.T) {
 			if off > 0 {
 				require.Equal(t, tc.code[:4], p.Thunk[:4], "kept BTI repeated in the thunk")
 			}
-			require.Equal(t, tc.displaced, min(len(p.Original), len(tc.code)-off)/4)
+			codeLen := len(tc.code)
+			for codeLen >= 4 && binary.LittleEndian.Uint32(tc.code[codeLen-4:]) == 0 {
+				codeLen -= 4 // zero words at the end are padding
+			}
+			require.Equal(t, tc.displaced, min(len(p.Original), codeLen-off)/4)
+			if codeLen-off <= len(p.Original) {
+				require.Equal(t, words(a64BRK0), p.Thunk[len(p.Thunk)-4:], "a thunk of a whole function ends with BRK")
+			}
 			require.True(t, p.Overwrites(p.Addr+4) == (len(p.Jump) > 4))
 			require.False(t, p.Overwrites(p.Addr))
 			if !tc.run {

@@ -31,9 +31,12 @@ import (
 // jump, 4 for the far one), rewrites every PC-relative one (ADR, ADRP, LDR
 // (literal) into W/X/S/D/Q registers, LDRSW and PRFM (literal), B, BL,
 // B.cond, CBZ/CBNZ, TBZ/TBNZ) so it works from the thunk whatever the
-// distance, and refuses (with an *Error) what it cannot move: words the
-// decoder does not know, load/store-exclusive instructions, and BTI landing
-// pads after the entry.
+// distance, keeps branches among the displaced instructions inside the
+// thunk, and refuses (with an *Error) what it cannot move: words the
+// decoder does not know in encoding classes that have PC-relative forms,
+// load/store-exclusive instructions, and BTI landing pads after the entry.
+// Zero words at the end of a function's code are taken as padding (Go
+// counts its alignment in the symbol's size).
 //
 // Sequences that reach further than the instruction's own field use a
 // scratch register: X16, or X17 when a displaced instruction mentions X16

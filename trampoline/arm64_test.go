@@ -492,3 +492,36 @@ func FuzzPlanARM64(f *testing.F) {
 		}
 	})
 }
+
+// TestARM64MaxThunkSizeTight builds the worst case: a kept BTI, then four
+// displaced instructions that each need five words from a far thunk (B.cond,
+// CBZ and TBZ over an absolute jump, BL through a register whose address
+// needs all four MOVZ/MOVK halfwords), and the far jump back. The thunk is
+// exactly MaxThunkSize, and it still runs like the original.
+func TestARM64MaxThunkSizeTight(t *testing.T) {
+	const fnAddr = 0x1234_5678_9abc_0000
+	code := a64Code(0xd503245f, encBcond(1, 0x100), encCB(true, false, 3, 0x200), encTB(true, 5, 7, 0x300), encBr(true, 0x400), 0xd65f03c0)
+	p, err := ARM64{}.Plan(Func{Name: "worst", Addr: fnAddr, Code: code}, fnAddr+1<<40, 0x10_0000)
+	require.NoError(t, err)
+	require.Equal(t, ARM64{}.MaxThunkSize(), len(p.Thunk), "thunk % x", p.Thunk)
+	checkThunkDecodes(t, "worst", p.Thunk)
+	for trial := range 64 {
+		init := a64CPU{NZCV: uint8(trial % 16)}
+		init.X[3] = uint64(trial/16%2) * 5
+		init.X[5] = uint64(trial / 32 * 0x80)
+		mem := &a64Mem{}
+		mem.add(fnAddr, code)
+		mem.add(p.ThunkAddr, p.Thunk)
+		orig, rel := init, init
+		orig.mem, orig.PC = mem, fnAddr
+		rel.mem, rel.PC = mem, p.ThunkAddr
+		require.NoError(t, orig.runWhile(fnAddr, p.Addr+uint64(len(p.Original))))
+		require.NoError(t, rel.runWhile(p.ThunkAddr, p.ThunkAddr+uint64(len(p.Thunk))))
+		if orig.X[30] == fnAddr+20 { // BL: the thunk's return point stands for it
+			require.Equal(t, p.ThunkAddr+uint64(len(p.Thunk))-16, rel.X[30])
+			rel.X[30] = orig.X[30]
+		}
+		rel.X[16], orig.X[16], rel.mem, orig.mem = 0, 0, nil, nil
+		require.Equal(t, orig, rel, "trial %d", trial)
+	}
+}

@@ -162,8 +162,14 @@ func (in *a64Inst) pcrel() (uint64, bool) {
 }
 
 // mentions reports whether an operand of in names general register r (as
-// Wr or Xr, in any addressing form).
+// Wr or Xr, in any addressing form). For a word the decoder does not know
+// (moved because its class has no PC-relative form), any register field
+// (bits 4:0, 9:5, 14:10, 20:16) equal to r counts.
 func (in *a64Inst) mentions(r uint32) bool {
+	if in.Args[0] == nil {
+		e := in.Enc
+		return e&31 == r || e>>5&31 == r || e>>10&31 == r || e>>16&31 == r
+	}
 	x, w := fmt.Sprintf("X%d", r), fmt.Sprintf("W%d", r)
 	for _, a := range in.Args {
 		if a == nil {

@@ -525,3 +525,18 @@ func TestARM64MaxThunkSizeTight(t *testing.T) {
 		require.Equal(t, orig, rel, "trial %d", trial)
 	}
 }
+
+// TestARM64UndecodedUsesScratch: an LSE atomic the decoder does not know is
+// moved as is, and its use of X16 keeps X16 from being the scratch of the
+// far jump back.
+func TestARM64UndecodedUsesScratch(t *testing.T) {
+	const ldaddX16 = 0xb8e00200 // ldaddal w0, w0, [x16]
+	_, err := arm64asm.Decode(a64Code(ldaddX16))
+	require.Error(t, err, "the decoder learnt LSE: pick another undecodable word")
+	code := a64Code(0x91000400, ldaddX16, 0x91000400, 0x91000400, 0xd65f03c0)
+	p, err := ARM64{}.Plan(Func{Name: "lse", Addr: 0x40_0000, Code: code}, 1<<40, 1<<39)
+	require.NoError(t, err)
+	require.Equal(t, a64Code(ldaddX16), p.Thunk[4:8])
+	back := p.Thunk[16:]
+	require.Equal(t, farJumpARM64(regX17, 0x40_0010), back, "the jump back must use X17")
+}

@@ -196,14 +196,17 @@ func isA64Filler(w uint32) bool { return w == 0 || w == a64NOP }
 // pcIndependentClass reports encodings in the top-level classes that have
 // no PC-relative form: loads and stores other than LDR (literal) and the
 // load/store-exclusive group, data processing (register), SIMD and
-// floating point, SVE, and system register and PSTATE instructions.
+// floating point, SVE, system instructions (MSR/MRS, SYS, barriers) and
+// UDF.
 func pcIndependentClass(w uint32) bool {
 	switch {
 	case w&0x0a000000 == 0x08000000: // loads and stores
 		return w&0x3b000000 != 0x18000000 && w&0x3f000000 != 0x08000000
 	case w&0x0e000000 == 0x0a000000, // data processing (register)
 		w&0x0e000000 == 0x0e000000, // SIMD and floating point
-		w&0x1e000000 == 0x04000000: // SVE
+		w&0x1e000000 == 0x04000000, // SVE
+		w&0xffc00000 == 0xd5000000, // system: MSR, MRS, SYS, barriers
+		w&0xffff0000 == 0: // UDF #imm16
 		return true
 	}
 	return false

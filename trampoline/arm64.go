@@ -206,7 +206,7 @@ func pcIndependentClass(w uint32) bool {
 		w&0x0e000000 == 0x0e000000, // SIMD and floating point
 		w&0x1e000000 == 0x04000000, // SVE
 		w&0xffc00000 == 0xd5000000, // system: MSR, MRS, SYS, barriers
-		w&0xffff0000 == 0: // UDF #imm16
+		w&0xffff0000 == 0:          // UDF #imm16
 		return true
 	}
 	return false

@@ -53,6 +53,7 @@ func execCases() []execCase {
 		{name: "hp_b", inputs: one(1, 100)},
 		{name: "hp_bl", inputs: one(1, 2)},
 		{name: "hp_bti", inputs: one(2, -3)},
+		{name: "hp_pac", inputs: one(2, -3)},
 		{name: "hp_short", inputs: one(4, -9)},
 		// The loop goes back to offset 4: inside the far jump only.
 		{name: "hp_branch_back", inputs: [][]int64{{3, 2}, {5, 1}}, refuse: map[string]error{"far": trampoline.ErrBranchIntoPatch}},

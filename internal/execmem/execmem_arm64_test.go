@@ -73,6 +73,7 @@ func TestSamples(t *testing.T) {
 		"hp_b":          func(x int64) int64 { return x + 5 },
 		"hp_bl":         func(x int64) int64 { return x + 10 },
 		"hp_bti":        func(x int64) int64 { return x*x + 3 + x },
+		"hp_pac":        func(x int64) int64 { return x + 11 },
 		"hp_short":      func(x int64) int64 { return x },
 		"hp_c_lookup":   func(x int64) int64 { return []int64{3, 1, 4, 1, 5, 9, 2, 6}[x&7]*10 + x },
 		"hp_goprologue": nil,

@@ -144,6 +144,17 @@ __asm__(
 	"	ret\n"
 	END(hp_bti)
 
+	// PACIASP first (displaced: it signs LR with SP, which the thunk
+	// shares), AUTIASP before the return: x + 11.
+	FUNC(hp_pac)
+	"	hint #25\n" // paciasp
+	"	stp x29, x30, [sp, #-16]!\n"
+	"	add x0, x0, #11\n"
+	"	ldp x29, x30, [sp], #16\n"
+	"	hint #29\n" // autiasp
+	"	ret\n"
+	END(hp_pac)
+
 	// Shorter than the far jump (4 bytes), followed by NOP padding: x.
 	FUNC(hp_short)
 	"	ret\n"
@@ -237,13 +248,13 @@ static long hp_callg(uintptr_t fn, long x, unsigned long guard) {
 #define S(f) {#f, (void *)f, f##_end}
 #define X(f) extern char f[], f##_end[];
 X(hp_repl) X(hp_adrp_load) X(hp_adr) X(hp_ldr_lit) X(hp_ldrsw_lit) X(hp_ldr_lit_d) X(hp_ldr_lit_q)
-X(hp_bcond) X(hp_cbz) X(hp_tbnz) X(hp_b) X(hp_bl) X(hp_helper) X(hp_bti) X(hp_short)
+X(hp_bcond) X(hp_cbz) X(hp_tbnz) X(hp_b) X(hp_bl) X(hp_helper) X(hp_bti) X(hp_pac) X(hp_short)
 X(hp_branch_back) X(hp_loop_inside) X(hp_goprologue)
 extern char hp_c_sum_end[], hp_c_lookup_end[], hp_c_mix_end[];
 static const struct { const char *name; void *addr, *end; } hp_samples[] = {
 	S(hp_repl), S(hp_adrp_load), S(hp_adr), S(hp_ldr_lit), S(hp_ldrsw_lit), S(hp_ldr_lit_d),
 	S(hp_ldr_lit_q), S(hp_bcond), S(hp_cbz), S(hp_tbnz), S(hp_b), S(hp_bl), S(hp_helper),
-	S(hp_bti), S(hp_short), S(hp_branch_back), S(hp_loop_inside), S(hp_goprologue),
+	S(hp_bti), S(hp_pac), S(hp_short), S(hp_branch_back), S(hp_loop_inside), S(hp_goprologue),
 	S(hp_c_sum), S(hp_c_lookup), S(hp_c_mix),
 };
 static int hp_nsamples(void) { return sizeof hp_samples / sizeof hp_samples[0]; }

@@ -29,8 +29,12 @@ func TestForMachine(t *testing.T) {
 	a, err := ForMachine(elf.EM_X86_64)
 	require.NoError(t, err)
 	require.Equal(t, elf.EM_X86_64, a.Machine())
+	a, err = ForMachine(elf.EM_AARCH64)
+	require.NoError(t, err)
+	require.Equal(t, elf.EM_AARCH64, a.Machine())
+	require.IsType(t, ARM64{}, a)
 
-	for _, m := range []elf.Machine{elf.EM_AARCH64, elf.EM_386, elf.EM_RISCV} {
+	for _, m := range []elf.Machine{elf.EM_386, elf.EM_RISCV, elf.EM_ARM} {
 		_, err := ForMachine(m)
 		require.ErrorIs(t, err, ErrUnsupportedArch)
 		var e *Error

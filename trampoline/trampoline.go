@@ -96,15 +96,18 @@ type Arch interface {
 	Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error)
 }
 
-// ForMachine returns the Arch for an ELF machine. Machines without an encoder
-// (arm64 for now) give an *Error wrapping ErrUnsupportedArch.
+// ForMachine returns the Arch for an ELF machine: AMD64 for EM_X86_64,
+// ARM64 for EM_AARCH64. Other machines give an *Error wrapping
+// ErrUnsupportedArch.
 func ForMachine(m elf.Machine) (Arch, error) {
 	switch m {
 	case elf.EM_X86_64:
 		return AMD64{}, nil
+	case elf.EM_AARCH64:
+		return ARM64{}, nil
 	}
 	return nil, &Error{
 		Err:    ErrUnsupportedArch,
-		Detail: fmt.Sprintf("no jump encoder or relocator for ELF machine %v; only %v is supported", m, elf.EM_X86_64),
+		Detail: fmt.Sprintf("no jump encoder or relocator for ELF machine %v; only %v and %v are supported", m, elf.EM_X86_64, elf.EM_AARCH64),
 	}
 }

@@ -1,12 +1,14 @@
 // Package execmem runs machine code in the calling process, for tests that
 // must execute generated code rather than only decode it: it allocates
-// executable memory (optionally within rel32 reach of an address), copies
-// code into it, makes text pages temporarily writable so a function can be
-// patched in place, and calls code with the SysV C calling convention. It
-// also holds sample functions with chosen prologues (see Samples).
+// executable memory (optionally within near-jump reach of an address: rel32
+// on x86-64, B on arm64), copies code into it (with the instruction-cache
+// maintenance arm64 needs after writing code), makes text pages temporarily writable so a function can be
+// patched in place, and calls code with the platform's C calling
+// convention. It also holds sample functions with chosen prologues (see
+// Samples), hand-written per architecture.
 //
 // It is a regular package, not test code, because cgo cannot be used in
-// _test.go files. It is linux/amd64 only.
+// _test.go files. It is for linux/amd64 and linux/arm64.
 package execmem
 
 /*
@@ -24,7 +26,15 @@ static void *em_mmap(uintptr_t hint, size_t len, int noreplace) {
 }
 static int em_munmap(uintptr_t addr, size_t len) { return munmap((void *)addr, len); }
 static int em_mprotect(uintptr_t addr, size_t len, int prot) { return mprotect((void *)addr, len, prot); }
-static void em_write(uintptr_t dst, const void *src, size_t n) { memcpy((void *)dst, src, n); }
+// em_write copies bytes that may be code: on arm64 the data and
+// instruction caches are not coherent, so the written range is cleaned to
+// the point of unification and invalidated in the instruction cache
+// (DC CVAU, IC IVAU, DSB ISH, ISB, as __builtin___clear_cache does) before
+// anything executes it. On x86-64 this is a no-op.
+static void em_write(uintptr_t dst, const void *src, size_t n) {
+	memcpy((void *)dst, src, n);
+	__builtin___clear_cache((char *)dst, (char *)dst + n);
+}
 static void em_read(void *dst, uintptr_t src, size_t n) { memcpy(dst, (const void *)src, n); }
 
 typedef long (*em_fn6)(long, long, long, long, long, long);
@@ -46,9 +56,6 @@ import (
 
 const pageSize = 4096
 
-// Reach is how far (in either direction) a rel32 reaches.
-const Reach = 1 << 31
-
 // Region is a private read+write+execute anonymous mapping.
 type Region struct {
 	Addr uintptr
@@ -57,7 +64,7 @@ type Region struct {
 
 // Alloc maps size bytes (rounded up to pages) of RWX memory. With near != 0
 // it tries, with MAP_FIXED_NOREPLACE, the free gaps of /proc/self/maps
-// closest to near, so that the region is within rel32 reach of near; if that
+// closest to near, so that the region is within Reach of near; if that
 // fails it falls back to a plain mapping with near as a hint. The result may
 // therefore be anywhere: callers that need reach must check it (Distance).
 // To get memory far away, pass a near address that is far away.
@@ -87,7 +94,7 @@ func Alloc(size int, near uintptr) (*Region, error) {
 }
 
 // candidates returns page addresses in free gaps of the address space where
-// a mapping of size bytes lies within rel32 reach of near, closest first.
+// a mapping of size bytes lies within Reach of near, closest first.
 func candidates(near uintptr, size int) []uintptr {
 	maps, err := readMaps()
 	if err != nil {
@@ -163,8 +170,9 @@ func Read(addr uintptr, n int) []byte {
 	return b
 }
 
-// Call calls the code at fn with up to six integer arguments, in the SysV
-// C calling convention, and returns its integer result (rax).
+// Call calls the code at fn with up to six integer arguments, in the C
+// calling convention (rdi.. on x86-64, x0.. on arm64), and returns its
+// integer result (rax, x0).
 func Call(fn uintptr, args ...int64) int64 {
 	if len(args) > 6 {
 		panic("execmem: Call takes at most 6 arguments")

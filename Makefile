@@ -5,10 +5,11 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo
+.PHONY: test deps vet unit demo test-arm64-user
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) --no-print-directory test-arm64-user
 
 vet:
 	$(GO) vet ./...
@@ -19,18 +20,34 @@ vet:
 # cache, so the tests themselves do not download.
 GO_TOOLCHAINS ?= go1.22.12 go1.23.12 go1.24.13 go1.25.14
 
-# deps installs the packages the tests build fixtures with, and the older Go
-# toolchains.
+# deps installs the packages the tests build fixtures with (gcc; the arm64
+# cross compiler and qemu-user for the arm64 trampoline tests), and the older
+# Go toolchains.
+APT_PACKAGES = gcc libc6-dev gdb binutils gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 deps:
-	@for tc in $(GO_TOOLCHAINS); do 		GOTOOLCHAIN=$$tc $(GO) version >/dev/null || { echo "cannot fetch Go toolchain $$tc through the module proxy"; exit 1; }; 	done
+	@for tc in $(GO_TOOLCHAINS); do \
+		GOTOOLCHAIN=$$tc $(GO) version >/dev/null || { echo "cannot fetch Go toolchain $$tc through the module proxy"; exit 1; }; \
+	done
 	@missing=""; \
-	for tool in gcc gdb readelf; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	for tool in gcc gdb readelf aarch64-linux-gnu-gcc qemu-aarch64; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev gdb binutils >/dev/null; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+
+# test-arm64-user runs the pure arm64 tests (the trampoline's relocated code
+# executed for real, execmem) on an arm64 CPU emulated by qemu-user.
+ARM64_USER_PKGS = ./trampoline ./internal/execmem
+test-arm64-user: deps
+	@set -e; dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
+	for p in $(ARM64_USER_PKGS); do \
+		bin=$$dir/$$(basename $$p).test; \
+		GOARCH=arm64 CGO_ENABLED=1 CC=aarch64-linux-gnu-gcc $(GO) test -c -o $$bin $$p; \
+		echo "qemu-aarch64: $$p"; \
+		(cd $$p && qemu-aarch64 -L /usr/aarch64-linux-gnu $$bin -test.count=1); \
+	done
 
 demo:
 	$(GO) run ./examples/hotpatch demo

@@ -60,6 +60,11 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 			m.ehFrame, m.ehAddr = d, s.Addr
 		}
 	}
+	if s := ef.Section(".eh_frame_hdr"); s != nil && s.Type != elf.SHT_NOBITS && m.ehFrame != nil {
+		if d, err := s.Data(); err == nil {
+			m.ehHdr, m.ehHdrAddr = d, s.Addr
+		}
+	}
 
 	elfSyms, _ := ef.Symbols() // ErrNoSymbols for stripped files
 	dynSyms, _ := ef.DynamicSymbols()

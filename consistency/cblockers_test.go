@@ -1,0 +1,94 @@
+package consistency_test
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+// comm returns a thread's name.
+func comm(t *testing.T, pid, tid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", pid, tid))
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
+}
+
+// A C program built -O2 -fomit-frame-pointer with threads blocked in read,
+// nanosleep, pthread_cond_wait and epoll_wait, inside and outside the
+// function blocking(), and one thread in a signal handler: every stack
+// unwinds by CFI alone to the thread's start routine, through
+// __restore_rt for the signal frame, and the activeness check names
+// exactly the threads inside blocking().
+func TestCBlockers(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cblockers", "-O2", "-fomit-frame-pointer"))
+	p.Expect(t, regexp.MustCompile(`^ready$`), 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	tab, snap := snapshot(t, p.Pid)
+	require.Len(t, snap.Tasks, 10, "main, 4 in, 4 out, 1 signal")
+
+	libc := `(libc\.so\.6\+0x[0-9a-f]+|[a-z_0-9]+)`
+	calls := map[string]string{
+		"read":  `^(__)?read`,
+		"sleep": `^(__)?(clock_)?nanosleep`,
+		"cond":  `(^| < )pthread_cond_wait`,
+		"epoll": `^(__)?epoll_wait`,
+	}
+	want := map[string]string{"main": `^(__)?pause.* < main < .*__libc_start_main.* < _start$`}
+	for k, call := range calls {
+		want["in-"+k] = call + `.* < block < blocking < in_thread < ` + threadRoot
+		want["out-"+k] = call + `.* < block < out_thread < ` + threadRoot
+	}
+	// The handler's frames, the signal trampoline (a libc offset: libc's
+	// __restore_rt has no .dynsym name), then the interrupted loop.
+	want["in-signal"] = `nanosleep.* < handler_sleep < on_usr2 < ` + libc + ` < spin < sig_thread < ` + threadRoot
+
+	byName := map[string]int{}
+	for _, task := range snap.Tasks {
+		name := "main"
+		if task.ID != p.Pid {
+			name = comm(t, p.Pid, task.ID)
+		}
+		byName[name] = task.ID
+		got := strings.Join(names(tab, task), " < ")
+		require.True(t, task.Stack.Reliable, "%s: %s: %s", name, got, task.Stack.Reason)
+		re, ok := want[name]
+		require.True(t, ok, "unexpected thread %q", name)
+		require.Regexp(t, regexp.MustCompile(re), got, name)
+		if name == "in-signal" {
+			var sig int
+			for _, f := range task.Stack.Frames {
+				if f.Signal {
+					sig++
+				}
+			}
+			require.Equal(t, 1, sig, "one signal frame")
+		}
+	}
+	require.Len(t, byName, 10)
+
+	blockers := func(fn string) []string {
+		sym, err := tab.Lookup(fn)
+		require.NoError(t, err)
+		var out []string
+		for _, b := range consistency.Check(snap, []consistency.Region{{Name: fn, Start: sym.Addr, End: sym.Addr + sym.Size}}) {
+			require.Equal(t, fn, b.Func, "only %s blocks, no unreliable stack: %s", fn, b.Reason)
+			out = append(out, comm(t, p.Pid, b.Task.ID))
+		}
+		sort.Strings(out)
+		return out
+	}
+	require.Equal(t, []string{"in-cond", "in-epoll", "in-read", "in-sleep"}, blockers("blocking"))
+	require.Equal(t, []string{"in-signal"}, blockers("spin"), "the interrupted function blocks")
+	require.Equal(t, []string{"in-signal"}, blockers("handler_sleep"))
+	require.Equal(t, []string{"in-cond", "in-epoll", "in-read", "in-sleep", "out-cond", "out-epoll", "out-read", "out-sleep"}, blockers("block"))
+	require.Len(t, blockers("out_thread"), 4)
+}

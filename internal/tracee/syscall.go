@@ -40,46 +40,12 @@ func (p *Process) syscallOn(tid int, name string, nr uint64, args ...uint64) (ui
 }
 
 func (p *Process) remoteSyscall(tid int, name string, nr uint64, args []uint64) (uint64, error) {
-	var t *thread
-	temporary := false
-	switch {
-	case p.stopped && tid != 0:
+	var res uint64
+	err := p.borrow(tid, func(t *thread) error {
 		var err error
-		if t, err = p.stoppedThread(tid); err != nil {
-			return 0, err
-		}
-	case p.stopped:
-		for _, id := range p.order {
-			if c := p.threads[id]; c != nil && c.stopped {
-				t = c
-				break
-			}
-		}
-		if t == nil {
-			return 0, p.exited()
-		}
-	case tid != 0:
-		return 0, fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
-	default:
-		var err error
-		if t, err = p.stopOne(); err != nil {
-			return 0, err
-		}
-		temporary = true
-	}
-	res, err := p.runSyscall(t, nr, args)
-	if temporary {
-		if p.threads[t.tid] != nil {
-			p.stopped = true
-			p.order = []int{t.tid}
-			if rerr := p.resumeAll(); err == nil && rerr != nil {
-				err = rerr
-			}
-		}
-		p.stopped = false
-		p.order = nil
-		clear(p.threads)
-	}
+		res, err = p.runSyscall(t, nr, args)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}

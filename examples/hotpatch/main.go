@@ -1,12 +1,18 @@
 // Command hotpatch replaces functions inside a running process, and puts
 // them back, without restarting it.
 //
-//	hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
+//	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch syms    --pid PID [SUBSTRING]
 //	hotpatch threads --pid PID
 //	hotpatch demo
+//
+// OLD may be qualified by its module, as in libfoo.so:func. With --lib, the
+// shared object fix.so is loaded into the target (dlopen) and each NEW is
+// looked up in it first; it must be pinned to the build ID of the module
+// holding OLD with HOTPATCH_PIN from patch/include/hotpatch.h, unless
+// --unpinned is given.
 //
 // Exit status: 0 on success, 1 when the operation is refused or fails (the
 // reason is on stderr; with --json also as {"error": ...} on stdout), 2 on a
@@ -30,7 +36,7 @@ import (
 )
 
 const usage = `usage:
-  hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
+  hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
   hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
   hotpatch status  --pid PID [--json]
   hotpatch syms    --pid PID [SUBSTRING]
@@ -146,6 +152,8 @@ func errorCode(err error) string {
 		{patch.ErrCannotRelocate, "cannot_relocate"}, {patch.ErrBlocked, "blocked"},
 		{patch.ErrAlreadyApplied, "already_applied"}, {patch.ErrNotApplied, "not_applied"},
 		{patch.ErrCodeChanged, "code_changed"}, {patch.ErrBadRequest, "bad_request"},
+		{patch.ErrBuildIDMismatch, "build_id_mismatch"}, {patch.ErrUnpinned, "unpinned"},
+		{patch.ErrLoadLibrary, "load_library"},
 	} {
 		if errors.Is(err, e.err) {
 			return e.code
@@ -164,6 +172,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c := newFlags("apply", stderr, true, true)
 	var reps replaceFlags
 	c.fs.Var(&reps, "replace", "OLD=NEW: redirect function OLD to function NEW (repeatable)")
+	lib := c.fs.String("lib", "", "shared object holding the NEW functions, loaded into the target with dlopen")
+	unpinned := c.fs.Bool("unpinned", false, "accept a --lib that declares no HOTPATCH_PIN build ID")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -175,7 +185,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	res, err := t.Apply(ctx, reps, patch.ApplyOptions{Timeout: c.timeout})
+	res, err := t.Apply(ctx, reps, patch.ApplyOptions{Timeout: c.timeout, Lib: *lib, Unpinned: *unpinned})
 	if err != nil {
 		return c.fail(stdout, err)
 	}

@@ -1,0 +1,191 @@
+package patch_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// serve starts the cserve fixture (exporting its functions) with n workers.
+func serve(t testing.TB, n int) (*fixture.Proc, string) {
+	bin := fixture.BuildC(t, "cserve", "-O2", "-fomit-frame-pointer", "-rdynamic")
+	p := fixture.Start(t, bin, strconv.Itoa(n))
+	p.Expect(t, regexp.MustCompile(`^served \d+ price=71$`), 10*time.Second)
+	return p, bin
+}
+
+func buildID(t testing.TB, path string) string {
+	tab, err := elfsym.LoadFile(path)
+	require.NoError(t, err)
+	id := tab.Modules[0].BuildID
+	require.NotEmpty(t, id, "%s has a GNU build ID", path)
+	return id
+}
+
+// fixLib builds the fixprice patch library with extra flags.
+func fixLib(t testing.TB, flags ...string) string {
+	inc, err := filepath.Abs("include")
+	require.NoError(t, err)
+	return fixture.BuildSO(t, "fixprice", append([]string{"-O2", "-I" + inc}, flags...)...)
+}
+
+func pin(id string) string { return `-DPIN="` + id + `"` }
+
+var served = regexp.MustCompile(`^served (\d+) price=(\d+)$`)
+
+// checkServed asserts the service served every request in order, each
+// with the old or the new price.
+func checkServed(t *testing.T, p *fixture.Proc) {
+	t.Helper()
+	last := int64(-1)
+	for _, l := range p.Lines() {
+		m := served.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		seq, _ := strconv.ParseInt(m[1], 10, 64)
+		if last >= 0 {
+			require.Equal(t, last+1, seq, "a request was lost")
+		}
+		last = seq
+		require.Contains(t, []string{"71", "145"}, m[2])
+	}
+}
+
+// A replacement from a pinned shared object, which calls back into the
+// service's exported base_price, changes what the service serves under
+// load, and reverts; the service never stops serving.
+func TestApplyLib(t *testing.T) {
+	p, bin := serve(t, 4)
+	lib := fixLib(t, pin(buildID(t, bin)))
+	tg := attach(t, p.Pid)
+	for round := 0; round < 3; round++ {
+		m := p.Mark()
+		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "price", New: "price_fixed"}}, patch.ApplyOptions{Lib: lib})
+		require.NoError(t, err)
+		require.Len(t, res.Functions, 1)
+		mod, ok := tg.Symbols().ModuleAt(res.Functions[0].NewAddr)
+		require.True(t, ok)
+		require.Equal(t, mustEval(t, lib), mod.Path, "NEW resolved in the library")
+		p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=145$`), 5*time.Second)
+		m = p.Mark()
+		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+		require.NoError(t, err)
+		p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
+	}
+	m := p.Mark()
+	p.ExpectAfter(t, m, served, 5*time.Second)
+	checkServed(t, p)
+}
+
+func mustEval(t testing.TB, p string) string {
+	r, err := filepath.EvalSymlinks(p)
+	require.NoError(t, err)
+	return r
+}
+
+// mapsWithout returns the target's maps minus the heap line (the loader
+// may grow the heap, which is not a change a patch made).
+func mapsOf(t testing.TB, pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
+	require.NoError(t, err)
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasSuffix(l, "[heap]") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// Refusals: a pin for another build, no pin, a library whose dependency
+// the target cannot find. Each names the reason, and leaves the target
+// as it was (no library mapped, code unchanged) and serving.
+func TestApplyLibRefused(t *testing.T) {
+	p, bin := serve(t, 2)
+	id := buildID(t, bin)
+	tg := attach(t, p.Pid)
+	missing := filepath.Dir(fixture.BuildSO(t, "hpmissing", "-O2"))
+	reps := []patch.Replacement{{Old: "price", New: "price_fixed"}}
+	for _, c := range []struct {
+		name  string
+		lib   string
+		is    error
+		texts []string
+	}{
+		{"other build", fixLib(t, pin("0123456789abcdef0123456789abcdef01234567")), patch.ErrBuildIDMismatch,
+			[]string{"0123456789abcdef0123456789abcdef01234567", id}},
+		{"unpinned", fixLib(t), patch.ErrUnpinned, []string{"--unpinned", id}},
+		{"missing dependency", fixLib(t, pin(id), "-DMISSING", "-L"+missing, "-lhpmissing"), patch.ErrLoadLibrary,
+			[]string{"libhpmissing.so: cannot open shared object file"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := mapsOf(t, p.Pid) + snapshot(t, tg, p.Pid, "price", "base_price")
+			_, err := tg.Apply(context.Background(), reps, patch.ApplyOptions{Lib: c.lib})
+			require.Error(t, err)
+			require.True(t, errors.Is(err, c.is), "%v", err)
+			for _, s := range c.texts {
+				require.Contains(t, err.Error(), s)
+			}
+			if c.is == patch.ErrLoadLibrary {
+				var le *patch.LoadError
+				require.ErrorAs(t, err, &le)
+				require.Contains(t, le.Dlerror, "libhpmissing.so")
+			}
+			require.Equal(t, before, mapsOf(t, p.Pid)+snapshot(t, tg, p.Pid, "price", "base_price"), "target changed")
+			require.NotContains(t, mapsOf(t, p.Pid), "libfixprice")
+			m := p.Mark()
+			p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
+		})
+	}
+	// Refused after the library was loaded (its NEW does not exist): the
+	// library is unloaded again.
+	t.Run("unknown replacement", func(t *testing.T) {
+		before := mapsOf(t, p.Pid) + snapshot(t, tg, p.Pid, "price")
+		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "price", New: "no_such_fix"}}, patch.ApplyOptions{Lib: fixLib(t, pin(id))})
+		require.ErrorIs(t, err, patch.ErrUnknownSymbol)
+		require.NotContains(t, mapsOf(t, p.Pid), "libfixprice", "dlclose'd")
+		require.Equal(t, before, mapsOf(t, p.Pid)+snapshot(t, tg, p.Pid, "price"), "target changed")
+	})
+	// --unpinned accepts the unpinned library.
+	res, err := tg.Apply(context.Background(), reps, patch.ApplyOptions{Lib: fixLib(t), Unpinned: true})
+	require.NoError(t, err)
+	m := p.Mark()
+	p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=145$`), 5*time.Second)
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
+	checkServed(t, p)
+}
+
+// A function of a shared library is replaced, named as libfoo.so:foo_value
+// or by its unique name, while worker threads call it in a loop.
+func TestApplySharedLibrary(t *testing.T) {
+	foo := fixture.BuildSO(t, "foo", "-O2", "-fomit-frame-pointer")
+	bin := fixture.BuildC(t, "cfoo", "-O2", "-fomit-frame-pointer", foo, "-Wl,-rpath,"+filepath.Dir(foo))
+	p := fixture.Start(t, bin)
+	p.Expect(t, regexp.MustCompile(`^foo 101$`), 10*time.Second)
+	tg := attach(t, p.Pid)
+	for _, old := range []string{"libfoo.so:foo_value", "foo_value"} {
+		m := p.Mark()
+		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: old, New: "foo_value_fixed"}}, patch.ApplyOptions{})
+		require.NoError(t, err, old)
+		require.Equal(t, foo, mustEval(t, res.Functions[0].Module))
+		p.ExpectAfter(t, m, regexp.MustCompile(`^foo 201$`), 5*time.Second)
+		m = p.Mark()
+		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+		require.NoError(t, err)
+		p.ExpectAfter(t, m, regexp.MustCompile(`^foo 101$`), 5*time.Second)
+	}
+}

@@ -13,10 +13,14 @@ import (
 // Take unwinds every thread of a stopped process.
 func Take(p *tracee.Process, u *unwind.Unwinder) (Snapshot, error) {
 	var s Snapshot
+	all, err := p.AllRegs() // one hand-off to the ptrace thread, not one per thread
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("consistency: registers: %w", err)
+	}
 	for _, tid := range p.Threads() {
-		regs, err := p.GetRegs(tid)
-		if err != nil {
-			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, err)
+		regs, ok := all[tid]
+		if !ok {
+			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
 		}
 		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Stack: u.Unwind(p, regs.DWARF())})
 	}

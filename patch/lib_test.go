@@ -189,3 +189,36 @@ func TestApplySharedLibrary(t *testing.T) {
 		p.ExpectAfter(t, m, regexp.MustCompile(`^foo 101$`), 5*time.Second)
 	}
 }
+
+// BenchmarkApplyC64 measures the pause of an apply and of its revert on a
+// 64-thread C service built -O2 -fomit-frame-pointer (main, a reader and 62
+// sleepers), every stack unwound by CFI. The median of 20:
+//
+//	go test ./patch -run '^$' -bench ApplyC64 -benchtime 1x -count 20 | benchstat -
+func BenchmarkApplyC64(b *testing.B) {
+	p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2", "-fomit-frame-pointer"), "62")
+	p.Expect(b, regexp.MustCompile(`^result`), 10*time.Second)
+	tg := attach(b, p.Pid)
+	snap, err := tg.Threads()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(snap.Tasks) != 64 {
+		b.Fatalf("%d threads, want 64", len(snap.Tasks))
+	}
+	var apply, revert time.Duration
+	for i := 0; i < b.N; i++ {
+		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "compute", New: "compute_fixed"}}, patch.ApplyOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rr, err := tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		apply += res.Pause
+		revert += rr.Pause
+	}
+	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
+	b.ReportMetric(float64(revert.Microseconds())/float64(b.N), "revert-pause-us")
+}

@@ -144,6 +144,7 @@ var goRoots = map[string]string{
 // Unwind walks from regs, which are indexed by DWARF register number and
 // include the pc at index Arch.RAReg, reading stack memory from mem.
 func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
+	mem = newPageCache(mem)
 	a := u.Arch
 	n := max(len(regs), a.RAReg+1, 32)
 	cur := make([]uint64, n)

@@ -3,6 +3,7 @@ package consistency_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strings"
@@ -12,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
 // comm returns a thread's name.
@@ -91,4 +94,65 @@ func TestCBlockers(t *testing.T) {
 	require.Equal(t, []string{"in-signal"}, blockers("handler_sleep"))
 	require.Equal(t, []string{"in-cond", "in-epoll", "in-read", "in-sleep", "out-cond", "out-epoll", "out-read", "out-sleep"}, blockers("block"))
 	require.Len(t, blockers("out_thread"), 4)
+}
+
+// A thread caught inside the vDSO (clock_gettime) unwinds through the
+// vDSO's CFI, read from the target's memory, to its start routine.
+func TestUnwindThroughVDSO(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cblockers", "-O2", "-fomit-frame-pointer"), "vdso")
+	p.Expect(t, regexp.MustCompile(`^ready$`), 10*time.Second)
+	pr, err := tracee.Open(p.Pid)
+	require.NoError(t, err)
+	defer pr.Close()
+	tab, err := elfsym.Load(p.Pid, pr)
+	require.NoError(t, err)
+	u := tab.Unwinder()
+	var vdso *elfsym.Module
+	for _, m := range tab.Modules {
+		if m.Path == "[vdso]" {
+			vdso = m
+		}
+	}
+	require.NotNil(t, vdso, "the vDSO is loaded from memory")
+	seen := 0
+	for i := 0; i < 200 && seen < 3; i++ {
+		require.NoError(t, pr.Stop())
+		snap, err := consistency.Take(pr, u)
+		require.NoError(t, pr.Resume())
+		require.NoError(t, err)
+		for _, task := range snap.Tasks {
+			if task.ID == p.Pid || comm(t, p.Pid, task.ID) != "in-vdso" {
+				continue
+			}
+			if m, ok := tab.ModuleAt(task.Stack.Frames[0].PC); !ok || m != vdso {
+				continue
+			}
+			seen++
+			got := strings.Join(names(tab, task), " < ")
+			require.True(t, task.Stack.Reliable, "%s: %s", got, task.Stack.Reason)
+			require.Regexp(t, `vdso_spin < `+threadRoot, got)
+		}
+	}
+	require.Positive(t, seen, "never caught the thread inside the vDSO")
+}
+
+// A distribution binary built without frame pointers and stripped to
+// .dynsym (coreutils' sleep): its stack unwinds reliably by CFI to _start.
+func TestUnwindDistributionBinary(t *testing.T) {
+	bin, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep(1)")
+	}
+	cmd := exec.Command(bin, "60")
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	time.Sleep(100 * time.Millisecond)
+	tab, snap := snapshot(t, cmd.Process.Pid)
+	require.Len(t, snap.Tasks, 1)
+	task := snap.Tasks[0]
+	got := names(tab, task)
+	require.True(t, task.Stack.Reliable, "%v: %s", got, task.Stack.Reason)
+	require.GreaterOrEqual(t, len(got), 4, "%v", got)
+	require.Regexp(t, `nanosleep`, got[0])
+	require.Contains(t, strings.Join(got, " < "), "__libc_start_main")
 }

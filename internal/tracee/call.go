@@ -42,7 +42,9 @@ const callReturn = 0
 // that thread runs during the call; otherwise it stops one thread for the
 // call while the others keep running — which is what a function that takes
 // locks (dlopen, malloc) needs, since a lock held by a stopped thread would
-// never be released.
+// never be released. That thread is one blocked in a system call when there
+// is one (the leader first): a thread interrupted in user code might hold a
+// lock the called function needs, and the call would then deadlock.
 //
 // The thread's general-purpose registers (with the syscall-restart state,
 // orig_rax) and its whole FPU/SSE/AVX state are saved and restored exactly:
@@ -62,7 +64,7 @@ func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint6
 	}
 	var res uint64
 	err := p.do(func() error {
-		return p.borrow(tid, func(t *thread) error {
+		return p.borrow(tid, true, func(t *thread) error {
 			var err error
 			res, err = p.runCall(t, name, fn, args)
 			return err
@@ -73,8 +75,9 @@ func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint6
 
 // borrow runs f on a stopped thread: tid, or any stopped thread of a
 // stopped process, or (process not stopped, tid 0) one thread stopped for
-// the duration of f and released afterwards.
-func (p *Process) borrow(tid int, f func(t *thread) error) error {
+// the duration of f and released afterwards (with sleeper, preferably one
+// blocked in a system call; see stopOne).
+func (p *Process) borrow(tid int, sleeper bool, f func(t *thread) error) error {
 	var t *thread
 	temporary := false
 	switch {
@@ -97,7 +100,7 @@ func (p *Process) borrow(tid int, f func(t *thread) error) error {
 		return fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
 	default:
 		var err error
-		if t, err = p.stopOne(); err != nil {
+		if t, err = p.stopOne(sleeper); err != nil {
 			return err
 		}
 		temporary = true

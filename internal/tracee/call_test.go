@@ -172,3 +172,20 @@ func TestCallCrash(t *testing.T) {
 	c.healthy(t)
 	require.NoError(t, syscall.Kill(c.Pid, 0))
 }
+
+// A call on a running process borrows a thread blocked in a system call,
+// not one interrupted in user code (which could hold a lock the callee
+// needs): here the leader and "fp" spin, "reader" and "sleeper" sleep.
+func TestCallPrefersSleepingThread(t *testing.T) {
+	fp := fixture.Start(t, fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"), "spin")
+	p := openT(t, fp.Pid)
+	syms, err := elfsym.Load(fp.Pid, p)
+	require.NoError(t, err)
+	c := &callTarget{fp, p, syms}
+	sleepers := map[uint64]bool{uint64(c.tid(t, "reader")): true, uint64(c.tid(t, "sleeper")): true}
+	for i := 0; i < 10; i++ {
+		tid, err := c.p.Call("my_tid", c.addr(t, "my_tid"))
+		require.NoError(t, err)
+		require.True(t, sleepers[tid], "ran on thread %d, not a sleeping one", tid)
+	}
+}

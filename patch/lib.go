@@ -32,8 +32,17 @@ func (e *LoadError) Error() string {
 // Is reports target == ErrLoadLibrary.
 func (e *LoadError) Is(target error) bool { return target == ErrLoadLibrary }
 
-// dlopen flags (glibc).
-const rtldNow = 0x2
+// dlopen flags (glibc). __RTLD_DLOPEN marks a load through
+// __libc_dlopen_mode as a dlopen (as glibc's own callers of it do).
+const (
+	rtldNow    = 0x2
+	rtldDlopen = 0x80000000
+)
+
+// dlopenFuncs are the loader entry points tried in order: dlopen (libc.so.6
+// in glibc ≥ 2.34, libdl.so.2 before), then the private
+// __libc_dlopen_mode that older glibc exports from libc.so.6.
+var dlopenFuncs = []string{"dlopen", "__libc_dlopen_mode"}
 
 // loadedLib is a patch library loaded into the target for an Apply.
 type loadedLib struct {
@@ -137,7 +146,7 @@ func (t *Target) dlopen(path string) (*loadedLib, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w: patch library: %v", ErrBadRequest, err)
 	}
-	fn, via, err := t.libcFunc("dlopen", "__libc_dlopen_mode")
+	fn, via, err := t.libcFunc(dlopenFuncs...)
 	if err != nil {
 		return nil, err
 	}
@@ -155,16 +164,31 @@ func (t *Target) dlopen(path string) (*loadedLib, error) {
 	if err := t.proc.WriteMem(scratch, append([]byte(path), 0)); err != nil {
 		return nil, err
 	}
-	handle, err := t.proc.Call(via, fn.Addr, scratch, rtldNow)
+	mode := uint64(rtldNow)
+	if via == "__libc_dlopen_mode" {
+		mode |= rtldDlopen
+	}
+	dlerr, _, dlerrErr := t.libcFunc("dlerror")
+	// dlopen, and dlerror after a failure, on one thread: the error text is
+	// thread-local.
+	var handle, msg uint64
+	err = t.proc.Borrow(0, func(th *tracee.Thread) error {
+		var err error
+		if handle, err = th.Call(via, fn.Addr, scratch, mode); err != nil {
+			return fmt.Errorf("remote %s(%q): %w", via, path, err)
+		}
+		if handle == 0 && dlerrErr == nil && via == "dlopen" {
+			msg, _ = th.Call("dlerror", dlerr.Addr)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("remote %s(%q): %w", via, path, err)
+		return nil, err
 	}
 	if handle == 0 {
 		le := &LoadError{Lib: path, Via: via}
-		if dlerr, _, err := t.libcFunc("dlerror"); err == nil {
-			if p, err := t.proc.Call("dlerror", dlerr.Addr); err == nil && p != 0 {
-				le.Dlerror = t.readCString(p, 4096)
-			}
+		if msg != 0 {
+			le.Dlerror = t.readCString(msg, 4096)
 		}
 		return nil, le
 	}

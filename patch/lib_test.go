@@ -3,7 +3,7 @@ package patch_test
 import (
 	"context"
 	"errors"
-	"os"
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -96,15 +96,17 @@ func mustEval(t testing.TB, p string) string {
 	return r
 }
 
-// mapsWithout returns the target's maps minus the heap line (the loader
-// may grow the heap, which is not a change a patch made).
+// mapsOf returns the target's file-backed and executable mappings: the
+// ones a library load or patch memory would add. Anonymous data mappings
+// are left out: the loader's allocations are freed by dlclose, but malloc
+// keeps the heap it grew (or the arena it created for the borrowed thread).
 func mapsOf(t testing.TB, pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
+	ms, err := elfsym.ReadMappings(pid)
 	require.NoError(t, err)
 	var keep []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.HasSuffix(l, "[heap]") {
-			keep = append(keep, l)
+	for _, m := range ms {
+		if m.Inode != 0 || strings.Contains(m.Perms, "x") {
+			keep = append(keep, fmt.Sprintf("%x-%x %s %s", m.Start, m.End, m.Perms, m.Path))
 		}
 	}
 	return strings.Join(keep, "\n")
@@ -221,4 +223,23 @@ func BenchmarkApplyC64(b *testing.B) {
 	}
 	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
 	b.ReportMetric(float64(revert.Microseconds())/float64(b.N), "revert-pause-us")
+}
+
+// The fallback loader of older glibc, __libc_dlopen_mode, loads the patch
+// library too.
+func TestApplyLibLibcDlopenMode(t *testing.T) {
+	p, bin := serve(t, 2)
+	lib := fixLib(t, pin(buildID(t, bin)))
+	defer patch.UseDlopen("__libc_dlopen_mode")()
+	tg := attach(t, p.Pid)
+	if _, err := tg.Symbols().Lookup("__libc_dlopen_mode"); err != nil {
+		t.Skipf("this glibc does not export __libc_dlopen_mode (removed in 2.34, where dlopen moved into libc.so.6): %v", err)
+	}
+	res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "price", New: "price_fixed"}}, patch.ApplyOptions{Lib: lib})
+	require.NoError(t, err)
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^served \d+ price=145$`), 5*time.Second)
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
+	checkServed(t, p)
 }

@@ -270,3 +270,30 @@ func (p *Process) writeMem(addr uint64, data []byte) error {
 	}
 	return nil
 }
+
+// Thread is a thread borrowed for a sequence of remote calls (see Borrow).
+type Thread struct {
+	p *Process
+	t *thread
+}
+
+// Tid returns the thread's ID.
+func (th *Thread) Tid() int { return th.t.tid }
+
+// Call is Process.Call on this thread.
+func (th *Thread) Call(name string, fn uint64, args ...uint64) (uint64, error) {
+	if len(args) > maxCallArgs {
+		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
+	}
+	return th.p.runCall(th.t, name, fn, args)
+}
+
+// Borrow runs f with one thread borrowed as Call (tid 0) or CallOn (tid)
+// would, so that several calls run on the same thread: dlopen then
+// dlerror, whose message is thread-local. f runs on the ptrace thread and
+// must use only the Thread, never other methods of the Process.
+func (p *Process) Borrow(tid int, f func(*Thread) error) error {
+	return p.do(func() error {
+		return p.borrow(tid, true, func(t *thread) error { return f(&Thread{p, t}) })
+	})
+}

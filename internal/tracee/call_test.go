@@ -189,3 +189,29 @@ func TestCallPrefersSleepingThread(t *testing.T) {
 		require.True(t, sleepers[tid], "ran on thread %d, not a sleeping one", tid)
 	}
 }
+
+// A signal that arrived while the process was stopped, before the call, is
+// delivered once after Resume, not lost to the call.
+func TestCallSignalPendingBefore(t *testing.T) {
+	c := startCall(t)
+	reader := c.tid(t, "reader")
+	for round := 0; round < 3; round++ {
+		m := c.Mark()
+		require.NoError(t, c.p.Stop())
+		require.NoError(t, unix.Tgkill(c.Pid, reader, unix.SIGUSR1))
+		time.Sleep(20 * time.Millisecond)
+		got, err := c.p.CallOn(reader, "add6", c.addr(t, "add6"), 2, 0, 0, 0, 0, 0)
+		require.NoError(t, err)
+		require.Equal(t, uint64(2), got)
+		require.NoError(t, c.p.Resume())
+		c.ExpectAfter(t, m, regexp.MustCompile(`^usr1 on reader$`), 5*time.Second)
+		time.Sleep(50 * time.Millisecond)
+		n := 0
+		for _, l := range c.Lines()[m:] {
+			if strings.HasPrefix(l, "usr1") {
+				n++
+			}
+		}
+		require.Equal(t, 1, n, "round %d: delivered exactly once", round)
+	}
+}

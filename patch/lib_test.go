@@ -101,6 +101,7 @@ func mustEval(t testing.TB, p string) string {
 // are left out: the loader's allocations are freed by dlclose, but malloc
 // keeps the heap it grew (or the arena it created for the borrowed thread).
 func mapsOf(t testing.TB, pid int) string {
+	t.Helper()
 	ms, err := elfsym.ReadMappings(pid)
 	require.NoError(t, err)
 	var keep []string
@@ -109,6 +110,23 @@ func mapsOf(t testing.TB, pid int) string {
 			keep = append(keep, fmt.Sprintf("%x-%x %s %s", m.Start, m.End, m.Perms, m.Path))
 		}
 	}
+	return strings.Join(keep, "\n")
+}
+
+// codeOf is the live bytes of functions of the target.
+func codeOf(t testing.TB, tg *patch.Target, pid int, funcs ...string) string {
+	t.Helper()
+	s := snapshot(t, tg, pid, funcs...)
+	// snapshot starts with the whole maps file; keep the code lines.
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, f := range funcs {
+			if strings.HasPrefix(l, f+" ") {
+				keep = append(keep, l)
+			}
+		}
+	}
+	require.Len(t, keep, len(funcs))
 	return strings.Join(keep, "\n")
 }
 
@@ -134,7 +152,7 @@ func TestApplyLibRefused(t *testing.T) {
 			[]string{"libhpmissing.so: cannot open shared object file"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			before := mapsOf(t, p.Pid) + snapshot(t, tg, p.Pid, "price", "base_price")
+			before := mapsOf(t, p.Pid) + codeOf(t, tg, p.Pid, "price", "base_price")
 			_, err := tg.Apply(context.Background(), reps, patch.ApplyOptions{Lib: c.lib})
 			require.Error(t, err)
 			require.True(t, errors.Is(err, c.is), "%v", err)
@@ -146,7 +164,7 @@ func TestApplyLibRefused(t *testing.T) {
 				require.ErrorAs(t, err, &le)
 				require.Contains(t, le.Dlerror, "libhpmissing.so")
 			}
-			require.Equal(t, before, mapsOf(t, p.Pid)+snapshot(t, tg, p.Pid, "price", "base_price"), "target changed")
+			require.Equal(t, before, mapsOf(t, p.Pid)+codeOf(t, tg, p.Pid, "price", "base_price"), "target changed")
 			require.NotContains(t, mapsOf(t, p.Pid), "libfixprice")
 			m := p.Mark()
 			p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
@@ -155,11 +173,11 @@ func TestApplyLibRefused(t *testing.T) {
 	// Refused after the library was loaded (its NEW does not exist): the
 	// library is unloaded again.
 	t.Run("unknown replacement", func(t *testing.T) {
-		before := mapsOf(t, p.Pid) + snapshot(t, tg, p.Pid, "price")
+		before := mapsOf(t, p.Pid) + codeOf(t, tg, p.Pid, "price")
 		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "price", New: "no_such_fix"}}, patch.ApplyOptions{Lib: fixLib(t, pin(id))})
 		require.ErrorIs(t, err, patch.ErrUnknownSymbol)
 		require.NotContains(t, mapsOf(t, p.Pid), "libfixprice", "dlclose'd")
-		require.Equal(t, before, mapsOf(t, p.Pid)+snapshot(t, tg, p.Pid, "price"), "target changed")
+		require.Equal(t, before, mapsOf(t, p.Pid)+codeOf(t, tg, p.Pid, "price"), "target changed")
 	})
 	// --unpinned accepts the unpinned library.
 	res, err := tg.Apply(context.Background(), reps, patch.ApplyOptions{Lib: fixLib(t), Unpinned: true})

@@ -3,6 +3,7 @@ package tracee
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,10 +32,9 @@ func (e *CallError) Error() string {
 // Is reports target == ErrCallCrashed.
 func (e *CallError) Is(target error) bool { return target == ErrCallCrashed }
 
-// callReturn is the return address pushed for a remote call: returning to
-// it faults (SIGSEGV at pc 0), which the tracer catches. No trap is ever
-// written into the target's code.
-const callReturn = 0
+// pageSize is the target's page size (x86-64 and arm64 Linux: 4 KiB at
+// least; mappings here are rounded to it).
+const pageSize = 4096
 
 // Call calls the function at fn in the target with up to six integer or
 // pointer arguments and returns its integer result. When the process is
@@ -50,7 +50,10 @@ const callReturn = 0
 // orig_rax) and its whole FPU/SSE/AVX state are saved and restored exactly:
 // a thread that was blocked in a system call restarts it afterwards. The
 // call runs below the thread's stack pointer and red zone, on a 16-byte
-// aligned stack, and returns to address 0, a fault the tracer catches.
+// aligned stack, and returns into a stub (in memory mapped for the call)
+// that restores the thread by itself: a tracer killed during the call
+// leaves the target running correctly. Nothing is written into the
+// target's own code.
 // Signals that reach the thread during the call are held and delivered
 // when it is resumed. A call that crashes returns a *CallError.
 func (p *Process) Call(name string, fn uint64, args ...uint64) (uint64, error) {
@@ -141,7 +144,16 @@ func saveFP(tid int) (fpState, error) {
 
 func (s fpState) restore(tid int) error { return setRegSet(tid, s.typ, s.data) }
 
-// runCall calls fn on the stopped thread t and restores it.
+// runCall calls fn on the stopped thread t and puts the thread back.
+//
+// The function returns into a stub in memory mapped for the call (code
+// read+execute, data read+write), which stores the result, restores every
+// register and the FP state of the interrupted thread — restarting an
+// interrupted system call as the kernel would — and jumps back. The tracer
+// only watches: it holds the signals that arrive, catches a crash (and then
+// restores the thread through ptrace), and polls the stub's done flag.
+// Because the thread restores itself, a tracer killed mid-call (SIGKILL)
+// leaves a target that runs on correctly.
 func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uint64, error) {
 	var saved Regs
 	if err := getRegs(t.tid, &saved); err != nil {
@@ -151,92 +163,184 @@ func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uin
 	if err != nil {
 		return 0, p.threadErr(t.tid, "get FP registers", err)
 	}
-	restore := func() error {
-		if p.threads[t.tid] == nil {
-			return p.exited()
-		}
-		if err := setRegs(t.tid, &saved); err != nil {
-			return p.threadErr(t.tid, "restore registers", err)
-		}
-		return p.threadErr(t.tid, "restore FP registers", fp.restore(t.tid))
+	resume := saved.resumeState()
+	data := ctxData(resume, fp)
+	dataSize := (uint64(len(data)) + pageSize - 1) &^ (pageSize - 1)
+	dataAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, dataSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	if err != nil {
+		return 0, err
+	}
+	codeAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, pageSize, ProtRead|ProtExec, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	if err != nil {
+		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
+		return 0, err
+	}
+	stub := returnStub(dataAddr, resume.PC(), fp.typ == fpRegSet)
+	free := func() {
+		// The thread is stopped outside the stub: nothing uses the pages.
+		p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
+		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
 	}
 	// Below the red zone, aligned, then the return address: at the
 	// callee's entry (rsp+8) is a multiple of 16, as the ABI wants.
 	sp := (saved.SP()-redZone)&^15 - 8
-	var ret [8]byte // callReturn, little-endian
-	if err := p.writeMem(sp, ret[:]); err != nil {
+	var ret [8]byte
+	for i := range ret {
+		ret[i] = byte(codeAddr >> (8 * i))
+	}
+	err = p.writeMem(dataAddr, data)
+	if err == nil {
+		err = p.writeMem(codeAddr, stub)
+	}
+	if err == nil {
+		err = p.writeMem(sp, ret[:])
+	}
+	if err != nil {
+		free()
 		return 0, err
 	}
 	r := saved
 	r.setupCall(fn, sp, args)
 	if err := setRegs(t.tid, &r); err != nil {
+		free()
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
-	res, cerr := p.waitCall(t, name, fn)
-	if err := restore(); err != nil {
-		return 0, errors.Join(cerr, err)
+	res, cerr := p.waitCall(t, name, fn, &saved, fp, dataAddr, codeAddr, uint64(len(stub)))
+	if p.threads[t.tid] == nil {
+		return 0, cerr // gone: nothing left to free
 	}
+	free()
 	return res, cerr
 }
 
-// waitCall runs t until the called function returns to callReturn, holding
-// the signals that arrive meanwhile.
-func (p *Process) waitCall(t *thread, name string, fn uint64) (uint64, error) {
+// runSyscallErr is runSyscall with errno results as *SyscallError.
+func (p *Process) runSyscallErr(t *thread, name string, nr uint64, args ...uint64) (uint64, error) {
+	res, err := p.runSyscall(t, nr, args)
+	if err != nil {
+		return 0, err
+	}
+	if e := int64(res); e < 0 && e >= -4095 {
+		return 0, &SyscallError{Name: name, Errno: uint64(-e)}
+	}
+	return res, nil
+}
+
+// inStub reports whether pc lies in the return stub.
+func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < codeAddr+codeLen }
+
+// waitCall runs t until the stub reports the call done and the thread is
+// stopped again outside the stub, holding the signals that arrive
+// meanwhile. If the called code crashes, it restores saved and fp through
+// ptrace and returns a *CallError.
+func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fpState, dataAddr, codeAddr, codeLen uint64) (uint64, error) {
+	if err := cont(t.tid, 0); err != nil {
+		return 0, p.threadErr(t.tid, "continue", err)
+	}
+	var result [16]byte
+	done := false
+	interrupted := false
+	backoff := 10 * time.Microsecond
 	for {
-		if err := cont(t.tid, 0); err != nil {
-			return 0, p.threadErr(t.tid, "continue", err)
+		tid, ws, err := wait4(t.tid, unix.WNOHANG)
+		if err != nil {
+			if err == unix.ECHILD {
+				p.lost(t.tid)
+				return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+			}
+			return 0, fmt.Errorf("tracee: pid %d: wait: %w", p.pid, err)
 		}
-		var status unix.WaitStatus
-		for {
-			tid, ws, err := p.nextEvent()
-			if err != nil {
-				if err == unix.ECHILD {
-					p.lost(tid)
-					if p.threads[t.tid] == nil {
-						return 0, p.exited()
-					}
-					continue
+		if tid != t.tid {
+			// No event yet: is the call done?
+			if !done {
+				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxDone] == 1 {
+					done = true
+					backoff = 10 * time.Microsecond
 				}
-				return 0, fmt.Errorf("tracee: pid %d: wait: %w", p.pid, err)
 			}
-			if ws.Exited() || ws.Signaled() {
-				delete(p.threads, tid)
-				if tid == t.tid || tid == p.pid {
-					return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+			if done && !interrupted {
+				if err := interrupt(t.tid); err != nil {
+					return 0, p.threadErr(t.tid, "interrupt", err)
 				}
+				interrupted = true
 				continue
 			}
-			if tid != t.tid || !ws.Stopped() {
-				continue
-			}
-			status = ws
-			break
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 500*time.Microsecond)
+			continue
+		}
+		if ws.Exited() || ws.Signaled() {
+			delete(p.threads, tid)
+			return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+		}
+		if !ws.Stopped() {
+			continue
 		}
 		t.inSigStop = false
-		if int(status>>16) != 0 {
-			continue // PTRACE_EVENT_STOP: a stale interrupt or a group-stop
-		}
-		t.inSigStop = true
-		sig := unix.Signal(status.StopSignal())
-		var si unix.Siginfo
-		gotInfo := getSiginfo(t.tid, &si) == nil
 		var r Regs
 		if err := getRegs(t.tid, &r); err != nil {
 			return 0, p.threadErr(t.tid, "get registers", err)
 		}
-		if sig == unix.SIGSEGV && r.PC() == callReturn {
-			return r.callResult(), nil
+		if int(ws>>16) != 0 {
+			// PTRACE_EVENT_STOP: our interrupt (or a group-stop).
+			if !interrupted {
+				if err := cont(t.tid, 0); err != nil {
+					return 0, p.threadErr(t.tid, "continue", err)
+				}
+				continue
+			}
+			if inStub(r.PC(), codeAddr, codeLen) {
+				// Still in the stub's last instructions: step out of it.
+				if err := singlestep(t.tid, 0); err != nil {
+					return 0, p.threadErr(t.tid, "single-step", err)
+				}
+				continue
+			}
+			return binaryLE(result[ctxResult:]), nil
 		}
-		if crashed(sig, &si, gotInfo, p.pid) {
+		sig := unix.Signal(ws.StopSignal())
+		var si unix.Siginfo
+		gotInfo := getSiginfo(t.tid, &si) == nil
+		t.inSigStop = true
+		if sig == unix.SIGTRAP && interrupted && gotInfo && si.Code > 0 {
+			// Our single-step out of the stub.
+			if !inStub(r.PC(), codeAddr, codeLen) {
+				return binaryLE(result[ctxResult:]), nil
+			}
+			if err := singlestep(t.tid, 0); err != nil {
+				return 0, p.threadErr(t.tid, "single-step", err)
+			}
+			continue
+		}
+		if !done && crashed(sig, &si, gotInfo, p.pid) {
 			ce := &CallError{Name: name, Fn: fn, Tid: t.tid, Sig: sig, PC: r.PC()}
 			if sig == unix.SIGSEGV || sig == unix.SIGBUS {
 				ce.Addr = siginfoWord(&si)
+			}
+			// At this signal-delivery-stop the kernel restarts an
+			// interrupted system call itself once the registers are back.
+			if err := setRegs(t.tid, saved); err != nil {
+				return 0, errors.Join(ce, p.threadErr(t.tid, "restore registers", err))
+			}
+			if err := fp.restore(t.tid); err != nil {
+				return 0, errors.Join(ce, p.threadErr(t.tid, "restore FP registers", err))
 			}
 			return 0, ce
 		}
 		// A signal for the target: keep it for later, suppress it now.
 		t.pending = append(t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
+		if err := cont(t.tid, 0); err != nil {
+			return 0, p.threadErr(t.tid, "continue", err)
+		}
 	}
+}
+
+// binaryLE decodes a little-endian uint64.
+func binaryLE(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
 }
 
 // crashed tells a fault of the called code (a synchronous signal the kernel

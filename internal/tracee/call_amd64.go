@@ -36,3 +36,117 @@ func (r *Regs) callResult() uint64 { return r.Rax }
 
 // maxCallArgs is the number of integer arguments passed in registers.
 const maxCallArgs = 6
+
+// Syscall-restart return values of an interrupted system call (the
+// kernel's -ERESTART* codes), and the restart system call.
+const (
+	errRestartSys          = 512
+	errRestartNoIntr       = 513
+	errRestartNoHand       = 514
+	errRestartRestartBlock = 516
+	sysRestartSyscall      = 219
+)
+
+// resumeState is where a thread stopped at regs continues when the kernel
+// resumes it without running a signal handler: a system call interrupted
+// with -ERESTART* is restarted (rax = its number, or restart_syscall, and
+// rip back over the 2-byte syscall instruction), exactly as the kernel's
+// signal-return path does. A remote call's return stub restores this state
+// itself, so that the thread continues correctly even if the tracer is gone.
+func (r *Regs) resumeState() Regs {
+	out := *r
+	if int64(r.Orig_rax) < 0 {
+		return out
+	}
+	switch -int64(r.Rax) {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand:
+		out.Rax = r.Orig_rax
+		out.Rip -= 2
+	case errRestartRestartBlock:
+		out.Rax = sysRestartSyscall
+		out.Rip -= 2
+	}
+	out.Orig_rax = ^uint64(0)
+	return out
+}
+
+// Layout of a remote call's data page (see returnStub).
+const (
+	ctxResult = 0   // the call's rax
+	ctxDone   = 8   // set to 1 once the thread restored itself
+	ctxFlags  = 16  // rflags
+	ctxGP     = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
+	ctxFP     = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
+)
+
+// ctxData is the data page of a remote call that returns to the state r
+// with FP state fp.
+func ctxData(r Regs, fp fpState) []byte {
+	b := make([]byte, ctxFP+len(fp.data))
+	put := func(off int, v uint64) {
+		for i := 0; i < 8; i++ {
+			b[off+i] = byte(v >> (8 * i))
+		}
+	}
+	put(ctxFlags, r.Eflags)
+	for i, v := range r.DWARF()[:16] {
+		put(ctxGP+8*i, v)
+	}
+	copy(b[ctxFP:], fp.data)
+	return b
+}
+
+// returnStub is the code a remote call returns to, at address code, with
+// its data page at data: it stores rax (the result), restores the FP state
+// (xrstor, or fxrstor for an FXSAVE image), rflags and every general
+// register of the interrupted state, sets the done flag and jumps to the
+// interrupted pc. It touches no memory but its own pages and the call's
+// stack (below the red zone); the interrupted state is restored without the
+// tracer, so a tracer killed during the call leaves a target that runs on.
+func returnStub(data, pc uint64, xsave bool) []byte {
+	var c []byte
+	d32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
+	c = append(c, 0x49, 0xbb) // movabs r11, data
+	for i := 0; i < 8; i++ {
+		c = append(c, byte(data>>(8*i)))
+	}
+	c = append(c, 0x49, 0x89, 0x83) // mov [r11+result], rax
+	c = append(c, d32(ctxResult)...)
+	c = append(c, 0xb8, 0xff, 0xff, 0xff, 0xff) // mov eax, -1
+	c = append(c, 0xba, 0xff, 0xff, 0xff, 0xff) // mov edx, -1
+	if xsave {
+		c = append(c, 0x49, 0x0f, 0xae, 0xab) // xrstor64 [r11+fp]
+	} else {
+		c = append(c, 0x49, 0x0f, 0xae, 0x8b) // fxrstor64 [r11+fp]
+	}
+	c = append(c, d32(ctxFP)...)
+	c = append(c, 0x41, 0xff, 0xb3) // push qword [r11+flags]
+	c = append(c, d32(ctxFlags)...)
+	c = append(c, 0x9d) // popfq
+	// x86 register numbers of the DWARF order rax, rdx, rcx, rbx, rsi, rdi,
+	// rbp, (rsp), r8..r15; rsp and r11 come last.
+	enc := []int{0, 2, 1, 3, 6, 7, 5, -1, 8, 9, 10, -1, 12, 13, 14, 15}
+	load := func(reg, slot int) {
+		rex := byte(0x49)
+		if reg >= 8 {
+			rex |= 0x04 // REX.R
+		}
+		c = append(c, rex, 0x8b, 0x83|byte(reg&7)<<3) // mov reg, [r11+disp32]
+		c = append(c, d32(ctxGP+8*slot)...)
+	}
+	for slot, reg := range enc {
+		if reg >= 0 {
+			load(reg, slot)
+		}
+	}
+	load(4, 7)                      // mov rsp, [r11+rsp]
+	c = append(c, 0x41, 0xc6, 0x83) // mov byte [r11+done], 1
+	c = append(c, d32(ctxDone)...)
+	c = append(c, 1)
+	load(11, 11)                          // mov r11, [r11+r11]
+	c = append(c, 0xff, 0x25, 0, 0, 0, 0) // jmp [rip+0]
+	for i := 0; i < 8; i++ {
+		c = append(c, byte(pc>>(8*i))) // the interrupted pc
+	}
+	return c
+}

@@ -101,7 +101,7 @@ func TestCallOnEveryThread(t *testing.T) {
 
 			after, err := c.p.GetRegs(tid)
 			require.NoError(t, err)
-			if tid == reader {
+			if tid == reader && before.Orig_rax == 0 /* in read(2) */ {
 				// Blocked in read(2) for good: it restarted the call and is
 				// blocked in it again, with the same registers. (Threads in
 				// a timed sleep may have woken and moved on meanwhile.)
@@ -192,6 +192,7 @@ func TestCallPrefersSleepingThread(t *testing.T) {
 	require.NoError(t, err)
 	c := &callTarget{fp, p, syms}
 	sleepers := map[uint64]bool{uint64(c.tid(t, "reader")): true, uint64(c.tid(t, "sleeper")): true}
+	time.Sleep(50 * time.Millisecond) // main is past its last printf, spinning
 	for i := 0; i < 10; i++ {
 		tid, err := c.p.Call("my_tid", c.addr(t, "my_tid"))
 		require.NoError(t, err)
@@ -239,8 +240,8 @@ func TestCallTracerKilled(t *testing.T) {
 		for _, l := range helper.Lines() {
 			require.NotContains(t, l, "returned", "the call ended before the kill")
 		}
-		require.NoError(t, cmd.Process.Kill())
-		_ = cmd.Wait()
+		helper.Kill()
+		helper.Wait()
 		time.Sleep(400 * time.Millisecond) // the call completes on its own
 		m := c.Mark()
 		line := fmt.Sprintf("after kill %d", round)

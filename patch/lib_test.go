@@ -18,9 +18,11 @@ import (
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
-// serve starts the cserve fixture (exporting its functions) with n workers.
-func serve(t testing.TB, n int) (*fixture.Proc, string) {
-	bin := fixture.BuildC(t, "cserve", "-O2", "-fomit-frame-pointer", "-rdynamic")
+// serve starts the cserve fixture (exporting its functions) with n workers;
+// extra flags are added to the build ("-s": stripped to .dynsym, as a
+// distribution ships it).
+func serve(t testing.TB, n int, flags ...string) (*fixture.Proc, string) {
+	bin := fixture.BuildC(t, "cserve", append([]string{"-O2", "-fomit-frame-pointer", "-rdynamic"}, flags...)...)
 	p := fixture.Start(t, bin, strconv.Itoa(n))
 	p.Expect(t, regexp.MustCompile(`^served \d+ price=71$`), 10*time.Second)
 	return p, bin
@@ -66,9 +68,23 @@ func checkServed(t *testing.T, p *fixture.Proc) {
 
 // A replacement from a pinned shared object, which calls back into the
 // service's exported base_price, changes what the service serves under
-// load, and reverts; the service never stops serving.
+// load, and reverts; the service never stops serving. Also with the
+// service stripped to its .dynsym.
 func TestApplyLib(t *testing.T) {
-	p, bin := serve(t, 4)
+	for _, flags := range [][]string{nil, {"-s"}} {
+		t.Run(fmt.Sprint(flags), func(t *testing.T) { testApplyLib(t, flags...) })
+	}
+}
+
+func testApplyLib(t *testing.T, flags ...string) {
+	p, bin := serve(t, 4, flags...)
+	if len(flags) > 0 {
+		tab, err := elfsym.LoadFile(bin)
+		require.NoError(t, err)
+		for _, m := range tab.Modules {
+			require.Empty(t, tab.Search("worker"), "%s is stripped: the static worker() is gone", m.Path)
+		}
+	}
 	lib := fixLib(t, pin(buildID(t, bin)))
 	tg := attach(t, p.Pid)
 	for round := 0; round < 3; round++ {

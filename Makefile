@@ -14,8 +14,15 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
-# deps installs the packages the tests build fixtures with.
+# The Go releases the goroutine tests build targets with (patch/go_test.go,
+# internal/goruntime): fetched once through the module proxy into the module
+# cache, so the tests themselves do not download.
+GO_TOOLCHAINS ?= go1.22.12 go1.23.12 go1.24.13 go1.25.14
+
+# deps installs the packages the tests build fixtures with, and the older Go
+# toolchains.
 deps:
+	@for tc in $(GO_TOOLCHAINS); do 		GOTOOLCHAIN=$$tc $(GO) version >/dev/null || { echo "cannot fetch Go toolchain $$tc through the module proxy"; exit 1; }; 	done
 	@missing=""; \
 	for tool in gcc gdb readelf; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \

@@ -117,7 +117,7 @@ func TestUnwindThroughVDSO(t *testing.T) {
 	seen := 0
 	for i := 0; i < 200 && seen < 3; i++ {
 		require.NoError(t, pr.Stop())
-		snap, err := consistency.Take(pr, u)
+		snap, err := consistency.Source{Proc: pr, Unwinder: u}.Take()
 		require.NoError(t, pr.Resume())
 		require.NoError(t, err)
 		for _, task := range snap.Tasks {

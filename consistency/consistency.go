@@ -1,6 +1,6 @@
 // Package consistency is the safety model of a patch: it takes a snapshot of
-// every task of a stopped target (threads now; goroutines are tasks too in Go
-// targets) with its unwound stack, and decides whether any task is executing
+// every task of a stopped target (its threads, and in Go targets every
+// goroutine, running or parked) with its unwound stack, and decides whether any task is executing
 // in, or will return into, a function that is about to change. StopAndCheck
 // drives the stop-check-act-resume cycle with retries and backoff.
 package consistency
@@ -18,14 +18,37 @@ var ErrBlocked = errors.New("activeness check failed")
 
 // Task is one schedulable unit of the target with its stack.
 type Task struct {
-	// Kind is "thread".
+	// Kind is "thread" or "goroutine".
 	Kind string
-	// ID is the thread ID.
-	ID    int
+	// ID is the thread ID or the goroutine ID.
+	ID int
+	// Status is a goroutine's status ("waiting", "running", ...).
+	Status string
+	// Wait is a waiting goroutine's wait reason ("chan receive").
+	Wait string
+	// Thread is the thread a running goroutine was found on (its stack is
+	// that thread's), 0 otherwise.
+	Thread int
+	// Key identifies the task to a dispatch stub: a goroutine's g pointer;
+	// for a thread of a Go target the g it runs (its TLS slot); for a
+	// thread of another target its thread pointer. 0 when unknown.
+	Key   uint64
 	Stack unwind.Stack
 }
 
-func (t Task) String() string { return fmt.Sprintf("%s %d", t.Kind, t.ID) }
+func (t Task) String() string {
+	if t.Kind != "goroutine" {
+		return fmt.Sprintf("%s %d", t.Kind, t.ID)
+	}
+	state := t.Status
+	if t.Wait != "" {
+		state = t.Wait
+	}
+	if t.Thread != 0 {
+		state += fmt.Sprintf(", on thread %d", t.Thread)
+	}
+	return fmt.Sprintf("goroutine %d [%s]", t.ID, state)
+}
 
 // Snapshot is every task of a stopped target.
 type Snapshot struct {
@@ -90,12 +113,37 @@ type BlockedError struct {
 // Is reports target == ErrBlocked.
 func (e *BlockedError) Is(target error) bool { return target == ErrBlocked }
 
+// MaxReported bounds the blockers BlockedError.Error shows with their
+// stacks; the rest are counted by function.
+const MaxReported = 10
+
 func (e *BlockedError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v after %d attempts: %d blocking task(s); retry later, raise --timeout, or patch functions that are not in use:", ErrBlocked, e.Attempts, len(e.Blockers))
-	for _, bl := range e.Blockers {
+	for i, bl := range e.Blockers {
+		if i == MaxReported {
+			break
+		}
 		fmt.Fprintf(&b, "\n  %s: %s", bl.Task, bl.Reason)
 		b.WriteString(FormatStack(bl.Task.Stack, e.Symbolize, "\n      "))
+	}
+	if rest := len(e.Blockers) - MaxReported; rest > 0 {
+		counts := map[string]int{}
+		var order []string
+		for _, bl := range e.Blockers[MaxReported:] {
+			k := bl.Func
+			if k == "" {
+				k = "an unreliable stack"
+			}
+			if counts[k] == 0 {
+				order = append(order, k)
+			}
+			counts[k]++
+		}
+		fmt.Fprintf(&b, "\n  ... and %d more:", rest)
+		for _, k := range order {
+			fmt.Fprintf(&b, " %d in %s;", counts[k], k)
+		}
 	}
 	return b.String()
 }

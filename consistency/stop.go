@@ -5,27 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/hotpatch-dev/hotpatch/internal/tracee"
-	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
-
-// Take unwinds every thread of a stopped process.
-func Take(p *tracee.Process, u *unwind.Unwinder) (Snapshot, error) {
-	var s Snapshot
-	all, err := p.AllRegs() // one hand-off to the ptrace thread, not one per thread
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("consistency: registers: %w", err)
-	}
-	for _, tid := range p.Threads() {
-		regs, ok := all[tid]
-		if !ok {
-			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
-		}
-		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Stack: u.Unwind(p, regs.DWARF())})
-	}
-	return s, nil
-}
 
 // Policy says how long to keep trying when tasks block.
 type Policy struct {
@@ -44,13 +24,14 @@ type Result struct {
 	Attempts int
 }
 
-// StopAndCheck stops every thread, unwinds each and checks the regions. When
+// StopAndCheck stops every thread, takes a snapshot of every task (threads,
+// and goroutines of Go targets) and checks the regions. When
 // no task blocks it calls act with the target still stopped, then resumes it;
 // the pause reported covers exactly that stop. When tasks block it resumes
 // everyone at once and retries with backoff until the policy's timeout, then
 // returns a *BlockedError naming the blockers. An error from act is returned
 // as is (act must leave the target as it found it when it fails).
-func StopAndCheck(ctx context.Context, p *tracee.Process, u *unwind.Unwinder, regions []Region, pol Policy, symbolize func(uint64) string, act func(Snapshot) error) (Result, error) {
+func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy, symbolize func(uint64) string, act func(Snapshot) error) (Result, error) {
 	if pol.Backoff <= 0 {
 		pol.Backoff = time.Millisecond
 	}
@@ -63,10 +44,11 @@ func StopAndCheck(ctx context.Context, p *tracee.Process, u *unwind.Unwinder, re
 	for {
 		res.Attempts++
 		start := time.Now()
+		p := src.Proc
 		if err := p.Stop(); err != nil {
 			return res, err
 		}
-		snap, err := Take(p, u)
+		snap, err := src.Take()
 		var blockers []Blocker
 		if err == nil {
 			blockers = Check(snap, regions)

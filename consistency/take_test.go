@@ -43,7 +43,7 @@ func snapshot(t *testing.T, pid int) (*elfsym.Table, consistency.Snapshot) {
 	// times until every stack is reliable, as the apply path does.
 	for i := 0; i < 20; i++ {
 		require.NoError(t, p.Stop())
-		snap, err = consistency.Take(p, tab.Unwinder())
+		snap, err = consistency.Source{Proc: p, Unwinder: tab.Unwinder()}.Take()
 		require.NoError(t, p.Resume())
 		require.NoError(t, err)
 		if len(consistency.Check(snap, nil)) == 0 {

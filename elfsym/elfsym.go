@@ -6,12 +6,14 @@
 package elfsym
 
 import (
+	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
@@ -66,17 +68,22 @@ type Module struct {
 	// ("go1.26.1"), "" when absent.
 	GoVersion string
 
-	src      string           // path the file was opened through ("" for in-memory images)
-	image    []byte           // the whole image when read from memory (vDSO)
-	loads    []elf.ProgHeader // PT_LOAD segments
-	exec     []segment        // executable segments' file bytes
-	texts    [][2]uint64      // live executable ranges
-	pclntab  []byte
-	goText   uint64 // link-time text start the pclntab's entry offsets are relative to
-	ehFrame  []byte
-	ehAddr   uint64
-	textSect [][2]uint64 // link-time executable section ranges
-	syms     []Symbol    // filled by parse, moved into the table by index
+	src     string           // path the file was opened through ("" for in-memory images)
+	image   []byte           // the whole image when read from memory (vDSO)
+	loads   []elf.ProgHeader // PT_LOAD segments
+	exec    []segment        // executable segments' file bytes
+	texts   [][2]uint64      // live executable ranges
+	pclntab []byte
+	goText  uint64 // link-time text start the pclntab's entry offsets are relative to
+	goFunc  uint64 // link-time address of go:func.* (inline trees), 0 when unknown
+
+	inlineOnce sync.Once
+	inlines    map[string][]InlineSite // callee name → where it was inlined
+	inlineErr  error
+	ehFrame    []byte
+	ehAddr     uint64
+	textSect   [][2]uint64 // link-time executable section ranges
+	syms       []Symbol    // filled by parse, moved into the table by index
 
 	// .eh_frame_hdr (the binary search table of .eh_frame), nil if absent.
 	ehHdr     []byte
@@ -347,6 +354,20 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("elfsym: %#x..%#x is not file-backed in %s (bias %#x)", addr, addr+uint64(n), m.Path, m.Bias)
+}
+
+// Open opens the module's ELF file as it is mapped (through
+// /proc/PID/map_files when possible, so a file replaced on disk since is not
+// read by mistake). The caller closes it.
+func (m *Module) Open() (*elf.File, error) {
+	if m.image != nil {
+		return elf.NewFile(bytes.NewReader(m.image))
+	}
+	ef, err := elf.Open(m.src)
+	if err != nil {
+		return nil, fmt.Errorf("elfsym: opening %s: %w", m.Path, err)
+	}
+	return ef, nil
 }
 
 // Unwinder returns the unwind tables of every module for package unwind.

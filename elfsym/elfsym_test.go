@@ -431,7 +431,9 @@ func TestLiveC(t *testing.T) {
 
 			// Unwind tables.
 			u := tab.Unwinder()
-			assert.Equal(t, unwind.AMD64, u.Arch)
+			assert.Equal(t, unwind.AMD64.CalleeSaved, u.Arch.CalleeSaved)
+			assert.Equal(t, [3]int{unwind.AMD64.PtrSize, unwind.AMD64.SPReg, unwind.AMD64.RAReg}, [3]int{u.Arch.PtrSize, u.Arch.SPReg, u.Arch.RAReg})
+			assert.NotNil(t, u.Arch.SignalContext)
 			require.Len(t, u.Modules, len(tab.Modules))
 			for i, um := range u.Modules {
 				m := tab.Modules[i]

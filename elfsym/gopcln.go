@@ -53,16 +53,7 @@ func (m *Module) goTextStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) u
 			return s.Value
 		}
 	}
-	ptr := 8
-	if ef.Class == elf.ELFCLASS32 {
-		ptr = 4
-	}
-	word := func(b []byte) uint64 {
-		if ptr == 4 {
-			return uint64(ef.ByteOrder.Uint32(b))
-		}
-		return ef.ByteOrder.Uint64(b)
-	}
+	ptr, word := words(ef)
 	if s := ef.Section(".gopclntab"); s != nil {
 		if d, err := s.Data(); err == nil && len(d) >= 8+3*ptr {
 			if v := word(d[8+2*ptr:]); v != 0 && m.inExec(v) {
@@ -70,26 +61,10 @@ func (m *Module) goTextStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) u
 			}
 		}
 	}
-	// runtime.moduledata: pcHeader, then six slices (funcnametab, cutab,
-	// filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc, text.
-	const minpcWord, textWord = 1 + 6*3 + 1, 1 + 6*3 + 3
-	for _, s := range ef.Sections {
-		if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_EXECINSTR != 0 {
-			continue
-		}
-		d, err := s.Data()
-		if err != nil {
-			continue
-		}
-		for off := 0; off+(textWord+1)*ptr <= len(d); off += ptr {
-			if word(d[off:]) != pclnAddr {
-				continue
-			}
-			minpc, text := word(d[off+minpcWord*ptr:]), word(d[off+textWord*ptr:])
-			if text != 0 && minpc == text && m.inExec(text) {
-				return text
-			}
-		}
+	if w := moduleData(ef, pclnAddr, mdText+1, func(w []uint64) bool {
+		return w[mdText] != 0 && w[mdMinpc] == w[mdText] && m.inExec(w[mdText])
+	}); w != nil {
+		return w[mdText]
 	}
 	if s := ef.Section(".text"); s != nil {
 		return s.Addr
@@ -98,6 +73,55 @@ func (m *Module) goTextStart(ef *elf.File, syms []elf.Symbol, pclnAddr uint64) u
 		return m.exec[0].vaddr
 	}
 	return 0
+}
+
+// Word indices in runtime.moduledata (Go 1.22–1.26): pcHeader, six slices
+// (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc,
+// maxpc, text, etext, noptrdata, enoptrdata, data, edata, bss, ebss,
+// noptrbss, enoptrbss, covctrs, ecovctrs, end, gcdata, gcbss, types, etypes,
+// rodata, gofunc.
+const (
+	mdMinpc  = 1 + 6*3 + 1
+	mdText   = 1 + 6*3 + 3
+	mdGofunc = 40
+)
+
+// moduleData finds the runtime.moduledata of a Go binary in its data
+// sections — the words whose first is the pclntab's address — and returns
+// its first n words, the first such candidate valid accepts (nil if none).
+// Stripped binaries have it too.
+func moduleData(ef *elf.File, pclnAddr uint64, n int, valid func(w []uint64) bool) []uint64 {
+	ptr, word := words(ef)
+	for _, s := range ef.Sections {
+		if s.Type != elf.SHT_PROGBITS || s.Flags&elf.SHF_ALLOC == 0 || s.Flags&elf.SHF_EXECINSTR != 0 {
+			continue
+		}
+		d, err := s.Data()
+		if err != nil {
+			continue
+		}
+		for off := 0; off+n*ptr <= len(d); off += ptr {
+			if word(d[off:]) != pclnAddr {
+				continue
+			}
+			w := make([]uint64, n)
+			for i := range w {
+				w[i] = word(d[off+i*ptr:])
+			}
+			if valid(w) {
+				return w
+			}
+		}
+	}
+	return nil
+}
+
+// words returns the pointer size of ef and a reader of one pointer.
+func words(ef *elf.File) (int, func([]byte) uint64) {
+	if ef.Class == elf.ELFCLASS32 {
+		return 4, func(b []byte) uint64 { return uint64(ef.ByteOrder.Uint32(b)) }
+	}
+	return 8, ef.ByteOrder.Uint64
 }
 
 // newGoTable parses a pclntab, turning a panic on malformed data into an error.

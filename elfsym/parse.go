@@ -74,6 +74,7 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		text := m.goTextStart(ef, elfSyms, addr)
 		if tab, err := newGoTable(pcln, text); err == nil && len(tab.Funcs) > 0 {
 			goTab, m.pclntab, m.goText, m.IsGo = tab, pcln, text, true
+			m.goFunc = goFuncStart(ef, elfSyms, addr)
 			if bi, err := buildinfo.Read(ra); err == nil {
 				m.GoVersion = bi.GoVersion
 			}

@@ -3,6 +3,8 @@ package patch
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
@@ -49,7 +51,61 @@ var (
 	// ErrLoadLibrary: the target could not load the patch library
 	// (*LoadError carries the target's dlerror() text).
 	ErrLoadLibrary = errors.New("loading the patch library failed")
+	// ErrInTransition: another patch is in a gradual transition.
+	ErrInTransition = errors.New("a patch is in transition")
+	// ErrNoTransition: Resume found no transition to drive.
+	ErrNoTransition = errors.New("no transition")
+	// ErrInlined: the compiler copied the function into callers, which a
+	// patch of the function does not change (matched by *InlinedError).
+	ErrInlined = errors.New("function was inlined")
 )
+
+// InlinedError is a refusal to patch a function that was inlined: its
+// inlined copies would keep running the old code.
+type InlinedError struct {
+	Func  string
+	Sites []elfsym.InlineSite
+}
+
+// Is reports target == ErrInlined.
+func (e *InlinedError) Is(target error) bool { return target == ErrInlined }
+
+func (e *InlinedError) Error() string {
+	return fmt.Sprintf("%v into %s; those copies would keep the old code. Patch the callers too, or opt in to patching only the out-of-line copy (--allow-inlined, ApplyOptions.AllowInlined)",
+		ErrInlined, FormatInlineSites(e.Sites))
+}
+
+// FormatInlineSites lists the callers of inline sites, each once, with the
+// number of sites in it and the first address when known:
+// "main.a (2 sites, first at 0x4a3c8e), main.b".
+func FormatInlineSites(sites []elfsym.InlineSite) string {
+	var order []string
+	addrs := map[string][]uint64{}
+	for _, s := range sites {
+		if _, ok := addrs[s.Caller]; !ok {
+			order = append(order, s.Caller)
+			addrs[s.Caller] = nil
+		}
+		if s.Addr != 0 && !slices.Contains(addrs[s.Caller], s.Addr) {
+			addrs[s.Caller] = append(addrs[s.Caller], s.Addr)
+		}
+	}
+	var b strings.Builder
+	for i, c := range order {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(c)
+		switch a := addrs[c]; len(a) {
+		case 0:
+		case 1:
+			fmt.Fprintf(&b, " (at %#x)", a[0])
+		default:
+			fmt.Fprintf(&b, " (%d sites, first at %#x)", len(a), slices.Min(a))
+		}
+	}
+	return b.String()
+}
 
 // Error is a failed operation on a target. The target is left as it was.
 type Error struct {

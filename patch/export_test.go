@@ -1,5 +1,18 @@
 package patch
 
+// Test hooks.
+
+// DieAfterWrites makes the n-th next write of target memory panic, as if the
+// patcher were killed right before it (0 disables).
+func DieAfterWrites(n int) { faultCountdown = n }
+
+// IsInjectedDeath reports a panic value raised by DieAfterWrites.
+func IsInjectedDeath(v any) bool { return v == errInjectedDeath }
+
+// Abandon detaches from a target left stopped by an injected death, as the
+// kernel does when the tracer dies.
+func Abandon(t *Target) error { return t.proc.Resume() }
+
 // UseDlopen makes Apply load libraries through the named loader functions
 // only (to test the __libc_dlopen_mode fallback); the returned func undoes it.
 func UseDlopen(names ...string) func() {

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
@@ -43,6 +46,10 @@ type Target struct {
 	arch trampoline.Arch
 	unw  *unwind.Unwinder
 	log  *slog.Logger
+
+	goRT    *goruntime.Runtime // loaded on first use, Go targets only
+	goRTErr error
+	goRTOK  bool
 }
 
 // Attach opens process pid for patching: it checks that we may trace it and
@@ -104,6 +111,29 @@ type ApplyOptions struct {
 	// Timeout bounds how long Apply retries while threads are inside the
 	// functions (default 5s).
 	Timeout time.Duration
+	// AllowInlined patches only the out-of-line copy of a function the
+	// compiler also inlined into callers (those copies keep the old code;
+	// the result lists them). Without it such a function is refused with an
+	// *InlinedError.
+	AllowInlined bool
+	// Mode is ModeStop (the default: one pause in which no task may be in
+	// the functions), ModeGradual (per-task universes: busy tasks keep the
+	// old code until their stacks are clean) or ModeAuto (stop-and-check
+	// first, gradual when tasks stay busy).
+	Mode string
+	// OnTimeout says what a gradual transition that has tasks pending at
+	// Timeout does: OnTimeoutRevert (the default: go back, the same way)
+	// or OnTimeoutStay (return, leaving the target in transition; Resume
+	// or Revert continue it later).
+	OnTimeout string
+	// Force finishes a gradual transition at Timeout even though tasks
+	// still run old code, moving them to the new code (each is reported).
+	Force bool
+	// Interval is the time between the short pauses of a transition
+	// (default 20ms).
+	Interval time.Duration
+	// Progress, when set, is called after every pause of a transition.
+	Progress func(Progress)
 	// Lib is a shared object holding the replacement functions (C
 	// targets). Apply loads it into the target with a remote dlopen before
 	// the pause, then resolves each New in it first, then in the whole
@@ -128,6 +158,14 @@ type Result struct {
 	// Attempts counts the stops, including those refused because a thread
 	// was inside a function.
 	Attempts int `json:"attempts"`
+	// State is "applied" or "reverted" when done; after a gradual
+	// transition that timed out with OnTimeout "stay", "transition" (or
+	// "reverting"), with Pending tasks left.
+	State   string `json:"state"`
+	Pending int    `json:"pending"`
+	// Forced lists the tasks a Force moved to the new code while they
+	// still had old code on their stacks.
+	Forced []string `json:"forced,omitempty"`
 }
 
 // planned is one function of an Apply being prepared.
@@ -136,6 +174,7 @@ type planned struct {
 	old, new elfsym.Symbol
 	code     []byte // live bytes: the function then its padding
 	plan     *trampoline.Plan
+	inlined  []elfsym.InlineSite
 }
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
@@ -145,6 +184,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	if len(reps) == 0 {
 		return fail("", ErrBadRequest, "give at least one OLD=NEW replacement")
+	}
+	if o.OnTimeout != "" && o.OnTimeout != OnTimeoutRevert && o.OnTimeout != OnTimeoutStay {
+		return fail("", ErrBadRequest, fmt.Sprintf("on-timeout %q: want %q or %q", o.OnTimeout, OnTimeoutRevert, OnTimeoutStay))
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
@@ -201,7 +243,14 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if id, ok := patched[old.Addr]; ok {
 			return fail(rep.Old, ErrAlreadyApplied, fmt.Sprintf("patch %s already replaces it; revert it first (hotpatch revert --pid %d --id %s)", id, t.pid, id))
 		}
-		p := &planned{rep: rep, old: old, new: nw}
+		sites, err := t.syms.InlineSites(old)
+		if err != nil {
+			return fail(rep.Old, err, "the inlining information could not be read; without it the patch cannot be shown complete")
+		}
+		if len(sites) > 0 && !o.AllowInlined {
+			return fail(rep.Old, &InlinedError{Func: rep.Old, Sites: sites}, "")
+		}
+		p := &planned{rep: rep, old: old, new: nw, inlined: sites}
 		if err := t.readCode(p); err != nil {
 			return fail(rep.Old, err, "")
 		}
@@ -211,23 +260,57 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		ps = append(ps, p)
 	}
 
-	// Prepare: map patch memory near the code, write the record and the
-	// thunks. It is inert: nothing jumps there yet.
+	for _, r := range records {
+		if r.State == "transition" || r.State == "reverting" {
+			return fail("", ErrInTransition, fmt.Sprintf("patch %s is in a gradual %s with %d task(s) pending; finish it (hotpatch apply --pid %d --resume --id %s) or revert it first",
+				r.ID, r.State, r.Pending, t.pid, r.ID))
+		}
+	}
+	mode := o.Mode
+	if mode == "" {
+		mode = ModeStop
+	}
+	if mode != ModeStop && mode != ModeGradual && mode != ModeAuto {
+		return fail("", ErrBadRequest, fmt.Sprintf("mode %q: want %q, %q or %q", o.Mode, ModeStop, ModeGradual, ModeAuto))
+	}
+	disp, canDispatch := t.arch.(trampoline.Dispatcher)
+	if mode == ModeGradual && !canDispatch {
+		return fail("", trampoline.ErrUnsupportedArch, "gradual transitions need dispatch stubs, not built for this architecture yet; use --mode stop")
+	}
+
+	// Prepare: map patch memory near the code, write the record, the
+	// thunks, the dispatch stubs and an empty universe table. It is inert:
+	// nothing jumps there yet.
 	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
 	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
-	size := roundUp(thunkOff+slot*uint64(len(ps)), pageSize)
+	stubOff := thunkOff + slot*uint64(len(ps))
+	stubSlot, capacity, tableOff := uint64(0), 0, roundUp(stubOff, pageSize)
+	key := trampoline.KeyThread
+	if canDispatch {
+		stubSlot = roundUp(uint64(disp.MaxStubSize()), thunkSlotAlign)
+		tableOff = roundUp(stubOff+stubSlot*uint64(len(ps)), pageSize)
+		// Room for every task there is now, twice over, plus new ones.
+		capacity = trampoline.TableCapacity(2*t.taskEstimate() + 64)
+		if src, err := t.source(); err == nil && src.Go != nil {
+			key = trampoline.KeyG
+		}
+	}
+	// The control word, then the two tables it switches between.
+	size := roundUp(tableOff+tableCtlSize+2*uint64(trampoline.TableSize(capacity)), pageSize)
 	region, err := t.mapNear(ps[0].old.Addr, size)
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
 	}
-	unmap := func() {
-		if err := t.proc.Munmap(region, size); err != nil {
-			t.log.Warn("could not unmap patch memory", "addr", fmt.Sprintf("%#x", region), "err", err)
-		}
-	}
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
-	image := make([]byte, size)
+	unmap := func() { t.unmapUnused(rec) }
+	if canDispatch {
+		rec.Table, rec.TableCapacity = region+tableOff, capacity
+		rec.TaskKey = map[trampoline.TaskKey]string{trampoline.KeyG: "g", trampoline.KeyThread: "thread"}[key]
+	}
+	// The tables' pages stay untouched (zero) but for the control word and
+	// the first table's header.
+	image := make([]byte, tableOff+tableCtlSize+trampoline.TableHeaderSize)
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
 		plan, err := t.arch.Plan(p.fn(), p.new.Addr, thunk)
@@ -237,11 +320,38 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		p.plan = plan
 		copy(image[thunk-region:], plan.Thunk)
-		rec.Functions = append(rec.Functions, Function{
-			Old: p.rep.Old, OldAddr: p.old.Addr, New: p.rep.New, NewAddr: p.new.Addr, NewSize: p.new.Size,
+		f := Function{
+			Old: p.rep.Old, OldAddr: p.old.Addr, OldSize: p.old.Size, New: p.rep.New, NewAddr: p.new.Addr, NewSize: p.new.Size,
 			Module: p.old.Module.Path, BuildID: p.old.Module.BuildID,
 			PatchAddr: plan.Addr, Original: plan.Original, Jump: plan.Jump, ThunkAddr: thunk,
-		})
+			InlinedInto: inlineCallers(p.inlined),
+		}
+		if canDispatch {
+			at := region + stubOff + uint64(i)*stubSlot
+			stub, err := disp.Stub(key, at, rec.Table, thunk, p.new.Addr)
+			if err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
+			copy(image[at-region:], stub.Code)
+			f.StubAddr, f.StubSize = at, uint64(len(stub.Code))
+			f.StubJump = padJump(t.arch.Jump(plan.Addr, at), len(plan.Original))
+			if f.StubJump == nil {
+				unmap()
+				return fail(p.rep.Old, trampoline.ErrTooShort, "the jump to the dispatch stub does not fit")
+			}
+		}
+		rec.Functions = append(rec.Functions, f)
+	}
+	if canDispatch {
+		// Active: the first table, empty, everyone on the old code.
+		tbl, err := trampoline.BuildTable(nil, capacity, false)
+		if err != nil {
+			unmap()
+			return fail("", err, "")
+		}
+		binary.LittleEndian.PutUint64(image[tableOff:], tableAddr(rec, 0))
+		copy(image[tableOff+tableCtlSize:], tbl[:trampoline.TableHeaderSize])
 	}
 	hdr, err := encodeRecord(rec, statePrepared)
 	if err == nil && uint64(len(hdr)) > thunkOff {
@@ -249,7 +359,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	if err == nil {
 		copy(image, hdr)
-		err = t.proc.WriteMem(region, image)
+		err = t.writeMem(region, image)
 	}
 	if err != nil {
 		unmap()
@@ -265,15 +375,36 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		regions = append(regions, consistency.Region{Name: p.rep.Old, Start: p.old.Addr, End: end})
 	}
-	res, err := consistency.StopAndCheck(ctx, t.proc, t.unw, regions,
-		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
+	src, err := t.source()
+	if err != nil {
+		unmap()
+		return fail("", err, "")
+	}
+	if mode == ModeGradual {
+		return t.gradualApply(ctx, rec, o)
+	}
+	pol := consistency.Policy{Timeout: o.Timeout}
+	if mode == ModeAuto {
+		// A few quick tries; then the tasks that stay get their universe.
+		pol.Timeout = min(o.Timeout, autoStopTries)
+	}
+	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			if canDispatch {
+				// Through the stubs, so that the set switches with one
+				// write whatever happens to us meanwhile.
+				return t.startForward(rec, nil)
+			}
 			var writes []write
 			for _, p := range ps {
 				writes = append(writes, write{name: p.rep.Old, addr: p.plan.Addr, old: p.plan.Original, new: p.plan.Jump})
 			}
 			return t.writeAll(region, writes, stateApplied)
 		})
+	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch {
+		t.log.Debug("stop-and-check blocked; switching to a gradual transition", "id", id)
+		return t.gradualApply(ctx, rec, o)
+	}
 	if err != nil {
 		unmap()
 		var fn string
@@ -284,7 +415,32 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return fail(fn, err, "")
 	}
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts}, nil
+	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
+}
+
+// padJump pads a jump with int3 to n bytes (nil when it is longer).
+func padJump(j []byte, n int) []byte {
+	if len(j) > n {
+		return nil
+	}
+	out := make([]byte, n)
+	copy(out, j)
+	for i := len(j); i < n; i++ {
+		out[i] = 0xcc
+	}
+	return out
+}
+
+func inlineCallers(sites []elfsym.InlineSite) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range sites {
+		if !seen[s.Caller] {
+			seen[s.Caller] = true
+			out = append(out, s.Caller)
+		}
+	}
+	return out
 }
 
 func (p *planned) fn() trampoline.Func {
@@ -342,9 +498,9 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 		}
 	}
 	for i, w := range ws {
-		if err := t.proc.WriteMem(w.addr, w.new); err != nil {
+		if err := t.writeMem(w.addr, w.new); err != nil {
 			for _, u := range ws[:i] {
-				if uerr := t.proc.WriteMem(u.addr, u.old); uerr != nil {
+				if uerr := t.writeMem(u.addr, u.old); uerr != nil {
 					return errors.Join(err, fmt.Errorf("undo %s failed: %w", u.name, uerr))
 				}
 			}
@@ -353,7 +509,7 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 	}
 	var st [4]byte
 	st[0], st[1], st[2], st[3] = byte(state), byte(state>>8), byte(state>>16), byte(state>>24)
-	return t.proc.WriteMem(region+stateOffset, st[:])
+	return t.writeMem(region+stateOffset, st[:])
 }
 
 // Status lists the patches recorded in the target, oldest first. A record's
@@ -376,6 +532,18 @@ func (t *Target) Status() ([]Record, error) {
 			return nil, &Error{Op: "status", Pid: t.pid, Err: err}
 		}
 		rec.State = t.liveState(rec, state)
+		if (rec.State == "transition" || rec.State == "reverting") && rec.Table != 0 {
+			if es, _, err := t.readTable(rec); err == nil {
+				rec.Pending = len(es)
+				kind := "thread"
+				if rec.TaskKey == "g" {
+					kind = "goroutine"
+				}
+				for _, e := range es {
+					rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: kind, ID: e.ID, Key: e.Key})
+				}
+			}
+		}
 		out = append(out, *rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
@@ -386,19 +554,51 @@ func (t *Target) Status() ([]Record, error) {
 // says what the writer meant, the bytes say what happened (the writer may have
 // been killed between the two).
 func (t *Target) liveState(rec *Record, state uint32) string {
-	jumps := 0
+	var orig, jumps, stubs int
 	for _, f := range rec.Functions {
-		live := make([]byte, len(f.Jump))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err == nil && bytes.Equal(live, f.Jump) {
+		live := make([]byte, len(f.Original))
+		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
+			continue
+		}
+		switch {
+		case bytes.Equal(live, f.Original):
+			orig++
+		case bytes.Equal(live, f.Jump):
 			jumps++
+		case f.StubJump != nil && bytes.Equal(live, f.StubJump):
+			stubs++
 		}
 	}
+	n := len(rec.Functions)
+	if stubs > 0 && orig+jumps+stubs == n && rec.Table != 0 {
+		// What the stubs do is what the active table says.
+		es, unlistedNew, err := t.readTable(rec)
+		if err != nil {
+			return "partial"
+		}
+		switch {
+		case len(es) > 0 && unlistedNew && orig == 0:
+			return stateName(stateTransition)
+		case len(es) > 0 && !unlistedNew && orig == 0:
+			return stateName(stateReverting)
+		case len(es) == 0 && unlistedNew && orig == 0:
+			return stateName(stateApplied) // everyone new; direct jumps pending
+		case len(es) == 0 && !unlistedNew && jumps == 0:
+			// Everyone old, but entries still lead to the stubs: a switch
+			// that had not happened, or a revert whose original bytes are
+			// not all back. Reverting (Revert or Resume) finishes either.
+			return stateName(stateReverting)
+		}
+		return "partial"
+	}
 	switch {
-	case jumps == len(rec.Functions) && jumps > 0:
+	case jumps == n && n > 0:
 		return stateName(stateApplied)
 	case jumps > 0:
 		return "partial"
-	case state == stateApplied: // the record says applied but no jump is there
+	case state == stateApplied || state == stateTransition || state == stateReverting:
+		// The header says a switch began, but all the original bytes are
+		// there.
 		return stateName(stateReverted)
 	}
 	return stateName(state)
@@ -424,14 +624,36 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 			rec = &records[i]
 		}
 	}
+	if rec != nil && (rec.State == "transition" || rec.State == "reverting" ||
+		(rec.State == "applied" && rec.Table != 0 && (o.Mode == ModeGradual || o.Mode == ModeAuto))) {
+		if rec.State == "applied" && o.Mode == ModeAuto {
+			if res, err := t.stopRevert(ctx, rec, o, min(o.Timeout, autoStopTries)); err == nil || !errors.Is(err, ErrBlocked) {
+				return res, err
+			}
+		}
+		return t.gradualRevert(ctx, rec, o)
+	}
 	if rec == nil || (rec.State != "applied" && rec.State != "partial") {
-		if rec != nil && rec.State == "prepared" {
-			// Inert leftovers of an apply that died before writing: drop them.
-			t.proc.Munmap(rec.Region, rec.RegionSize)
+		if rec != nil && (rec.State == "prepared" || rec.State == "reverted") {
+			// Leftovers of a patcher that died: drop them.
+			if err := t.discard(ctx, rec, o); err != nil {
+				return nil, err
+			}
 		}
 		return fail(ErrNotApplied, fmt.Sprintf("hotpatch status --pid %d lists the applied patches", t.pid))
 	}
-	var regions []consistency.Region
+	return t.stopRevert(ctx, rec, o, o.Timeout)
+}
+
+// stopRevert restores the original bytes of an applied (or partial) patch in
+// one pause in which no task executes in, or returns into, the new
+// functions, the overwritten bytes or the patch memory.
+func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, timeout time.Duration) (*Result, error) {
+	id := rec.ID
+	fail := func(err error, hint string) (*Result, error) {
+		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
+	}
+	regions := []consistency.Region{{Name: "patch " + id + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
 	var writes []write
 	for _, f := range rec.Functions {
 		regions = append(regions,
@@ -446,9 +668,18 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		}
 		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.Original})
 	}
-	res, err := consistency.StopAndCheck(ctx, t.proc, t.unw, regions,
-		consistency.Policy{Timeout: o.Timeout}, t.syms.Symbolize,
-		func(consistency.Snapshot) error { return t.writeAll(rec.Region, writes, stateReverted) })
+	src, err := t.source()
+	if err != nil {
+		return fail(err, "")
+	}
+	res, err := consistency.StopAndCheck(ctx, src, regions,
+		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
+		func(consistency.Snapshot) error {
+			if rec.Table != 0 && rec.State == "applied" {
+				return t.stopBackward(rec)
+			}
+			return t.writeAll(rec.Region, writes, stateReverted)
+		})
 	if err != nil {
 		return fail(err, "")
 	}
@@ -456,10 +687,39 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", id, "err", err)
 	}
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts}, nil
+	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "reverted"}, nil
 }
 
-// RevertAll reverts every applied patch, newest first.
+// discard unmaps the memory of a patch whose entries all hold their
+// original bytes, once no task executes in it or will return into it (a
+// patch that never switched needs no check).
+func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error {
+	hdr := make([]byte, recordHdrSize)
+	if _, err := t.proc.ReadAt(hdr, int64(rec.Region)); err == nil && binary.LittleEndian.Uint32(hdr[stateOffset:]) != statePrepared {
+		src, err := t.source()
+		if err != nil {
+			return err
+		}
+		timeout := o.Timeout
+		if timeout <= 0 {
+			timeout = 5 * time.Second
+		}
+		regions := []consistency.Region{{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
+		if _, err := consistency.StopAndCheck(ctx, src, regions, consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
+			func(consistency.Snapshot) error { return nil }); err != nil {
+			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+		}
+	}
+	// Nothing jumps there any more: no task can enter it after the check.
+	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
+		return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	return nil
+}
+
+// RevertAll reverts every applied patch, newest first, and removes the
+// memory of patches whose patcher died before switching them or after
+// reverting them.
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, error) {
 	records, err := t.Status()
 	if err != nil {
@@ -467,7 +727,15 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 	}
 	var out []*Result
 	for i := len(records) - 1; i >= 0; i-- {
-		if s := records[i].State; s != "applied" && s != "partial" {
+		if s := records[i].State; s == "prepared" || s == "reverted" {
+			// Leftovers of a patcher that died before its switch, or
+			// after its revert but before unmapping.
+			if err := t.discard(ctx, &records[i], o); err != nil {
+				return out, err
+			}
+			continue
+		}
+		if s := records[i].State; s != "applied" && s != "partial" && s != "transition" && s != "reverting" {
 			continue
 		}
 		r, err := t.Revert(ctx, records[i].ID, o)
@@ -487,12 +755,59 @@ func newID() string {
 
 func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 
-// Threads stops the target once, unwinds every thread and resumes it.
+// source returns where tasks come from: the threads, and for a Go target its
+// goroutines.
+func (t *Target) source() (consistency.Source, error) {
+	src := consistency.Source{Proc: t.proc, Unwinder: t.unw}
+	if !t.goRTOK {
+		t.goRTOK = true
+		t.goRT, t.goRTErr = t.loadGoRuntime()
+	}
+	if t.goRTErr != nil {
+		return src, t.goRTErr
+	}
+	src.Go = t.goRT
+	return src, nil
+}
+
+// loadGoRuntime finds the goroutine list of a Go target (nil, nil for other
+// targets).
+func (t *Target) loadGoRuntime() (*goruntime.Runtime, error) {
+	main := t.syms.Modules[0]
+	if !main.IsGo {
+		return nil, nil
+	}
+	ef, err := main.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer ef.Close()
+	var funcs *gopcln.Table
+	for _, m := range t.unw.Modules {
+		if m.Name == main.Path && m.Pclntab != nil {
+			if funcs, err = m.GoTable(t.unw.Arch); err != nil {
+				return nil, err
+			}
+		}
+	}
+	rt, err := goruntime.Load(goruntime.Binary{ELF: ef, Bias: main.Bias, Version: main.GoVersion, Funcs: funcs}, t.proc)
+	if err != nil {
+		return nil, fmt.Errorf("%w (without the goroutine list no patch can be proven safe)", err)
+	}
+	return rt, nil
+}
+
+// Threads stops the target once, unwinds every thread (and every goroutine
+// of a Go target) and resumes it.
 func (t *Target) Threads() (consistency.Snapshot, error) {
+	src, err := t.source()
+	if err != nil {
+		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
+	}
 	if err := t.proc.Stop(); err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
-	snap, err := consistency.Take(t.proc, t.unw)
+	snap, err := src.Take()
 	if rerr := t.proc.Resume(); err == nil {
 		err = rerr
 	}

@@ -37,6 +37,9 @@ const (
 	statePrepared uint32 = 1 // memory and thunks written, no jump yet
 	stateApplied  uint32 = 2 // jumps written
 	stateReverted uint32 = 3 // original bytes restored
+	// Gradual transitions: every entry jumps to its dispatch stub.
+	stateTransition uint32 = 4 // applying: the table lists the tasks still on the old code
+	stateReverting  uint32 = 5 // reverting: the table lists the tasks still on the new code
 )
 
 func stateName(s uint32) string {
@@ -47,6 +50,10 @@ func stateName(s uint32) string {
 		return "applied"
 	case stateReverted:
 		return "reverted"
+	case stateTransition:
+		return "transition"
+	case stateReverting:
+		return "reverting"
 	}
 	return fmt.Sprintf("state(%d)", s)
 }
@@ -73,6 +80,7 @@ type Function struct {
 	// Old and New are the symbol names; OldAddr and NewAddr their entries.
 	Old     string `json:"old"`
 	OldAddr uint64 `json:"old_addr"`
+	OldSize uint64 `json:"old_size"`
 	New     string `json:"new"`
 	NewAddr uint64 `json:"new_addr"`
 	NewSize uint64 `json:"new_size"`
@@ -87,6 +95,15 @@ type Function struct {
 	Jump     Bytes `json:"jump"`
 	// ThunkAddr is the relocated original ("call the original").
 	ThunkAddr uint64 `json:"thunk_addr"`
+	// InlinedInto lists the callers that hold inlined copies of Old, which
+	// this patch does not change (applied with AllowInlined).
+	InlinedInto []string `json:"inlined_into,omitempty"`
+	// StubAddr and StubSize locate the function's dispatch stub, and
+	// StubJump is the bytes at PatchAddr that jump to it. Every switch of
+	// the set goes through the stubs.
+	StubAddr uint64 `json:"stub_addr,omitempty"`
+	StubSize uint64 `json:"stub_size,omitempty"`
+	StubJump Bytes  `json:"stub_jump,omitempty"`
 }
 
 // Record describes a patch as the target holds it.
@@ -101,6 +118,23 @@ type Record struct {
 	// Region and RegionSize locate the patch memory in the target.
 	Region     uint64 `json:"region"`
 	RegionSize uint64 `json:"region_size"`
+	// Table is the universe control word (the address of the active
+	// table; the two tables follow it), TableCapacity their slots; TaskKey
+	// is how the stubs know a task ("g" or "thread").
+	Table         uint64 `json:"table,omitempty"`
+	TableCapacity int    `json:"table_capacity,omitempty"`
+	TaskKey       string `json:"task_key,omitempty"`
+	// Pending counts the tasks a transition still waits for, and
+	// PendingTasks lists them (read from the table).
+	Pending      int           `json:"pending"`
+	PendingTasks []PendingTask `json:"pending_tasks,omitempty"`
+}
+
+// PendingTask is a task a transition waits for.
+type PendingTask struct {
+	Kind string `json:"kind"` // "goroutine" or "thread"
+	ID   uint64 `json:"id"`
+	Key  uint64 `json:"key"`
 }
 
 func encodeRecord(r *Record, state uint32) ([]byte, error) {

@@ -122,7 +122,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	f := res.Functions[0]
 	say("   applied %s: the service was stopped for %d us (%d attempt(s)),", res.ID, res.PauseMicros, res.Attempts)
-	say("   every thread's stack was checked, then %d bytes (a jump to the fix) were written at %#x.", len(f.Jump), f.PatchAddr)
+	say("   every thread's and every goroutine's stack was checked (none was in main.greeting), then %d bytes (a jump to the fix) were written at %#x.", len(f.Jump), f.PatchAddr)
 	say("   GET -> %q   <- fixed, same process, no restart", hello())
 	say("")
 

@@ -1,11 +1,13 @@
 // Command hotpatch replaces functions inside a running process, and puts
 // them back, without restarting it.
 //
-//	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
-//	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
+//	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
+//	                 [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
+//	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
+//	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch syms    --pid PID [SUBSTRING]
-//	hotpatch threads --pid PID
+//	hotpatch threads --pid PID [--goroutines]
 //	hotpatch demo
 //
 // OLD may be qualified by its module, as in libfoo.so:func. With --lib, the
@@ -20,6 +22,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,11 +39,13 @@ import (
 )
 
 const usage = `usage:
-  hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--json]
-  hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--json]
+  hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
+                   [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
+  hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
+  hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
   hotpatch status  --pid PID [--json]
   hotpatch syms    --pid PID [SUBSTRING]
-  hotpatch threads --pid PID
+  hotpatch threads --pid PID [--goroutines]
   hotpatch demo
 `
 
@@ -154,6 +159,8 @@ func errorCode(err error) string {
 		{patch.ErrCodeChanged, "code_changed"}, {patch.ErrBadRequest, "bad_request"},
 		{patch.ErrBuildIDMismatch, "build_id_mismatch"}, {patch.ErrUnpinned, "unpinned"},
 		{patch.ErrLoadLibrary, "load_library"},
+		{patch.ErrInlined, "inlined"}, {patch.ErrInTransition, "in_transition"},
+		{patch.ErrNoTransition, "no_transition"},
 	} {
 		if errors.Is(err, e.err) {
 			return e.code
@@ -174,23 +181,73 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c.fs.Var(&reps, "replace", "OLD=NEW: redirect function OLD to function NEW (repeatable)")
 	lib := c.fs.String("lib", "", "shared object holding the NEW functions, loaded into the target with dlopen")
 	unpinned := c.fs.Bool("unpinned", false, "accept a --lib that declares no HOTPATCH_PIN build ID")
+	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers (those copies keep the old code)")
+	mode := c.fs.String("mode", patch.ModeStop, "stop: one pause in which no task may be in the functions; gradual: tasks busy in them keep the old code until they leave (per-task universes); auto: stop, then gradual if tasks stay busy")
+	onTimeout := c.fs.String("on-timeout", patch.OnTimeoutRevert, "what a gradual transition does when --timeout passes with tasks pending: revert, or stay in transition")
+	force := c.fs.Bool("force", false, "at --timeout, move the pending tasks to the new code anyway (each is reported)")
+	interval := c.fs.Duration("interval", 20*time.Millisecond, "time between the short pauses of a gradual transition")
+	resume := c.fs.Bool("resume", false, "drive a transition left by an earlier apply or revert (--id, or the one in transition) to its end")
+	id := c.fs.String("id", "", "with --resume: the patch to drive")
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	if len(reps) == 0 {
+	if *resume && len(reps) > 0 {
+		return fmt.Errorf("%w: --resume takes no --replace", errUsage)
+	}
+	if !*resume && len(reps) == 0 {
 		return fmt.Errorf("%w: at least one --replace OLD=NEW is required", errUsage)
+	}
+	if *id != "" && !*resume {
+		return fmt.Errorf("%w: --id goes with --resume", errUsage)
 	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	res, err := t.Apply(ctx, reps, patch.ApplyOptions{Timeout: c.timeout, Lib: *lib, Unpinned: *unpinned})
+	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
+		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned}
+	streaming := c.json && (*mode != patch.ModeStop || *resume)
+	opts.Progress = progressPrinter(stdout, stderr, streaming)
+	var res *patch.Result
+	if *resume {
+		res, err = t.Resume(ctx, *id, opts)
+	} else {
+		res, err = t.Apply(ctx, reps, opts)
+	}
 	if err != nil {
+		if streaming {
+			writeLine(stdout, map[string]string{"event": "error", "error": err.Error(), "code": errorCode(err)})
+			return err
+		}
 		return c.fail(stdout, err)
+	}
+	for _, f := range res.Functions {
+		if len(f.InlinedInto) > 0 {
+			fmt.Fprintf(stderr, "hotpatch: warning: %s stays inlined, with the old code, in: %s\n", f.Old, strings.Join(f.InlinedInto, ", "))
+		}
+	}
+	for _, task := range res.Forced {
+		fmt.Fprintf(stderr, "hotpatch: forced: %s moved to the new code with old code on its stack\n", task)
+	}
+	if streaming {
+		writeLine(stdout, struct {
+			Event string `json:"event"`
+			*patch.Result
+		}{"result", res})
+		return nil
 	}
 	if c.json {
 		writeJSON(stdout, res)
+		return nil
+	}
+	switch res.State {
+	case "transition", "reverting":
+		fmt.Fprintf(stdout, "%s %s: %d task(s) still pending after --timeout; the target stays in transition, consistent (hotpatch apply --pid %d --resume --id %s continues it)\n",
+			res.ID, res.State, res.Pending, c.pid, res.ID)
+		return nil
+	case "reverted":
+		fmt.Fprintf(stdout, "reverted %s\n", res.ID)
 		return nil
 	}
 	fmt.Fprintf(stdout, "applied %s: %d function(s), pause %d us (%d attempt(s))\n", res.ID, len(res.Functions), res.PauseMicros, res.Attempts)
@@ -200,10 +257,53 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// progressPrinter reports the pauses of a gradual transition: as JSON lines
+// on stdout when streaming, else as text on stderr (rewriting one status
+// line when stderr is a terminal).
+func progressPrinter(stdout, stderr io.Writer, streaming bool) func(patch.Progress) {
+	tty := false
+	if f, ok := stderr.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return func(p patch.Progress) {
+		if streaming {
+			writeLine(stdout, p)
+			return
+		}
+		line := fmt.Sprintf("%s %s: %d task(s) pending, %d moved (pause %d us)", p.ID, p.Event, p.Pending, p.Moved, p.PauseMicros)
+		if tty && p.Event == "progress" {
+			fmt.Fprintf(stderr, "\r\033[K%s", line)
+			return
+		}
+		if tty {
+			fmt.Fprint(stderr, "\r\033[K")
+		}
+		fmt.Fprintln(stderr, line)
+		if p.Event == "transition" || p.Event == "reverting" || p.Event == "timeout" {
+			for _, o := range p.Oldest {
+				fmt.Fprintf(stderr, "  %s\n", o.Task)
+				for i, f := range o.Stack {
+					fmt.Fprintf(stderr, "      #%-2d %s\n", i, f)
+				}
+			}
+		}
+	}
+}
+
+// writeLine prints v as one line of JSON.
+func writeLine(w io.Writer, v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintf(w, "%s\n", b)
+}
+
 func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := newFlags("revert", stderr, true, true)
 	id := c.fs.String("id", "", "ID of the patch to revert")
 	all := c.fs.Bool("all", false, "revert every applied patch, newest first")
+	mode := c.fs.String("mode", patch.ModeStop, "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)")
+	onTimeout := c.fs.String("on-timeout", patch.OnTimeoutStay, "what a gradual revert does when --timeout passes with tasks pending (stay: the target stays in a consistent transition)")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -216,11 +316,12 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer t.Close()
 	var results []*patch.Result
+	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: *mode, OnTimeout: *onTimeout, Progress: progressPrinter(stdout, stderr, false)}
 	if *all {
-		results, err = t.RevertAll(ctx, patch.ApplyOptions{Timeout: c.timeout})
+		results, err = t.RevertAll(ctx, opts)
 	} else {
 		var r *patch.Result
-		if r, err = t.Revert(ctx, *id, patch.ApplyOptions{Timeout: c.timeout}); err == nil {
+		if r, err = t.Revert(ctx, *id, opts); err == nil {
 			results = append(results, r)
 		}
 	}
@@ -239,6 +340,10 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stdout, "nothing to revert")
 	}
 	for _, r := range results {
+		if r.State == "reverting" {
+			fmt.Fprintf(stdout, "%s reverting: %d task(s) still on the new code; hotpatch apply --pid %d --resume --id %s finishes it\n", r.ID, r.Pending, c.pid, r.ID)
+			continue
+		}
 		fmt.Fprintf(stdout, "reverted %s: %d function(s), pause %d us\n", r.ID, len(r.Functions), r.PauseMicros)
 	}
 	return nil
@@ -270,15 +375,31 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tCREATED\tFUNCTIONS")
+	fmt.Fprintln(tw, "ID\tSTATE\tPENDING\tCREATED\tFUNCTIONS")
 	for _, r := range recs {
 		var fs []string
 		for _, f := range r.Functions {
 			fs = append(fs, f.Old+" -> "+f.New)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.ID, r.State, r.Created.Format(time.RFC3339), strings.Join(fs, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", r.ID, r.State, r.Pending, r.Created.Format(time.RFC3339), strings.Join(fs, ", "))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if len(r.PendingTasks) == 0 {
+			continue
+		}
+		fmt.Fprintf(stdout, "%s is waiting for %d task(s):\n", r.ID, len(r.PendingTasks))
+		for i, pt := range r.PendingTasks {
+			if i == 50 {
+				fmt.Fprintf(stdout, "  ... and %d more\n", len(r.PendingTasks)-50)
+				break
+			}
+			fmt.Fprintf(stdout, "  %s %d\n", pt.Kind, pt.ID)
+		}
+	}
+	return nil
 }
 
 func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -294,16 +415,32 @@ func cmdSyms(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer t.Close()
-	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ADDRESS\tSIZE\tPAD\tMODULE\tNAME")
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tSIZE\tPAD\tMODULE\tNAME\tINLINED INTO")
 	for _, s := range t.Symbols().Search(c.fs.Arg(0)) {
-		fmt.Fprintf(tw, "%#x\t%d\t%d\t%s\t%s\n", s.Addr, s.Size, s.Padding, baseName(s.Module.Path), s.Name)
+		inl := ""
+		if sites, err := t.Symbols().InlineSites(s); err != nil {
+			inl = "? (" + err.Error() + ")"
+		} else if len(sites) > 0 {
+			inl = patch.FormatInlineSites(sites)
+		}
+		fmt.Fprintf(tw, "%#x\t%d\t%d\t%s\t%s\t%s\n", s.Addr, s.Size, s.Padding, baseName(s.Module.Path), s.Name, inl)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		if line != "" {
+			fmt.Fprintln(stdout, strings.TrimRight(line, " \n"))
+		}
+	}
+	return nil
 }
 
 func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := newFlags("threads", stderr, false, false)
+	all := c.fs.Bool("goroutines", false, "also list every goroutine of a Go target (parked ones too), not only those running on a thread")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -316,8 +453,16 @@ func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	hidden := 0
 	for _, task := range snap.Tasks {
+		if task.Kind == "goroutine" && task.Thread == 0 && !*all {
+			hidden++
+			continue
+		}
 		fmt.Fprintf(stdout, "%s%s\n", task, patch.FormatStack(t, task.Stack))
+	}
+	if hidden > 0 {
+		fmt.Fprintf(stdout, "(%d goroutines not running on a thread; --goroutines lists them)\n", hidden)
 	}
 	return nil
 }

@@ -134,6 +134,45 @@ func TestCLISymsAndThreads(t *testing.T) {
 	require.Contains(t, out, "main+")
 }
 
+// TestCLIGo: on a Go target, syms shows where a function was inlined, apply
+// refuses it (exit 1, callers named) unless --allow-inlined, which warns;
+// threads --goroutines lists parked goroutines with their stacks.
+func TestCLIGo(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
+	pid := fmt.Sprint(p.Pid)
+	out, errOut, code := hotpatch(t, "syms", "--pid", pid, "main.addOne")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)\smain\.addOne\s+main\.inlineCaller`, out)
+
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--replace", "main.addOne=main.addOneFixed")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, errOut, "inlined into main.inlineCaller")
+	require.Contains(t, errOut, "--allow-inlined")
+
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--allow-inlined", "--replace", "main.addOne=main.addOneFixed", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "main.addOne stays inlined, with the old code, in: main.inlineCaller")
+	var res struct {
+		Functions []struct {
+			InlinedInto []string `json:"inlined_into"`
+		} `json:"functions"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Functions, 1)
+	require.Equal(t, []string{"main.inlineCaller"}, res.Functions[0].InlinedInto)
+	_, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all")
+	require.Equal(t, 0, code, errOut)
+
+	out, errOut, code = hotpatch(t, "threads", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `\(\d+ goroutines not running on a thread; --goroutines lists them\)`, out)
+	out, errOut, code = hotpatch(t, "threads", "--pid", pid, "--goroutines")
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)^goroutine 1 \[sleep\]$`, out)
+	require.Contains(t, out, "main.main+")
+	require.Contains(t, out, "runtime.goexit+")
+}
+
 func TestCLIErrors(t *testing.T) {
 	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2"))
 	pid := fmt.Sprint(p.Pid)
@@ -168,4 +207,88 @@ func TestDemo(t *testing.T) {
 	require.Contains(t, out, `GET -> "Helo, operator!"`)
 	require.Contains(t, out, `GET -> "Hello, operator!"`)
 	require.Regexp(t, `requests served \(\d+ of them by the fix\), 0 failed`, out)
+}
+
+// TestCLIGradualKilled: apply --mode gradual streams JSON events; the tool
+// is killed with SIGKILL mid-transition; the target keeps serving
+// consistently, status from a new process reports the transition and its
+// pending tasks, apply --resume finishes it once they return, revert undoes
+// it.
+func TestCLIGradualKilled(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	pid := fmt.Sprint(p.Pid)
+	say := func(cmd string, answer string) []string {
+		t.Helper()
+		m := p.Mark()
+		fmt.Fprintln(p.Stdin, cmd)
+		return p.ExpectAfter(t, m, regexp.MustCompile(answer), 30*time.Second)
+	}
+	say("start 100", `^batch 0 started 100$`)
+
+	cmd := exec.Command(hotpatchBin, "apply", "--pid", pid, "--mode", "gradual", "--timeout", "10m", "--json",
+		"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	dec := json.NewDecoder(out)
+	var ev struct {
+		Event   string `json:"event"`
+		ID      string `json:"id"`
+		Pending int    `json:"pending"`
+	}
+	require.NoError(t, dec.Decode(&ev))
+	require.Equal(t, "transition", ev.Event)
+	require.Equal(t, 100, ev.Pending)
+	require.NoError(t, dec.Decode(&ev))
+	require.Equal(t, "progress", ev.Event, "one event per pause")
+	require.NoError(t, cmd.Process.Kill())
+	cmd.Wait()
+
+	// The target serves on, each goroutine consistent.
+	say("start 7", `^batch 1 started 7$`)
+	say("round", `^round v1=100 v2=7 mix=0$`)
+
+	stdout, errOut, code := hotpatch(t, "status", "--pid", pid, "--json")
+	require.Equal(t, 0, code, errOut)
+	var st struct {
+		Patches []struct {
+			ID      string `json:"id"`
+			State   string `json:"state"`
+			Pending int    `json:"pending"`
+		} `json:"patches"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &st))
+	require.Len(t, st.Patches, 1)
+	require.Equal(t, ev.ID, st.Patches[0].ID)
+	require.Equal(t, "transition", st.Patches[0].State)
+	require.Equal(t, 100, st.Patches[0].Pending)
+	stdout, _, _ = hotpatch(t, "status", "--pid", pid)
+	require.Contains(t, stdout, "is waiting for 100 task(s)")
+	require.Regexp(t, `(?m)^  goroutine \d+$`, stdout)
+
+	// A second patch is refused while this one is in transition.
+	_, errOut, code = hotpatch(t, "apply", "--pid", pid, "--replace", "main.verAFixed=main.verBFixed")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "in transition")
+
+	// --resume finishes it when the old goroutines return.
+	resume := exec.Command(hotpatchBin, "apply", "--pid", pid, "--resume", "--timeout", "2m")
+	var rout bytes.Buffer
+	resume.Stdout, resume.Stderr = &rout, &rout
+	require.NoError(t, resume.Start())
+	time.Sleep(100 * time.Millisecond)
+	say("stop 0", `^batch 0 stopped 100$`)
+	require.NoError(t, resume.Wait(), rout.String())
+	require.Contains(t, rout.String(), "applied "+ev.ID)
+	say("round", `^round v1=0 v2=7 mix=0$`)
+
+	stdout, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all", "--mode", "auto", "--timeout", "200ms")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, stdout, ev.ID+" reverting: 7 task(s)")
+	say("stop 1", `^batch 1 stopped 7$`)
+	stdout, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--id", ev.ID)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, stdout, "reverted "+ev.ID)
+	stdout, _, _ = hotpatch(t, "status", "--pid", pid)
+	require.Contains(t, stdout, "no patches")
 }

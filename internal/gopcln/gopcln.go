@@ -23,6 +23,7 @@ type Func struct {
 	FuncID uint8  // the runtime's abi.FuncID (release-specific values)
 	Flag   uint8  // the runtime's abi.FuncFlag (see Flag* constants)
 	pcsp   uint32 // offset of the pc→sp-delta table in pctab
+	rec    uint32 // offset of the _func record in the function table
 }
 
 // The runtime's abi.FuncFlag bits (unchanged since Go 1.21).
@@ -58,6 +59,9 @@ type Table struct {
 	textStart uint64
 	funcs     []Func
 	pctab     []byte
+	pcln      []byte
+	funcnames []byte
+	order     binary.ByteOrder
 }
 
 // Parse parses a pclntab section. textStart is the link-time address the
@@ -107,7 +111,8 @@ func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 	if funcnameOff > n || pctabOff > n || pclnOff > n || nfunc > n/8 {
 		return nil, &FormatError{8, "header offsets beyond the table"}
 	}
-	t := &Table{data: d, quantum: uint64(quantum), textStart: textStart, pctab: d[pctabOff:]}
+	t := &Table{data: d, quantum: uint64(quantum), textStart: textStart, pctab: d[pctabOff:],
+		pcln: d[pclnOff:], funcnames: d[funcnameOff:], order: order}
 	pcln := d[pclnOff:]
 	u32 := func(b []byte, off uint64) (uint32, error) {
 		if off+4 > uint64(len(b)) {
@@ -137,7 +142,7 @@ func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 		}
 		t.funcs = append(t.funcs, Func{
 			Name: name, Entry: textStart + uint64(entry), End: textStart + uint64(next),
-			pcsp: order.Uint32(f[16:]), FuncID: f[40], Flag: f[41],
+			pcsp: order.Uint32(f[16:]), FuncID: f[40], Flag: f[41], rec: funcOff,
 		})
 	}
 	return t, nil

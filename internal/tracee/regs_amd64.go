@@ -12,6 +12,10 @@ func (r *Regs) PC() uint64 { return r.Rip }
 // SP returns the stack pointer.
 func (r *Regs) SP() uint64 { return r.Rsp }
 
+// ThreadPointer returns the thread pointer (the fs base: glibc and musl
+// keep the TCB's self-pointer at fs:0).
+func (r *Regs) ThreadPointer() uint64 { return r.Fs_base }
+
 // SetPC sets the instruction pointer.
 func (r *Regs) SetPC(pc uint64) { r.Rip = pc }
 

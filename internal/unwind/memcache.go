@@ -2,9 +2,14 @@ package unwind
 
 import "io"
 
-// pageCache reads process memory a page at a time and keeps the pages of
-// one walk: a stack walk reads a few words per frame from the same few
-// pages, and each read of another process's memory is a system call.
+// NewPageCache returns a reader of process memory that reads a page at a
+// time and keeps the pages, for one walk of a thread's stack: a walk reads a
+// few words per frame from the same few pages, and each read of another
+// process's memory is a system call. (A goroutine stack read in a batch
+// beforehand needs no cache.)
+func NewPageCache(mem io.ReaderAt) io.ReaderAt { return newPageCache(mem) }
+
+// pageCache is NewPageCache's reader.
 type pageCache struct {
 	mem   io.ReaderAt
 	pages map[uint64][]byte // page address → bytes (nil: unreadable)

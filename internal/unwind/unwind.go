@@ -29,10 +29,36 @@ type Arch struct {
 	// LinkRegister is true on arm64: a Go function that has not stored LR yet
 	// (sp delta 0) returns to the LR register, not to memory.
 	LinkRegister bool
+	// LRReg is the DWARF number of the link register (when LinkRegister).
+	LRReg int
+	// SignalContext reads the registers (indexed by DWARF number, pc at
+	// RAReg) a signal interrupted, given the address of the kernel's
+	// ucontext. nil: signal frames are not crossed (the stack is
+	// unreliable there).
+	SignalContext func(read func(addr uint64) (uint64, error), uc uint64) ([]uint64, error)
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
-var AMD64 = Arch{PtrSize: 8, SPReg: 7, RAReg: 16, FPReg: 6, CalleeSaved: []int{3, 6, 12, 13, 14, 15}}
+var AMD64 = Arch{PtrSize: 8, SPReg: 7, RAReg: 16, FPReg: 6, CalleeSaved: []int{3, 6, 12, 13, 14, 15},
+	SignalContext: amd64SignalContext}
+
+// amd64SignalContext reads a Linux x86-64 ucontext: uc_flags, uc_link and
+// uc_stack (40 bytes), then uc_mcontext, whose general registers are r8-r15,
+// rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip (arch/x86/include/uapi/asm/
+// sigcontext.h).
+func amd64SignalContext(read func(uint64) (uint64, error), uc uint64) ([]uint64, error) {
+	// DWARF numbers of the mcontext's registers, in its order.
+	order := [...]int{8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1, 0, 2, 7, 16}
+	regs := make([]uint64, 17)
+	for i, r := range order {
+		v, err := read(uc + 40 + 8*uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		regs[r] = v
+	}
+	return regs, nil
+}
 
 // Module is one mapped object with its unwind tables.
 type Module struct {
@@ -59,6 +85,20 @@ type Module struct {
 	goTab  *gopcln.Table
 	cfiTab *cfi.Table
 	err    error
+	// deltas memoizes SPDelta by pc: thousands of parked goroutines stop
+	// at the same few return addresses.
+	deltas sync.Map // uint64 → int64
+}
+
+func (m *Module) spDelta(t *gopcln.Table, f *gopcln.Func, pc uint64) (int64, error) {
+	if d, ok := m.deltas.Load(pc); ok {
+		return d.(int64), nil
+	}
+	d, err := t.SPDelta(f, pc)
+	if err == nil {
+		m.deltas.Store(pc, d)
+	}
+	return d, err
 }
 
 func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
@@ -85,6 +125,13 @@ func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
 	return m.goTab, m.cfiTab, m.err
 }
 
+// GoTable returns the module's parsed Go function table (nil for a module
+// without a pclntab).
+func (m *Module) GoTable(a Arch) (*gopcln.Table, error) {
+	t, _, err := m.tables(a)
+	return t, err
+}
+
 // Frame is one frame of a stack, innermost first.
 type Frame struct {
 	PC  uint64 // for callers: the return address
@@ -105,6 +152,13 @@ type Stack struct {
 	// Reason explains why the stack is unreliable ("no unwind info for pc
 	// 0x...", ...), or how a reliable one ended.
 	Reason string
+	// SwitchedAt names the Go runtime function at which an unreliable walk
+	// stopped because the thread switched from a goroutine's stack to its
+	// system stack there (runtime.systemstack, runtime.morestack, ...). The
+	// frames above it are the goroutine's, which the runtime saved in its
+	// g: a caller that walks every goroutine from its g may count such a
+	// thread's stack as complete.
+	SwitchedAt string
 }
 
 // Unwinder walks stacks of one process.
@@ -144,7 +198,6 @@ var goRoots = map[string]string{
 // Unwind walks from regs, which are indexed by DWARF register number and
 // include the pc at index Arch.RAReg, reading stack memory from mem.
 func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
-	mem = newPageCache(mem)
 	a := u.Arch
 	n := max(len(regs), a.RAReg+1, 32)
 	cur := make([]uint64, n)
@@ -153,7 +206,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 	for i := range regs {
 		valid[i] = true
 	}
-	var s Stack
+	s := Stack{Frames: make([]Frame, 0, 16)}
 	buf := make([]byte, a.PtrSize)
 	read := func(addr uint64) (uint64, error) {
 		if _, err := mem.ReadAt(buf, int64(addr)); err != nil {
@@ -175,9 +228,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		return binary.LittleEndian.Uint64(b[:]), nil
 	}
-	// afterSignal: the frame being walked was interrupted by a signal, so
-	// its pc is the exact instruction, not a return address.
-	afterSignal := false
+	exact := true
 	for depth := 0; ; depth++ {
 		pc, sp := cur[a.RAReg], cur[a.SPReg]
 		if depth >= MaxFrames {
@@ -186,10 +237,12 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		s.Frames = append(s.Frames, Frame{PC: pc, SP: sp})
 		fr := &s.Frames[len(s.Frames)-1]
 		// A return address points after the call: look up the call itself.
+		// The first frame's pc, and a pc a signal interrupted, are exact.
 		lookup := pc
-		if depth > 0 && !afterSignal {
+		if !exact {
 			lookup--
 		}
+		exact = false
 		m := u.moduleAt(lookup)
 		if m == nil {
 			return unreliable("no module maps pc %#x", pc)
@@ -205,10 +258,27 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					s.Reliable, s.Reason = true, "ends at "+f.Name+" ("+why+")"
 					return s
 				}
+				if f.Name == "runtime.sigtramp" {
+					regs, err := u.crossGoSignal(goTab, m, f, link, sp, read)
+					if err != nil {
+						return unreliable("%v", err)
+					}
+					fr.Method = "signal"
+					for i := range valid {
+						cur[i], valid[i] = 0, false
+					}
+					copy(cur, regs)
+					for i := range regs {
+						valid[i] = true
+					}
+					exact = true
+					continue
+				}
 				if f.Flag&gopcln.FlagSPWrite != 0 || f.Flag&gopcln.FlagTopFrame != 0 {
+					s.SwitchedAt = f.Name
 					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
 				}
-				delta, err := goTab.SPDelta(f, link)
+				delta, err := m.spDelta(goTab, f, link)
 				if err != nil {
 					return unreliable("%v", err)
 				}
@@ -230,7 +300,9 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				if cfa <= sp {
 					return unreliable("stack pointer does not grow at %s", f.Name)
 				}
-				afterSignal = false
+				// The runtime injects calls of these at an interrupted
+				// instruction: the "return address" is that instruction.
+				exact = f.Name == "runtime.asyncPreempt" || f.Name == "runtime.sigpanic"
 				continue
 			}
 		}
@@ -337,9 +409,33 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if !row.Signal && cfa <= sp {
 			return unreliable("stack pointer does not grow at %#x in %s", pc, m.Name)
 		}
-		afterSignal = row.Signal
+		exact = row.Signal // the caller of a signal frame was interrupted at its pc
 		cur, valid = next, nextValid
 	}
+}
+
+// crossGoSignal steps over the Go runtime's signal trampoline: the kernel
+// called runtime.sigtramp with the return address runtime.sigreturn__sigaction
+// (the sa_restorer) on top of its signal frame, and the ucontext follows that
+// slot. It returns the interrupted registers.
+func (u *Unwinder) crossGoSignal(goTab *gopcln.Table, m *Module, f *gopcln.Func, link, sp uint64, read func(uint64) (uint64, error)) ([]uint64, error) {
+	a := u.Arch
+	if a.SignalContext == nil {
+		return nil, fmt.Errorf("signal frame at %s: not supported on this architecture yet", f.Name)
+	}
+	delta, err := goTab.SPDelta(f, link)
+	if err != nil {
+		return nil, err
+	}
+	cfa := sp + uint64(delta) + uint64(a.PtrSize)
+	ra, err := read(cfa - uint64(a.PtrSize))
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := goTab.FuncAt(ra - m.Bias); !ok || r.Name != "runtime.sigreturn__sigaction" {
+		return nil, fmt.Errorf("signal frame at %s: return address %#x is not runtime.sigreturn__sigaction", f.Name, ra)
+	}
+	return a.SignalContext(read, cfa)
 }
 
 func (u *Unwinder) moduleAt(pc uint64) *Module {

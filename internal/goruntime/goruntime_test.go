@@ -1,0 +1,186 @@
+package goruntime
+
+import (
+	"debug/elf"
+	"fmt"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+)
+
+// toolchains are the releases Known describes, by the toolchain that builds
+// a target of each ("" is the current one, whose release must be known too).
+var toolchains = []string{"go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14", ""}
+
+func TestRelease(t *testing.T) {
+	for in, want := range map[string]string{
+		"go1.26.8":            "go1.26",
+		"go1.22.12":           "go1.22",
+		"go1.25rc1":           "go1.25",
+		"go1.9":               "go1.9",
+		"devel go1.27-abcdef": "go1.27",
+		"go1.":                "",
+		"":                    "",
+		"gccgo":               "",
+	} {
+		require.Equal(t, want, Release(in), in)
+	}
+}
+
+func TestKnownLayoutUnknown(t *testing.T) {
+	for _, v := range []string{"go1.99.1", "go1.21.0", "", "weird"} {
+		_, err := KnownLayout(v)
+		require.ErrorIs(t, err, ErrUnknownRelease, v)
+		require.Contains(t, err.Error(), "DWARF", "the error says what to do")
+	}
+}
+
+// TestKnownMatchesDWARF: the per-release table is what each toolchain's own
+// DWARF says, for amd64 and arm64 targets.
+func TestKnownMatchesDWARF(t *testing.T) {
+	for _, tc := range toolchains {
+		for _, arch := range []string{"amd64", "arm64"} {
+			t.Run(fmt.Sprintf("%s-%s", tc, arch), func(t *testing.T) {
+				ef, err := elf.Open(fixture.BuildGoArch(t, "gotasks", tc, arch))
+				require.NoError(t, err)
+				defer ef.Close()
+				d, err := ef.DWARF()
+				require.NoError(t, err)
+				got, err := LayoutFromDWARF(d)
+				require.NoError(t, err)
+				want, err := KnownLayout(goVersion(t, ef))
+				require.NoError(t, err)
+				require.Equal(t, want, got)
+			})
+		}
+	}
+}
+
+func goVersion(t *testing.T, ef *elf.File) string {
+	t.Helper()
+	s := ef.Section(".go.buildinfo")
+	require.NotNil(t, s)
+	b, err := s.Data()
+	require.NoError(t, err)
+	v := regexp.MustCompile(`go1\.\d+(\.\d+)?`).Find(b)
+	require.NotNil(t, v)
+	return string(v)
+}
+
+func TestLayoutFromDWARFNoRuntime(t *testing.T) {
+	// A C binary's DWARF has no runtime.g.
+	ef, err := elf.Open(fixture.BuildC(t, "cservice", "-O2"))
+	require.NoError(t, err)
+	defer ef.Close()
+	d, err := ef.DWARF()
+	require.NoError(t, err)
+	_, err = LayoutFromDWARF(d)
+	require.ErrorContains(t, err, "runtime.g")
+}
+
+// live starts gotasks, opens it and loads its runtime. With symbols=false
+// the symbol table is ignored, as for a stripped binary.
+func live(t *testing.T, flags ...string) (*fixture.Proc, *tracee.Process, Binary) {
+	t.Helper()
+	bin := fixture.BuildGo(t, "gotasks", "", flags...)
+	p := fixture.Start(t, bin)
+	proc, err := tracee.Open(p.Pid)
+	require.NoError(t, err)
+	t.Cleanup(func() { proc.Close() })
+	ef, err := elf.Open(bin)
+	require.NoError(t, err)
+	t.Cleanup(func() { ef.Close() })
+	pcln := ef.Section(".gopclntab")
+	require.NotNil(t, pcln)
+	data, err := pcln.Data()
+	require.NoError(t, err)
+	text := ef.Section(".text").Addr
+	tab, err := gopcln.Parse(data, text)
+	require.NoError(t, err)
+	return p, proc, Binary{ELF: ef, Version: goVersion(t, ef), Funcs: tab}
+}
+
+// TestFindAllGsWithoutSymbols: the addresses found from runtime.allgadd's
+// code are the symbols' (non-PIE Go binaries: bias 0).
+func TestFindAllGsWithoutSymbols(t *testing.T) {
+	_, proc, b := live(t)
+	r, err := Load(b, proc)
+	require.NoError(t, err)
+	require.NotZero(t, r.AllGLen)
+	require.True(t, r.FromDWARF)
+
+	blind := &Runtime{Layout: r.Layout}
+	require.NoError(t, blind.findAllGs(b, proc))
+	require.Equal(t, r.AllGLen, blind.AllGLen, "allglen")
+	require.Equal(t, r.AllGPtr, blind.AllGPtr, "allgptr")
+
+	// The wait reasons' names are found without symbols too.
+	addr, n, ok := findWaitReasons(b, proc)
+	require.True(t, ok)
+	require.Equal(t, len(r.waitReasons), n)
+	require.Equal(t, r.waitReasons, readStrings(proc, addr, n))
+	require.Contains(t, r.waitReasons, "chan receive")
+
+	// Without a function table there is nothing to search.
+	b.Funcs = nil
+	require.ErrorIs(t, blind.findAllGs(b, proc), ErrNotFound)
+}
+
+// TestGoroutines reads the goroutines of a live target while it is stopped:
+// goroutine 1 exists, 200 parked goroutines are waiting on a channel, and the
+// ones running are bound to threads of the process.
+func TestGoroutines(t *testing.T) {
+	p, proc, b := live(t)
+	mark := p.Mark()
+	_, err := fmt.Fprintln(p.Stdin, "park 200")
+	require.NoError(t, err)
+	p.ExpectAfter(t, mark, regexp.MustCompile(`^parked 200$`), 30*time.Second)
+	r, err := Load(b, proc)
+	require.NoError(t, err)
+
+	require.NoError(t, proc.Stop())
+	gs, err := r.Goroutines(proc)
+	threads := proc.Threads()
+	require.NoError(t, proc.Resume())
+	require.NoError(t, err)
+
+	ids := map[uint64]bool{}
+	waiting := 0
+	isThread := map[int]bool{}
+	for _, tid := range threads {
+		isThread[tid] = true
+	}
+	for _, g := range gs {
+		require.False(t, ids[g.ID] && g.Live(), "goroutine %d twice", g.ID)
+		ids[g.ID] = true
+		if !g.Live() {
+			continue
+		}
+		require.Less(t, g.StackLo, g.StackHi, "goroutine %d", g.ID)
+		if g.Status == Waiting && g.Wait == "chan receive" {
+			waiting++
+			require.True(t, g.SP >= g.StackLo && g.SP < g.StackHi, "goroutine %d: sp %#x outside its stack", g.ID, g.SP)
+		}
+		if g.Status == Running {
+			require.True(t, isThread[g.Thread], "running goroutine %d on thread %d, not one of %v", g.ID, g.Thread, threads)
+		}
+	}
+	require.True(t, ids[1], "goroutine 1")
+	require.GreaterOrEqual(t, waiting, 200)
+}
+
+func TestStatusName(t *testing.T) {
+	require.Equal(t, "waiting", StatusName(Waiting))
+	require.Equal(t, "dead", StatusName(DeadExtra))
+	require.Equal(t, "status 77", StatusName(77))
+	g := G{Status: Dead}
+	require.False(t, g.Live())
+	g.Status = Leaked
+	require.True(t, g.Live(), "a leaked goroutine still has frames")
+}

@@ -1,0 +1,505 @@
+package goruntime
+
+import (
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
+)
+
+// Binary is what Load needs to know about a Go executable.
+type Binary struct {
+	// ELF is the executable (its symbols and DWARF, when present).
+	ELF *elf.File
+	// Bias is added to link-time addresses to get live ones.
+	Bias uint64
+	// Version is the Go version the binary records ("go1.26.8").
+	Version string
+	// Funcs is the binary's function table (link-time addresses), used to
+	// find runtime functions when the symbol table is stripped.
+	Funcs *gopcln.Table
+}
+
+// Runtime reads goroutines of one live Go process.
+type Runtime struct {
+	Layout Layout
+	// FromDWARF reports where Layout came from.
+	FromDWARF bool
+	// AllGLen and AllGPtr are the live addresses of runtime.allglen and
+	// runtime.allgptr.
+	AllGLen, AllGPtr uint64
+
+	waitReasons []string
+}
+
+// ErrNotFound is returned when the runtime's goroutine list cannot be
+// located in the target.
+var ErrNotFound = errors.New("runtime.allgs not found")
+
+// Load locates the runtime structures of a Go binary running in the process
+// whose memory mem reads. The process need not be stopped.
+func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
+	if b.ELF.Class != elf.ELFCLASS64 {
+		return nil, fmt.Errorf("goruntime: only 64-bit targets are supported")
+	}
+	r := &Runtime{}
+	if d, err := b.ELF.DWARF(); err == nil {
+		if l, err := LayoutFromDWARF(d); err == nil {
+			r.Layout, r.FromDWARF = l, true
+		}
+	}
+	if !r.FromDWARF {
+		l, err := KnownLayout(b.Version)
+		if err != nil {
+			return nil, err
+		}
+		r.Layout = l
+	}
+	syms, _ := b.ELF.Symbols()
+	var wrs elf.Symbol
+	for _, s := range syms {
+		switch s.Name {
+		case "runtime.allglen":
+			r.AllGLen = s.Value + b.Bias
+		case "runtime.allgptr":
+			r.AllGPtr = s.Value + b.Bias
+		case "runtime.waitReasonStrings":
+			wrs = s
+		}
+	}
+	if r.AllGLen == 0 || r.AllGPtr == 0 {
+		if err := r.findAllGs(b, mem); err != nil {
+			return nil, err
+		}
+	}
+	if wrs.Size > 0 && wrs.Size <= 16*256 {
+		r.waitReasons = readStrings(mem, wrs.Value+b.Bias, int(wrs.Size/16))
+	} else if addr, n, ok := findWaitReasons(b, mem); ok {
+		r.waitReasons = readStrings(mem, addr, n)
+	}
+	return r, nil
+}
+
+// findWaitReasons locates runtime.waitReasonStrings without symbols, from
+// runtime.waitReason.String (amd64): "CMP AL, $len; JB ...; ...; LEAQ table,
+// R; MOVQ 0(R)(I*1), ..." (Go 1.22–1.26). The result is only used to name
+// wait reasons in reports; a table whose entries do not read as short
+// printable strings is dropped.
+func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
+	if b.Funcs == nil || b.ELF.Machine != elf.EM_X86_64 {
+		return 0, 0, false
+	}
+	var fn *gopcln.Func
+	for i := range b.Funcs.Funcs() {
+		if f := &b.Funcs.Funcs()[i]; f.Name == "runtime.waitReason.String" {
+			fn = f
+		}
+	}
+	if fn == nil || fn.End-fn.Entry > 256 {
+		return 0, 0, false
+	}
+	code := make([]byte, fn.End-fn.Entry)
+	pc := fn.Entry + b.Bias
+	if _, err := mem.ReadAt(code, int64(pc)); err != nil {
+		return 0, 0, false
+	}
+	lea := map[x86asm.Reg]uint64{}
+	for off := 0; off < len(code); {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || in.Len == 0 {
+			break
+		}
+		off += in.Len
+		next := pc + uint64(off)
+		switch in.Op {
+		case x86asm.CMP:
+			if imm, isImm := in.Args[1].(x86asm.Imm); isImm && n == 0 && imm > 0 && imm < 256 {
+				n = int(imm)
+			}
+		case x86asm.LEA:
+			if m, isMem := in.Args[1].(x86asm.Mem); isMem && m.Base == x86asm.RIP {
+				if r, isReg := in.Args[0].(x86asm.Reg); isReg {
+					lea[r] = uint64(int64(next) + m.Disp)
+				}
+			}
+		case x86asm.MOV:
+			if m, isMem := in.Args[1].(x86asm.Mem); isMem && m.Index != 0 {
+				if a, found := lea[m.Base]; found && n > 0 {
+					names := readStrings(mem, a, n)
+					for _, s := range names {
+						for _, c := range []byte(s) {
+							if c < ' ' || c > '~' {
+								return 0, 0, false
+							}
+						}
+					}
+					return a, n, len(names) == n
+				}
+			}
+		}
+	}
+	return 0, 0, false
+}
+
+// findAllGs finds allglen and allgptr in a binary without symbols: they are
+// among the data addresses runtime.allgadd references, and exactly one pair
+// of them reads as a goroutine list whose first g is the main goroutine
+// (allgs never shrinks, and goroutine 1 is added first).
+func (r *Runtime) findAllGs(b Binary, mem io.ReaderAt) error {
+	if b.Funcs == nil {
+		return fmt.Errorf("goruntime: %w: no symbols and no function table", ErrNotFound)
+	}
+	var fn *gopcln.Func
+	for i := range b.Funcs.Funcs() {
+		if f := &b.Funcs.Funcs()[i]; f.Name == "runtime.allgadd" {
+			fn = f
+		}
+	}
+	if fn == nil {
+		return fmt.Errorf("goruntime: %w: runtime.allgadd is not in the function table", ErrNotFound)
+	}
+	code := make([]byte, fn.End-fn.Entry)
+	if _, err := mem.ReadAt(code, int64(fn.Entry+b.Bias)); err != nil {
+		return fmt.Errorf("goruntime: read runtime.allgadd: %w", err)
+	}
+	// allglen and allgptr are the words allgadd stores atomically (XCHG on
+	// amd64, STLR on arm64); the allgs slice header is stored plainly.
+	var refs []uint64
+	switch b.ELF.Machine {
+	case elf.EM_X86_64:
+		refs = atomicStoresAMD64(code, fn.Entry+b.Bias)
+	case elf.EM_AARCH64:
+		refs = atomicStoresARM64(code, fn.Entry+b.Bias)
+	default:
+		return fmt.Errorf("goruntime: %w: no decoder for %v", ErrNotFound, b.ELF.Machine)
+	}
+	var found [][2]uint64
+	for _, l := range refs {
+		for _, p := range refs {
+			if l != p && r.plausible(mem, l, p) {
+				found = append(found, [2]uint64{l, p})
+			}
+		}
+	}
+	if len(found) != 1 {
+		return fmt.Errorf("goruntime: %w: %d candidate pairs among the %d addresses runtime.allgadd stores atomically; rebuild the target without -ldflags=-s to keep its symbols", ErrNotFound, len(found), len(refs))
+	}
+	r.AllGLen, r.AllGPtr = found[0][0], found[0][1]
+	return nil
+}
+
+// plausible checks that lenAddr and ptrAddr read as allglen and allgptr.
+func (r *Runtime) plausible(mem io.ReaderAt, lenAddr, ptrAddr uint64) bool {
+	n, err1 := readWord(mem, lenAddr)
+	p, err2 := readWord(mem, ptrAddr)
+	if err1 != nil || err2 != nil || n == 0 || n > 1<<26 || p == 0 || p%8 != 0 {
+		return false
+	}
+	first, err := readWord(mem, p)
+	if err != nil || first == 0 {
+		return false
+	}
+	g, err := r.readG(mem, first)
+	if err != nil || g.ID != 1 || g.StackLo >= g.StackHi || g.StackHi-g.StackLo > 1<<30 {
+		return false
+	}
+	last, err := readWord(mem, p+8*(n-1))
+	return err == nil && last != 0
+}
+
+// atomicStoresAMD64 returns the addresses code at pc stores to with XCHG,
+// directly RIP-relative or through a register loaded by a RIP-relative LEA.
+func atomicStoresAMD64(code []byte, pc uint64) []uint64 {
+	var out []uint64
+	lea := map[x86asm.Reg]uint64{}
+	for off := 0; off < len(code); {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || in.Len == 0 {
+			off++
+			continue
+		}
+		next := pc + uint64(off+in.Len)
+		off += in.Len
+		switch in.Op {
+		case x86asm.LEA:
+			if m, ok := in.Args[1].(x86asm.Mem); ok && m.Base == x86asm.RIP {
+				if r, ok := in.Args[0].(x86asm.Reg); ok {
+					lea[r] = uint64(int64(next) + m.Disp)
+				}
+			}
+			continue
+		case x86asm.XCHG:
+			for _, a := range in.Args {
+				m, ok := a.(x86asm.Mem)
+				if !ok || m.Index != 0 {
+					continue
+				}
+				if m.Base == x86asm.RIP {
+					out = appendNew(out, uint64(int64(next)+m.Disp))
+				} else if base, ok := lea[m.Base]; ok {
+					out = appendNew(out, uint64(int64(base)+m.Disp))
+				}
+			}
+		}
+		// Any other write to a register forgets what LEA put there.
+		if len(in.Args) > 0 {
+			if r, ok := in.Args[0].(x86asm.Reg); ok {
+				delete(lea, r)
+			}
+		}
+	}
+	return out
+}
+
+// atomicStoresARM64 returns the addresses code at pc stores to with STLR
+// through a register set by ADRP + ADD.
+func atomicStoresARM64(code []byte, pc uint64) []uint64 {
+	var out []uint64
+	reg := map[uint32]uint64{} // register → address from ADRP (+ ADD)
+	for off := 0; off+4 <= len(code); off += 4 {
+		w := binary.LittleEndian.Uint32(code[off:])
+		at := pc + uint64(off)
+		switch {
+		case w&0x9f000000 == 0x90000000: // ADRP Xd, page
+			imm := int64(((w>>29)&3)|((w>>5)&0x7ffff)<<2) << 43 >> 31
+			reg[w&31] = uint64(int64(at&^0xfff) + imm)
+		case w&0xff800000 == 0x91000000: // ADD Xd, Xn, #imm12
+			if base, ok := reg[(w>>5)&31]; ok {
+				reg[w&31] = base + uint64((w>>10)&0xfff)
+			} else {
+				delete(reg, w&31)
+			}
+		case w&0xbffffc00 == 0x889ffc00: // STLR Wt|Xt, [Xn]
+			if addr, ok := reg[(w>>5)&31]; ok {
+				out = appendNew(out, addr)
+			}
+		}
+	}
+	return out
+}
+
+func appendNew(s []uint64, v uint64) []uint64 {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}
+
+// G is one goroutine as the runtime records it.
+type G struct {
+	Addr uint64 // address of the runtime.g
+	ID   uint64 // goroutine ID
+	// Status is the g's status without the _Gscan bit.
+	Status uint32
+	// WaitReason is the runtime's waitReason code (meaningful when waiting).
+	WaitReason uint8
+	// Wait names WaitReason ("chan receive") when the target's table of
+	// names is readable, else "".
+	Wait             string
+	StackLo, StackHi uint64
+	// Saved registers (g.sched), valid unless the g is running on a thread.
+	PC, SP, BP, LR uint64
+	// SyscallSP and SyscallPC are set while in a system call.
+	SyscallSP, SyscallPC uint64
+	// M is the address of the m the g is bound to (0: none) and Thread the
+	// ID of that m's thread (0 when unknown).
+	M      uint64
+	Thread int
+	// Current reports whether the g is its m's current user goroutine
+	// (m.curg == g).
+	Current bool
+}
+
+// Goroutine statuses (runtime/runtime2.go).
+const (
+	Idle      = 0
+	Runnable  = 1
+	Running   = 2
+	Syscall   = 3
+	Waiting   = 4
+	Dead      = 6
+	CopyStack = 8
+	Preempted = 9
+	Leaked    = 10 // go1.26
+	DeadExtra = 11 // go1.26: a dead g kept for cgo callbacks
+	scanBit   = 0x1000
+)
+
+// StatusName names a status.
+func StatusName(s uint32) string {
+	switch s {
+	case Idle:
+		return "idle"
+	case Runnable:
+		return "runnable"
+	case Running:
+		return "running"
+	case Syscall:
+		return "syscall"
+	case Waiting:
+		return "waiting"
+	case Dead, DeadExtra:
+		return "dead"
+	case CopyStack:
+		return "copystack"
+	case Preempted:
+		return "preempted"
+	case Leaked:
+		return "leaked"
+	}
+	return fmt.Sprintf("status %d", s)
+}
+
+// Live reports whether the g can run code again (not idle or dead).
+func (g *G) Live() bool { return g.Status != Idle && g.Status != Dead && g.Status != DeadExtra }
+
+// Goroutines reads every g of runtime.allgs, dead ones included. The target
+// must be stopped. Reads are batched through rv when mem implements it.
+func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
+	n, err := readWord(mem, r.AllGLen)
+	if err != nil {
+		return nil, fmt.Errorf("goruntime: read runtime.allglen: %w", err)
+	}
+	if n > 1<<26 {
+		return nil, fmt.Errorf("goruntime: runtime.allglen is %d: not a goroutine count (wrong layout?)", n)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	p, err := readWord(mem, r.AllGPtr)
+	if err != nil {
+		return nil, fmt.Errorf("goruntime: read runtime.allgptr: %w", err)
+	}
+	ptrs := make([]byte, 8*n)
+	if _, err := mem.ReadAt(ptrs, int64(p)); err != nil {
+		return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", p, err)
+	}
+	addrs := make([]uint64, n)
+	for i := range addrs {
+		addrs[i] = binary.LittleEndian.Uint64(ptrs[8*i:])
+	}
+	raw := make([][]byte, n)
+	arena := make([]byte, int(n)*r.Layout.GSize)
+	for i := range raw {
+		raw[i], arena = arena[:r.Layout.GSize:r.Layout.GSize], arena[r.Layout.GSize:]
+	}
+	if err := readMany(mem, addrs, raw); err != nil {
+		return nil, fmt.Errorf("goruntime: read g: %w", err)
+	}
+	gs := make([]G, n)
+	var ms []uint64
+	mIdx := map[uint64]int{}
+	for i := range gs {
+		gs[i] = r.decodeG(addrs[i], raw[i])
+		if m := gs[i].M; m != 0 && gs[i].Live() {
+			if _, ok := mIdx[m]; !ok {
+				mIdx[m] = len(ms)
+				ms = append(ms, m)
+			}
+		}
+	}
+	if len(ms) > 0 {
+		l := r.Layout
+		size := max(l.MProcID, l.MCurG) + 8
+		mraw := make([][]byte, len(ms))
+		for i := range mraw {
+			mraw[i] = make([]byte, size)
+		}
+		if err := readMany(mem, ms, mraw); err != nil {
+			return nil, fmt.Errorf("goruntime: read m: %w", err)
+		}
+		for i := range gs {
+			if j, ok := mIdx[gs[i].M]; ok {
+				gs[i].Thread = int(binary.LittleEndian.Uint64(mraw[j][l.MProcID:]))
+				gs[i].Current = binary.LittleEndian.Uint64(mraw[j][l.MCurG:]) == gs[i].Addr
+			}
+		}
+	}
+	return gs, nil
+}
+
+func (r *Runtime) readG(mem io.ReaderAt, addr uint64) (G, error) {
+	b := make([]byte, r.Layout.GSize)
+	if _, err := mem.ReadAt(b, int64(addr)); err != nil {
+		return G{}, err
+	}
+	return r.decodeG(addr, b), nil
+}
+
+func (r *Runtime) decodeG(addr uint64, b []byte) G {
+	l := r.Layout
+	w := func(off int) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
+	g := G{
+		Addr:       addr,
+		ID:         w(l.GGoid),
+		Status:     binary.LittleEndian.Uint32(b[l.GStatus:]) &^ scanBit,
+		WaitReason: b[l.GWaitReason],
+		StackLo:    w(l.GStackLo),
+		StackHi:    w(l.GStackHi),
+		PC:         w(l.GSchedPC),
+		SP:         w(l.GSchedSP),
+		BP:         w(l.GSchedBP),
+		LR:         w(l.GSchedLR),
+		SyscallSP:  w(l.GSyscallSP),
+		SyscallPC:  w(l.GSyscallPC),
+		M:          w(l.GM),
+	}
+	if int(g.WaitReason) < len(r.waitReasons) {
+		g.Wait = r.waitReasons[g.WaitReason]
+	}
+	return g
+}
+
+// ManyReader reads many small regions at once (process_vm_readv with many
+// iovecs). A region that cannot be read wholly makes the call fail.
+type ManyReader interface {
+	ReadMany(addrs []uint64, bufs [][]byte) error
+}
+
+func readMany(mem io.ReaderAt, addrs []uint64, bufs [][]byte) error {
+	if mr, ok := mem.(ManyReader); ok {
+		return mr.ReadMany(addrs, bufs)
+	}
+	for i, a := range addrs {
+		if _, err := mem.ReadAt(bufs[i], int64(a)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readWord(mem io.ReaderAt, addr uint64) (uint64, error) {
+	var b [8]byte
+	if _, err := mem.ReadAt(b[:], int64(addr)); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
+}
+
+// readStrings reads a [n]string array; unreadable entries are "".
+func readStrings(mem io.ReaderAt, addr uint64, n int) []string {
+	hdr := make([]byte, 16*n)
+	if _, err := mem.ReadAt(hdr, int64(addr)); err != nil {
+		return nil
+	}
+	out := make([]string, n)
+	for i := range out {
+		p := binary.LittleEndian.Uint64(hdr[16*i:])
+		l := binary.LittleEndian.Uint64(hdr[16*i+8:])
+		if p == 0 || l == 0 || l > 256 {
+			continue
+		}
+		b := make([]byte, l)
+		if _, err := mem.ReadAt(b, int64(p)); err == nil {
+			out[i] = string(b)
+		}
+	}
+	return out
+}

@@ -1,0 +1,133 @@
+package trampoline
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+)
+
+// TaskKey says how a dispatch stub identifies the calling task.
+type TaskKey int
+
+const (
+	// KeyG: the goroutine, by its g pointer (R14 in Go's internal ABI on
+	// amd64, R28 on arm64).
+	KeyG TaskKey = iota + 1
+	// KeyThread: the thread, by its thread pointer (the TCB self-pointer
+	// at fs:0 on amd64, TPIDR_EL0 on arm64).
+	KeyThread
+)
+
+// Universe tables. A table lists the tasks of one universe (the "listed"
+// tasks); every other task, including tasks created later, is in the other.
+// It is an open-addressing hash set with linear probing: a 32-byte header —
+// the probe mask (byte offset of the last slot, relative to the first), the
+// number of keys, and Sel, which says where unlisted tasks go (1: the new
+// code, listed ones the old; 0: the old code, listed ones the new) — then a
+// power-of-two number of 16-byte slots {key, id}; key 0 marks an empty slot.
+// A key's first slot is key & mask.
+//
+// Stubs do not point at a table but at a control word holding the address
+// of the active one. The patcher writes the inactive table of a pair, then
+// the control word: every universe switch is a single aligned 8-byte write,
+// so a patcher killed at any point leaves one consistent table active.
+const (
+	TableHeaderSize = 32
+	TableSlotSize   = 16
+)
+
+// TableEntry is one listed task: Key as the stub sees it, ID for people (a
+// goroutine or thread ID).
+type TableEntry struct {
+	Key uint64
+	ID  uint64
+}
+
+// TableCapacity is the number of slots a table for n keys uses: a power of
+// two at least twice n (and at least 4), so probes stay short.
+func TableCapacity(n int) int {
+	c := max(4, 2*n)
+	return 1 << bits.Len(uint(c-1))
+}
+
+// TableSize is the byte size of a table with capacity slots.
+func TableSize(capacity int) int { return TableHeaderSize + capacity*TableSlotSize }
+
+// BuildTable lays out entries in a table of the given capacity (a power of
+// two, at least twice len(entries): see TableCapacity). Keys must be non-zero
+// and distinct. unlistedNew is the header's Sel.
+func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, error) {
+	if capacity < 1 || capacity&(capacity-1) != 0 {
+		return nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
+	}
+	if 2*len(entries) > capacity {
+		return nil, fmt.Errorf("trampoline: %d keys do not fit a table of %d slots (at most half full)", len(entries), capacity)
+	}
+	b := make([]byte, TableSize(capacity))
+	mask := uint64(capacity-1) * TableSlotSize
+	binary.LittleEndian.PutUint64(b[0:], mask)
+	binary.LittleEndian.PutUint64(b[8:], uint64(len(entries)))
+	if unlistedNew {
+		binary.LittleEndian.PutUint64(b[16:], 1)
+	}
+	for _, e := range entries {
+		if e.Key == 0 {
+			return nil, fmt.Errorf("trampoline: a task key is 0")
+		}
+		for off := e.Key & mask; ; off = (off + TableSlotSize) & mask {
+			slot := b[TableHeaderSize+off:]
+			k := binary.LittleEndian.Uint64(slot)
+			if k == e.Key {
+				return nil, fmt.Errorf("trampoline: task key %#x listed twice", e.Key)
+			}
+			if k == 0 {
+				binary.LittleEndian.PutUint64(slot, e.Key)
+				binary.LittleEndian.PutUint64(slot[8:], e.ID)
+				break
+			}
+		}
+	}
+	return b, nil
+}
+
+// ParseTable returns the entries of a table (in slot order) and its Sel.
+func ParseTable(b []byte) (entries []TableEntry, unlistedNew bool, err error) {
+	if len(b) < TableHeaderSize {
+		return nil, false, fmt.Errorf("trampoline: universe table of %d bytes is truncated", len(b))
+	}
+	unlistedNew = binary.LittleEndian.Uint64(b[16:]) != 0
+	mask := binary.LittleEndian.Uint64(b)
+	n := binary.LittleEndian.Uint64(b[8:])
+	if mask%TableSlotSize != 0 || TableHeaderSize+mask+TableSlotSize > uint64(len(b)) {
+		return nil, false, fmt.Errorf("trampoline: universe table mask %#x does not fit its %d bytes", mask, len(b))
+	}
+	var out []TableEntry
+	for off := uint64(0); off <= mask; off += TableSlotSize {
+		slot := b[TableHeaderSize+off:]
+		if k := binary.LittleEndian.Uint64(slot); k != 0 {
+			out = append(out, TableEntry{Key: k, ID: binary.LittleEndian.Uint64(slot[8:])})
+		}
+	}
+	if uint64(len(out)) != n {
+		return nil, false, fmt.Errorf("trampoline: universe table says %d keys but holds %d", n, len(out))
+	}
+	return out, unlistedNew, nil
+}
+
+// Stub is a dispatch stub: code that a patched function's entry jumps to
+// while its patch set is switched. It loads the active table from the
+// control word, looks the calling task up, and jumps to the old code (the
+// relocated original) or the new one as the table's Sel says.
+type Stub struct {
+	Addr uint64
+	Code []byte
+}
+
+// Dispatcher builds dispatch stubs. AMD64 implements it.
+type Dispatcher interface {
+	// Stub builds the stub placed at addr, keyed by key, whose active
+	// table's address is the word at ctl; old and new are the two codes.
+	Stub(key TaskKey, addr, ctl, old, new uint64) (*Stub, error)
+	// MaxStubSize bounds len(Stub.Code).
+	MaxStubSize() int
+}

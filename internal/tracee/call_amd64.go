@@ -1,5 +1,12 @@
 package tracee
 
+// The architecture-specific half of remote calls (call.go). A port provides
+// the same names: redZone, fpRegSet and fpRegSetFallback, maxCallArgs,
+// (*Regs).setupCall, callResult and resumeState, ctxData and returnStub
+// (arm64: no red zone, x0-x7 arguments, the return address in x30, the
+// FP/SIMD state as NT_PRFPREG, and a stub that reloads x0-x30, sp, pc and
+// the FP registers from its data page through one scratch register).
+
 import "golang.org/x/sys/unix"
 
 // redZone is the System V x86-64 red zone below the stack pointer, which a

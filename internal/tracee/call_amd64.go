@@ -4,8 +4,10 @@ package tracee
 // the same names: redZone, fpRegSet and fpRegSetFallback, maxCallArgs,
 // (*Regs).setupCall, callResult and resumeState, ctxData and returnStub
 // (arm64: no red zone, x0-x7 arguments, the return address in x30, the
-// FP/SIMD state as NT_PRFPREG, and a stub that reloads x0-x30, sp, pc and
-// the FP registers from its data page through one scratch register).
+// FP/SIMD state as NT_PRFPREG; arm64 has no jump through memory that
+// clobbers no register, so its stub has to end in rt_sigreturn with a
+// signal frame it prepared, or accept a clobbered x16/x17 only where the
+// interrupted code cannot be live in them).
 
 import "golang.org/x/sys/unix"
 

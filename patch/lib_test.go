@@ -224,6 +224,24 @@ func TestApplySharedLibrary(t *testing.T) {
 		require.NoError(t, err)
 		p.ExpectAfter(t, m, regexp.MustCompile(`^foo 101$`), 5*time.Second)
 	}
+
+	// From a patch library: the pin must name libfoo.so, the module that
+	// holds foo_value, not the executable.
+	inc, err := filepath.Abs("include")
+	require.NoError(t, err)
+	wrong := fixture.BuildSO(t, "fixfoo", "-I"+inc, pin(buildID(t, bin)))
+	_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "libfoo.so:foo_value", New: "foo_value_v3"}}, patch.ApplyOptions{Lib: wrong})
+	require.ErrorIs(t, err, patch.ErrBuildIDMismatch)
+	require.Contains(t, err.Error(), buildID(t, foo))
+	right := fixture.BuildSO(t, "fixfoo", "-I"+inc, pin(buildID(t, foo)))
+	m := p.Mark()
+	res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "libfoo.so:foo_value", New: "foo_value_v3"}}, patch.ApplyOptions{Lib: right})
+	require.NoError(t, err)
+	p.ExpectAfter(t, m, regexp.MustCompile(`^foo 301$`), 5*time.Second)
+	m = p.Mark()
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
+	p.ExpectAfter(t, m, regexp.MustCompile(`^foo 101$`), 5*time.Second)
 }
 
 // BenchmarkApplyC64 measures the pause of an apply and of its revert on a

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -155,4 +156,38 @@ func TestUnwindDistributionBinary(t *testing.T) {
 	require.GreaterOrEqual(t, len(got), 4, "%v", got)
 	require.Regexp(t, `nanosleep`, got[0])
 	require.Contains(t, strings.Join(got, " < "), "__libc_start_main")
+}
+
+// An executable without section headers (as sstrip leaves it): its unwind
+// tables are found from the PT_GNU_EH_FRAME segment, and every stack still
+// unwinds reliably through it to the thread's start.
+func TestUnwindWithoutSectionHeaders(t *testing.T) {
+	bin := fixture.BuildC(t, "cblockers", "-O2", "-fomit-frame-pointer")
+	data, err := os.ReadFile(bin)
+	require.NoError(t, err)
+	// Elf64_Ehdr: e_shoff at 0x28, e_shnum at 0x3c, e_shstrndx at 0x3e.
+	for i := 0x28; i < 0x30; i++ {
+		data[i] = 0
+	}
+	data[0x3c], data[0x3d], data[0x3e], data[0x3f] = 0, 0, 0, 0
+	noSections := filepath.Join(t.TempDir(), "cblockers-nosections")
+	require.NoError(t, os.WriteFile(noSections, data, 0o755))
+	tab0, err := elfsym.LoadFile(noSections)
+	require.NoError(t, err)
+	require.Empty(t, tab0.Search("blocking"), "no symbols without sections")
+
+	p := fixture.Start(t, noSections)
+	p.Expect(t, regexp.MustCompile(`^ready$`), 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	tab, snap := snapshot(t, p.Pid)
+	require.Len(t, snap.Tasks, 10)
+	for _, task := range snap.Tasks {
+		got := strings.Join(names(tab, task), " < ")
+		require.True(t, task.Stack.Reliable, "%s: %s", got, task.Stack.Reason)
+		if task.ID == p.Pid {
+			require.Regexp(t, `__libc_start_main.* < cblockers-nosections\+0x[0-9a-f]+$`, got, "main ends at _start")
+			continue
+		}
+		require.Regexp(t, `cblockers-nosections\+0x[0-9a-f]+ < `+threadRoot, got)
+	}
 }

@@ -668,3 +668,18 @@ func (t *Table) fdeAt(off int) (*fde, error) {
 	}
 	return &fde{start: pcBegin, end: pcBegin + pcRange, cie: c, insns: t.data[fr.off:end], insnsOff: fr.off}, nil
 }
+
+// EHFramePtr decodes the address of .eh_frame recorded in an .eh_frame_hdr
+// (hdr, at link-time address hdrAddr): what finds the unwind tables of an
+// object that has no section headers, from its PT_GNU_EH_FRAME segment.
+func EHFramePtr(hdr []byte, hdrAddr uint64, ptrSize int, order binary.ByteOrder) (uint64, error) {
+	if len(hdr) < 4 || hdr[0] != 1 {
+		return 0, &FormatError{0, ".eh_frame_hdr: not version 1"}
+	}
+	r := &reader{d: hdr, off: 4, order: order, base: hdrAddr, ptr: ptrSize, dataBase: hdrAddr}
+	v := r.pointer(hdr[1])
+	if r.err != nil {
+		return 0, r.err
+	}
+	return v, nil
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
@@ -294,4 +297,27 @@ func TestApplyLibLibcDlopenMode(t *testing.T) {
 	require.NoError(t, err)
 	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
 	checkServed(t, p)
+}
+
+// Apply on the C fixture with threads blocked in read, nanosleep,
+// pthread_cond_wait and epoll_wait inside and outside blocking(): refused,
+// naming exactly the four threads inside it; the target is unchanged.
+func TestApplyBlockedByCThreads(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cblockers", "-O2", "-fomit-frame-pointer"))
+	p.Expect(t, regexp.MustCompile(`^ready$`), 10*time.Second)
+	tg := attach(t, p.Pid)
+	before := codeOf(t, tg, p.Pid, "blocking")
+	_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "blocking", New: "blocking_fixed"}}, patch.ApplyOptions{Timeout: 300 * time.Millisecond})
+	var be *consistency.BlockedError
+	require.ErrorAs(t, err, &be)
+	var got []string
+	for _, b := range be.Blockers {
+		require.Equal(t, "blocking", b.Func, "only blocking() blocks, no unreliable stack: %s", b.Reason)
+		c, rerr := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", p.Pid, b.Task.ID))
+		require.NoError(t, rerr)
+		got = append(got, strings.TrimSpace(string(c)))
+	}
+	sort.Strings(got)
+	require.Equal(t, []string{"in-cond", "in-epoll", "in-read", "in-sleep"}, got)
+	require.Equal(t, before, codeOf(t, tg, p.Pid, "blocking"))
 }

@@ -35,10 +35,14 @@ func (src Source) Take() (Snapshot, error) {
 	var s Snapshot
 	s.Tasks = make([]Task, 0, len(p.Threads()))
 	threads := map[int]int{} // tid → index in s.Tasks
+	all, err := p.AllRegs()  // one hand-off to the ptrace thread, not one per thread
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("consistency: registers: %w", err)
+	}
 	for _, tid := range p.Threads() {
-		regs, err := p.GetRegs(tid)
-		if err != nil {
-			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, err)
+		regs, ok := all[tid]
+		if !ok {
+			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
 		}
 		threads[tid] = len(s.Tasks)
 		key := regs.ThreadPointer()
@@ -53,7 +57,7 @@ func (src Source) Take() (Snapshot, error) {
 				}
 			}
 		}
-		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: u.Unwind(p, regs.DWARF())})
+		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: u.Unwind(unwind.NewPageCache(p), regs.DWARF())})
 	}
 	if src.Go == nil {
 		return s, nil

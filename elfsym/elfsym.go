@@ -84,6 +84,10 @@ type Module struct {
 	ehAddr     uint64
 	textSect   [][2]uint64 // link-time executable section ranges
 	syms       []Symbol    // filled by parse, moved into the table by index
+
+	// .eh_frame_hdr (the binary search table of .eh_frame), nil if absent.
+	ehHdr     []byte
+	ehHdrAddr uint64
 }
 
 // segment is the file contents of one executable PT_LOAD segment.
@@ -382,6 +386,9 @@ func (t *Table) Unwinder() *unwind.Unwinder {
 			GoTextStart: m.goText,
 			EHFrame:     m.ehFrame,
 			EHFrameAddr: m.ehAddr,
+
+			EHFrameHdr:     m.ehHdr,
+			EHFrameHdrAddr: m.ehHdrAddr,
 		})
 	}
 	return u

@@ -10,6 +10,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/hotpatch-dev/hotpatch/internal/cfi"
 )
 
 // rawSym is a function at its link-time address.
@@ -59,6 +61,14 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		if d, err := s.Data(); err == nil {
 			m.ehFrame, m.ehAddr = d, s.Addr
 		}
+	}
+	if s := ef.Section(".eh_frame_hdr"); s != nil && s.Type != elf.SHT_NOBITS && m.ehFrame != nil {
+		if d, err := s.Data(); err == nil {
+			m.ehHdr, m.ehHdrAddr = d, s.Addr
+		}
+	}
+	if m.ehFrame == nil {
+		m.ehFrameFromSegment(ef)
 	}
 
 	elfSyms, _ := ef.Symbols() // ErrNoSymbols for stripped files
@@ -266,4 +276,41 @@ func trimNUL(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// ehFrameFromSegment finds the unwind tables of an object without section
+// headers (sstrip, some loaders' in-memory images) from its
+// PT_GNU_EH_FRAME segment: the .eh_frame_hdr, whose eh_frame_ptr gives
+// .eh_frame, read to the end of the PT_LOAD segment holding it (its
+// zero terminator ends the parse; lookups go through the header's table).
+func (m *Module) ehFrameFromSegment(ef *elf.File) {
+	for _, p := range ef.Progs {
+		if p.Type != elf.PT_GNU_EH_FRAME || p.Filesz == 0 || p.Filesz > 64<<20 {
+			continue
+		}
+		hdr := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(hdr, 0); err != nil {
+			return
+		}
+		ptr := 8
+		if ef.Class == elf.ELFCLASS32 {
+			ptr = 4
+		}
+		ehAddr, err := cfi.EHFramePtr(hdr, p.Vaddr, ptr, ef.ByteOrder)
+		if err != nil {
+			return
+		}
+		for _, l := range ef.Progs {
+			if l.Type != elf.PT_LOAD || ehAddr < l.Vaddr || ehAddr >= l.Vaddr+l.Filesz {
+				continue
+			}
+			data := make([]byte, l.Vaddr+l.Filesz-ehAddr)
+			if _, err := l.ReadAt(data, int64(ehAddr-l.Vaddr)); err != nil {
+				return
+			}
+			m.ehFrame, m.ehAddr = data, ehAddr
+			m.ehHdr, m.ehHdrAddr = hdr, p.Vaddr
+			return
+		}
+	}
 }

@@ -42,6 +42,15 @@ var (
 	ErrCodeChanged = errors.New("code bytes changed")
 	// ErrBadRequest: the request itself is malformed.
 	ErrBadRequest = errors.New("bad request")
+	// ErrBuildIDMismatch: the patch library is pinned (HOTPATCH_PIN) to
+	// another build of the module that holds the function (*BuildIDError).
+	ErrBuildIDMismatch = errors.New("build ID mismatch")
+	// ErrUnpinned: the patch library declares no HOTPATCH_PIN and
+	// ApplyOptions.Unpinned (--unpinned) was not given.
+	ErrUnpinned = errors.New("patch library is not pinned to a build ID")
+	// ErrLoadLibrary: the target could not load the patch library
+	// (*LoadError carries the target's dlerror() text).
+	ErrLoadLibrary = errors.New("loading the patch library failed")
 	// ErrInTransition: another patch is in a gradual transition.
 	ErrInTransition = errors.New("a patch is in transition")
 	// ErrNoTransition: Resume found no transition to drive.

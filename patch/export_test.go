@@ -12,3 +12,11 @@ func IsInjectedDeath(v any) bool { return v == errInjectedDeath }
 // Abandon detaches from a target left stopped by an injected death, as the
 // kernel does when the tracer dies.
 func Abandon(t *Target) error { return t.proc.Resume() }
+
+// UseDlopen makes Apply load libraries through the named loader functions
+// only (to test the __libc_dlopen_mode fallback); the returned func undoes it.
+func UseDlopen(names ...string) func() {
+	old := dlopenFuncs
+	dlopenFuncs = names
+	return func() { dlopenFuncs = old }
+}

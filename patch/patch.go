@@ -134,6 +134,17 @@ type ApplyOptions struct {
 	Interval time.Duration
 	// Progress, when set, is called after every pause of a transition.
 	Progress func(Progress)
+	// Lib is a shared object holding the replacement functions (C
+	// targets). Apply loads it into the target with a remote dlopen before
+	// the pause, then resolves each New in it first, then in the whole
+	// target; the replacement may call any function the target exports.
+	// The library must be pinned with HOTPATCH_PIN (patch/include/hotpatch.h)
+	// to the build ID of each module holding an Old, unless Unpinned is set.
+	// If the Apply is refused the library is unloaded (dlclose); after a
+	// successful Apply it stays loaded, also after Revert.
+	Lib string
+	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
+	Unpinned bool
 }
 
 // Result is a successful Apply or Revert.
@@ -167,7 +178,7 @@ type planned struct {
 }
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
-func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) (*Result, error) {
+func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) (_ *Result, applyErr error) {
 	fail := func(fn string, err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "apply", Pid: t.pid, Func: fn, Err: err, Hint: hint}
 	}
@@ -194,6 +205,19 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 	}
 
+	// Load the patch library, if any (its pins are checked first).
+	olds, lib, err := t.prepareLib(reps, o)
+	if err != nil {
+		return nil, err
+	}
+	if lib != nil {
+		defer func() {
+			if applyErr != nil {
+				t.dlclose(lib)
+			}
+		}()
+	}
+
 	// Resolve and plan, before touching the target.
 	var ps []*planned
 	seen := map[uint64]string{}
@@ -201,11 +225,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if rep.Old == "" || rep.New == "" {
 			return fail(rep.Old, ErrBadRequest, "a replacement is OLD=NEW with both names")
 		}
-		old, err := t.syms.Lookup(rep.Old)
+		old, err := t.lookupOld(rep.Old, olds)
 		if err != nil {
 			return fail(rep.Old, err, "")
 		}
-		nw, err := t.syms.Lookup(rep.New)
+		nw, err := t.lookupNew(rep.New, lib)
 		if err != nil {
 			return fail(rep.New, err, "")
 		}

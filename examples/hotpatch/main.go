@@ -1,7 +1,7 @@
 // Command hotpatch replaces functions inside a running process, and puts
 // them back, without restarting it.
 //
-//	hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
+//	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
 //	                 [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
@@ -9,6 +9,12 @@
 //	hotpatch syms    --pid PID [SUBSTRING]
 //	hotpatch threads --pid PID [--goroutines]
 //	hotpatch demo
+//
+// OLD may be qualified by its module, as in libfoo.so:func. With --lib, the
+// shared object fix.so is loaded into the target (dlopen) and each NEW is
+// looked up in it first; it must be pinned to the build ID of the module
+// holding OLD with HOTPATCH_PIN from patch/include/hotpatch.h, unless
+// --unpinned is given.
 //
 // Exit status: 0 on success, 1 when the operation is refused or fails (the
 // reason is on stderr; with --json also as {"error": ...} on stdout), 2 on a
@@ -33,7 +39,7 @@ import (
 )
 
 const usage = `usage:
-  hotpatch apply   --pid PID --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
+  hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
                    [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
   hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
   hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
@@ -151,6 +157,8 @@ func errorCode(err error) string {
 		{patch.ErrCannotRelocate, "cannot_relocate"}, {patch.ErrBlocked, "blocked"},
 		{patch.ErrAlreadyApplied, "already_applied"}, {patch.ErrNotApplied, "not_applied"},
 		{patch.ErrCodeChanged, "code_changed"}, {patch.ErrBadRequest, "bad_request"},
+		{patch.ErrBuildIDMismatch, "build_id_mismatch"}, {patch.ErrUnpinned, "unpinned"},
+		{patch.ErrLoadLibrary, "load_library"},
 		{patch.ErrInlined, "inlined"}, {patch.ErrInTransition, "in_transition"},
 		{patch.ErrNoTransition, "no_transition"},
 	} {
@@ -171,6 +179,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c := newFlags("apply", stderr, true, true)
 	var reps replaceFlags
 	c.fs.Var(&reps, "replace", "OLD=NEW: redirect function OLD to function NEW (repeatable)")
+	lib := c.fs.String("lib", "", "shared object holding the NEW functions, loaded into the target with dlopen")
+	unpinned := c.fs.Bool("unpinned", false, "accept a --lib that declares no HOTPATCH_PIN build ID")
 	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers (those copies keep the old code)")
 	mode := c.fs.String("mode", patch.ModeStop, "stop: one pause in which no task may be in the functions; gradual: tasks busy in them keep the old code until they leave (per-task universes); auto: stop, then gradual if tasks stay busy")
 	onTimeout := c.fs.String("on-timeout", patch.OnTimeoutRevert, "what a gradual transition does when --timeout passes with tasks pending: revert, or stay in transition")
@@ -196,7 +206,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
-		OnTimeout: *onTimeout, Force: *force, Interval: *interval}
+		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned}
 	streaming := c.json && (*mode != patch.ModeStop || *resume)
 	opts.Progress = progressPrinter(stdout, stderr, streaming)
 	var res *patch.Result

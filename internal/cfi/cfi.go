@@ -90,11 +90,23 @@ type fde struct {
 	insnsOff   int
 }
 
-// Table indexes the FDEs of one .eh_frame section.
+// Table indexes the FDEs of one .eh_frame section: either through the
+// section's .eh_frame_hdr binary search table (nothing is parsed until a pc
+// is looked up) or, without one, through a sorted index built once by Parse.
 type Table struct {
 	fdes  []fde
 	order binary.ByteOrder
 	ptr   int
+
+	// With an .eh_frame_hdr (see ParseWithHdr):
+	data    []byte // .eh_frame
+	addr    uint64 // link-time address of data[0]
+	hdr     []byte // the binary search table's bytes
+	hdrAddr uint64 // link-time address of the .eh_frame_hdr section
+	hdrEnc  byte   // encoding of the table's entries
+	hdrSize int    // size of one encoded value
+	hdrN    int    // number of entries
+	hdrBase int    // offset of the table in the .eh_frame_hdr section
 }
 
 // reader decodes the section.
@@ -105,6 +117,9 @@ type reader struct {
 	base  uint64 // link-time address of d[0]
 	ptr   int
 	err   error
+	// dataBase is the base of DW_EH_PE_datarel pointers (the
+	// .eh_frame_hdr section's address); datarel is refused when 0.
+	dataBase uint64
 }
 
 func (r *reader) fail(msg string) {
@@ -187,7 +202,13 @@ func (r *reader) pointer(enc byte) uint64 {
 	case 0x00:
 	case 0x10: // pcrel
 		v += pos
-	default: // datarel, textrel, funcrel: not used in .eh_frame FDE pointers
+	case 0x30: // datarel: only in .eh_frame_hdr
+		if r.dataBase == 0 {
+			r.fail("datarel pointer outside .eh_frame_hdr")
+			return 0
+		}
+		v += r.dataBase
+	default: // textrel, funcrel, aligned: not used in .eh_frame pointers
 		r.fail(fmt.Sprintf("unsupported pointer application %#x", enc&0x70))
 	}
 	return v
@@ -320,10 +341,32 @@ func parseCIE(r *reader) (*cie, error) {
 }
 
 // FDEs returns the number of FDEs indexed.
-func (t *Table) FDEs() int { return len(t.fdes) }
+func (t *Table) FDEs() int {
+	if t.hdr != nil {
+		return t.hdrN
+	}
+	return len(t.fdes)
+}
 
-// FuncRanges returns every FDE's [start, end) (link-time), sorted.
+// HasHdr reports whether lookups go through the .eh_frame_hdr table.
+func (t *Table) HasHdr() bool { return t.hdr != nil }
+
+// FuncRanges returns every FDE's [start, end) (link-time), sorted. With an
+// .eh_frame_hdr it parses every FDE (meant for tools and tests).
 func (t *Table) FuncRanges() [][2]uint64 {
+	if t.hdr != nil {
+		var out [][2]uint64
+		for i := 0; i < t.hdrN; i++ {
+			_, a, err := t.hdrEntry(i)
+			if err != nil || a < t.addr || a-t.addr >= uint64(len(t.data)) {
+				continue
+			}
+			if f, err := t.fdeAt(int(a - t.addr)); err == nil {
+				out = append(out, [2]uint64{f.start, f.end})
+			}
+		}
+		return out
+	}
 	out := make([][2]uint64, len(t.fdes))
 	for i, f := range t.fdes {
 		out[i] = [2]uint64{f.start, f.end}
@@ -334,11 +377,18 @@ func (t *Table) FuncRanges() [][2]uint64 {
 // RowAt evaluates the CFI program of the FDE covering link-time pc, up to pc.
 // ok is false when no FDE covers pc.
 func (t *Table) RowAt(pc uint64) (row Row, ok bool, err error) {
-	i := sort.Search(len(t.fdes), func(i int) bool { return t.fdes[i].start > pc }) - 1
-	if i < 0 || pc >= t.fdes[i].end {
-		return Row{}, false, nil
+	var f *fde
+	if t.hdr != nil {
+		if f, err = t.lookupHdr(pc); err != nil || f == nil {
+			return Row{}, f != nil, err
+		}
+	} else {
+		i := sort.Search(len(t.fdes), func(i int) bool { return t.fdes[i].start > pc }) - 1
+		if i < 0 || pc >= t.fdes[i].end {
+			return Row{}, false, nil
+		}
+		f = &t.fdes[i]
 	}
-	f := &t.fdes[i]
 	row = Row{Regs: map[int]Rule{}, RA: f.cie.ra, Signal: f.cie.signal, FuncStart: f.start, FuncEnd: f.end}
 	// The CIE's initial instructions, then the FDE's up to pc.
 	if err := t.exec(&row, f.cie, f.cie.insns, f.cie.insnsOff, nil, f.start, ^uint64(0)); err != nil {
@@ -478,4 +528,158 @@ func (t *Table) exec(row *Row, c *cie, insns []byte, baseOff int, initial map[in
 		}
 	}
 	return nil
+}
+
+// ParseWithHdr indexes an .eh_frame section through its .eh_frame_hdr
+// section (hdr, at link-time address hdrAddr): a lookup is a binary search
+// of the header's table and the parse of one FDE, and nothing is parsed up
+// front. When hdr is nil or has no usable table (no entries, or a variable
+// length encoding), it falls back to Parse's sorted index, built once.
+func ParseWithHdr(ehFrame []byte, addr uint64, hdr []byte, hdrAddr uint64, ptrSize int, order binary.ByteOrder) (*Table, error) {
+	if len(hdr) < 4 || hdr[0] != 1 {
+		return Parse(ehFrame, addr, ptrSize, order)
+	}
+	r := &reader{d: hdr, off: 4, order: order, base: hdrAddr, ptr: ptrSize, dataBase: hdrAddr}
+	ehPtrEnc, countEnc, tabEnc := hdr[1], hdr[2], hdr[3]
+	ehPtr := r.pointer(ehPtrEnc)
+	if r.err != nil {
+		return nil, &FormatError{r.off, ".eh_frame_hdr: " + r.err.Error()}
+	}
+	if ehPtr != addr {
+		return nil, &FormatError{4, fmt.Sprintf(".eh_frame_hdr points to .eh_frame at %#x, the section is at %#x", ehPtr, addr)}
+	}
+	size := encSize(tabEnc, ptrSize)
+	if countEnc == 0xff || tabEnc == 0xff || size == 0 || tabEnc&0x70 != 0x30 {
+		return Parse(ehFrame, addr, ptrSize, order)
+	}
+	n := r.pointer(countEnc)
+	if r.err != nil {
+		return nil, &FormatError{r.off, ".eh_frame_hdr: " + r.err.Error()}
+	}
+	if n == 0 {
+		return Parse(ehFrame, addr, ptrSize, order)
+	}
+	if n > uint64(len(hdr)) || r.off+int(n)*2*size > len(hdr) {
+		return nil, &FormatError{r.off, fmt.Sprintf(".eh_frame_hdr: %d table entries do not fit the section", n)}
+	}
+	return &Table{order: order, ptr: ptrSize, data: ehFrame, addr: addr, hdr: hdr, hdrAddr: hdrAddr,
+		hdrEnc: tabEnc, hdrSize: size, hdrN: int(n), hdrBase: r.off}, nil
+}
+
+// encSize is the size of a fixed-size DW_EH_PE encoding, 0 if variable.
+func encSize(enc byte, ptrSize int) int {
+	switch enc & 0x0f {
+	case 0x00:
+		return ptrSize
+	case 0x02, 0x0a:
+		return 2
+	case 0x03, 0x0b:
+		return 4
+	case 0x04, 0x0c:
+		return 8
+	}
+	return 0
+}
+
+// hdrEntry decodes entry i of the .eh_frame_hdr table: the FDE's initial
+// location and its link-time address.
+func (t *Table) hdrEntry(i int) (loc, fdeAddr uint64, err error) {
+	r := &reader{d: t.hdr, off: t.hdrBase + i*2*t.hdrSize, order: t.order, base: t.hdrAddr, ptr: t.ptr, dataBase: t.hdrAddr}
+	loc = r.pointer(t.hdrEnc)
+	fdeAddr = r.pointer(t.hdrEnc)
+	return loc, fdeAddr, r.err
+}
+
+// lookupHdr finds the FDE covering pc through the .eh_frame_hdr table.
+func (t *Table) lookupHdr(pc uint64) (*fde, error) {
+	var err error
+	i := sort.Search(t.hdrN, func(i int) bool {
+		loc, _, e := t.hdrEntry(i)
+		if e != nil && err == nil {
+			err = e
+		}
+		return loc > pc
+	}) - 1
+	if err != nil {
+		return nil, err
+	}
+	if i < 0 {
+		return nil, nil
+	}
+	loc, fdeAddr, err := t.hdrEntry(i)
+	if err != nil {
+		return nil, err
+	}
+	if fdeAddr < t.addr || fdeAddr-t.addr >= uint64(len(t.data)) {
+		return nil, &FormatError{int(fdeAddr - t.addr), fmt.Sprintf(".eh_frame_hdr entry %d points outside .eh_frame", i)}
+	}
+	f, err := t.fdeAt(int(fdeAddr - t.addr))
+	if err != nil {
+		return nil, err
+	}
+	if f.start != loc {
+		return nil, &FormatError{int(fdeAddr - t.addr), fmt.Sprintf("FDE starts at %#x but .eh_frame_hdr says %#x", f.start, loc)}
+	}
+	if pc >= f.end {
+		return nil, nil
+	}
+	return f, nil
+}
+
+// fdeAt parses the FDE at offset off of the section, and its CIE.
+func (t *Table) fdeAt(off int) (*fde, error) {
+	r := &reader{d: t.data, off: off, order: t.order, base: t.addr, ptr: t.ptr}
+	length := uint64(r.u32())
+	if length == 0xffffffff {
+		length = r.u64()
+	}
+	if r.err != nil || length > uint64(len(t.data)-r.off) {
+		return nil, &FormatError{off, "FDE length beyond the section"}
+	}
+	end := r.off + int(length)
+	idPos := r.off
+	id := r.u32()
+	if id == 0 || r.err != nil {
+		return nil, &FormatError{off, "not an FDE"}
+	}
+	cieOff := idPos - int(id)
+	if cieOff < 0 || cieOff+4 > len(t.data) {
+		return nil, &FormatError{idPos, "FDE points to no CIE"}
+	}
+	cr := &reader{d: t.data, off: cieOff, order: t.order, base: t.addr, ptr: t.ptr}
+	l := int(cr.u32())
+	cr.d = t.data[:min(len(t.data), cieOff+4+max(l, 0))]
+	if cr.u32() != 0 || cr.err != nil {
+		return nil, &FormatError{idPos, "FDE points to no CIE"}
+	}
+	c, err := parseCIE(cr)
+	if err != nil {
+		return nil, err
+	}
+	fr := &reader{d: t.data[:end], off: r.off, order: t.order, base: t.addr, ptr: t.ptr}
+	pcBegin := fr.pointer(c.fdeEnc)
+	pcRange := fr.pointer(c.fdeEnc & 0x0f)
+	if c.aug {
+		n := fr.uleb()
+		fr.bytes(int(n))
+	}
+	if fr.err != nil {
+		return nil, fr.err
+	}
+	return &fde{start: pcBegin, end: pcBegin + pcRange, cie: c, insns: t.data[fr.off:end], insnsOff: fr.off}, nil
+}
+
+// EHFramePtr decodes the address of .eh_frame recorded in an .eh_frame_hdr
+// (hdr, at link-time address hdrAddr): what finds the unwind tables of an
+// object that has no section headers, from its PT_GNU_EH_FRAME segment.
+func EHFramePtr(hdr []byte, hdrAddr uint64, ptrSize int, order binary.ByteOrder) (uint64, error) {
+	if len(hdr) < 4 || hdr[0] != 1 {
+		return 0, &FormatError{0, ".eh_frame_hdr: not version 1"}
+	}
+	r := &reader{d: hdr, off: 4, order: order, base: hdrAddr, ptr: ptrSize, dataBase: hdrAddr}
+	v := r.pointer(hdr[1])
+	if r.err != nil {
+		return 0, r.err
+	}
+	return v, nil
 }

@@ -133,6 +133,9 @@ func TestMain(m *testing.M) {
 	case "tracer":
 		tracerChild()
 		os.Exit(0)
+	case "caller":
+		callerChild()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -196,6 +199,23 @@ func startGoTarget(tb testing.TB) *target {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=gotarget")
 	return startTarget(tb, cmd)
+}
+
+// callerChild calls the function at TRACEE_TEST_FN (hex) in TRACEE_TEST_PID
+// with the arguments 400, 1, 2 (slow_add: 400 ms), saying "ready calling"
+// first; the test kills it during the call.
+func callerChild() {
+	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
+	fn, _ := strconv.ParseUint(os.Getenv("TRACEE_TEST_FN"), 16, 64)
+	p, err := Open(pid)
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready calling")
+	res, err := p.Call("slow_add", fn, 400, 1, 2)
+	fmt.Println("returned", res, err)
+	select {}
 }
 
 // tracerChild stops TRACEE_TEST_PID, says so, and waits to be killed.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -40,46 +41,12 @@ func (p *Process) syscallOn(tid int, name string, nr uint64, args ...uint64) (ui
 }
 
 func (p *Process) remoteSyscall(tid int, name string, nr uint64, args []uint64) (uint64, error) {
-	var t *thread
-	temporary := false
-	switch {
-	case p.stopped && tid != 0:
+	var res uint64
+	err := p.borrow(tid, false, func(t *thread) error {
 		var err error
-		if t, err = p.stoppedThread(tid); err != nil {
-			return 0, err
-		}
-	case p.stopped:
-		for _, id := range p.order {
-			if c := p.threads[id]; c != nil && c.stopped {
-				t = c
-				break
-			}
-		}
-		if t == nil {
-			return 0, p.exited()
-		}
-	case tid != 0:
-		return 0, fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
-	default:
-		var err error
-		if t, err = p.stopOne(); err != nil {
-			return 0, err
-		}
-		temporary = true
-	}
-	res, err := p.runSyscall(t, nr, args)
-	if temporary {
-		if p.threads[t.tid] != nil {
-			p.stopped = true
-			p.order = []int{t.tid}
-			if rerr := p.resumeAll(); err == nil && rerr != nil {
-				err = rerr
-			}
-		}
-		p.stopped = false
-		p.order = nil
-		clear(p.threads)
-	}
+		res, err = p.runSyscall(t, nr, args)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
@@ -90,18 +57,26 @@ func (p *Process) remoteSyscall(tid int, name string, nr uint64, args []uint64) 
 }
 
 // stopOne seizes and interrupts one thread (the leader if it can) while the
-// process is not stopped. It does not follow clones.
-func (p *Process) stopOne() (*thread, error) {
+// process is not stopped. It does not follow clones. With sleeper, it
+// prefers a thread that sleeps in the kernel (state S: blocked in a system
+// call, so not in the middle of user code that may hold a lock such as
+// malloc's), the leader first among those.
+func (p *Process) stopOne(sleeper bool) (*thread, error) {
 	tids, err := listTasks(p.pid)
 	if err != nil {
 		return nil, p.exited()
 	}
-	// Leader first.
-	for i, tid := range tids {
-		if tid == p.pid {
-			tids[0], tids[i] = tids[i], tids[0]
+	rank := func(tid int) int {
+		r := 0
+		if tid != p.pid {
+			r++
 		}
+		if sleeper && taskState(p.pid, tid) != 'S' {
+			r += 2
+		}
+		return r
 	}
+	sort.SliceStable(tids, func(i, j int) bool { return rank(tids[i]) < rank(tids[j]) })
 	for _, tid := range tids {
 		gone, err := p.attach(tid, 0)
 		if err != nil {

@@ -217,6 +217,31 @@ func (p *Process) GetRegs(tid int) (Regs, error) {
 	return r, err
 }
 
+// AllRegs reads the registers of every stopped thread in one request to the
+// ptrace thread (each request is a hand-off to that locked OS thread, which
+// costs tens of microseconds on a busy machine: per-thread GetRegs calls
+// would add that to the pause once per thread). Keys are thread IDs.
+func (p *Process) AllRegs() (map[int]Regs, error) {
+	out := map[int]Regs{}
+	err := p.do(func() error {
+		if !p.stopped {
+			return fmt.Errorf("tracee: pid %d: %w", p.pid, ErrNotStopped)
+		}
+		for _, tid := range p.order {
+			if t := p.threads[tid]; t == nil || !t.stopped {
+				continue
+			}
+			var r Regs
+			if err := getRegs(tid, &r); err != nil {
+				return p.threadErr(tid, "get registers", err)
+			}
+			out[tid] = r
+		}
+		return nil
+	})
+	return out, err
+}
+
 // SetRegs writes the registers of a stopped thread.
 func (p *Process) SetRegs(tid int, r Regs) error {
 	return p.do(func() error {

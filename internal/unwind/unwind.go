@@ -75,6 +75,11 @@ type Module struct {
 	// first byte lies at link-time address EHFrameAddr.
 	EHFrame     []byte
 	EHFrameAddr uint64
+	// EHFrameHdr is the .eh_frame_hdr section's bytes (nil when absent: a
+	// sorted index of .eh_frame is then built once), whose first byte lies
+	// at link-time address EHFrameHdrAddr.
+	EHFrameHdr     []byte
+	EHFrameHdrAddr uint64
 
 	once   sync.Once
 	goTab  *gopcln.Table
@@ -107,7 +112,7 @@ func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
 			}
 		}
 		if m.EHFrame != nil {
-			t, err := cfi.Parse(m.EHFrame, m.EHFrameAddr, a.PtrSize, binary.LittleEndian)
+			t, err := cfi.ParseWithHdr(m.EHFrame, m.EHFrameAddr, m.EHFrameHdr, m.EHFrameHdrAddr, a.PtrSize, binary.LittleEndian)
 			m.cfiTab = t
 			if err != nil {
 				errs = append(errs, err)
@@ -135,6 +140,9 @@ type Frame struct {
 	// Method says how the caller of this frame was found: "pclntab", "cfi",
 	// or "" for the outermost frame.
 	Method string
+	// Signal is set on a signal trampoline's frame (__restore_rt): its
+	// caller is the interrupted code, whose PC is not a return address.
+	Signal bool
 }
 
 // Stack is the result of a walk.
@@ -212,6 +220,13 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 	unreliable := func(format string, args ...any) Stack {
 		s.Reliable, s.Reason = false, fmt.Sprintf(format, args...)
 		return s
+	}
+	readSize := func(addr uint64, size int) (uint64, error) {
+		var b [8]byte
+		if _, err := mem.ReadAt(b[:size], int64(addr)); err != nil {
+			return 0, fmt.Errorf("read %d bytes at %#x: %w", size, addr, err)
+		}
+		return binary.LittleEndian.Uint64(b[:]), nil
 	}
 	exact := true
 	for depth := 0; ; depth++ {
@@ -301,21 +316,37 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if !ok {
 			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
 		}
-		if row.Signal {
-			return unreliable("signal frame at %#x in %s", pc, m.Name)
+		// Expressions read this frame's registers and the process's memory.
+		mach := cfi.Machine{
+			Reg: func(r int) (uint64, bool) {
+				if r < 0 || r >= n || !valid[r] {
+					return 0, false
+				}
+				return cur[r], true
+			},
+			Mem:     readSize,
+			PtrSize: a.PtrSize,
 		}
+		var cfa uint64
 		if row.CFA.Expr != nil {
-			return unreliable("CFA expression at %#x in %s", pc, m.Name)
+			if cfa, err = cfi.Eval(row.CFA.Expr, mach); err != nil {
+				return unreliable("CFA expression at %#x in %s: %v", pc, m.Name, err)
+			}
+		} else {
+			if row.CFA.Reg >= n || !valid[row.CFA.Reg] {
+				return unreliable("CFA register %d unknown at %#x in %s", row.CFA.Reg, pc, m.Name)
+			}
+			cfa = uint64(int64(cur[row.CFA.Reg]) + row.CFA.Offset)
 		}
-		if row.CFA.Reg >= n || !valid[row.CFA.Reg] {
-			return unreliable("CFA register %d unknown at %#x in %s", row.CFA.Reg, pc, m.Name)
-		}
-		cfa := uint64(int64(cur[row.CFA.Reg]) + row.CFA.Offset)
-		fr.CFA, fr.Method = cfa, "cfi"
+		fr.CFA, fr.Method, fr.Signal = cfa, "cfi", row.Signal
 		next := make([]uint64, n)
 		nextValid := make([]bool, n)
-		for _, r := range a.CalleeSaved {
-			next[r], nextValid[r] = cur[r], valid[r]
+		if !row.Signal {
+			// A signal frame's CFI restores every register it knows; the
+			// others are not preserved across a signal.
+			for _, r := range a.CalleeSaved {
+				next[r], nextValid[r] = cur[r], valid[r]
+			}
 		}
 		raRule, hasRA := row.Regs[row.RA]
 		if hasRA && raRule.Kind == cfi.RuleUndefined {
@@ -343,11 +374,19 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				}
 			case cfi.RuleUndefined:
 				nextValid[r] = false
-			default: // expressions
-				nextValid[r] = false
-				if r == row.RA {
-					return unreliable("return address given by an expression at %#x in %s", pc, m.Name)
+			case cfi.RuleExpression, cfi.RuleValExpression:
+				v, err := cfi.Eval(rule.Expr, mach, cfa)
+				if err == nil && rule.Kind == cfi.RuleExpression {
+					v, err = read(v)
 				}
+				if err != nil {
+					if r == row.RA || r == a.SPReg {
+						return unreliable("register %d at %#x in %s: %v", r, pc, m.Name, err)
+					}
+					nextValid[r] = false
+					continue
+				}
+				next[r], nextValid[r] = v, true
 			}
 		}
 		if !hasRA {
@@ -356,13 +395,21 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if row.RA != a.RAReg {
 			next[a.RAReg], nextValid[a.RAReg] = next[row.RA], nextValid[row.RA]
 		}
-		next[a.SPReg], nextValid[a.SPReg] = cfa, true
+		if _, ok := row.Regs[a.SPReg]; !ok || !nextValid[a.SPReg] {
+			// The caller's stack pointer is the CFA unless the CFI (a
+			// signal frame) says where the interrupted one was saved.
+			next[a.SPReg], nextValid[a.SPReg] = cfa, true
+		}
 		if !nextValid[a.RAReg] || next[a.RAReg] == 0 {
 			return unreliable("return address unknown above %#x in %s", pc, m.Name)
 		}
-		if cfa <= sp {
+		// A frame's stack pointer grows towards the caller; a signal frame
+		// may come from another stack (sigaltstack), and MaxFrames bounds
+		// a loop through it.
+		if !row.Signal && cfa <= sp {
 			return unreliable("stack pointer does not grow at %#x in %s", pc, m.Name)
 		}
+		exact = row.Signal // the caller of a signal frame was interrupted at its pc
 		cur, valid = next, nextValid
 	}
 }

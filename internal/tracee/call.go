@@ -1,0 +1,403 @@
+package tracee
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrCallCrashed is matched by every *CallError.
+var ErrCallCrashed = errors.New("remote call crashed")
+
+// CallError is a function called in the target that died of a signal (a
+// fault, or abort). The thread's registers were restored and the signal
+// was not delivered, so the target keeps running; but whatever the function
+// changed before it crashed (locks it held, memory it wrote) stays.
+type CallError struct {
+	Name string // what was called
+	Fn   uint64
+	Tid  int
+	Sig  unix.Signal
+	PC   uint64 // where it crashed
+	Addr uint64 // the faulting address (SIGSEGV, SIGBUS)
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("tracee: remote call of %s at %#x on thread %d crashed with %v at pc %#x (fault address %#x); the thread's registers were restored and the signal suppressed, but state the function changed stays — check the target",
+		e.Name, e.Fn, e.Tid, e.Sig, e.PC, e.Addr)
+}
+
+// Is reports target == ErrCallCrashed.
+func (e *CallError) Is(target error) bool { return target == ErrCallCrashed }
+
+// pageSize is the target's page size (x86-64 and arm64 Linux: 4 KiB at
+// least; mappings here are rounded to it).
+const pageSize = 4096
+
+// Call calls the function at fn in the target with up to six integer or
+// pointer arguments and returns its integer result. When the process is
+// stopped (Stop), it borrows a stopped thread (the leader first) and only
+// that thread runs during the call; otherwise it stops one thread for the
+// call while the others keep running — which is what a function that takes
+// locks (dlopen, malloc) needs, since a lock held by a stopped thread would
+// never be released. That thread is one blocked in a system call when there
+// is one (the leader first): a thread interrupted in user code might hold a
+// lock the called function needs, and the call would then deadlock.
+//
+// The thread's general-purpose registers (with the syscall-restart state,
+// orig_rax) and its whole FPU/SSE/AVX state are saved and restored exactly:
+// a thread that was blocked in a system call restarts it afterwards. The
+// call runs below the thread's stack pointer and red zone, on a 16-byte
+// aligned stack, and returns into a stub (in memory mapped for the call)
+// that restores the thread by itself: a tracer killed during the call
+// leaves the target running correctly. Nothing is written into the
+// target's own code.
+// Signals that reach the thread during the call are held and delivered
+// when it is resumed. A call that crashes returns a *CallError.
+func (p *Process) Call(name string, fn uint64, args ...uint64) (uint64, error) {
+	return p.CallOn(0, name, fn, args...)
+}
+
+// CallOn is Call on thread tid of a stopped process (tid 0: as Call).
+func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint64, error) {
+	if len(args) > maxCallArgs {
+		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
+	}
+	var res uint64
+	err := p.do(func() error {
+		return p.borrow(tid, true, func(t *thread) error {
+			var err error
+			res, err = p.runCall(t, name, fn, args)
+			return err
+		})
+	})
+	return res, err
+}
+
+// borrow runs f on a stopped thread: tid, or any stopped thread of a
+// stopped process, or (process not stopped, tid 0) one thread stopped for
+// the duration of f and released afterwards (with sleeper, preferably one
+// blocked in a system call; see stopOne).
+func (p *Process) borrow(tid int, sleeper bool, f func(t *thread) error) error {
+	var t *thread
+	temporary := false
+	switch {
+	case p.stopped && tid != 0:
+		var err error
+		if t, err = p.stoppedThread(tid); err != nil {
+			return err
+		}
+	case p.stopped:
+		for _, id := range p.order {
+			if c := p.threads[id]; c != nil && c.stopped {
+				t = c
+				break
+			}
+		}
+		if t == nil {
+			return p.exited()
+		}
+	case tid != 0:
+		return fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
+	default:
+		var err error
+		if t, err = p.stopOne(sleeper); err != nil {
+			return err
+		}
+		temporary = true
+	}
+	err := f(t)
+	if temporary {
+		if p.threads[t.tid] != nil {
+			p.stopped = true
+			p.order = []int{t.tid}
+			if rerr := p.resumeAll(); err == nil && rerr != nil {
+				err = rerr
+			}
+		}
+		p.stopped = false
+		p.order = nil
+		clear(p.threads)
+	}
+	return err
+}
+
+// fpState is a saved FPU/SSE/AVX register set.
+type fpState struct {
+	typ  int
+	data []byte
+}
+
+func saveFP(tid int) (fpState, error) {
+	buf := make([]byte, 16<<10)
+	if d, err := getRegSet(tid, fpRegSet, buf); err == nil {
+		return fpState{fpRegSet, append([]byte(nil), d...)}, nil
+	}
+	d, err := getRegSet(tid, fpRegSetFallback, buf)
+	if err != nil {
+		return fpState{}, err
+	}
+	return fpState{fpRegSetFallback, append([]byte(nil), d...)}, nil
+}
+
+func (s fpState) restore(tid int) error { return setRegSet(tid, s.typ, s.data) }
+
+// runCall calls fn on the stopped thread t and puts the thread back.
+//
+// The function returns into a stub in memory mapped for the call (code
+// read+execute, data read+write), which stores the result, restores every
+// register and the FP state of the interrupted thread — restarting an
+// interrupted system call as the kernel would — and jumps back. The tracer
+// only watches: it holds the signals that arrive, catches a crash (and then
+// restores the thread through ptrace), and polls the stub's done flag.
+// Because the thread restores itself, a tracer killed mid-call (SIGKILL)
+// leaves a target that runs on correctly.
+func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uint64, error) {
+	var saved Regs
+	if err := getRegs(t.tid, &saved); err != nil {
+		return 0, p.threadErr(t.tid, "get registers", err)
+	}
+	fp, err := saveFP(t.tid)
+	if err != nil {
+		return 0, p.threadErr(t.tid, "get FP registers", err)
+	}
+	resume := saved.resumeState()
+	data := ctxData(resume, fp)
+	dataSize := (uint64(len(data)) + pageSize - 1) &^ (pageSize - 1)
+	dataAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, dataSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	if err != nil {
+		return 0, err
+	}
+	codeAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, pageSize, ProtRead|ProtExec, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	if err != nil {
+		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
+		return 0, err
+	}
+	stub := returnStub(dataAddr, resume.PC(), fp.typ == fpRegSet)
+	free := func() {
+		// The thread is stopped outside the stub: nothing uses the pages.
+		p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
+		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
+	}
+	// Below the red zone, aligned, then the return address: at the
+	// callee's entry (rsp+8) is a multiple of 16, as the ABI wants.
+	sp := (saved.SP()-redZone)&^15 - 8
+	var ret [8]byte
+	for i := range ret {
+		ret[i] = byte(codeAddr >> (8 * i))
+	}
+	err = p.writeMem(dataAddr, data)
+	if err == nil {
+		err = p.writeMem(codeAddr, stub)
+	}
+	if err == nil {
+		err = p.writeMem(sp, ret[:])
+	}
+	if err != nil {
+		free()
+		return 0, err
+	}
+	r := saved
+	r.setupCall(fn, sp, args)
+	if err := setRegs(t.tid, &r); err != nil {
+		free()
+		return 0, p.threadErr(t.tid, "set registers", err)
+	}
+	res, cerr := p.waitCall(t, name, fn, &saved, fp, dataAddr, codeAddr, uint64(len(stub)))
+	if p.threads[t.tid] == nil {
+		return 0, cerr // gone: nothing left to free
+	}
+	free()
+	return res, cerr
+}
+
+// runSyscallErr is runSyscall with errno results as *SyscallError.
+func (p *Process) runSyscallErr(t *thread, name string, nr uint64, args ...uint64) (uint64, error) {
+	res, err := p.runSyscall(t, nr, args)
+	if err != nil {
+		return 0, err
+	}
+	if e := int64(res); e < 0 && e >= -4095 {
+		return 0, &SyscallError{Name: name, Errno: uint64(-e)}
+	}
+	return res, nil
+}
+
+// inStub reports whether pc lies in the return stub.
+func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < codeAddr+codeLen }
+
+// waitCall runs t until the stub reports the call done and the thread is
+// stopped again outside the stub, holding the signals that arrive
+// meanwhile. If the called code crashes, it restores saved and fp through
+// ptrace and returns a *CallError.
+func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fpState, dataAddr, codeAddr, codeLen uint64) (uint64, error) {
+	if err := cont(t.tid, 0); err != nil {
+		return 0, p.threadErr(t.tid, "continue", err)
+	}
+	var result [16]byte
+	done := false
+	interrupted := false
+	backoff := 10 * time.Microsecond
+	for {
+		tid, ws, err := wait4(t.tid, unix.WNOHANG)
+		if err != nil {
+			if err == unix.ECHILD {
+				p.lost(t.tid)
+				return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+			}
+			return 0, fmt.Errorf("tracee: pid %d: wait: %w", p.pid, err)
+		}
+		if tid != t.tid {
+			// No event yet: is the call done?
+			if !done {
+				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxDone] == 1 {
+					done = true
+					backoff = 10 * time.Microsecond
+				}
+			}
+			if done && !interrupted {
+				if err := interrupt(t.tid); err != nil {
+					return 0, p.threadErr(t.tid, "interrupt", err)
+				}
+				interrupted = true
+				continue
+			}
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 500*time.Microsecond)
+			continue
+		}
+		if ws.Exited() || ws.Signaled() {
+			delete(p.threads, tid)
+			return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		t.inSigStop = false
+		var r Regs
+		if err := getRegs(t.tid, &r); err != nil {
+			return 0, p.threadErr(t.tid, "get registers", err)
+		}
+		if int(ws>>16) != 0 {
+			// PTRACE_EVENT_STOP: our interrupt (or a group-stop).
+			if !interrupted {
+				if err := cont(t.tid, 0); err != nil {
+					return 0, p.threadErr(t.tid, "continue", err)
+				}
+				continue
+			}
+			if inStub(r.PC(), codeAddr, codeLen) {
+				// Still in the stub's last instructions: step out of it.
+				if err := singlestep(t.tid, 0); err != nil {
+					return 0, p.threadErr(t.tid, "single-step", err)
+				}
+				continue
+			}
+			return binaryLE(result[ctxResult:]), nil
+		}
+		sig := unix.Signal(ws.StopSignal())
+		var si unix.Siginfo
+		gotInfo := getSiginfo(t.tid, &si) == nil
+		t.inSigStop = true
+		if sig == unix.SIGTRAP && interrupted && gotInfo && si.Code > 0 {
+			// Our single-step out of the stub.
+			if !inStub(r.PC(), codeAddr, codeLen) {
+				return binaryLE(result[ctxResult:]), nil
+			}
+			if err := singlestep(t.tid, 0); err != nil {
+				return 0, p.threadErr(t.tid, "single-step", err)
+			}
+			continue
+		}
+		if !done && crashed(sig, &si, gotInfo, p.pid) {
+			ce := &CallError{Name: name, Fn: fn, Tid: t.tid, Sig: sig, PC: r.PC()}
+			if sig == unix.SIGSEGV || sig == unix.SIGBUS {
+				ce.Addr = siginfoWord(&si)
+			}
+			// At this signal-delivery-stop the kernel restarts an
+			// interrupted system call itself once the registers are back.
+			if err := setRegs(t.tid, saved); err != nil {
+				return 0, errors.Join(ce, p.threadErr(t.tid, "restore registers", err))
+			}
+			if err := fp.restore(t.tid); err != nil {
+				return 0, errors.Join(ce, p.threadErr(t.tid, "restore FP registers", err))
+			}
+			return 0, ce
+		}
+		// A signal for the target: keep it for later, suppress it now.
+		t.pending = append(t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
+		if err := cont(t.tid, 0); err != nil {
+			return 0, p.threadErr(t.tid, "continue", err)
+		}
+	}
+}
+
+// binaryLE decodes a little-endian uint64.
+func binaryLE(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
+
+// crashed tells a fault of the called code (a synchronous signal the kernel
+// raised, or abort() raising SIGABRT on itself) from a signal someone sent.
+func crashed(sig unix.Signal, si *unix.Siginfo, ok bool, pid int) bool {
+	switch sig {
+	case unix.SIGSEGV, unix.SIGBUS, unix.SIGILL, unix.SIGFPE, unix.SIGTRAP, unix.SIGSYS:
+		return !ok || si.Code > 0 // SI_USER/SI_TKILL are <= 0
+	case unix.SIGABRT:
+		// abort() sends it to itself with tgkill: si_pid is the target.
+		return ok && si.Code <= 0 && int(int32(siginfoWord(si))) == pid
+	}
+	return false
+}
+
+// writeMem is WriteMem on the ptrace goroutine.
+func (p *Process) writeMem(addr uint64, data []byte) error {
+	n := 0
+	for n < len(data) {
+		m, err := pwrite(p.memfd, data[n:], addr+uint64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil && m <= 0 {
+			err = unix.EIO
+		}
+		if err != nil {
+			return fmt.Errorf("tracee: pid %d: write %d bytes at %#x: %w", p.pid, len(data), addr, err)
+		}
+		n += m
+	}
+	return nil
+}
+
+// Thread is a thread borrowed for a sequence of remote calls (see Borrow).
+type Thread struct {
+	p *Process
+	t *thread
+}
+
+// Tid returns the thread's ID.
+func (th *Thread) Tid() int { return th.t.tid }
+
+// Call is Process.Call on this thread.
+func (th *Thread) Call(name string, fn uint64, args ...uint64) (uint64, error) {
+	if len(args) > maxCallArgs {
+		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
+	}
+	return th.p.runCall(th.t, name, fn, args)
+}
+
+// Borrow runs f with one thread borrowed as Call (tid 0) or CallOn (tid)
+// would, so that several calls run on the same thread: dlopen then
+// dlerror, whose message is thread-local. f runs on the ptrace thread and
+// must use only the Thread, never other methods of the Process.
+func (p *Process) Borrow(tid int, f func(*Thread) error) error {
+	return p.do(func() error {
+		return p.borrow(tid, true, func(t *thread) error { return f(&Thread{p, t}) })
+	})
+}

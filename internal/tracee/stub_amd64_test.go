@@ -1,0 +1,70 @@
+package tracee
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// The return stub decodes to the intended instructions (it is also executed
+// by every remote-call test).
+func TestReturnStubDecodes(t *testing.T) {
+	for _, xsave := range []bool{true, false} {
+		code := returnStub(0x7f0000001000, 0x401234, xsave)
+		var ops []string
+		off := 0
+		for off < len(code)-8 {
+			in, err := x86asm.Decode(code[off:], 64)
+			require.NoError(t, err, "at %d", off)
+			ops = append(ops, strings.ToLower(x86asm.IntelSyntax(in, 0, nil)))
+			off += in.Len
+		}
+		require.Equal(t, len(code)-8, off, "the interrupted pc follows the jump")
+		fp := "xrstor64 ptr [r11+0xc0]"
+		if !xsave {
+			fp = "fxrstor64 ptr [r11+0xc0]"
+		}
+		want := []string{
+			"mov r11, 0x7f0000001000", "mov qword ptr [r11], rax", "mov eax, -0x1", "mov edx, -0x1", fp,
+			"push qword ptr [r11+0x10]", "popfq",
+			"mov rax, qword ptr [r11+0x18]", "mov rdx, qword ptr [r11+0x20]", "mov rcx, qword ptr [r11+0x28]",
+			"mov rbx, qword ptr [r11+0x30]", "mov rsi, qword ptr [r11+0x38]", "mov rdi, qword ptr [r11+0x40]",
+			"mov rbp, qword ptr [r11+0x48]", "mov r8, qword ptr [r11+0x58]", "mov r9, qword ptr [r11+0x60]",
+			"mov r10, qword ptr [r11+0x68]", "mov r12, qword ptr [r11+0x78]", "mov r13, qword ptr [r11+0x80]",
+			"mov r14, qword ptr [r11+0x88]", "mov r15, qword ptr [r11+0x90]", "mov rsp, qword ptr [r11+0x50]",
+			"mov byte ptr [r11+0x8], 0x1", "mov r11, qword ptr [r11+0x70]", "jmp qword ptr [rip]",
+		}
+		require.Equal(t, len(want), len(ops), "%q", ops)
+		for i := range want {
+			require.Equal(t, strings.Join(strings.Fields(want[i]), " "), strings.Join(strings.Fields(ops[i]), " "), "instruction %d", i)
+		}
+		require.Equal(t, []byte{0x34, 0x12, 0x40, 0, 0, 0, 0, 0}, code[len(code)-8:])
+	}
+}
+
+// resumeState restarts interrupted system calls as the kernel does.
+func TestResumeState(t *testing.T) {
+	neg := func(n int64) uint64 { return uint64(-n) }
+	for _, c := range []struct {
+		name             string
+		rax, orig, rip   uint64
+		wantRax, wantRip uint64
+	}{
+		{"not in a syscall", 5, ^uint64(0), 0x1000, 5, 0x1000},
+		{"ERESTARTSYS", neg(512), 0, 0x1002, 0, 0x1000},
+		{"ERESTARTNOINTR", neg(513), 7, 0x1002, 7, 0x1000},
+		{"ERESTARTNOHAND", neg(514), 232, 0x1002, 232, 0x1000},
+		{"ERESTART_RESTARTBLOCK", neg(516), 230, 0x1002, 219, 0x1000},
+		{"EINTR is returned", neg(4), 0, 0x1002, neg(4), 0x1002},
+		{"a finished syscall", 3, 0, 0x1002, 3, 0x1002},
+	} {
+		var r Regs
+		r.Rax, r.Orig_rax, r.Rip = c.rax, c.orig, c.rip
+		got := r.resumeState()
+		require.Equal(t, c.wantRax, got.Rax, c.name)
+		require.Equal(t, c.wantRip, got.Rip, c.name)
+		require.Equal(t, ^uint64(0), got.Orig_rax, c.name)
+	}
+}

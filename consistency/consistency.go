@@ -84,7 +84,15 @@ func Check(s Snapshot, regions []Region) []Blocker {
 		blocked := false
 		for i, f := range t.Stack.Frames {
 			for _, r := range regions {
-				if f.PC >= r.Start && f.PC < r.End {
+				// A caller's pc is a return address: the call before it
+				// counts too (a call of a noreturn function may be a
+				// function's last instruction, its return address the
+				// function's end).
+				in := f.PC >= r.Start && f.PC < r.End
+				if i > 0 && !in {
+					in = f.PC-1 >= r.Start && f.PC-1 < r.End
+				}
+				if in {
 					reason := fmt.Sprintf("executing in %s", r.Name)
 					if i > 0 {
 						reason = fmt.Sprintf("%s is on its stack (frame %d), it will return into it", r.Name, i)

@@ -87,16 +87,25 @@ type Module struct {
 	err    error
 	// deltas memoizes SPDelta by pc: thousands of parked goroutines stop
 	// at the same few return addresses.
-	deltas sync.Map // uint64 → int64
+	deltasMu sync.RWMutex
+	deltas   map[uint64]int64
 }
 
 func (m *Module) spDelta(t *gopcln.Table, f *gopcln.Func, pc uint64) (int64, error) {
-	if d, ok := m.deltas.Load(pc); ok {
-		return d.(int64), nil
+	m.deltasMu.RLock()
+	d, ok := m.deltas[pc]
+	m.deltasMu.RUnlock()
+	if ok {
+		return d, nil
 	}
 	d, err := t.SPDelta(f, pc)
 	if err == nil {
-		m.deltas.Store(pc, d)
+		m.deltasMu.Lock()
+		if m.deltas == nil {
+			m.deltas = map[uint64]int64{}
+		}
+		m.deltas[pc] = d
+		m.deltasMu.Unlock()
 	}
 	return d, err
 }
@@ -184,15 +193,16 @@ func (u *Unwinder) Prepare() error {
 // MaxFrames bounds a walk; a deeper stack is reported unreliable.
 const MaxFrames = 1024
 
-// Go runtime functions where a thread's stack legitimately ends.
+// Go runtime functions where a thread's stack legitimately ends, with the
+// reason a stack that ends there gives.
 var goRoots = map[string]string{
-	"runtime.goexit": "goroutine root",
-	"runtime.mstart": "thread root",
-	"runtime.rt0_go": "main thread root",
+	"runtime.goexit": "ends at runtime.goexit (goroutine root)",
+	"runtime.mstart": "ends at runtime.mstart (thread root)",
+	"runtime.rt0_go": "ends at runtime.rt0_go (main thread root)",
 	// mcall switched to the system stack after saving the goroutine's
 	// state in its g: the g0 frames end here, and the goroutine is parked
 	// (goroutine stacks are walked from the g, not from the thread).
-	"runtime.mcall": "system stack root (goroutine parked)",
+	"runtime.mcall": "ends at runtime.mcall (system stack root, goroutine parked)",
 }
 
 // Unwind walks from regs, which are indexed by DWARF register number and
@@ -200,8 +210,12 @@ var goRoots = map[string]string{
 func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 	a := u.Arch
 	n := max(len(regs), a.RAReg+1, 32)
-	cur := make([]uint64, n)
-	valid := make([]bool, n)
+	var curArr [32]uint64
+	var validArr [32]bool
+	cur, valid := curArr[:], validArr[:]
+	if n > len(curArr) {
+		cur, valid = make([]uint64, n), make([]bool, n)
+	}
 	copy(cur, regs)
 	for i := range regs {
 		valid[i] = true
@@ -255,7 +269,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if goTab != nil {
 			if f, ok := goTab.FuncAt(link); ok {
 				if why, ok := goRoots[f.Name]; ok {
-					s.Reliable, s.Reason = true, "ends at "+f.Name+" ("+why+")"
+					s.Reliable, s.Reason = true, why
 					return s
 				}
 				if f.Name == "runtime.sigtramp" {

@@ -276,15 +276,23 @@ func (p *Process) syscallInsnAddr() (uint64, error) {
 	return 0, fmt.Errorf("tracee: pid %d: no system call instruction found in executable mappings", p.pid)
 }
 
-// scanFor returns the first address of pat in [start, end), or 0.
+// scanFor returns the first address of pat in [start, end) aligned to
+// syscallInsnAlign, or 0.
 func (p *Process) scanFor(start, end uint64, pat []byte) uint64 {
 	const chunk = 64 << 10
 	buf := make([]byte, chunk+len(pat)-1)
 	for a := start; a < end; a += chunk {
 		n := min(uint64(len(buf)), end-a)
 		got, _ := p.readMem(buf[:n], a)
-		if i := bytes.Index(buf[:got], pat); i >= 0 {
-			return a + uint64(i)
+		for off := 0; ; {
+			i := bytes.Index(buf[off:got], pat)
+			if i < 0 {
+				break
+			}
+			if at := a + uint64(off+i); at%syscallInsnAlign == 0 {
+				return at
+			}
+			off += i + 1
 		}
 		if uint64(got) < n {
 			return 0

@@ -5,10 +5,18 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo
+.PHONY: test deps vet unit demo test-arm64
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) test-arm64
+
+# test-arm64 is the arm64 VM lane (internal/armvm): it installs qemu, the
+# aarch64 cross compiler and a Debian arm64 kernel when missing, runs the
+# arm64-meaningful test binaries in qemu-system-aarch64 and fails unless
+# every one passes.
+test-arm64:
+	$(GO) run ./internal/armvm
 
 vet:
 	$(GO) vet ./...

@@ -56,10 +56,17 @@ const (
 	sysMunmap   = unix.SYS_MUNMAP
 )
 
+// pstateSS is PSTATE.SS (software step): the kernel shows it set while a
+// thread is stopped after PTRACE_SINGLESTEP and manages it itself (it is
+// cleared when the thread is continued or detached, and a write of pstate
+// cannot change it), so it is ptrace state, not the thread's.
+const pstateSS = 1 << 21
+
 func getRegs(tid int, r *Regs) error {
 	if err := unix.PtraceGetRegs(tid, &r.PtraceRegs); err != nil {
 		return err
 	}
+	r.Pstate &^= pstateSS
 	return syscallNo(tid, unix.PTRACE_GETREGSET, &r.Syscallno)
 }
 

@@ -3,10 +3,12 @@ package tracee
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -202,7 +204,7 @@ func (p *Process) stepSyscall(t *thread, insn uint64) (uint64, error) {
 		}
 		t.inSigStop = true
 		gotInfo := getSiginfo(t.tid, &si) == nil
-		if unix.Signal(sig) == unix.SIGTRAP && r.PC() == end && (!gotInfo || si.Code > 0) {
+		if unix.Signal(sig) == unix.SIGTRAP && r.PC() == end && (!gotInfo || stepReport(&si)) {
 			return r.syscallResult(), nil
 		}
 		// A signal for the target: keep it for later, suppress it now.
@@ -299,4 +301,18 @@ func (p *Process) scanFor(start, end uint64, pat []byte) uint64 {
 		}
 	}
 	return 0
+}
+
+// stepReport tells the SIGTRAP of our single-step from one sent by a
+// process: a kernel-generated trap has si_code > 0 (TRAP_TRACE on x86-64),
+// except the one arm64 reports for a step over svc, which the kernel sends
+// at syscall exit as SI_USER from pid 0 and uid 0 (user_single_step_report),
+// something no process can send (its pid is never 0 in its own namespace).
+func stepReport(si *unix.Siginfo) bool {
+	if si.Code > 0 {
+		return true
+	}
+	// si_pid and si_uid follow signo, errno, code and padding.
+	raw := (*[24]byte)(unsafe.Pointer(si))
+	return si.Code == 0 && binary.NativeEndian.Uint64(raw[16:24]) == 0
 }

@@ -46,6 +46,10 @@ type Package struct {
 var Packages = []Package{
 	{Path: "internal/tracee"},
 	{Path: "internal/fixture"},
+	{Path: "internal/gopcln"},
+	{Path: "internal/cfi"},
+	{Path: "elfsym"},
+	{Path: "consistency"},
 }
 
 const marker = "@@hotpatch-vm"

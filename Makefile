@@ -20,6 +20,7 @@ test-arm64:
 
 vet:
 	$(GO) vet ./...
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # deps installs the packages the tests build fixtures with.

@@ -48,6 +48,7 @@ var Packages = []Package{
 	{Path: "internal/fixture"},
 	{Path: "internal/gopcln"},
 	{Path: "internal/cfi"},
+	{Path: "internal/unwind"},
 	{Path: "elfsym"},
 	{Path: "consistency"},
 	// The x86-64 trampolines are pure computation chosen by the target's

@@ -5,14 +5,23 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo test-arm64-user
+.PHONY: test deps vet unit demo test-arm64 test-arm64-user
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) --no-print-directory test-arm64-user
+	$(MAKE) --no-print-directory test-arm64
+
+# test-arm64 is the arm64 VM lane (internal/armvm): it installs qemu, the
+# aarch64 cross compiler and a Debian arm64 kernel when missing, runs the
+# arm64-meaningful test binaries in qemu-system-aarch64 and fails unless
+# every one passes.
+test-arm64:
+	$(GO) run ./internal/armvm
 
 vet:
 	$(GO) vet ./...
+	GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # The Go releases the goroutine tests build targets with (patch/go_test.go,

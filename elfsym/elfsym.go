@@ -373,8 +373,13 @@ func (m *Module) Open() (*elf.File, error) {
 // Unwinder returns the unwind tables of every module for package unwind.
 func (t *Table) Unwinder() *unwind.Unwinder {
 	u := &unwind.Unwinder{}
-	if len(t.Modules) > 0 && t.Modules[0].Machine == elf.EM_X86_64 {
-		u.Arch = unwind.AMD64
+	if len(t.Modules) > 0 {
+		switch t.Modules[0].Machine {
+		case elf.EM_X86_64:
+			u.Arch = unwind.AMD64
+		case elf.EM_AARCH64:
+			u.Arch = unwind.ARM64
+		}
 	}
 	for _, m := range t.Modules {
 		u.Modules = append(u.Modules, &unwind.Module{

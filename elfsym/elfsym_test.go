@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -197,7 +198,7 @@ func TestLoadFileC(t *testing.T) {
 			require.Len(t, tab.Modules, 1)
 			m := tab.Modules[0]
 			assert.Equal(t, uint64(0), m.Bias)
-			assert.Equal(t, elf.EM_X86_64, m.Machine)
+			assert.Equal(t, hostMachine(t), m.Machine)
 			assert.False(t, m.IsGo)
 			assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
 			assert.Len(t, m.BuildID, 40)
@@ -431,9 +432,10 @@ func TestLiveC(t *testing.T) {
 
 			// Unwind tables.
 			u := tab.Unwinder()
-			assert.Equal(t, unwind.AMD64.CalleeSaved, u.Arch.CalleeSaved)
-			assert.Equal(t, [3]int{unwind.AMD64.PtrSize, unwind.AMD64.SPReg, unwind.AMD64.RAReg}, [3]int{u.Arch.PtrSize, u.Arch.SPReg, u.Arch.RAReg})
-			assert.NotNil(t, u.Arch.SignalContext)
+			want := map[elf.Machine]unwind.Arch{elf.EM_X86_64: unwind.AMD64, elf.EM_AARCH64: unwind.ARM64}[hostMachine(t)]
+			assert.Equal(t, want.CalleeSaved, u.Arch.CalleeSaved)
+			assert.Equal(t, [4]int{want.PtrSize, want.SPReg, want.RAReg, want.LRReg}, [4]int{u.Arch.PtrSize, u.Arch.SPReg, u.Arch.RAReg, u.Arch.LRReg})
+			assert.Equal(t, want.SignalContext != nil, u.Arch.SignalContext != nil)
 			require.Len(t, u.Modules, len(tab.Modules))
 			for i, um := range u.Modules {
 				m := tab.Modules[i]
@@ -569,4 +571,16 @@ func BenchmarkLookup(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// hostMachine is the ELF machine of binaries built for the host.
+func hostMachine(t *testing.T) elf.Machine {
+	switch runtime.GOARCH {
+	case "amd64":
+		return elf.EM_X86_64
+	case "arm64":
+		return elf.EM_AARCH64
+	}
+	t.Skipf("no ELF machine known for %s", runtime.GOARCH)
+	return 0
 }

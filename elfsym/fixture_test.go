@@ -99,6 +99,7 @@ func buildC(t *testing.T, dir, name, src string, flags ...string) string {
 // buildGo builds goProgSrc with extra go build flags.
 func buildGo(t *testing.T, dir, name string, flags ...string) string {
 	t.Helper()
+	need(t, "go")
 	src := filepath.Join(dir, "gosrc")
 	if _, err := os.Stat(src); err != nil {
 		require.NoError(t, os.MkdirAll(src, 0o755))

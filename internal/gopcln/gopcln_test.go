@@ -4,27 +4,21 @@ import (
 	"debug/elf"
 	"debug/gosym"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"regexp"
+	"strconv"
 	"testing"
 
+	"golang.org/x/arch/arm64/arm64asm"
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 )
 
-// build builds a small Go program and parses the pclntab of a Go binary built for the test.
+// build parses the pclntab of the Go fixture pclnwork, built with flags
+// for the machine the tests run on (prebuilt in the arm64 VM).
 func build(t testing.TB, flags ...string) (*elf.File, *Table) {
 	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "main.go")
-	os.WriteFile(src, []byte("package main\n\nimport \"fmt\"\n\n//go:noinline\nfunc work(n int) int { var a [64]int; for i := range a { a[i] = i * n }; return a[n%64] }\n\nfunc main() { fmt.Println(work(3)) }\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module m\n\ngo 1.22\n"), 0o644)
-	bin := filepath.Join(dir, "bin")
-	cmd := exec.Command("go", append(append([]string{"build", "-o", bin}, flags...), ".")...)
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := fixture.BuildGo(t, "pclnwork", "", flags...)
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +66,7 @@ func TestSPDeltaFollowsCode(t *testing.T) {
 	text := f.Section(".text")
 	code, _ := text.Data()
 	checked := 0
+	arm := &arm64SP{tmp: map[string]int64{}}
 	for _, fn := range tab.Funcs() {
 		if fn.Name != "main.work" && fn.Name != "main.main" && fn.Name != "fmt.Println" && fn.Name != "runtime.mallocgc" {
 			continue
@@ -85,36 +80,130 @@ func TestSPDeltaFollowsCode(t *testing.T) {
 			if got != want {
 				t.Fatalf("%s+%#x: delta %d, the instructions say %d", fn.Name, pc-fn.Entry, got, want)
 			}
-			inst, err := x86asm.Decode(code[pc-text.Addr:], 64)
-			if err != nil {
-				t.Fatal(err)
+			var n int
+			var end bool
+			switch f.Machine {
+			case elf.EM_X86_64:
+				n, end = stepAMD64(t, fn.Name, code[pc-text.Addr:], &want)
+			case elf.EM_AARCH64:
+				n, end = arm.step(t, fn.Name, code[pc-text.Addr:], &want)
+			default:
+				t.Skipf("no instruction model for %v", f.Machine)
 			}
 			checked++
-			switch {
-			case inst.Op == x86asm.PUSH:
-				want += 8
-			case inst.Op == x86asm.POP:
-				want -= 8
-			case (inst.Op == x86asm.SUB || inst.Op == x86asm.ADD) && inst.Args[0] == x86asm.RSP:
-				imm, ok := inst.Args[1].(x86asm.Imm)
-				if !ok {
-					t.Fatalf("%s: unexpected %v", fn.Name, inst)
-				}
-				if inst.Op == x86asm.SUB {
-					want += int64(imm)
-				} else {
-					want -= int64(imm)
-				}
-			case inst.Op == x86asm.RET || inst.Op == x86asm.JMP || inst.Op == x86asm.UD2 || inst.Op == x86asm.INT:
+			if end {
 				pc = fn.End // the fall-through path ends: the rest is reached by branches
 				continue
 			}
-			pc += uint64(inst.Len)
+			pc += uint64(n)
 		}
 	}
+	t.Logf("checked %d instructions", checked)
 	if checked < 20 {
 		t.Fatalf("checked only %d instructions", checked)
 	}
+}
+
+// stepAMD64 applies one x86-64 instruction's effect on the sp delta; it
+// returns the instruction's length and whether the fall-through path ends.
+func stepAMD64(t *testing.T, fn string, code []byte, want *int64) (int, bool) {
+	inst, err := x86asm.Decode(code, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case inst.Op == x86asm.PUSH:
+		*want += 8
+	case inst.Op == x86asm.POP:
+		*want -= 8
+	case (inst.Op == x86asm.SUB || inst.Op == x86asm.ADD) && inst.Args[0] == x86asm.RSP:
+		imm, ok := inst.Args[1].(x86asm.Imm)
+		if !ok {
+			t.Fatalf("%s: unexpected %v", fn, inst)
+		}
+		if inst.Op == x86asm.SUB {
+			*want += int64(imm)
+		} else {
+			*want -= int64(imm)
+		}
+	case inst.Op == x86asm.RET || inst.Op == x86asm.JMP || inst.Op == x86asm.UD2 || inst.Op == x86asm.INT:
+		return inst.Len, true
+	}
+	return inst.Len, false
+}
+
+// arm64SP models how Go's arm64 prologues and epilogues move SP: small
+// frames with a pre-indexed store of LR ("MOVD.W R30, -size(RSP)") and a
+// post-indexed load back; large ones through a temporary
+// ("SUB $size, RSP, R20; STP ...; MOVD R20, RSP") and "ADD $size, RSP".
+type arm64SP struct{ tmp map[string]int64 }
+
+var (
+	armImm      = `#(-?(?:0x)?[0-9a-f]+)(?:, LSL #(\d+))?`
+	armSPArith  = regexp.MustCompile(`^(ADD|SUB) SP, SP, ` + armImm + `$`)
+	armTmpSub   = regexp.MustCompile(`^SUB (X\d+), SP, ` + armImm + `$`)
+	armMovSP    = regexp.MustCompile(`^MOV SP, (X\d+)$`)
+	armPreIndex = regexp.MustCompile(`^(STR|STP).*\[SP, ?#(-?(?:0x)?[0-9a-f]+)\]!$`)
+	armPostLoad = regexp.MustCompile(`^(LDR|LDP).*\[SP\], ?#(-?(?:0x)?[0-9a-f]+)$`)
+)
+
+func armNum(t *testing.T, s, shift string) int64 {
+	v, err := strconv.ParseInt(s, 0, 64)
+	if err != nil {
+		t.Fatalf("immediate %q: %v", s, err)
+	}
+	if shift != "" {
+		n, _ := strconv.Atoi(shift)
+		v <<= n
+	}
+	return v
+}
+
+func (a *arm64SP) step(t *testing.T, fn string, code []byte, want *int64) (int, bool) {
+	inst, err := arm64asm.Decode(code)
+	if err != nil {
+		return 4, false // data or an encoding x/arch does not know: no sp effect
+	}
+	s := inst.String()
+	switch {
+	case armSPArith.MatchString(s):
+		m := armSPArith.FindStringSubmatch(s)
+		v := armNum(t, m[2], m[3])
+		if m[1] == "SUB" {
+			*want += v
+		} else {
+			*want -= v
+		}
+	case armTmpSub.MatchString(s):
+		m := armTmpSub.FindStringSubmatch(s)
+		a.tmp[m[1]] = armNum(t, m[2], m[3])
+	case armMovSP.MatchString(s):
+		m := armMovSP.FindStringSubmatch(s)
+		v, ok := a.tmp[m[1]]
+		if !ok {
+			t.Fatalf("%s: %s from a register the model does not know", fn, s)
+		}
+		*want += v
+	case armPreIndex.MatchString(s):
+		*want -= armNum(t, armPreIndex.FindStringSubmatch(s)[2], "")
+	case armPostLoad.MatchString(s):
+		*want -= armNum(t, armPostLoad.FindStringSubmatch(s)[2], "")
+	case inst.Op == arm64asm.B:
+		rel, ok := inst.Args[0].(arm64asm.PCRel)
+		if !ok {
+			return 4, false // B.cond: falls through
+		}
+		// An unconditional branch forward (loops are laid out with their
+		// condition last): follow it; backward, the path ends.
+		if rel > 0 {
+			return int(rel), false
+		}
+		return 4, true
+	case inst.Op == arm64asm.RET ||
+		inst.Op == arm64asm.BR || inst.Op == arm64asm.BRK:
+		return 4, true
+	}
+	return 4, false
 }
 
 func TestParseErrors(t *testing.T) {

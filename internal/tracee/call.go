@@ -11,6 +11,10 @@ import (
 // ErrCallCrashed is matched by every *CallError.
 var ErrCallCrashed = errors.New("remote call crashed")
 
+// ErrCallUnsupported is returned by remote calls on architectures they are
+// not ported to yet (arm64).
+var ErrCallUnsupported = errors.New("remote function calls are not supported on this architecture yet")
+
 // CallError is a function called in the target that died of a signal (a
 // fault, or abort). The thread's registers were restored and the signal
 // was not delivered, so the target keeps running; but whatever the function
@@ -57,11 +61,17 @@ const pageSize = 4096
 // Signals that reach the thread during the call are held and delivered
 // when it is resumed. A call that crashes returns a *CallError.
 func (p *Process) Call(name string, fn uint64, args ...uint64) (uint64, error) {
+	if !callSupported {
+		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
+	}
 	return p.CallOn(0, name, fn, args...)
 }
 
 // CallOn is Call on thread tid of a stopped process (tid 0: as Call).
 func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint64, error) {
+	if !callSupported {
+		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
+	}
 	if len(args) > maxCallArgs {
 		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
 	}
@@ -386,6 +396,9 @@ func (th *Thread) Tid() int { return th.t.tid }
 
 // Call is Process.Call on this thread.
 func (th *Thread) Call(name string, fn uint64, args ...uint64) (uint64, error) {
+	if !callSupported {
+		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
+	}
 	if len(args) > maxCallArgs {
 		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
 	}

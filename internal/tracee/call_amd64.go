@@ -15,6 +15,9 @@ import "golang.org/x/sys/unix"
 // leaf function may use without moving rsp: a remote call must not touch it.
 const redZone = 128
 
+// callSupported: remote calls are implemented for x86-64.
+const callSupported = true
+
 // fpRegSet is the regset that holds the whole FPU/SSE/AVX state (XSAVE
 // layout), and fpRegSetFallback the FXSAVE one (x87 + SSE) for kernels or
 // CPUs without XSAVE.

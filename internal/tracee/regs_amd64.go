@@ -34,12 +34,15 @@ func (r *Regs) G() uint64 { return r.R14 }
 // syscallInsn is the system call instruction (syscall).
 var syscallInsn = []byte{0x0f, 0x05}
 
+// syscallInsnAlign is the alignment instructions have (none on x86-64).
+const syscallInsnAlign = 1
+
 // System call numbers used by this package.
 const (
-	sysGetpid   = 39
-	sysMmap     = 9
-	sysMprotect = 10
-	sysMunmap   = 11
+	sysGetpid   = unix.SYS_GETPID
+	sysMmap     = unix.SYS_MMAP
+	sysMprotect = unix.SYS_MPROTECT
+	sysMunmap   = unix.SYS_MUNMAP
 )
 
 func getRegs(tid int, r *Regs) error { return unix.PtraceGetRegs(tid, &r.PtraceRegs) }

@@ -3,11 +3,13 @@ package tracee
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -177,7 +179,7 @@ func (p *Process) stepSyscall(t *thread, insn uint64) (uint64, error) {
 		}
 		t.inSigStop = true
 		gotInfo := getSiginfo(t.tid, &si) == nil
-		if unix.Signal(sig) == unix.SIGTRAP && r.PC() == end && (!gotInfo || si.Code > 0) {
+		if unix.Signal(sig) == unix.SIGTRAP && r.PC() == end && (!gotInfo || stepReport(&si)) {
 			return r.syscallResult(), nil
 		}
 		// A signal for the target: keep it for later, suppress it now.
@@ -251,19 +253,41 @@ func (p *Process) syscallInsnAddr() (uint64, error) {
 	return 0, fmt.Errorf("tracee: pid %d: no system call instruction found in executable mappings", p.pid)
 }
 
-// scanFor returns the first address of pat in [start, end), or 0.
+// scanFor returns the first address of pat in [start, end) aligned to
+// syscallInsnAlign, or 0.
 func (p *Process) scanFor(start, end uint64, pat []byte) uint64 {
 	const chunk = 64 << 10
 	buf := make([]byte, chunk+len(pat)-1)
 	for a := start; a < end; a += chunk {
 		n := min(uint64(len(buf)), end-a)
 		got, _ := p.readMem(buf[:n], a)
-		if i := bytes.Index(buf[:got], pat); i >= 0 {
-			return a + uint64(i)
+		for off := 0; ; {
+			i := bytes.Index(buf[off:got], pat)
+			if i < 0 {
+				break
+			}
+			if at := a + uint64(off+i); at%syscallInsnAlign == 0 {
+				return at
+			}
+			off += i + 1
 		}
 		if uint64(got) < n {
 			return 0
 		}
 	}
 	return 0
+}
+
+// stepReport tells the SIGTRAP of our single-step from one sent by a
+// process: a kernel-generated trap has si_code > 0 (TRAP_TRACE on x86-64),
+// except the one arm64 reports for a step over svc, which the kernel sends
+// at syscall exit as SI_USER from pid 0 and uid 0 (user_single_step_report),
+// something no process can send (its pid is never 0 in its own namespace).
+func stepReport(si *unix.Siginfo) bool {
+	if si.Code > 0 {
+		return true
+	}
+	// si_pid and si_uid follow signo, errno, code and padding.
+	raw := (*[24]byte)(unsafe.Pointer(si))
+	return si.Code == 0 && binary.NativeEndian.Uint64(raw[16:24]) == 0
 }

@@ -19,17 +19,22 @@ import (
 type Arch struct {
 	PtrSize int
 	// SPReg and RAReg are DWARF register numbers of the stack pointer and of
-	// the return address column (the pc).
+	// the return address column (the pc). On an arch whose CFI keeps the
+	// return address in the link register (arm64), RAReg is a pseudo column
+	// past the DWARF registers that holds the pc.
 	SPReg, RAReg int
 	// FPReg is the DWARF number of the frame pointer register.
 	FPReg int
 	// CalleeSaved lists the DWARF registers a call preserves; the others are
 	// unknown in a caller's frame unless CFI recovers them.
 	CalleeSaved []int
-	// LinkRegister is true on arm64: a Go function that has not stored LR yet
-	// (sp delta 0) returns to the LR register, not to memory.
+	// LinkRegister is true on arm64: a call leaves the return address in
+	// register LRReg, not on the stack. A Go function that has not stored LR
+	// yet (sp delta 0), or a C function whose CFI has no rule for LRReg,
+	// returns to the value still in LRReg — which is known only in the
+	// innermost frame.
 	LinkRegister bool
-	// LRReg is the DWARF number of the link register (when LinkRegister).
+	// LRReg is the DWARF number of the link register (with LinkRegister).
 	LRReg int
 	// SignalContext reads the registers (indexed by DWARF number, pc at
 	// RAReg) a signal interrupted, given the address of the kernel's
@@ -59,6 +64,12 @@ func amd64SignalContext(read func(uint64) (uint64, error), uc uint64) ([]uint64,
 	}
 	return regs, nil
 }
+
+// ARM64 is the AArch64 description (DWARF for AArch64: x0-x30 are 0-30, sp
+// is 31; the CFI return address column is 30, the link register). The pc
+// lives in pseudo column 32.
+var ARM64 = Arch{PtrSize: 8, SPReg: 31, RAReg: 32, FPReg: 29,
+	CalleeSaved: []int{19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, LinkRegister: true, LRReg: 30}
 
 // Module is one mapped object with its unwind tables.
 type Module struct {
@@ -209,9 +220,9 @@ var goRoots = map[string]string{
 // include the pc at index Arch.RAReg, reading stack memory from mem.
 func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 	a := u.Arch
-	n := max(len(regs), a.RAReg+1, 32)
-	var curArr [32]uint64
-	var validArr [32]bool
+	n := max(len(regs), a.RAReg+1, a.SPReg+1, 34)
+	var curArr [34]uint64
+	var validArr [34]bool
 	cur, valid := curArr[:], validArr[:]
 	if n > len(curArr) {
 		cur, valid = make([]uint64, n), make([]bool, n)
@@ -296,8 +307,27 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				if err != nil {
 					return unreliable("%v", err)
 				}
-				cfa := sp + uint64(delta) + uint64(a.PtrSize)
-				ra, err := read(cfa - uint64(a.PtrSize))
+				var cfa, ra uint64
+				inLR := false
+				switch {
+				case !a.LinkRegister:
+					// The call pushed the return address just above the frame.
+					cfa = sp + uint64(delta) + uint64(a.PtrSize)
+					ra, err = read(cfa - uint64(a.PtrSize))
+				case delta == 0:
+					// No frame yet (or a frameless leaf): the return address
+					// is still in LR, known only in the innermost frame.
+					if depth > 0 || !valid[a.LRReg] {
+						return unreliable("%s has no frame at %#x and the link register is unknown above the innermost frame", f.Name, pc)
+					}
+					cfa, ra, inLR = sp, cur[a.LRReg], true
+				default:
+					// The prologue stored LR at 0(RSP) as it allocated the
+					// frame (MOVD.W R30, -size(RSP)); the caller's SP is
+					// sp+delta.
+					cfa = sp + uint64(delta)
+					ra, err = read(sp)
+				}
 				if err != nil {
 					return unreliable("%v", err)
 				}
@@ -311,7 +341,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				if ra == 0 {
 					return unreliable("%s has a zero return address", f.Name)
 				}
-				if cfa <= sp {
+				if cfa < sp || cfa == sp && !inLR {
 					return unreliable("stack pointer does not grow at %s", f.Name)
 				}
 				// The runtime injects calls of these at an interrupted
@@ -363,6 +393,15 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 			}
 		}
 		raRule, hasRA := row.Regs[row.RA]
+		inLR := false
+		if !hasRA && a.LinkRegister && row.RA == a.LRReg && depth == 0 {
+			// No rule for the link register: it still holds the return
+			// address (function entry, leaf functions). Only the innermost
+			// frame's LR is known: above it, the LR a callee's CFI recovers
+			// is the caller's own pc, not its return address.
+			raRule, hasRA, inLR = cfi.Rule{Kind: cfi.RuleSameValue}, true, true
+			next[row.RA], nextValid[row.RA] = cur[row.RA], valid[row.RA]
+		}
 		if hasRA && raRule.Kind == cfi.RuleUndefined {
 			s.Reliable, s.Reason = true, "outermost frame (return address undefined by CFI)"
 			return s
@@ -417,10 +456,11 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if !nextValid[a.RAReg] || next[a.RAReg] == 0 {
 			return unreliable("return address unknown above %#x in %s", pc, m.Name)
 		}
-		// A frame's stack pointer grows towards the caller; a signal frame
-		// may come from another stack (sigaltstack), and MaxFrames bounds
-		// a loop through it.
-		if !row.Signal && cfa <= sp {
+		// A frame's stack pointer grows towards the caller (on arm64 a
+		// frame still in LR may not have moved it); a signal frame may
+		// come from another stack (sigaltstack), and MaxFrames bounds a
+		// loop through it.
+		if !row.Signal && (cfa < sp || cfa == sp && !inLR) {
 			return unreliable("stack pointer does not grow at %#x in %s", pc, m.Name)
 		}
 		exact = row.Signal // the caller of a signal frame was interrupted at its pc

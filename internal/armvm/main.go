@@ -1,0 +1,480 @@
+// Command armvm is the arm64 VM test lane: it cross-compiles the test
+// binaries of the packages in Packages and every fixture of
+// internal/fixture.Catalog for arm64, packs them with a tiny init
+// (./vminit), the arm64 glibc runtime and nothing else into an initramfs,
+// boots it on a Debian arm64 kernel in qemu-system-aarch64 (TCG), and reads
+// the results from the serial console. It exits non-zero unless every test
+// binary passed.
+//
+// It installs what it needs when missing (qemu-system-arm, cpio, the
+// aarch64 cross compiler, and the kernel, downloaded with apt for the arm64
+// architecture and cached under $XDG_CACHE_HOME/hotpatch or
+// ~/.cache/hotpatch). Run it from the module root: go run ./internal/armvm.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+// Package is a Go package whose tests run in the VM.
+type Package struct {
+	Path string // relative to the module root
+	// Skip is a -test.skip pattern for tests that cannot run on arm64 yet;
+	// SkipWhy says why (printed with the results).
+	Skip, SkipWhy string
+	// Timeout bounds the test binary (default 3m).
+	Timeout time.Duration
+}
+
+// Packages is the one list of packages the lane runs. Add a package here
+// when its tests are meaningful on arm64.
+var Packages = []Package{
+	{Path: "internal/tracee"},
+	{Path: "internal/fixture"},
+	{Path: "internal/gopcln"},
+	{Path: "internal/cfi"},
+	{Path: "internal/unwind"},
+	{Path: "elfsym"},
+	{Path: "consistency"},
+	// The x86-64 trampolines are pure computation chosen by the target's
+	// ELF machine: their tests run on an arm64 host too.
+	{Path: "trampoline"},
+}
+
+const marker = "@@hotpatch-vm"
+
+var (
+	keep    = flag.Bool("keep", false, "keep the work directory")
+	timeout = flag.Duration("timeout", 9*time.Minute, "hard limit on the VM's run time")
+	only    = flag.String("pkg", "", "run only the packages whose path contains this")
+)
+
+func main() {
+	flag.Parse()
+	start := time.Now()
+	if err := lane(); err != nil {
+		fmt.Fprintf(os.Stderr, "armvm: %v\n", err)
+		fmt.Fprintf(os.Stderr, "armvm: FAIL after %.1fs\n", time.Since(start).Seconds())
+		os.Exit(1)
+	}
+	fmt.Printf("armvm: PASS in %.1fs\n", time.Since(start).Seconds())
+}
+
+func lane() error {
+	if err := ensureTools(); err != nil {
+		return err
+	}
+	kernel, err := ensureKernel()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "hotpatch-armvm-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Println("armvm: work directory", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	root := filepath.Join(work, "root")
+	t0 := time.Now()
+	pkgs, err := buildRoot(root)
+	if err != nil {
+		return err
+	}
+	initrd := filepath.Join(work, "initrd.gz")
+	if err := packInitramfs(root, initrd); err != nil {
+		return err
+	}
+	fmt.Printf("armvm: built %d test binaries, %d fixtures and the initramfs in %.1fs\n",
+		len(pkgs), len(fixture.Catalog), time.Since(t0).Seconds())
+	out, bootErr := boot(kernel, initrd)
+	res := Parse(out)
+	return report(pkgs, res, bootErr)
+}
+
+// run runs a command, showing its output only when it fails.
+func run(cmd *exec.Cmd) error {
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, b)
+	}
+	return nil
+}
+
+func sudo(args ...string) *exec.Cmd {
+	if os.Getuid() != 0 {
+		args = append([]string{"sudo"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	return cmd
+}
+
+const crossLib = "/usr/aarch64-linux-gnu/lib"
+
+// ensureTools installs qemu, cpio and the cross compiler when missing.
+func ensureTools() error {
+	var missing []string
+	for tool, pkg := range map[string]string{
+		"qemu-system-aarch64": "qemu-system-arm", "cpio": "cpio", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+	} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, pkg)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(crossLib, "libc.so.6")); err != nil {
+		missing = append(missing, "libc6-dev-arm64-cross")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	sort.Strings(missing)
+	fmt.Println("armvm: installing", strings.Join(missing, " "))
+	if err := run(sudo("apt-get", "update", "-qq")); err != nil {
+		return err
+	}
+	return run(sudo(append([]string{"apt-get", "install", "-y", "-qq", "--no-install-recommends"}, missing...)...))
+}
+
+func cacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "hotpatch", "arm64")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "hotpatch", "arm64")
+}
+
+// ensureKernel returns the path of a cached Debian cloud-arm64 kernel,
+// downloading it with apt (arm64 added as a foreign architecture) the first
+// time.
+func ensureKernel() (string, error) {
+	dir := cacheDir()
+	vmlinuz := filepath.Join(dir, "vmlinuz")
+	if _, err := os.Stat(vmlinuz); err == nil {
+		return vmlinuz, nil
+	}
+	fmt.Println("armvm: fetching the Debian arm64 cloud kernel into", dir)
+	archs, err := exec.Command("dpkg", "--print-foreign-architectures").Output()
+	if err != nil {
+		return "", fmt.Errorf("dpkg: %w (the lane needs a Debian host)", err)
+	}
+	if !strings.Contains(string(archs), "arm64") {
+		if err := run(sudo("dpkg", "--add-architecture", "arm64")); err != nil {
+			return "", err
+		}
+		if err := run(sudo("apt-get", "update", "-qq")); err != nil {
+			return "", err
+		}
+	}
+	deps, err := exec.Command("apt-cache", "depends", "linux-image-cloud-arm64:arm64").Output()
+	if err != nil {
+		return "", fmt.Errorf("apt-cache depends linux-image-cloud-arm64:arm64: %w", err)
+	}
+	m := regexp.MustCompile(`Depends: (linux-image-[^\s:]+-cloud-arm64)`).FindSubmatch(deps)
+	if m == nil {
+		return "", fmt.Errorf("no kernel package behind linux-image-cloud-arm64:arm64:\n%s", deps)
+	}
+	dl := filepath.Join(dir, "download")
+	os.RemoveAll(dl)
+	if err := os.MkdirAll(dl, 0o755); err != nil {
+		return "", err
+	}
+	get := exec.Command("apt-get", "download", string(m[1])+"-unsigned:arm64")
+	get.Dir = dl
+	if err := run(get); err != nil {
+		// The unsigned flavour is not always published; the signed one
+		// holds the same image.
+		get = exec.Command("apt-get", "download", string(m[1])+":arm64")
+		get.Dir = dl
+		if err := run(get); err != nil {
+			return "", err
+		}
+	}
+	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("apt-get download left %d packages in %s", len(debs), dl)
+	}
+	x := filepath.Join(dl, "x")
+	if err := run(exec.Command("dpkg-deb", "-x", debs[0], x)); err != nil {
+		return "", err
+	}
+	imgs, _ := filepath.Glob(filepath.Join(x, "boot", "vmlinuz-*"))
+	if len(imgs) != 1 {
+		return "", fmt.Errorf("%s holds %d kernel images", debs[0], len(imgs))
+	}
+	if err := os.Rename(imgs[0], vmlinuz); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dl)
+	return vmlinuz, nil
+}
+
+// binName is a package's test binary name in the VM.
+func binName(p Package) string { return strings.ReplaceAll(p.Path, "/", "_") + ".test" }
+
+// buildRoot fills the initramfs tree: /init, /tests, /fixtures, the glibc
+// runtime.
+func buildRoot(root string) ([]Package, error) {
+	var pkgs []Package
+	for _, p := range Packages {
+		if strings.Contains(p.Path, *only) {
+			pkgs = append(pkgs, p)
+		}
+	}
+	for _, d := range []string{"tests", "fixtures", "lib/aarch64-linux-gnu", "bin", "proc", "sys", "dev", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	env := append(os.Environ(), "GOARCH=arm64", "GOOS=linux")
+	initCmd := exec.Command("go", "build", "-o", filepath.Join(root, "init"), "./internal/armvm/vminit")
+	initCmd.Env = append(env, "CGO_ENABLED=0")
+	if err := run(initCmd); err != nil {
+		return nil, err
+	}
+	var plan bytes.Buffer
+	for _, p := range pkgs {
+		cmd := exec.Command("go", "test", "-c", "-o", filepath.Join(root, "tests", binName(p)), "./"+p.Path)
+		cmd.Env = append(env, "CGO_ENABLED=1", "CC=aarch64-linux-gnu-gcc")
+		if err := run(cmd); err != nil {
+			return nil, err
+		}
+		to := p.Timeout
+		if to == 0 {
+			to = 3 * time.Minute
+		}
+		fmt.Fprintf(&plan, "%s %s", binName(p), to)
+		if p.Skip != "" {
+			fmt.Fprintf(&plan, " -test.skip=%s", p.Skip)
+		}
+		plan.WriteString("\n")
+	}
+	if err := os.WriteFile(filepath.Join(root, "tests", "plan"), plan.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+	if err := fixture.Prebuild(filepath.Join(root, "fixtures"), fixture.Target{CC: "aarch64-linux-gnu-gcc", GOARCH: "arm64"}); err != nil {
+		return nil, err
+	}
+	// The dynamic linker where binaries look for it, and the libraries
+	// where it looks for them.
+	libs := []string{"ld-linux-aarch64.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2",
+		"librt.so.1", "libresolv.so.2", "libgcc_s.so.1", "libnss_files.so.2"}
+	for _, l := range libs {
+		if err := copyFile(filepath.Join(crossLib, l), filepath.Join(root, "lib/aarch64-linux-gnu", l)); err != nil {
+			return nil, err
+		}
+	}
+	for _, link := range []struct{ name, target string }{
+		{"lib/ld-linux-aarch64.so.1", "aarch64-linux-gnu/ld-linux-aarch64.so.1"},
+		{"lib64", "lib"},
+		{"usr/lib", "../lib"},
+	} {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, link.name)), 0o755)
+		if err := os.Symlink(link.target, filepath.Join(root, link.name)); err != nil {
+			return nil, err
+		}
+	}
+	return pkgs, nil
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}
+
+// packInitramfs writes root as a gzipped newc cpio archive owned by root.
+func packInitramfs(root, out string) error {
+	var list bytes.Buffer
+	err := filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if rel, _ := filepath.Rel(root, p); rel != "." {
+			list.WriteString(rel + "\n")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cpio := exec.Command("cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0")
+	cpio.Dir, cpio.Stdin = root, &list
+	gz := exec.Command("gzip", "-1")
+	gz.Stdout = f
+	pipe, err := cpio.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	gz.Stdin = pipe
+	var stderr bytes.Buffer
+	cpio.Stderr, gz.Stderr = &stderr, &stderr
+	if err := gz.Start(); err != nil {
+		return err
+	}
+	if err := cpio.Run(); err != nil {
+		return fmt.Errorf("cpio: %w\n%s", err, stderr.Bytes())
+	}
+	if err := gz.Wait(); err != nil {
+		return fmt.Errorf("gzip: %w\n%s", err, stderr.Bytes())
+	}
+	return nil
+}
+
+// boot runs the VM and returns its console output, echoing it live.
+func boot(kernel, initrd string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-aarch64",
+		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "2048",
+		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3")
+	var out bytes.Buffer
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = pw, pw, nil
+	done := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			out.WriteString(line + "\n")
+			fmt.Println("vm| " + line)
+		}
+		close(done)
+	}()
+	start := time.Now()
+	fmt.Println("armvm: booting qemu-system-aarch64 -M virt (TCG)")
+	err := cmd.Run()
+	pw.Close()
+	<-done
+	if ctx.Err() != nil {
+		err = fmt.Errorf("qemu-system-aarch64 killed after %v (the VM did not power off)", *timeout)
+	}
+	fmt.Printf("armvm: VM ran %.1fs\n", time.Since(start).Seconds())
+	return out.String(), err
+}
+
+// Result is what the VM reported for one test binary.
+type Result struct {
+	Name             string
+	Status           int
+	Ended            bool
+	Elapsed          string
+	Pass, Fail, Skip int // top-level tests
+	// SubPass, SubFail, SubSkip count subtests (a parent whose subtests
+	// all skipped still reports PASS).
+	SubPass, SubFail, SubSkip int
+}
+
+// Output is the parsed console of a VM run.
+type Output struct {
+	Boot    string // kernel uptime when init started
+	Done    bool
+	Results []*Result
+}
+
+var (
+	endRe  = regexp.MustCompile(`^` + marker + ` end (\S+) status=(-?\d+) elapsed=(\S+)`)
+	testRe = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): `)
+)
+
+// Parse reads the markers vminit prints and the top-level test results
+// between them.
+func Parse(console string) Output {
+	var o Output
+	var cur *Result
+	for _, line := range strings.Split(console, "\n") {
+		line = strings.TrimRight(line, "\r")
+		switch {
+		case strings.HasPrefix(line, marker+" boot "):
+			o.Boot = strings.TrimPrefix(line, marker+" boot ")
+		case strings.HasPrefix(line, marker+" begin "):
+			cur = &Result{Name: strings.TrimPrefix(line, marker+" begin ")}
+			o.Results = append(o.Results, cur)
+		case strings.HasPrefix(line, marker+" done"):
+			o.Done = true
+		case endRe.MatchString(line):
+			m := endRe.FindStringSubmatch(line)
+			if cur != nil && cur.Name == m[1] {
+				fmt.Sscan(m[2], &cur.Status)
+				cur.Ended, cur.Elapsed = true, m[3]
+			}
+			cur = nil
+		case cur != nil:
+			if m := testRe.FindStringSubmatch(line); m != nil {
+				counts := [3]*int{&cur.Pass, &cur.Fail, &cur.Skip}
+				if m[1] != "" {
+					counts = [3]*int{&cur.SubPass, &cur.SubFail, &cur.SubSkip}
+				}
+				*counts[strings.Index("PASSFAILSKIP", m[2])/4]++
+			}
+		}
+	}
+	return o
+}
+
+// ErrLaneFailed is returned when a test binary failed or did not run.
+var ErrLaneFailed = errors.New("arm64 VM lane failed")
+
+func report(pkgs []Package, o Output, bootErr error) error {
+	fmt.Printf("armvm: init started at kernel uptime %s\n", o.Boot)
+	byName := map[string]*Result{}
+	for _, r := range o.Results {
+		byName[r.Name] = r
+	}
+	var bad []string
+	for _, p := range pkgs {
+		r := byName[binName(p)]
+		switch {
+		case r == nil:
+			fmt.Printf("armvm: %-24s did not run\n", p.Path)
+			bad = append(bad, p.Path)
+		case !r.Ended || r.Status != 0 || r.Fail > 0 || r.SubFail > 0:
+			fmt.Printf("armvm: %-24s FAIL status=%d tests pass=%d fail=%d skip=%d, subtests pass=%d fail=%d skip=%d (%s)\n",
+				p.Path, r.Status, r.Pass, r.Fail, r.Skip, r.SubPass, r.SubFail, r.SubSkip, r.Elapsed)
+			bad = append(bad, p.Path)
+		default:
+			fmt.Printf("armvm: %-24s ok   tests pass=%d skip=%d, subtests pass=%d skip=%d (%s)\n",
+				p.Path, r.Pass, r.Skip, r.SubPass, r.SubSkip, r.Elapsed)
+		}
+		if p.Skip != "" {
+			fmt.Printf("armvm: %-24s not run on arm64: %s (%s)\n", "", p.Skip, p.SkipWhy)
+		}
+	}
+	if bootErr != nil {
+		return fmt.Errorf("%w: %v", ErrLaneFailed, bootErr)
+	}
+	if !o.Done {
+		return fmt.Errorf("%w: the VM's init did not finish (see the console above)", ErrLaneFailed)
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %s", ErrLaneFailed, strings.Join(bad, ", "))
+	}
+	return nil
+}

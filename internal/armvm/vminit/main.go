@@ -1,0 +1,129 @@
+// Command vminit is the init (PID 1) of the arm64 VM lane's initramfs: it
+// mounts the kernel file systems, runs every test binary listed in
+// /tests/plan with -test.v and a hard per-binary timeout, prints begin/end
+// markers and exit statuses on the console for the lane to parse, and
+// powers the machine off. It is built static (CGO_ENABLED=0) for arm64.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Marker starts every line vminit prints for the lane (internal/armvm
+// parses them).
+const Marker = "@@hotpatch-vm"
+
+func main() {
+	setup()
+	start := time.Now()
+	fmt.Printf("%s boot %s\n", Marker, uptime())
+	if err := runPlan("/tests/plan"); err != nil {
+		fmt.Printf("%s error %v\n", Marker, err)
+	}
+	fmt.Printf("%s done %.1fs\n", Marker, time.Since(start).Seconds())
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}
+
+func setup() {
+	for _, m := range []struct{ src, dst, typ string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"},
+		{"devtmpfs", "/dev", "devtmpfs"}, {"tmpfs", "/tmp", "tmpfs"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.typ, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			fmt.Fprintf(os.Stderr, "%s error mount %s: %v\n", Marker, m.dst, err)
+		}
+	}
+	os.Chmod("/tmp", 0o1777)
+	// The console, whatever the kernel gave us as fds 0-2.
+	if fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0); err == nil {
+		unix.Dup3(fd, 1, 0)
+		unix.Dup3(fd, 2, 0)
+		if fd > 2 {
+			unix.Close(fd)
+		}
+	}
+	if fd, err := unix.Open("/dev/null", unix.O_RDONLY, 0); err == nil {
+		unix.Dup3(fd, 0, 0)
+	}
+	os.Setenv("PATH", "/bin:/usr/bin")
+	os.Setenv("HOME", "/tmp")
+	os.Setenv("TMPDIR", "/tmp")
+	os.Setenv("HOTPATCH_FIXTURES", "/fixtures")
+	os.Setenv("HOTPATCH_VM", "arm64")
+}
+
+func uptime() string {
+	b, _ := os.ReadFile("/proc/uptime")
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0] + "s"
+}
+
+// runPlan runs each line of the plan: "NAME TIMEOUT [ARGS...]", the test
+// binary /tests/NAME with -test.v and ARGS.
+func runPlan(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		name := fields[0]
+		timeout, err := time.ParseDuration(fields[1])
+		if err != nil {
+			return fmt.Errorf("plan line %q: %v", sc.Text(), err)
+		}
+		run(name, timeout, fields[2:])
+	}
+	return sc.Err()
+}
+
+func run(name string, timeout time.Duration, args []string) {
+	dir := filepath.Join("/tmp/run", name)
+	os.MkdirAll(dir, 0o755)
+	fmt.Printf("%s begin %s\n", Marker, name)
+	start := time.Now()
+	// The test binary's own timeout panics with every goroutine's stack;
+	// the context is the hard stop if even that hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join("/tests", name),
+		append([]string{"-test.v", "-test.count=1", "-test.timeout=" + timeout.String()}, args...)...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	err := cmd.Run()
+	status := 0
+	if err != nil {
+		status = -1
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			status = ee.ExitCode()
+		}
+		fmt.Printf("%s note %s: %v\n", Marker, name, err)
+	}
+	// Kill whatever the test left behind in its process group.
+	unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+	fmt.Printf("%s end %s status=%d elapsed=%.1fs\n", Marker, name, status, time.Since(start).Seconds())
+}

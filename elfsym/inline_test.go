@@ -1,7 +1,6 @@
 package elfsym
 
 import (
-	"os/exec"
 	"sort"
 	"testing"
 
@@ -76,9 +75,6 @@ func TestInlineSitesGo(t *testing.T) {
 // TestInlineSitesC: gcc -O2 inlines a static helper into its callers; DWARF
 // names them.
 func TestInlineSitesC(t *testing.T) {
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Fatal("gcc is required (make test installs it)")
-	}
 	tab, err := LoadFile(fixture.BuildC(t, "cservice", "-O2"))
 	require.NoError(t, err)
 	sym, err := tab.Lookup("scale")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,8 +43,12 @@ func services() []service {
 		}
 	}
 	cs := func(name string, flags ...string) service {
-		return service{name: name, start: c(flags...), old: "compute", new: "compute_fixed",
+		s := service{name: name, start: c(flags...), old: "compute", new: "compute_fixed",
 			slow: "slow_read", fix: "slow_read_fixed", tiny: "tiny", before: resultOld, after: resultNew}
+		if runtime.GOARCH == "arm64" {
+			s.tiny = "" // one instruction still takes a near B on arm64
+		}
+		return s
 	}
 	return []service{
 		cs("c-O2-pie", "-O2"),

@@ -44,7 +44,7 @@ func TestCBlockers(t *testing.T) {
 		"read":  `^(__)?read`,
 		"sleep": `^(__)?(clock_)?nanosleep`,
 		"cond":  `(^| < )pthread_cond_wait`,
-		"epoll": `^(__)?epoll_wait`,
+		"epoll": `^(__)?epoll_p?wait`, // arm64 glibc implements epoll_wait with epoll_pwait
 	}
 	want := map[string]string{"main": `^(__)?pause.* < main < .*__libc_start_main.* < _start$`}
 	for k, call := range calls {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -166,12 +167,18 @@ func TestGoParkedGoroutines(t *testing.T) {
 				if b.Task.Kind == "goroutine" && b.Func == "main.hold" {
 					parked++
 					require.Greater(t, b.Frame, 0, "parked in gopark, main.hold is a caller")
-					require.Equal(t, "chan receive", b.Task.Wait)
+					if stripped && runtime.GOARCH != "amd64" {
+						// Wait-reason names of stripped binaries are found
+						// by decoding x86-64 code only.
+						require.Regexp(t, `^wait reason \d+$`, b.Task.Wait)
+					} else {
+						require.Equal(t, "chan receive", b.Task.Wait)
+					}
 				}
 			}
 			require.Equal(t, 10000, parked)
 			msg := err.Error()
-			require.Regexp(t, `goroutine \d+ \[chan receive\]: main\.hold is on its stack`, msg)
+			require.Regexp(t, `goroutine \d+ \[(chan receive|wait reason \d+)\]: main\.hold is on its stack`, msg)
 			require.Contains(t, msg, "main.hold")
 			require.Less(t, len(msg), 20000, "a report of 10,000 blockers stays readable")
 			require.Equal(t, untouched, snapshot(t, tg, p.Pid, "main.hold"), "refused: the target is untouched")

@@ -50,7 +50,7 @@ func TestRegsGoG(t *testing.T) {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", tg.pid))
 	require.NoError(t, err)
 	var bad []string
-	for try := 0; try < 5; try++ {
+	for try := 0; try < 20; try++ {
 		bad = nil
 		checked := 0
 		require.NoError(t, p.Stop())
@@ -75,8 +75,11 @@ func TestRegsGoG(t *testing.T) {
 			}
 		}
 		require.NoError(t, p.Resume())
-		// main, three sleepers and the spinner at least run Go code.
-		require.GreaterOrEqual(t, checked, 4, "threads in Go code")
+		// main, three sleepers and the spinner at least run Go code (a
+		// stop may catch some of them in libc: then stop again).
+		if checked < 4 {
+			bad = append(bad, fmt.Sprintf("only %d threads in Go code", checked))
+		}
 		if len(bad) == 0 {
 			break
 		}

@@ -253,7 +253,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		return binary.LittleEndian.Uint64(b[:]), nil
 	}
-	exact := true
+	exact, injected := true, false
 	for depth := 0; ; depth++ {
 		pc, sp := cur[a.RAReg], cur[a.SPReg]
 		if depth >= MaxFrames {
@@ -303,6 +303,21 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					s.SwitchedAt = f.Name
 					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
 				}
+				lrKnown := depth == 0
+				if a.LinkRegister && injected {
+					// Above asyncPreempt or sigpanic: the signal handler
+					// pushed the interrupted LR in a 16-byte slot below the
+					// interrupted SP before faking the call (the runtime's
+					// sigctxt.pushCall), so LR is known here too.
+					x, err := read(sp)
+					if err != nil {
+						return unreliable("%v", err)
+					}
+					sp += 16
+					fr.SP = sp
+					cur[a.LRReg], valid[a.LRReg], lrKnown = x, true, true
+				}
+				injected = false
 				delta, err := m.spDelta(goTab, f, link)
 				if err != nil {
 					return unreliable("%v", err)
@@ -317,7 +332,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				case delta == 0:
 					// No frame yet (or a frameless leaf): the return address
 					// is still in LR, known only in the innermost frame.
-					if depth > 0 || !valid[a.LRReg] {
+					if !lrKnown || !valid[a.LRReg] {
 						return unreliable("%s has no frame at %#x and the link register is unknown above the innermost frame", f.Name, pc)
 					}
 					cfa, ra, inLR = sp, cur[a.LRReg], true
@@ -347,6 +362,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				// The runtime injects calls of these at an interrupted
 				// instruction: the "return address" is that instruction.
 				exact = f.Name == "runtime.asyncPreempt" || f.Name == "runtime.sigpanic"
+				injected = exact
 				continue
 			}
 		}

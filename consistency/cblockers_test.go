@@ -53,7 +53,9 @@ func TestCBlockers(t *testing.T) {
 	}
 	// The handler's frames, the signal trampoline (a libc offset: libc's
 	// __restore_rt has no .dynsym name), then the interrupted loop.
-	want["in-signal"] = `nanosleep.* < handler_sleep < on_usr2 < ` + libc + ` < spin < sig_thread < ` + threadRoot
+	// The signal trampoline: libc's __restore_rt on x86-64, the vDSO's
+	// __kernel_rt_sigreturn on arm64.
+	want["in-signal"] = `nanosleep.* < handler_sleep < on_usr2 < (` + libc + `|\[vdso\]\+0x[0-9a-f]+) < spin < sig_thread < ` + threadRoot
 
 	byName := map[string]int{}
 	for _, task := range snap.Tasks {

@@ -41,6 +41,12 @@ type Arch struct {
 	// ucontext. nil: signal frames are not crossed (the stack is
 	// unreliable there).
 	SignalContext func(read func(addr uint64) (uint64, error), uc uint64) ([]uint64, error)
+	// Sigreturn is the code (8-byte little-endian words) of the kernel's
+	// signal return trampoline where it has no unwind tables (the arm64
+	// vDSO), and SigframeContext reads the interrupted registers from the
+	// signal frame at the stack pointer a walk reaches it with.
+	Sigreturn       []uint64
+	SigframeContext func(read func(addr uint64) (uint64, error), sp uint64) ([]uint64, error)
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
@@ -69,7 +75,30 @@ func amd64SignalContext(read func(uint64) (uint64, error), uc uint64) ([]uint64,
 // is 31; the CFI return address column is 30, the link register). The pc
 // lives in pseudo column 32.
 var ARM64 = Arch{PtrSize: 8, SPReg: 31, RAReg: 32, FPReg: 29,
-	CalleeSaved: []int{19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, LinkRegister: true, LRReg: 30}
+	CalleeSaved: []int{19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, LinkRegister: true, LRReg: 30,
+	// The arm64 vDSO has no unwind tables, and a signal handler returns to
+	// its __kernel_rt_sigreturn: mov x8, #139 (rt_sigreturn); svc #0.
+	Sigreturn:       []uint64{0xd4000001_d2801168},
+	SigframeContext: arm64SigframeContext,
+}
+
+// arm64SigframeContext reads the registers a signal interrupted from the
+// kernel's rt_sigframe at sp (the handler's stack pointer at entry): the
+// 128-byte siginfo, then the ucontext, whose uc_mcontext (16-byte aligned,
+// at offset 176) holds fault_address, x0-x30, sp, pc
+// (arch/arm64/include/uapi/asm/{ucontext,sigcontext}.h).
+func arm64SigframeContext(read func(uint64) (uint64, error), sp uint64) ([]uint64, error) {
+	const mcontext = 128 + 176
+	regs := make([]uint64, 33)
+	for i := range regs { // x0-x30, sp, pc: consecutive after fault_address
+		v, err := read(sp + mcontext + 8 + 8*uint64(i))
+		if err != nil {
+			return nil, err
+		}
+		regs[i] = v
+	}
+	return regs, nil
+}
 
 // Module is one mapped object with its unwind tables.
 type Module struct {
@@ -267,6 +296,9 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if !exact {
 			lookup--
 		}
+		// A frame a signal (or an injected call) interrupted has all its
+		// registers, the link register included.
+		interrupted := exact
 		exact = false
 		m := u.moduleAt(lookup)
 		if m == nil {
@@ -288,7 +320,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					if err != nil {
 						return unreliable("%v", err)
 					}
-					fr.Method = "signal"
+					fr.Method, fr.Signal = "signal", true
 					for i := range valid {
 						cur[i], valid[i] = 0, false
 					}
@@ -366,6 +398,22 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				continue
 			}
 		}
+		if a.SigframeContext != nil && depth > 0 && isSigreturn(a, read, pc) {
+			regs, err := a.SigframeContext(read, sp)
+			if err != nil {
+				return unreliable("signal frame at %#x: %v", sp, err)
+			}
+			fr.Method, fr.Signal = "signal", true
+			for i := range valid {
+				cur[i], valid[i] = 0, false
+			}
+			copy(cur, regs)
+			for i := range regs {
+				valid[i] = true
+			}
+			exact = true
+			continue
+		}
 		if cfiTab == nil {
 			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
 		}
@@ -410,11 +458,12 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		raRule, hasRA := row.Regs[row.RA]
 		inLR := false
-		if !hasRA && a.LinkRegister && row.RA == a.LRReg && depth == 0 {
+		if !hasRA && a.LinkRegister && row.RA == a.LRReg && (depth == 0 || interrupted) && valid[a.LRReg] {
 			// No rule for the link register: it still holds the return
 			// address (function entry, leaf functions). Only the innermost
-			// frame's LR is known: above it, the LR a callee's CFI recovers
-			// is the caller's own pc, not its return address.
+			// frame's LR, or that of a frame a signal interrupted, is
+			// known: above a call, the LR a callee's CFI recovers is the
+			// caller's own pc, not its return address.
 			raRule, hasRA, inLR = cfi.Rule{Kind: cfi.RuleSameValue}, true, true
 			next[row.RA], nextValid[row.RA] = cur[row.RA], valid[row.RA]
 		}
@@ -482,6 +531,18 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		exact = row.Signal // the caller of a signal frame was interrupted at its pc
 		cur, valid = next, nextValid
 	}
+}
+
+// isSigreturn reports whether the code at pc is the arch's signal return
+// trampoline.
+func isSigreturn(a Arch, read func(uint64) (uint64, error), pc uint64) bool {
+	for i, w := range a.Sigreturn {
+		v, err := read(pc + 8*uint64(i))
+		if err != nil || v != w {
+			return false
+		}
+	}
+	return len(a.Sigreturn) > 0
 }
 
 // crossGoSignal steps over the Go runtime's signal trampoline: the kernel

@@ -263,21 +263,7 @@ func BenchmarkApplyC64(b *testing.B) {
 	if len(snap.Tasks) != 64 {
 		b.Fatalf("%d threads, want 64", len(snap.Tasks))
 	}
-	var apply, revert time.Duration
-	for i := 0; i < b.N; i++ {
-		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "compute", New: "compute_fixed"}}, patch.ApplyOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		rr, err := tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		apply += res.Pause
-		revert += rr.Pause
-	}
-	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
-	b.ReportMetric(float64(revert.Microseconds())/float64(b.N), "revert-pause-us")
+	benchComputePauses(b, tg)
 }
 
 // The fallback loader of older glibc, __libc_dlopen_mode, loads the patch

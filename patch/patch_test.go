@@ -263,6 +263,12 @@ func TestBadInput(t *testing.T) {
 func BenchmarkApplyC(b *testing.B) {
 	p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2"))
 	tg := attach(b, p.Pid)
+	benchComputePauses(b, tg)
+}
+
+// benchComputePauses applies and reverts compute → compute_fixed b.N times
+// and reports the mean pauses (apply-pause-us, revert-pause-us).
+func benchComputePauses(b *testing.B, tg *patch.Target) {
 	var apply, revert time.Duration
 	for i := 0; i < b.N; i++ {
 		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "compute", New: "compute_fixed"}}, patch.ApplyOptions{})

@@ -141,3 +141,38 @@ func TestGoFrames(t *testing.T) {
 		t.Fatalf("zero return address unwound reliably: %+v", s.Frames)
 	}
 }
+
+// runtime.mcall ends a walk only where the function it called on the
+// system stack returns to it. A thread stopped inside mcall itself may still
+// be on the goroutine's stack, before its state is saved in the g: that walk
+// must not end there as if complete (the goroutine's own frames, gopark and
+// its callers, would be hidden), it is a stack switch.
+func TestGoMcallRoot(t *testing.T) {
+	u, tab, _ := goBinary(t)
+	a := u.Arch
+	mcall, work := fn(t, tab, "runtime.mcall"), fn(t, tab, "main.work")
+	const sp0 = 0x7000_0000
+	for _, pc := range []uint64{mcall.Entry, mcall.Entry + 4, (mcall.Entry + mcall.End) / 2 &^ 3} {
+		r := make([]uint64, a.RAReg+1)
+		r[a.SPReg], r[a.RAReg] = sp0, pc
+		s := u.Unwind(fakeMem{}, r)
+		if s.Reliable || s.SwitchedAt != "runtime.mcall" {
+			t.Fatalf("stopped in mcall at %#x: reliable=%v switched at %q (%s)", pc, s.Reliable, s.SwitchedAt, s.Reason)
+		}
+	}
+	// fn(g) on g0, called by mcall: mcall is the root of the system stack.
+	workPC, workDelta := framed(t, tab, work)
+	ret := mcall.Entry + 8
+	mem := fakeMem{}
+	if a.LinkRegister {
+		mem[sp0] = ret
+	} else {
+		mem[sp0+uint64(workDelta)] = ret
+	}
+	r := make([]uint64, a.RAReg+1)
+	r[a.SPReg], r[a.RAReg] = sp0, workPC
+	s := u.Unwind(mem, r)
+	if !s.Reliable || !strings.Contains(s.Reason, "runtime.mcall") || len(s.Frames) != 2 {
+		t.Fatalf("returned to by mcall: reliable=%v frames %+v (%s)", s.Reliable, s.Frames, s.Reason)
+	}
+}

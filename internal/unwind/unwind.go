@@ -312,6 +312,18 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if goTab != nil {
 			if f, ok := goTab.FuncAt(link); ok {
 				if why, ok := goRoots[f.Name]; ok {
+					if f.Name == "runtime.mcall" && interrupted {
+						// Stopped inside mcall itself, not returned to by
+						// the function it called on g0: it may not have
+						// saved the goroutine's state or switched stacks
+						// yet, so the frames above may be the goroutine's
+						// own (gopark, its caller, ...), which a root here
+						// would hide. Like any stack switch: the
+						// goroutine's frames are checked from its g, or,
+						// if the thread is still on its stack, it blocks.
+						s.SwitchedAt = f.Name
+						return unreliable("stopped inside runtime.mcall at %#x while it switches to the system stack", pc)
+					}
 					s.Reliable, s.Reason = true, why
 					return s
 				}

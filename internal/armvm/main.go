@@ -71,6 +71,7 @@ var (
 	keep    = flag.Bool("keep", false, "keep the work directory")
 	timeout = flag.Duration("timeout", 9*time.Minute, "hard limit on the VM's run time")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
+	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
 )
 
 func main() {
@@ -276,6 +277,9 @@ func buildRoot(root string) ([]Package, error) {
 		if p.Run != "" {
 			fmt.Fprintf(&plan, " -test.run=%s", p.Run)
 		}
+		if *extra != "" {
+			fmt.Fprintf(&plan, " %s", *extra)
+		}
 		plan.WriteString("\n")
 	}
 	if err := os.WriteFile(filepath.Join(root, "tests", "plan"), plan.Bytes(), 0o644); err != nil {
@@ -402,7 +406,23 @@ type Result struct {
 	// SubPass, SubFail, SubSkip count subtests (a parent whose subtests
 	// all skipped still reports PASS).
 	SubPass, SubFail, SubSkip int
+	// Failures are the lines that say what failed: --- FAIL lines, the
+	// assertions' Error/Messages lines, test logs and panics.
+	Failures []string
 }
+
+// failureLine reports whether a line of a test binary's output says what
+// failed (so that it is repeated where a truncated CI log still shows it).
+func failureLine(line string) bool {
+	l := strings.TrimSpace(line)
+	if strings.HasPrefix(l, "--- FAIL") || strings.HasPrefix(l, "panic:") || strings.HasPrefix(l, "Error:") ||
+		strings.HasPrefix(l, "Messages:") || strings.HasPrefix(l, "Error Trace:") {
+		return true
+	}
+	return testLogRe.MatchString(l)
+}
+
+var testLogRe = regexp.MustCompile(`^\S+_test\.go:\d+:`)
 
 // Output is the parsed console of a VM run.
 type Output struct {
@@ -439,6 +459,9 @@ func Parse(console string) Output {
 			}
 			cur = nil
 		case cur != nil:
+			if failureLine(line) {
+				cur.Failures = append(cur.Failures, line)
+			}
 			if m := testRe.FindStringSubmatch(line); m != nil {
 				counts := [3]*int{&cur.Pass, &cur.Fail, &cur.Skip}
 				if m[1] != "" {
@@ -450,6 +473,9 @@ func Parse(console string) Output {
 	}
 	return o
 }
+
+// maxFailureLines bounds the failure lines repeated per failed package.
+const maxFailureLines = 30
 
 // ErrLaneFailed is returned when a test binary failed or did not run.
 var ErrLaneFailed = errors.New("arm64 VM lane failed")
@@ -477,6 +503,21 @@ func report(pkgs []Package, o Output, bootErr error) error {
 		}
 		if p.Skip != "" {
 			fmt.Printf("armvm: %-24s not run on arm64: %s (%s)\n", "", p.Skip, p.SkipWhy)
+		}
+	}
+	// What failed, last, where a log cut to its tail still shows it.
+	for _, p := range pkgs {
+		r := byName[binName(p)]
+		if r == nil || (r.Ended && r.Status == 0 && r.Fail == 0 && r.SubFail == 0) {
+			continue
+		}
+		lines := r.Failures
+		if len(lines) > maxFailureLines {
+			fmt.Printf("armvm: %s: %d lines of failures, the last %d:\n", p.Path, len(lines), maxFailureLines)
+			lines = lines[len(lines)-maxFailureLines:]
+		}
+		for _, l := range lines {
+			fmt.Printf("armvm: %s| %s\n", p.Path, strings.TrimSpace(l))
 		}
 	}
 	if bootErr != nil {

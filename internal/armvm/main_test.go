@@ -20,13 +20,17 @@ func TestParse(t *testing.T) {
 				"--- PASS: TestZ (0.10s)\n    --- PASS: TestZ/1 (0.00s)\n    --- SKIP: TestZ/2 (0.00s)\nPASS\n" +
 				"@@hotpatch-vm end a.test status=0 elapsed=0.3s\n" +
 				"@@hotpatch-vm begin b.test\n" +
+				"=== RUN   TestW\n    w_test.go:12: \n        \tError Trace:\t/x/w_test.go:12\n        \tError:      \tNot equal\n" +
+				"        \tsome diff line\n" +
 				"--- FAIL: TestW (0.00s)\n        --- FAIL: TestW/x (0.00s)\nFAIL\n" +
 				"@@hotpatch-vm note b.test: exit status 1\n" +
 				"@@hotpatch-vm end b.test status=1 elapsed=1.5s\n" +
 				"@@hotpatch-vm done 2.0s\n[    5.0] reboot: Power down\n",
 			want: Output{Boot: "2.19s", Done: true, Results: []*Result{
 				{Name: "a.test", Ended: true, Elapsed: "0.3s", Pass: 2, Skip: 1, SubPass: 1, SubSkip: 1},
-				{Name: "b.test", Status: 1, Ended: true, Elapsed: "1.5s", Fail: 1, SubFail: 1},
+				{Name: "b.test", Status: 1, Ended: true, Elapsed: "1.5s", Fail: 1, SubFail: 1, Failures: []string{
+					"    w_test.go:12: ", "        \tError Trace:\t/x/w_test.go:12", "        \tError:      \tNot equal",
+					"--- FAIL: TestW (0.00s)", "        --- FAIL: TestW/x (0.00s)"}},
 			}},
 		},
 		{

@@ -16,7 +16,7 @@ import (
 
 // toolchains are the releases Known describes, by the toolchain that builds
 // a target of each ("" is the current one, whose release must be known too).
-var toolchains = []string{"go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14", ""}
+var toolchains = fixture.GoToolchains
 
 func TestRelease(t *testing.T) {
 	for in, want := range map[string]string{
@@ -183,4 +183,52 @@ func TestStatusName(t *testing.T) {
 	require.False(t, g.Live())
 	g.Status = Leaked
 	require.True(t, g.Live(), "a leaked goroutine still has frames")
+}
+
+// fileMem reads an executable's loadable segments at their link-time
+// addresses, as a non-PIE process maps them.
+type fileMem struct{ f *elf.File }
+
+func (m fileMem) ReadAt(b []byte, off int64) (int, error) {
+	a := uint64(off)
+	for _, p := range m.f.Progs {
+		if p.Type == elf.PT_LOAD && a >= p.Vaddr && a+uint64(len(b)) <= p.Vaddr+p.Filesz {
+			return p.ReadAt(b, int64(a-p.Vaddr))
+		}
+	}
+	return 0, fmt.Errorf("%#x: not in a loaded segment", a)
+}
+
+// TestFindWaitReasonsFromCode: the wait-reason table found from the code of
+// runtime.waitReason.String (how stripped binaries name wait reasons) is
+// runtime.waitReasonStrings, for every supported release on amd64 and
+// arm64.
+func TestFindWaitReasonsFromCode(t *testing.T) {
+	for _, tc := range toolchains {
+		for _, arch := range []string{"amd64", "arm64"} {
+			t.Run(fmt.Sprintf("%s-%s", tc, arch), func(t *testing.T) {
+				ef, err := elf.Open(fixture.BuildGoArch(t, "gotasks", tc, arch))
+				require.NoError(t, err)
+				defer ef.Close()
+				syms, err := ef.Symbols()
+				require.NoError(t, err)
+				var want elf.Symbol
+				for _, s := range syms {
+					if s.Name == "runtime.waitReasonStrings" {
+						want = s
+					}
+				}
+				require.NotZero(t, want.Value, "runtime.waitReasonStrings in the symbol table")
+				data, err := ef.Section(".gopclntab").Data()
+				require.NoError(t, err)
+				tab, err := gopcln.Parse(data, ef.Section(".text").Addr)
+				require.NoError(t, err)
+				addr, n, ok := findWaitReasons(Binary{ELF: ef, Funcs: tab}, fileMem{ef})
+				require.True(t, ok)
+				require.Equal(t, want.Value, addr)
+				require.Equal(t, int(want.Size/16), n)
+				require.Contains(t, readStrings(fileMem{ef}, addr, n), "chan receive")
+			})
+		}
+	}
 }

@@ -86,12 +86,16 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 }
 
 // findWaitReasons locates runtime.waitReasonStrings without symbols, from
-// runtime.waitReason.String (amd64): "CMP AL, $len; JB ...; ...; LEAQ table,
-// R; MOVQ 0(R)(I*1), ..." (Go 1.22–1.26). The result is only used to name
-// wait reasons in reports; a table whose entries do not read as short
-// printable strings is dropped.
+// the code of runtime.waitReason.String (Go 1.22–1.26), which compares the
+// reason with the table's length and indexes the table:
+//
+//	amd64: CMP AL, $len; JB ...; ...; LEAQ table(RIP), R; MOVQ 0(R)(I*1), ...
+//	arm64: CMPW $len, R; BCC ...; ...; ADRP table, R; ADD $lo, R; ADD/MOVD (R)(I)...
+//
+// The result is only used to name wait reasons in reports; a table whose
+// entries do not read as short printable strings is dropped.
 func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
-	if b.Funcs == nil || b.ELF.Machine != elf.EM_X86_64 {
+	if b.Funcs == nil {
 		return 0, 0, false
 	}
 	var fn *gopcln.Func
@@ -108,6 +112,46 @@ func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
 	if _, err := mem.ReadAt(code, int64(pc)); err != nil {
 		return 0, 0, false
 	}
+	var cands []uint64
+	switch b.ELF.Machine {
+	case elf.EM_X86_64:
+		n, cands = waitReasonsAMD64(code, pc)
+	case elf.EM_AARCH64:
+		n, cands = waitReasonsARM64(code, pc)
+	}
+	if n == 0 {
+		return 0, 0, false
+	}
+	for _, a := range cands {
+		if waitReasonNames(readStrings(mem, a, n)) {
+			return a, n, true
+		}
+	}
+	return 0, 0, false
+}
+
+// waitReasonNames reports whether names read as the runtime's wait
+// reasons: printable, and all but a few (waitReasonZero is "") non-empty,
+// which a table misread from other data is not.
+func waitReasonNames(names []string) bool {
+	empty := 0
+	for _, s := range names {
+		if s == "" {
+			empty++
+		}
+		for _, c := range []byte(s) {
+			if c < ' ' || c > '~' {
+				return false
+			}
+		}
+	}
+	return len(names) > 0 && empty <= 2
+}
+
+// waitReasonsAMD64 returns the table length waitReason.String compares with
+// and the tables it indexes (a RIP-relative LEA's register used as the base
+// of an indexed load).
+func waitReasonsAMD64(code []byte, pc uint64) (n int, tables []uint64) {
 	lea := map[x86asm.Reg]uint64{}
 	for off := 0; off < len(code); {
 		in, err := x86asm.Decode(code[off:], 64)
@@ -129,21 +173,42 @@ func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
 			}
 		case x86asm.MOV:
 			if m, isMem := in.Args[1].(x86asm.Mem); isMem && m.Index != 0 {
-				if a, found := lea[m.Base]; found && n > 0 {
-					names := readStrings(mem, a, n)
-					for _, s := range names {
-						for _, c := range []byte(s) {
-							if c < ' ' || c > '~' {
-								return 0, 0, false
-							}
-						}
-					}
-					return a, n, len(names) == n
+				if a, found := lea[m.Base]; found {
+					tables = appendNew(tables, a)
 				}
 			}
 		}
 	}
-	return 0, 0, false
+	return n, tables
+}
+
+// waitReasonsARM64 returns the table length waitReason.String compares with
+// (CMP/CMPW #imm) and every address it forms with ADRP + ADD, in order: the
+// table is the one whose entries read as wait reasons (another is the
+// "unknown wait reason" string).
+func waitReasonsARM64(code []byte, pc uint64) (n int, addrs []uint64) {
+	reg := map[uint32]uint64{}
+	for off := 0; off+4 <= len(code); off += 4 {
+		w := binary.LittleEndian.Uint32(code[off:])
+		at := pc + uint64(off)
+		switch {
+		case w&0x7fc0001f == 0x7100001f && n == 0: // CMP Wn|Xn, #imm12 (SUBS ZR, unshifted)
+			if imm := int((w >> 10) & 0xfff); imm > 0 && imm < 256 {
+				n = imm
+			}
+		case w&0x9f000000 == 0x90000000: // ADRP Xd, page
+			imm := int64(((w>>29)&3)|((w>>5)&0x7ffff)<<2) << 43 >> 31
+			reg[w&31] = uint64(int64(at&^0xfff) + imm)
+		case w&0xff800000 == 0x91000000: // ADD Xd, Xn, #imm12
+			if base, ok := reg[(w>>5)&31]; ok {
+				reg[w&31] = base + uint64((w>>10)&0xfff)
+				addrs = appendNew(addrs, reg[w&31])
+			} else {
+				delete(reg, w&31)
+			}
+		}
+	}
+	return n, addrs
 }
 
 // findAllGs finds allglen and allgptr in a binary without symbols: they are

@@ -17,10 +17,8 @@ import (
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
-// Toolchains are the Go releases the goroutine tests build targets with
-// ("" is the current toolchain). Older ones are fetched through the module
-// proxy by GOTOOLCHAIN; make test fetches them beforehand.
-var Toolchains = []string{"go1.22.12", "go1.23.12", "go1.24.13", "go1.25.14", ""}
+// Toolchains are the Go releases the goroutine tests build targets with.
+var Toolchains = fixture.GoToolchains
 
 // gotasks' main loop prints "tick A B C D": A = compute(7) called directly,
 // B = compute(7) through its ABI0 wrapper, C = inlineCaller(7) (addOne

@@ -515,6 +515,9 @@ func (t *Table) exec(row *Row, c *cie, insns []byte, baseOff int, initial map[in
 		case 0x16: // val_expression
 			n := reg()
 			row.Regs[n] = Rule{Kind: RuleValExpression, Expr: r.bytes(int(r.uleb()))}
+		case 0x2d: // AARCH64_negate_ra_state: LR is signed (pointer
+			// authentication) from here on. Nothing to track: the
+			// unwinder strips the PAC bits of every arm64 return address.
 		case 0x2e: // GNU_args_size
 			r.uleb()
 		case 0x2f: // GNU_negative_offset_extended

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 func load(t testing.TB, path string) (*elf.File, *Table) {
@@ -150,12 +153,12 @@ func TestRowsMatchReadelf(t *testing.T) {
 			if err != nil && !bytes.Contains(out, []byte("FDE cie=")) {
 				t.Skipf("%s: %v", tool, err)
 			}
-			rowsMatchReadelf(t, a, path, out)
+			rowsMatchReadelf(t, a, path, out, 500)
 		})
 	}
 }
 
-func rowsMatchReadelf(t *testing.T, a readelfArch, path string, out []byte) {
+func rowsMatchReadelf(t *testing.T, a readelfArch, path string, out []byte, minRows int) {
 	_, tab := load(t, path)
 	row := regexp.MustCompile(`^([0-9a-f]{16}) (` + a.cfaRe + `)\+(\d+)\s+(.*)$`)
 	fdeHdr := regexp.MustCompile(`FDE cie=\S+ pc=([0-9a-f]+)\.\.([0-9a-f]+)`)
@@ -211,7 +214,7 @@ func rowsMatchReadelf(t *testing.T, a readelfArch, path string, out []byte) {
 		}
 		rows++
 	}
-	if rows < 500 {
+	if rows < minRows {
 		t.Fatalf("compared only %d rows", rows)
 	}
 }
@@ -256,4 +259,37 @@ func FuzzParse(f *testing.F) {
 			tab.RowAt(r[1] - 1)
 		}
 	})
+}
+
+// arm64 code built with pointer authentication (-mbranch-protection, the
+// default of newer distributions) marks where LR is signed with
+// DW_CFA_AARCH64_negate_ra_state: it parses, and the rows equal readelf's.
+func TestRowsMatchReadelfPAC(t *testing.T) {
+	a := readelfArchs[1]
+	cc := "aarch64-linux-gnu-gcc"
+	if runtime.GOARCH == "arm64" {
+		cc = "gcc"
+	}
+	if _, err := exec.LookPath(cc); err != nil {
+		t.Skipf("no %s to build arm64 code with (the host lane runs this test): %v", cc, err)
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "pac.c")
+	require.NoError(t, os.WriteFile(src, []byte(`extern long g(long);
+long f(long x) { return g(x) + 1; }
+long h(long x) { long a[16]; for (int i = 0; i < 16; i++) a[i] = g(i); return a[x & 15] + g(a[3]); }
+`), 0o644))
+	so := filepath.Join(dir, "libpac.so")
+	out, err := exec.Command(cc, "-O2", "-shared", "-fPIC", "-mbranch-protection=standard", "-o", so, src).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	tool := a.cross
+	if runtime.GOARCH == "arm64" {
+		tool = "readelf"
+	}
+	frames, err := exec.Command(tool, "--debug-dump=frames", so).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(frames), "DW_CFA_AARCH64_negate_ra_state", "the compiler signs LR")
+	interp, err := exec.Command(tool, "--debug-dump=frames-interp", so).Output()
+	require.NoError(t, err)
+	rowsMatchReadelf(t, a, so, interp, 10)
 }

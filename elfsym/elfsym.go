@@ -394,7 +394,26 @@ func (t *Table) Unwinder() *unwind.Unwinder {
 
 			EHFrameHdr:     m.ehHdr,
 			EHFrameHdrAddr: m.ehHdrAddr,
+			Code:           m.frameless(),
 		})
 	}
 	return u
+}
+
+// frameless returns the code of a module without unwind tables (the arm64
+// vDSO), for the unwinder to prove it holds only frameless leaf functions;
+// nil for every other module.
+func (m *Module) frameless() []unwind.CodeRange {
+	if m.ehFrame != nil || m.pclntab != nil {
+		return nil
+	}
+	var out []unwind.CodeRange
+	for _, r := range m.textSect {
+		for _, s := range m.exec {
+			if r[0] >= s.vaddr && r[1] <= s.vaddr+uint64(len(s.data)) {
+				out = append(out, unwind.CodeRange{Addr: r[0], Bytes: s.data[r[0]-s.vaddr : r[1]-s.vaddr]})
+			}
+		}
+	}
+	return out
 }

@@ -44,7 +44,8 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		return errors.New("no executable PT_LOAD segment")
 	}
 	for _, s := range ef.Sections {
-		if s.Flags&elf.SHF_ALLOC != 0 && s.Flags&elf.SHF_EXECINSTR != 0 && s.Type == elf.SHT_PROGBITS {
+		// Code is not writable: the arm64 vDSO's .rodata is flagged WAX.
+		if s.Flags&elf.SHF_ALLOC != 0 && s.Flags&elf.SHF_EXECINSTR != 0 && s.Flags&elf.SHF_WRITE == 0 && s.Type == elf.SHT_PROGBITS {
 			m.textSect = append(m.textSect, [2]uint64{s.Addr, s.Addr + s.Size})
 		}
 	}

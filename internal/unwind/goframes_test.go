@@ -13,7 +13,19 @@ import (
 // on) and returns an unwinder for it, its pclntab and its arch.
 func goBinary(t *testing.T) (*Unwinder, *gopcln.Table, elf.Machine) {
 	t.Helper()
-	f, err := elf.Open(fixture.BuildGo(t, "pclnwork", ""))
+	return goBinaryOf(t, fixture.BuildGo(t, "pclnwork", ""))
+}
+
+// goBinaryFor is goBinary for the pclnwork fixture built for goarch.
+func goBinaryFor(t *testing.T, goarch string) (*Unwinder, *gopcln.Table) {
+	t.Helper()
+	u, tab, _ := goBinaryOf(t, fixture.BuildGoArch(t, "pclnwork", "", goarch))
+	return u, tab
+}
+
+func goBinaryOf(t *testing.T, bin string) (*Unwinder, *gopcln.Table, elf.Machine) {
+	t.Helper()
+	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,5 +186,82 @@ func TestGoMcallRoot(t *testing.T) {
 	s := u.Unwind(mem, r)
 	if !s.Reliable || !strings.Contains(s.Reason, "runtime.mcall") || len(s.Frames) != 2 {
 		t.Fatalf("returned to by mcall: reliable=%v frames %+v (%s)", s.Reliable, s.Frames, s.Reason)
+	}
+}
+
+func TestARM64LeafOnly(t *testing.T) {
+	// The arm64 vDSO's clock_gettime: PAC-signed LR, no frame, a system
+	// call, reads through SP.
+	vdso := []uint32{0xd503233f, 0x71003c1f, 0x540005e8, 0x10fee8c3, 0xb9400067, 0x37000567, 0xd50339bf,
+		0xd5033fdf, 0xd53be042, 0xca020044, 0x8b2463e4, 0xf940009f, 0xa940a86b, 0x9b052400, 0xa9000026,
+		0xd2800e28, 0xd4000001, 0xd50323bf, 0xd65f03c0, 0}
+	words := func(ws ...uint32) []byte {
+		b := make([]byte, 4*len(ws))
+		for i, w := range ws {
+			b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(w), byte(w>>8), byte(w>>16), byte(w>>24)
+		}
+		return b
+	}
+	for _, tt := range []struct {
+		name string
+		insn uint32
+		leaf bool
+	}{
+		{"nothing more", 0xd503201f, true},
+		{"stp x29, x30, [sp, #-16]!", 0xa9bf7bfd, false},
+		{"mov x29, sp", 0x910003fd, false},
+		{"sub sp, sp, #16", 0xd10043ff, false},
+		{"ldp x29, x30, [sp], #16", 0xa8c17bfd, false},
+		{"ldp x0, x30, [x1]", 0xa9407820, false},
+		{"mov x30, x0", 0xaa0003fe, false},
+		{"bl", 0x94000000, false},
+		{"blr x1", 0xd63f0020, false},
+		{"str x0, [sp, #8]", 0xf90007e0, true},
+		{"str x0, [sp, #-16]!", 0xf81f0fe0, false},
+		{"undecodable", 0xffffffff, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code := append(words(vdso...), words(tt.insn)...)
+			if got := arm64LeafOnly(code); got != tt.leaf {
+				t.Fatalf("leaf = %v, want %v", got, tt.leaf)
+			}
+		})
+	}
+}
+
+// A thread stopped in frameless leaf code without unwind tables (the arm64
+// vDSO) returns to its LR, signed or not, and the walk goes on through the
+// Go caller to the goroutine's root; above the innermost frame such code
+// cannot be crossed (LR is unknown there).
+func TestARM64LeafModule(t *testing.T) {
+	u, tab, _ := goBinary(t)
+	if !u.Arch.LinkRegister {
+		u, tab = goBinaryFor(t, "arm64")
+	}
+	main, goexit := fn(t, tab, "main.main"), fn(t, tab, "runtime.goexit")
+	mainPC, mainDelta := framed(t, tab, main)
+	retMain, retGoexit := mainPC+4, goexit.Entry+4
+	const leafAt = 0x10_0000
+	leaf := &Module{Name: "[vdso]", Start: leafAt, End: leafAt + 16, Code: []CodeRange{{Addr: leafAt,
+		Bytes: []byte{0x3f, 0x23, 0x03, 0xd5, 0x1f, 0x20, 0x03, 0xd5, 0xbf, 0x23, 0x03, 0xd5, 0xc0, 0x03, 0x5f, 0xd6}}}}
+	u.Modules = append(u.Modules, leaf)
+	a := u.Arch
+	const sp1 = 0x7000_0000 // main.main's sp: LR saved at 0(RSP)
+	mem := fakeMem{sp1: retGoexit}
+	for _, lr := range []uint64{retMain, retMain | 0x003a_0000_0000_0000} {
+		r := make([]uint64, a.RAReg+1)
+		r[a.SPReg], r[a.RAReg], r[a.LRReg] = sp1, leafAt+4, lr
+		s := u.Unwind(mem, r)
+		if !s.Reliable || len(s.Frames) != 3 || s.Frames[1].PC != retMain || s.Frames[2].PC != retGoexit || s.Frames[0].Method != "leaf" {
+			t.Fatalf("lr %#x: reliable=%v %s frames %+v (main.main delta %d)", lr, s.Reliable, s.Reason, s.Frames, mainDelta)
+		}
+	}
+	// Not the innermost frame: a return address into leaf code.
+	r := make([]uint64, a.RAReg+1)
+	workPC, _ := framed(t, tab, fn(t, tab, "main.work"))
+	r[a.SPReg], r[a.RAReg] = sp1, workPC
+	s := u.Unwind(fakeMem{sp1: leafAt + 8}, r)
+	if s.Reliable {
+		t.Fatalf("crossed leaf code above the innermost frame: %+v", s.Frames)
 	}
 }

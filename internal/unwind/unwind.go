@@ -47,6 +47,16 @@ type Arch struct {
 	// signal frame at the stack pointer a walk reaches it with.
 	Sigreturn       []uint64
 	SigframeContext func(read func(addr uint64) (uint64, error), sp uint64) ([]uint64, error)
+	// LeafOnly reports whether code (a module without unwind tables, given
+	// as Module.Code) holds only leaf functions: no instruction calls,
+	// moves the stack pointer, or writes the frame pointer or the link
+	// register. A pc there returns to the link register with the stack as
+	// it was. nil: such modules are unreliable.
+	LeafOnly func(code []byte) bool
+	// StripPAC removes a pointer authentication code from a return address
+	// (arm64 code built with -mbranch-protection signs LR before saving
+	// it); nil where there is none.
+	StripPAC func(uint64) uint64
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
@@ -80,6 +90,20 @@ var ARM64 = Arch{PtrSize: 8, SPReg: 31, RAReg: 32, FPReg: 29,
 	// its __kernel_rt_sigreturn: mov x8, #139 (rt_sigreturn); svc #0.
 	Sigreturn:       []uint64{0xd4000001_d2801168},
 	SigframeContext: arm64SigframeContext,
+	LeafOnly:        arm64LeafOnly,
+	StripPAC:        arm64StripPAC,
+}
+
+// arm64StripPAC clears the pointer authentication code of a user-space
+// code address: the bits above the 48-bit virtual address (and the tag
+// byte). A kernel address (bit 55 set) is returned as is. A value stripped
+// wrongly lands in no module, which makes the stack unreliable, never
+// wrongly clean.
+func arm64StripPAC(a uint64) uint64 {
+	if a&(1<<55) != 0 {
+		return a
+	}
+	return a & (1<<48 - 1)
 }
 
 // arm64SigframeContext reads the registers a signal interrupted from the
@@ -120,6 +144,13 @@ type Module struct {
 	// at link-time address EHFrameHdrAddr.
 	EHFrameHdr     []byte
 	EHFrameHdrAddr uint64
+	// Code is the module's executable code, by link-time address, given
+	// when it has no unwind tables at all (the arm64 vDSO) for
+	// Arch.LeafOnly to prove it frameless.
+	Code []CodeRange
+
+	leafOnce sync.Once
+	leaf     bool
 
 	once   sync.Once
 	goTab  *gopcln.Table
@@ -174,6 +205,37 @@ func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
 	return m.goTab, m.cfiTab, m.err
 }
 
+// CodeRange is a run of code at a link-time address.
+type CodeRange struct {
+	Addr  uint64
+	Bytes []byte
+}
+
+// leafAt reports whether link-time pc lies in code Arch.LeafOnly proved
+// frameless.
+func (m *Module) leafAt(a Arch, pc uint64) bool {
+	if a.LeafOnly == nil || len(m.Code) == 0 {
+		return false
+	}
+	m.leafOnce.Do(func() {
+		m.leaf = true
+		for _, c := range m.Code {
+			if !a.LeafOnly(c.Bytes) {
+				m.leaf = false
+			}
+		}
+	})
+	if !m.leaf {
+		return false
+	}
+	for _, c := range m.Code {
+		if pc >= c.Addr && pc < c.Addr+uint64(len(c.Bytes)) {
+			return true
+		}
+	}
+	return false
+}
+
 // GoTable returns the module's parsed Go function table (nil for a module
 // without a pclntab).
 func (m *Module) GoTable(a Arch) (*gopcln.Table, error) {
@@ -187,7 +249,8 @@ type Frame struct {
 	SP  uint64 // stack pointer in this frame
 	CFA uint64 // canonical frame address (SP of the caller after the return)
 	// Method says how the caller of this frame was found: "pclntab", "cfi",
-	// or "" for the outermost frame.
+	// "signal", "leaf" (frameless code: the link register), or "" for the
+	// outermost frame.
 	Method string
 	// Signal is set on a signal trampoline's frame (__restore_rt): its
 	// caller is the interrupted code, whose PC is not a return address.
@@ -410,7 +473,9 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				continue
 			}
 		}
-		if a.SigframeContext != nil && depth > 0 && isSigreturn(a, read, pc) {
+		// The signal return trampoline, returned to by a handler, or a
+		// thread stopped on its svc.
+		if a.SigframeContext != nil && (isSigreturn(a, read, pc) || interrupted && isSigreturn(a, read, pc-4)) {
 			regs, err := a.SigframeContext(read, sp)
 			if err != nil {
 				return unreliable("signal frame at %#x: %v", sp, err)
@@ -424,6 +489,29 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 				valid[i] = true
 			}
 			exact = true
+			continue
+		}
+		if cfiTab == nil && a.LinkRegister && m.leafAt(a, link) {
+			// Leaf code (the arm64 vDSO has no unwind tables): the
+			// caller's pc is in LR, known in the innermost or an
+			// interrupted frame only; nothing else moved.
+			if !interrupted || !valid[a.LRReg] {
+				return unreliable("leaf code at %#x in %s above the innermost frame", pc, m.Name)
+			}
+			ra := cur[a.LRReg]
+			if a.StripPAC != nil {
+				ra = a.StripPAC(ra)
+			}
+			if ra == 0 {
+				return unreliable("return address unknown above %#x in %s", pc, m.Name)
+			}
+			fr.CFA, fr.Method = sp, "leaf"
+			for i := range valid {
+				if i != a.SPReg && !isCalleeSaved(a, i) {
+					valid[i] = false
+				}
+			}
+			cur[a.RAReg], valid[a.RAReg] = ra, true
 			continue
 		}
 		if cfiTab == nil {
@@ -525,6 +613,10 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		if row.RA != a.RAReg {
 			next[a.RAReg], nextValid[a.RAReg] = next[row.RA], nextValid[row.RA]
 		}
+		if a.StripPAC != nil {
+			// Code built with branch protection saved a signed LR.
+			next[a.RAReg] = a.StripPAC(next[a.RAReg])
+		}
 		if _, ok := row.Regs[a.SPReg]; !ok || !nextValid[a.SPReg] {
 			// The caller's stack pointer is the CFA unless the CFI (a
 			// signal frame) says where the interrupted one was saved.
@@ -543,6 +635,15 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		exact = row.Signal // the caller of a signal frame was interrupted at its pc
 		cur, valid = next, nextValid
 	}
+}
+
+func isCalleeSaved(a Arch, r int) bool {
+	for _, c := range a.CalleeSaved {
+		if c == r {
+			return true
+		}
+	}
+	return false
 }
 
 // isSigreturn reports whether the code at pc is the arch's signal return

@@ -20,6 +20,7 @@ func TestParse(t *testing.T) {
 				"--- PASS: TestZ (0.10s)\n    --- PASS: TestZ/1 (0.00s)\n    --- SKIP: TestZ/2 (0.00s)\nPASS\n" +
 				"@@hotpatch-vm end a.test status=0 elapsed=0.3s\n" +
 				"@@hotpatch-vm begin b.test\n" +
+				"=== RUN   TestV\n    v_test.go:3: a log of a passing test\n--- PASS: TestV (0.00s)\n" +
 				"=== RUN   TestW\n    w_test.go:12: \n        \tError Trace:\t/x/w_test.go:12\n        \tError:      \tNot equal\n" +
 				"        \tsome diff line\n" +
 				"--- FAIL: TestW (0.00s)\n        --- FAIL: TestW/x (0.00s)\nFAIL\n" +
@@ -28,7 +29,7 @@ func TestParse(t *testing.T) {
 				"@@hotpatch-vm done 2.0s\n[    5.0] reboot: Power down\n",
 			want: Output{Boot: "2.19s", Done: true, Results: []*Result{
 				{Name: "a.test", Ended: true, Elapsed: "0.3s", Pass: 2, Skip: 1, SubPass: 1, SubSkip: 1},
-				{Name: "b.test", Status: 1, Ended: true, Elapsed: "1.5s", Fail: 1, SubFail: 1, Failures: []string{
+				{Name: "b.test", Status: 1, Ended: true, Elapsed: "1.5s", Pass: 1, Fail: 1, SubFail: 1, Failures: []string{
 					"    w_test.go:12: ", "        \tError Trace:\t/x/w_test.go:12", "        \tError:      \tNot equal",
 					"--- FAIL: TestW (0.00s)", "        --- FAIL: TestW/x (0.00s)"}},
 			}},

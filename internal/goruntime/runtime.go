@@ -187,28 +187,50 @@ func waitReasonsAMD64(code []byte, pc uint64) (n int, tables []uint64) {
 // table is the one whose entries read as wait reasons (another is the
 // "unknown wait reason" string).
 func waitReasonsARM64(code []byte, pc uint64) (n int, addrs []uint64) {
-	reg := map[uint32]uint64{}
+	var regs arm64Addrs
 	for off := 0; off+4 <= len(code); off += 4 {
 		w := binary.LittleEndian.Uint32(code[off:])
-		at := pc + uint64(off)
-		switch {
-		case w&0x7fc0001f == 0x7100001f && n == 0: // CMP Wn|Xn, #imm12 (SUBS ZR, unshifted)
+		if w&0x7fc0001f == 0x7100001f && n == 0 { // CMP Wn|Xn, #imm12 (SUBS ZR, unshifted)
 			if imm := int((w >> 10) & 0xfff); imm > 0 && imm < 256 {
 				n = imm
 			}
-		case w&0x9f000000 == 0x90000000: // ADRP Xd, page
-			imm := int64(((w>>29)&3)|((w>>5)&0x7ffff)<<2) << 43 >> 31
-			reg[w&31] = uint64(int64(at&^0xfff) + imm)
-		case w&0xff800000 == 0x91000000: // ADD Xd, Xn, #imm12
-			if base, ok := reg[(w>>5)&31]; ok {
-				reg[w&31] = base + uint64((w>>10)&0xfff)
-				addrs = appendNew(addrs, reg[w&31])
-			} else {
-				delete(reg, w&31)
-			}
+		}
+		if a, ok := regs.step(w, pc+uint64(off)); ok {
+			addrs = appendNew(addrs, a)
 		}
 	}
 	return n, addrs
+}
+
+// arm64Addrs follows the addresses code forms in registers with ADRP and
+// ADD #imm (how Go code on arm64 addresses a global).
+type arm64Addrs map[uint32]uint64
+
+// step applies the instruction w at pc; it returns the address an ADD
+// completed.
+func (r *arm64Addrs) step(w uint32, pc uint64) (uint64, bool) {
+	if *r == nil {
+		*r = arm64Addrs{}
+	}
+	reg := *r
+	switch {
+	case w&0x9f000000 == 0x90000000: // ADRP Xd, page
+		imm := int64(((w>>29)&3)|((w>>5)&0x7ffff)<<2) << 43 >> 31
+		reg[w&31] = uint64(int64(pc&^0xfff) + imm)
+	case w&0xff800000 == 0x91000000: // ADD Xd, Xn, #imm12
+		if base, ok := reg[(w>>5)&31]; ok {
+			reg[w&31] = base + uint64((w>>10)&0xfff)
+			return reg[w&31], true
+		}
+		delete(reg, w&31)
+	}
+	return 0, false
+}
+
+// addr returns the address register n holds, if one was formed.
+func (r arm64Addrs) addr(n uint32) (uint64, bool) {
+	a, ok := r[n]
+	return a, ok
 }
 
 // findAllGs finds allglen and allgptr in a binary without symbols: they are
@@ -325,22 +347,12 @@ func atomicStoresAMD64(code []byte, pc uint64) []uint64 {
 // through a register set by ADRP + ADD.
 func atomicStoresARM64(code []byte, pc uint64) []uint64 {
 	var out []uint64
-	reg := map[uint32]uint64{} // register → address from ADRP (+ ADD)
+	var regs arm64Addrs
 	for off := 0; off+4 <= len(code); off += 4 {
 		w := binary.LittleEndian.Uint32(code[off:])
-		at := pc + uint64(off)
-		switch {
-		case w&0x9f000000 == 0x90000000: // ADRP Xd, page
-			imm := int64(((w>>29)&3)|((w>>5)&0x7ffff)<<2) << 43 >> 31
-			reg[w&31] = uint64(int64(at&^0xfff) + imm)
-		case w&0xff800000 == 0x91000000: // ADD Xd, Xn, #imm12
-			if base, ok := reg[(w>>5)&31]; ok {
-				reg[w&31] = base + uint64((w>>10)&0xfff)
-			} else {
-				delete(reg, w&31)
-			}
-		case w&0xbffffc00 == 0x889ffc00: // STLR Wt|Xt, [Xn]
-			if addr, ok := reg[(w>>5)&31]; ok {
+		regs.step(w, pc+uint64(off))
+		if w&0xbffffc00 == 0x889ffc00 { // STLR Wt|Xt, [Xn]
+			if addr, ok := regs.addr((w >> 5) & 31); ok {
 				out = appendNew(out, addr)
 			}
 		}

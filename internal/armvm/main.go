@@ -94,6 +94,10 @@ func lane() error {
 	if err != nil {
 		return err
 	}
+	sleep, err := ensureDistroSleep()
+	if err != nil {
+		return err
+	}
 	work, err := os.MkdirTemp("", "hotpatch-armvm-")
 	if err != nil {
 		return err
@@ -107,6 +111,9 @@ func lane() error {
 	t0 := time.Now()
 	pkgs, err := buildRoot(root)
 	if err != nil {
+		return err
+	}
+	if err := copyFile(sleep, filepath.Join(root, "bin", "sleep")); err != nil {
 		return err
 	}
 	initrd := filepath.Join(work, "initrd.gz")
@@ -202,39 +209,71 @@ func ensureKernel() (string, error) {
 	if m == nil {
 		return "", fmt.Errorf("no kernel package behind linux-image-cloud-arm64:arm64:\n%s", deps)
 	}
-	dl := filepath.Join(dir, "download")
-	os.RemoveAll(dl)
-	if err := os.MkdirAll(dl, 0o755); err != nil {
+	// The unsigned flavour is not always published; the signed one holds
+	// the same image.
+	x, err := aptExtract(filepath.Join(dir, "download"), string(m[1])+"-unsigned:arm64", string(m[1])+":arm64")
+	if err != nil {
 		return "", err
 	}
-	get := exec.Command("apt-get", "download", string(m[1])+"-unsigned:arm64")
-	get.Dir = dl
-	if err := run(get); err != nil {
-		// The unsigned flavour is not always published; the signed one
-		// holds the same image.
-		get = exec.Command("apt-get", "download", string(m[1])+":arm64")
-		get.Dir = dl
-		if err := run(get); err != nil {
-			return "", err
-		}
-	}
-	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
-	if len(debs) != 1 {
-		return "", fmt.Errorf("apt-get download left %d packages in %s", len(debs), dl)
-	}
-	x := filepath.Join(dl, "x")
-	if err := run(exec.Command("dpkg-deb", "-x", debs[0], x)); err != nil {
-		return "", err
-	}
+	defer os.RemoveAll(filepath.Join(dir, "download"))
 	imgs, _ := filepath.Glob(filepath.Join(x, "boot", "vmlinuz-*"))
 	if len(imgs) != 1 {
-		return "", fmt.Errorf("%s holds %d kernel images", debs[0], len(imgs))
+		return "", fmt.Errorf("%s holds %d kernel images", m[1], len(imgs))
 	}
 	if err := os.Rename(imgs[0], vmlinuz); err != nil {
 		return "", err
 	}
-	os.RemoveAll(dl)
 	return vmlinuz, nil
+}
+
+// aptExtract downloads the first of the packages apt can fetch into dl (made
+// anew) and unpacks it there, returning the unpacked tree.
+func aptExtract(dl string, pkgs ...string) (string, error) {
+	os.RemoveAll(dl)
+	if err := os.MkdirAll(dl, 0o755); err != nil {
+		return "", err
+	}
+	var err error
+	for _, pkg := range pkgs {
+		get := exec.Command("apt-get", "download", pkg)
+		get.Dir = dl
+		if err = run(get); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("apt-get download %s left %d packages in %s", pkgs[0], len(debs), dl)
+	}
+	x := filepath.Join(dl, "x")
+	return x, run(exec.Command("dpkg-deb", "-x", debs[0], x))
+}
+
+// ensureDistroSleep returns a cached arm64 sleep(1) of Debian's coreutils
+// package, downloaded with apt the first time: a distribution binary built
+// without frame pointers and stripped to .dynsym, which
+// TestUnwindDistributionBinary unwinds in the VM.
+func ensureDistroSleep() (string, error) {
+	dir := cacheDir()
+	sleep := filepath.Join(dir, "sleep")
+	if _, err := os.Stat(sleep); err == nil {
+		return sleep, nil
+	}
+	dl := filepath.Join(dir, "coreutils")
+	defer os.RemoveAll(dl)
+	x, err := aptExtract(dl, "coreutils:arm64")
+	if err != nil {
+		return "", err
+	}
+	for _, p := range []string{"bin/sleep", "usr/bin/sleep"} {
+		if _, err := os.Stat(filepath.Join(x, p)); err == nil {
+			return sleep, os.Rename(filepath.Join(x, p), sleep)
+		}
+	}
+	return "", fmt.Errorf("coreutils:arm64 has no sleep binary")
 }
 
 // binName is a package's test binary name in the VM.

@@ -167,7 +167,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// envDemoService names a prebuilt demo service (examples/hotpatch/demosvc)
+// for a machine without a Go toolchain (the arm64 VM lane).
+const envDemoService = "HOTPATCH_DEMO_SERVICE"
+
 func buildDemo(dir string) (string, error) {
+	if bin := os.Getenv(envDemoService); bin != "" {
+		return bin, nil
+	}
 	src := filepath.Join(dir, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		return "", err

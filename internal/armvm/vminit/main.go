@@ -58,11 +58,18 @@ func setup() {
 	if fd, err := unix.Open("/dev/null", unix.O_RDONLY, 0); err == nil {
 		unix.Dup3(fd, 0, 0)
 	}
+	// The loopback interface, for the services the tests talk to.
+	if err := loopbackUp(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s error loopback: %v\n", Marker, err)
+	}
 	os.Setenv("PATH", "/bin:/usr/bin")
 	os.Setenv("HOME", "/tmp")
 	os.Setenv("TMPDIR", "/tmp")
 	os.Setenv("HOTPATCH_FIXTURES", "/fixtures")
 	os.Setenv("HOTPATCH_VM", "arm64")
+	// The CLI and the demo service, cross-built by the lane.
+	os.Setenv("HOTPATCH_CLI", "/bin/hotpatch")
+	os.Setenv("HOTPATCH_DEMO_SERVICE", "/bin/demosvc")
 }
 
 func uptime() string {
@@ -126,4 +133,23 @@ func run(name string, timeout time.Duration, args []string) {
 	// Kill whatever the test left behind in its process group.
 	unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	fmt.Printf("%s end %s status=%d elapsed=%.1fs\n", Marker, name, status, time.Since(start).Seconds())
+}
+
+// loopbackUp sets the lo interface up (the kernel brings it up with its
+// 127.0.0.1 address configured but down).
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

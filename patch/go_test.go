@@ -332,19 +332,19 @@ func TestGoSnapshotsUnderLoad(t *testing.T) {
 }
 
 // BenchmarkApplyGo10k measures the pause of an apply against a Go target
-// with 10,000 parked goroutines (report: apply-pause-us, threads,
-// goroutines).
+// with 10,000 parked goroutines (report: apply-pause-median-us,
+// apply-pause-us, threads, goroutines).
 func BenchmarkApplyGo10k(b *testing.B) {
 	p := startTasks(b, "")
 	command(b, p, "park 10000", regexp.MustCompile(`^parked 10000$`))
 	tg := attach(b, p.Pid)
-	var apply time.Duration
+	var apply []time.Duration
 	for i := 0; i < b.N; i++ {
 		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		apply += res.Pause
+		apply = append(apply, res.Pause)
 		if _, err := tg.Revert(context.Background(), res.ID, patch.ApplyOptions{}); err != nil {
 			b.Fatal(err)
 		}
@@ -363,7 +363,7 @@ func BenchmarkApplyGo10k(b *testing.B) {
 			gs++
 		}
 	}
-	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
+	reportPauses(b, "apply-pause", apply)
 	b.ReportMetric(float64(threads), "threads")
 	b.ReportMetric(float64(gs), "goroutines")
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -266,10 +267,32 @@ func BenchmarkApplyC(b *testing.B) {
 	benchComputePauses(b, tg)
 }
 
+// reportPauses reports the median and the mean of pauses as
+// NAME-median-us and NAME-us (the median is what users feel on a typical
+// apply; the mean shows the tail).
+func reportPauses(b *testing.B, name string, pauses []time.Duration) {
+	if len(pauses) == 0 {
+		return
+	}
+	sorted := slices.Clone(pauses)
+	slices.Sort(sorted)
+	med := sorted[len(sorted)/2]
+	if len(sorted)%2 == 0 {
+		med = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
+	}
+	var sum time.Duration
+	for _, p := range pauses {
+		sum += p
+	}
+	b.ReportMetric(float64(med.Microseconds()), name+"-median-us")
+	b.ReportMetric(float64(sum.Microseconds())/float64(len(pauses)), name+"-us")
+}
+
 // benchComputePauses applies and reverts compute → compute_fixed b.N times
-// and reports the mean pauses (apply-pause-us, revert-pause-us).
+// and reports the pauses (apply-pause-median-us, apply-pause-us,
+// revert-pause-median-us, revert-pause-us).
 func benchComputePauses(b *testing.B, tg *patch.Target) {
-	var apply, revert time.Duration
+	var apply, revert []time.Duration
 	for i := 0; i < b.N; i++ {
 		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "compute", New: "compute_fixed"}}, patch.ApplyOptions{})
 		if err != nil {
@@ -279,9 +302,9 @@ func benchComputePauses(b *testing.B, tg *patch.Target) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		apply += res.Pause
-		revert += rr.Pause
+		apply = append(apply, res.Pause)
+		revert = append(revert, rr.Pause)
 	}
-	b.ReportMetric(float64(apply.Microseconds())/float64(b.N), "apply-pause-us")
-	b.ReportMetric(float64(revert.Microseconds())/float64(b.N), "revert-pause-us")
+	reportPauses(b, "apply-pause", apply)
+	reportPauses(b, "revert-pause", revert)
 }

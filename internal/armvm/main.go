@@ -281,7 +281,17 @@ func buildRoot(root string) ([]Package, error) {
 	if err := os.WriteFile(filepath.Join(root, "tests", "plan"), plan.Bytes(), 0o644); err != nil {
 		return nil, err
 	}
-	if err := fixture.Prebuild(filepath.Join(root, "fixtures"), fixture.Target{CC: "aarch64-linux-gnu-gcc", GOARCH: "arm64"}); err != nil {
+	// Fixtures may name each other by absolute path (a program linked
+	// with a library's path, a library's -L directory): the VM links the
+	// path they were built at to /fixtures (vminit, /tests/fixtures-built-at).
+	fixtures, err := filepath.Abs(filepath.Join(root, "fixtures"))
+	if err != nil {
+		return nil, err
+	}
+	if err := fixture.Prebuild(fixtures, fixture.Target{CC: "aarch64-linux-gnu-gcc", GOARCH: "arm64"}); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(root, "tests", "fixtures-built-at"), []byte(fixtures+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	// The dynamic linker where binaries look for it, and the libraries

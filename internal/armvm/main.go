@@ -62,7 +62,7 @@ var Packages = []Package{
 		SkipWhy: "compiles C with the aarch64 cross gcc, which the VM has not; it runs on the host (make test-arm64-user)"},
 	{Path: "internal/execmem"},
 	// Process-level patches of the C and Go services on arm64.
-	{Path: "patch", Run: "^(TestApplyRevert|TestApplyRefusedWhileThreadInside|TestBadInput|TestUniverseC|TestDeathAtEveryWrite|TestGoParkedGoroutines|TestGoParkedInCallee|TestGoInlined|TestGoStackGrowth|TestGoSnapshotsUnderLoad)$", Timeout: 6 * time.Minute},
+	{Path: "patch", Run: "^(TestApplyRevert|TestApplyRefusedWhileThreadInside|TestBadInput|TestUniverseC|TestDeathAtEveryWrite|TestGoParkedGoroutines|TestGoParkedInCallee|TestGoInlined|TestGoStackGrowth|TestGoSnapshotsUnderLoad|TestApplyLib|TestApplyLibRefused|TestApplySharedLibrary|TestApplyLibLibcDlopenMode)$", Timeout: 6 * time.Minute},
 }
 
 const marker = "@@hotpatch-vm"

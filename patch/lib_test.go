@@ -39,14 +39,13 @@ func buildID(t testing.TB, path string) string {
 	return id
 }
 
-// fixLib builds the fixprice patch library with extra flags.
+// fixLib builds the fixprice patch library with extra flags (the builds
+// the arm64 VM lane runs are in fixture.Catalog).
 func fixLib(t testing.TB, flags ...string) string {
-	inc, err := filepath.Abs("include")
-	require.NoError(t, err)
-	return fixture.BuildSO(t, "fixprice", append([]string{"-O2", "-I" + inc}, flags...)...)
+	return fixture.BuildSO(t, "fixprice", append([]string{"-O2", "-I" + fixture.PatchInclude()}, flags...)...)
 }
 
-func pin(id string) string { return `-DPIN="` + id + `"` }
+func pin(id string) string { return fixture.Pin(id) }
 
 var served = regexp.MustCompile(`^served (\d+) price=(\d+)$`)
 
@@ -230,10 +229,9 @@ func TestApplySharedLibrary(t *testing.T) {
 
 	// From a patch library: the pin must name libfoo.so, the module that
 	// holds foo_value, not the executable.
-	inc, err := filepath.Abs("include")
-	require.NoError(t, err)
+	inc := fixture.PatchInclude()
 	wrong := fixture.BuildSO(t, "fixfoo", "-I"+inc, pin(buildID(t, bin)))
-	_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "libfoo.so:foo_value", New: "foo_value_v3"}}, patch.ApplyOptions{Lib: wrong})
+	_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "libfoo.so:foo_value", New: "foo_value_v3"}}, patch.ApplyOptions{Lib: wrong})
 	require.ErrorIs(t, err, patch.ErrBuildIDMismatch)
 	require.Contains(t, err.Error(), buildID(t, foo))
 	right := fixture.BuildSO(t, "fixfoo", "-I"+inc, pin(buildID(t, foo)))

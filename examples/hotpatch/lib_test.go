@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -22,9 +21,8 @@ func TestCLIApplyLib(t *testing.T) {
 	pid := fmt.Sprint(p.Pid)
 	tab, err := elfsym.LoadFile(bin)
 	require.NoError(t, err)
-	inc, _ := filepath.Abs("../../patch/include")
-	unpinned := fixture.BuildSO(t, "fixprice", "-O2", "-I"+inc)
-	pinned := fixture.BuildSO(t, "fixprice", "-O2", "-I"+inc, `-DPIN="`+tab.Modules[0].BuildID+`"`)
+	unpinned := fixture.BuildSO(t, "fixprice", "-O2", "-I"+fixture.PatchInclude())
+	pinned := fixture.BuildSO(t, "fixprice", "-O2", "-I"+fixture.PatchInclude(), fixture.Pin(tab.Modules[0].BuildID))
 
 	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--lib", unpinned, "--replace", "price=price_fixed", "--json")
 	require.Equal(t, 1, code, out)

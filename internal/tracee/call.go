@@ -11,9 +11,10 @@ import (
 // ErrCallCrashed is matched by every *CallError.
 var ErrCallCrashed = errors.New("remote call crashed")
 
-// ErrCallUnsupported is returned by remote calls on architectures they are
-// not ported to yet (arm64).
-var ErrCallUnsupported = errors.New("remote function calls are not supported on this architecture yet")
+// ErrCallThreadState is returned when the borrowed thread holds state a
+// remote call could not put back exactly (arm64: live SVE or streaming-mode
+// registers); nothing was changed in the target.
+var ErrCallThreadState = errors.New("thread state cannot be carried through a remote call")
 
 // CallError is a function called in the target that died of a signal (a
 // fault, or abort). The thread's registers were restored and the signal
@@ -40,8 +41,8 @@ func (e *CallError) Is(target error) bool { return target == ErrCallCrashed }
 // least; mappings here are rounded to it).
 const pageSize = 4096
 
-// Call calls the function at fn in the target with up to six integer or
-// pointer arguments and returns its integer result. When the process is
+// Call calls the function at fn in the target with up to maxCallArgs (six
+// on x86-64, eight on arm64) integer or pointer arguments and returns its integer result. When the process is
 // stopped (Stop), it borrows a stopped thread (the leader first) and only
 // that thread runs during the call; otherwise it stops one thread for the
 // call while the others keep running — which is what a function that takes
@@ -51,27 +52,28 @@ const pageSize = 4096
 // lock the called function needs, and the call would then deadlock.
 //
 // The thread's general-purpose registers (with the syscall-restart state,
-// orig_rax) and its whole FPU/SSE/AVX state are saved and restored exactly:
-// a thread that was blocked in a system call restarts it afterwards. The
-// call runs below the thread's stack pointer and red zone, on a 16-byte
-// aligned stack, and returns into a stub (in memory mapped for the call)
-// that restores the thread by itself: a tracer killed during the call
-// leaves the target running correctly. Nothing is written into the
-// target's own code.
+// orig_rax on x86-64), its whole FP/SIMD state and its signal mask are
+// saved and restored exactly: a thread that was blocked in a system call
+// restarts it afterwards. The call runs below the thread's stack pointer
+// and red zone, on a 16-byte aligned stack, and returns into a stub (in
+// memory mapped for the call) that restores the thread by itself: a tracer
+// killed during the call leaves the target running correctly. Nothing is
+// written into the target's own code.
 // Signals that reach the thread during the call are held and delivered
 // when it is resumed. A call that crashes returns a *CallError.
+//
+// One piece of kernel state is the callee's to keep: a thread stopped
+// while it continues an interrupted sleep through restart_syscall (a
+// nanosleep or a timed futex wait stopped, resumed and stopped again)
+// resumes it afterwards only if the called function does not itself call
+// nanosleep or a timed wait, which reset the thread's restart block; its
+// sleep then returns EINTR, as it would after a signal handler.
 func (p *Process) Call(name string, fn uint64, args ...uint64) (uint64, error) {
-	if !callSupported {
-		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
-	}
 	return p.CallOn(0, name, fn, args...)
 }
 
 // CallOn is Call on thread tid of a stopped process (tid 0: as Call).
 func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint64, error) {
-	if !callSupported {
-		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
-	}
 	if len(args) > maxCallArgs {
 		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
 	}
@@ -134,7 +136,8 @@ func (p *Process) borrow(tid int, sleeper bool, f func(t *thread) error) error {
 	return err
 }
 
-// fpState is a saved FPU/SSE/AVX register set.
+// fpState is a saved FP/SIMD register set (x86-64: XSAVE or FXSAVE image;
+// arm64: user_fpsimd_state).
 type fpState struct {
 	typ  int
 	data []byte
@@ -154,6 +157,54 @@ func saveFP(tid int) (fpState, error) {
 
 func (s fpState) restore(tid int) error { return setRegSet(tid, s.typ, s.data) }
 
+// callState is what a remote call saves of the borrowed thread: the stub
+// restores it by itself, and the tracer through ptrace when the callee
+// crashes or the thread is caught inside the stub.
+type callState struct {
+	regs    Regs // at the stop
+	resume  Regs // where the thread continues (regs.resumeState())
+	fp      fpState
+	sigmask uint64 // blocked signals
+	// restart: the thread continues into restart_syscall, which the stub
+	// must run itself (arm64; see archPrepare).
+	restart bool
+}
+
+// saveCall saves t's state for a remote call, or refuses a thread whose
+// state a call could not carry through.
+func (p *Process) saveCall(t *thread) (*callState, error) {
+	s := &callState{}
+	if err := getRegs(t.tid, &s.regs); err != nil {
+		return nil, p.threadErr(t.tid, "get registers", err)
+	}
+	var err error
+	if s.fp, err = saveFP(t.tid); err != nil {
+		return nil, p.threadErr(t.tid, "get FP registers", err)
+	}
+	if s.sigmask, err = getSigmask(t.tid); err != nil {
+		return nil, p.threadErr(t.tid, "get signal mask", err)
+	}
+	s.resume = s.regs.resumeState()
+	if err := p.archPrepare(t, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// restore puts the saved state back through ptrace.
+func (s *callState) restore(tid int) error {
+	if err := setRegs(tid, &s.regs); err != nil {
+		return fmt.Errorf("restore registers: %w", err)
+	}
+	if err := s.fp.restore(tid); err != nil {
+		return fmt.Errorf("restore FP registers: %w", err)
+	}
+	if err := setSigmask(tid, s.sigmask); err != nil {
+		return fmt.Errorf("restore signal mask: %w", err)
+	}
+	return nil
+}
+
 // runCall calls fn on the stopped thread t and puts the thread back.
 //
 // The function returns into a stub in memory mapped for the call (code
@@ -165,16 +216,11 @@ func (s fpState) restore(tid int) error { return setRegSet(tid, s.typ, s.data) }
 // Because the thread restores itself, a tracer killed mid-call (SIGKILL)
 // leaves a target that runs on correctly.
 func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uint64, error) {
-	var saved Regs
-	if err := getRegs(t.tid, &saved); err != nil {
-		return 0, p.threadErr(t.tid, "get registers", err)
-	}
-	fp, err := saveFP(t.tid)
+	s, err := p.saveCall(t)
 	if err != nil {
-		return 0, p.threadErr(t.tid, "get FP registers", err)
+		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, err)
 	}
-	resume := saved.resumeState()
-	data := ctxData(resume, fp)
+	data := ctxData(s)
 	dataSize := (uint64(len(data)) + pageSize - 1) &^ (pageSize - 1)
 	dataAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, dataSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0)
 	if err != nil {
@@ -185,37 +231,33 @@ func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uin
 		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
 		return 0, err
 	}
-	stub := returnStub(dataAddr, resume.PC(), fp.typ == fpRegSet)
+	stub := returnStub(dataAddr, s)
 	free := func() {
 		// The thread is stopped outside the stub: nothing uses the pages.
 		p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
 		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
 	}
-	// Below the red zone, aligned, then the return address: at the
-	// callee's entry (rsp+8) is a multiple of 16, as the ABI wants.
-	sp := (saved.SP()-redZone)&^15 - 8
-	var ret [8]byte
-	for i := range ret {
-		ret[i] = byte(codeAddr >> (8 * i))
-	}
+	// The callee's stack and what the ABI wants on it (x86-64: the return
+	// address; arm64: nothing, the return address goes in x30).
+	sp, push := callStack(s.regs.SP(), codeAddr)
 	err = p.writeMem(dataAddr, data)
 	if err == nil {
 		err = p.writeMem(codeAddr, stub)
 	}
-	if err == nil {
-		err = p.writeMem(sp, ret[:])
+	if err == nil && len(push) > 0 {
+		err = p.writeMem(sp, push)
 	}
 	if err != nil {
 		free()
 		return 0, err
 	}
-	r := saved
-	r.setupCall(fn, sp, args)
+	r := s.regs
+	r.setupCall(fn, sp, codeAddr, args)
 	if err := setRegs(t.tid, &r); err != nil {
 		free()
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
-	res, cerr := p.waitCall(t, name, fn, &saved, fp, dataAddr, codeAddr, uint64(len(stub)))
+	res, cerr := p.waitCall(t, name, fn, s, dataAddr, codeAddr, uint64(len(stub)))
 	if p.threads[t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
 	}
@@ -240,9 +282,9 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 
 // waitCall runs t until the stub reports the call done and the thread is
 // stopped again outside the stub, holding the signals that arrive
-// meanwhile. If the called code crashes, it restores saved and fp through
-// ptrace and returns a *CallError.
-func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fpState, dataAddr, codeAddr, codeLen uint64) (uint64, error) {
+// meanwhile. If the called code crashes, it restores s through ptrace and
+// returns a *CallError.
+func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64) (uint64, error) {
 	if err := cont(t.tid, 0); err != nil {
 		return 0, p.threadErr(t.tid, "continue", err)
 	}
@@ -299,6 +341,14 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fp
 				continue
 			}
 			if inStub(r.PC(), codeAddr, codeLen) {
+				if stubExitByPtrace {
+					// The call is over: put the thread back
+					// ourselves (see stubExitByPtrace).
+					if err := s.restore(t.tid); err != nil {
+						return 0, p.threadErr(t.tid, "leave the return stub", err)
+					}
+					return binaryLE(result[ctxResult:]), nil
+				}
 				// Still in the stub's last instructions: step out of it.
 				if err := singlestep(t.tid, 0); err != nil {
 					return 0, p.threadErr(t.tid, "single-step", err)
@@ -311,7 +361,7 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fp
 		var si unix.Siginfo
 		gotInfo := getSiginfo(t.tid, &si) == nil
 		t.inSigStop = true
-		if sig == unix.SIGTRAP && interrupted && gotInfo && si.Code > 0 {
+		if sig == unix.SIGTRAP && interrupted && gotInfo && stepReport(&si) {
 			// Our single-step out of the stub.
 			if !inStub(r.PC(), codeAddr, codeLen) {
 				return binaryLE(result[ctxResult:]), nil
@@ -327,12 +377,10 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fp
 				ce.Addr = siginfoWord(&si)
 			}
 			// At this signal-delivery-stop the kernel restarts an
-			// interrupted system call itself once the registers are back.
-			if err := setRegs(t.tid, saved); err != nil {
-				return 0, errors.Join(ce, p.threadErr(t.tid, "restore registers", err))
-			}
-			if err := fp.restore(t.tid); err != nil {
-				return 0, errors.Join(ce, p.threadErr(t.tid, "restore FP registers", err))
+			// interrupted system call itself once the registers are back
+			// (x86-64; on arm64 they already hold the restart).
+			if err := s.restore(t.tid); err != nil {
+				return 0, errors.Join(ce, p.threadErr(t.tid, "restore the thread", err))
 			}
 			return 0, ce
 		}
@@ -340,6 +388,13 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, saved *Regs, fp fp
 		t.pending = append(t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
 		if err := cont(t.tid, 0); err != nil {
 			return 0, p.threadErr(t.tid, "continue", err)
+		}
+		if interrupted {
+			// This stop cleared our pending PTRACE_INTERRUPT (any trap
+			// does): ask again, or the thread would never stop.
+			if err := interrupt(t.tid); err != nil {
+				return 0, p.threadErr(t.tid, "interrupt", err)
+			}
 		}
 	}
 }
@@ -396,9 +451,6 @@ func (th *Thread) Tid() int { return th.t.tid }
 
 // Call is Process.Call on this thread.
 func (th *Thread) Call(name string, fn uint64, args ...uint64) (uint64, error) {
-	if !callSupported {
-		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, ErrCallUnsupported)
-	}
 	if len(args) > maxCallArgs {
 		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
 	}

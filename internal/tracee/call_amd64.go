@@ -1,22 +1,20 @@
 package tracee
 
-// The architecture-specific half of remote calls (call.go). A port provides
-// the same names: redZone, fpRegSet and fpRegSetFallback, maxCallArgs,
-// (*Regs).setupCall, callResult and resumeState, ctxData and returnStub
-// (arm64: no red zone, x0-x7 arguments, the return address in x30, the
-// FP/SIMD state as NT_PRFPREG; arm64 has no jump through memory that
-// clobbers no register, so its stub has to end in rt_sigreturn with a
-// signal frame it prepared, or accept a clobbered x16/x17 only where the
-// interrupted code cannot be live in them).
+// The architecture-specific half of remote calls (call.go). Each arch
+// provides the same names: redZone, fpRegSet and fpRegSetFallback,
+// maxCallArgs, callStack, (*Regs).setupCall, callResult and resumeState,
+// archPrepare, stubExitByPtrace, ctxData and returnStub (call_arm64.go for
+// arm64).
 
-import "golang.org/x/sys/unix"
+import (
+	"encoding/binary"
+
+	"golang.org/x/sys/unix"
+)
 
 // redZone is the System V x86-64 red zone below the stack pointer, which a
 // leaf function may use without moving rsp: a remote call must not touch it.
 const redZone = 128
-
-// callSupported: remote calls are implemented for x86-64.
-const callSupported = true
 
 // fpRegSet is the regset that holds the whole FPU/SSE/AVX state (XSAVE
 // layout), and fpRegSetFallback the FXSAVE one (x87 + SSE) for kernels or
@@ -26,12 +24,22 @@ const (
 	fpRegSetFallback = unix.NT_PRFPREG
 )
 
+// callStack returns the callee's stack pointer for a thread whose stack
+// pointer is sp, and what to write there: below the red zone, aligned, then
+// the return address ret, so that at the callee's entry (rsp+8) is a
+// multiple of 16, as the ABI wants.
+func callStack(sp, ret uint64) (uint64, []byte) {
+	sp = (sp-redZone)&^15 - 8
+	return sp, binary.LittleEndian.AppendUint64(nil, ret)
+}
+
 // setupCall makes r call fn(args...) with the stack pointer sp (already
-// 16-byte aligned, with the return address pushed at sp) per the System V
-// ABI: integer arguments in rdi, rsi, rdx, rcx, r8, r9; al = 0 vector
-// registers for variadic callees; the direction flag clear. orig_rax = -1
-// keeps the kernel's syscall-restart logic away from these registers.
-func (r *Regs) setupCall(fn, sp uint64, args []uint64) {
+// 16-byte aligned, with the return address pushed at sp, so ret is unused
+// here) per the System V ABI: integer arguments in rdi, rsi, rdx, rcx, r8,
+// r9; al = 0 vector registers for variadic callees; the direction flag
+// clear. orig_rax = -1 keeps the kernel's syscall-restart logic away from
+// these registers.
+func (r *Regs) setupCall(fn, sp, ret uint64, args []uint64) {
 	r.Rip = fn
 	r.Rsp = sp
 	r.Rax = 0
@@ -82,6 +90,16 @@ func (r *Regs) resumeState() Regs {
 	return out
 }
 
+// archPrepare has nothing to check or add on x86-64: every state of a
+// stopped thread, including a pending restart_syscall (whose restart block
+// the stub's plain jump leaves alone), goes through a call.
+func (p *Process) archPrepare(t *thread, s *callState) error { return nil }
+
+// stubExitByPtrace: a thread caught in the last instructions of the stub
+// after the call is single-stepped out of it (the stub only restores
+// registers there and blocks nowhere).
+const stubExitByPtrace = false
+
 // Layout of a remote call's data page (see returnStub).
 const (
 	ctxResult = 0   // the call's rax
@@ -91,9 +109,10 @@ const (
 	ctxFP     = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
 )
 
-// ctxData is the data page of a remote call that returns to the state r
-// with FP state fp.
-func ctxData(r Regs, fp fpState) []byte {
+// ctxData is the data page of a remote call that returns to s.resume with
+// FP state s.fp.
+func ctxData(s *callState) []byte {
+	r, fp := s.resume, s.fp
 	b := make([]byte, ctxFP+len(fp.data))
 	put := func(off int, v uint64) {
 		for i := 0; i < 8; i++ {
@@ -108,14 +127,15 @@ func ctxData(r Regs, fp fpState) []byte {
 	return b
 }
 
-// returnStub is the code a remote call returns to, at address code, with
-// its data page at data: it stores rax (the result), restores the FP state
+// returnStub is the code a remote call of s returns to, with its data page
+// at data: it stores rax (the result), restores the FP state
 // (xrstor, or fxrstor for an FXSAVE image), rflags and every general
 // register of the interrupted state, sets the done flag and jumps to the
 // interrupted pc. It touches no memory but its own pages and the call's
 // stack (below the red zone); the interrupted state is restored without the
 // tracer, so a tracer killed during the call leaves a target that runs on.
-func returnStub(data, pc uint64, xsave bool) []byte {
+func returnStub(data uint64, s *callState) []byte {
+	pc, xsave := s.resume.PC(), s.fp.typ == fpRegSet
 	var c []byte
 	d32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
 	c = append(c, 0x49, 0xbb) // movabs r11, data

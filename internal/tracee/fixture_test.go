@@ -202,20 +202,67 @@ func startGoTarget(tb testing.TB) *target {
 }
 
 // callerChild calls the function at TRACEE_TEST_FN (hex) in TRACEE_TEST_PID
-// with the arguments 400, 1, 2 (slow_add: 400 ms), saying "ready calling"
-// first; the test kills it during the call.
+// with the arguments 400, 1, 2 (spin_add: 400 ms), saying "ready calling"
+// first; the test kills it during the call. TRACEE_TEST_MODE says on which
+// thread: "running", a thread of the running process chosen by Call;
+// "stopped", thread TRACEE_TEST_TID of the stopped process; "restart", the
+// same once it is stopped while it continues a system call through
+// restart_syscall (stopped, resumed and stopped again inside a sleep).
 func callerChild() {
 	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
+	tid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_TID"))
 	fn, _ := strconv.ParseUint(os.Getenv("TRACEE_TEST_FN"), 16, 64)
-	p, err := Open(pid)
-	if err != nil {
+	fail := func(err error) {
 		fmt.Println("ERR", err)
 		os.Exit(1)
 	}
+	p, err := Open(pid)
+	if err != nil {
+		fail(err)
+	}
+	call := func() (uint64, error) { return p.Call("spin_add", fn, 400, 1, 2) }
+	switch mode := os.Getenv("TRACEE_TEST_MODE"); mode {
+	case "running":
+	case "stopped", "restart":
+		call = func() (uint64, error) { return p.CallOn(tid, "spin_add", fn, 400, 1, 2) }
+		if err := p.Stop(); err != nil {
+			fail(err)
+		}
+		if mode == "restart" {
+			if err := stopInRestart(p, tid); err != nil {
+				fail(err)
+			}
+		}
+	default:
+		fail(fmt.Errorf("TRACEE_TEST_MODE %q", mode))
+	}
 	fmt.Println("ready calling")
-	res, err := p.Call("slow_add", fn, 400, 1, 2)
+	res, err := call()
 	fmt.Println("returned", res, err)
 	select {}
+}
+
+// stopInRestart resumes and stops the stopped process p until its thread tid
+// is stopped while it continues a system call through restart_syscall (a
+// sleep interrupted by a stop continues that way once resumed).
+func stopInRestart(p *Process, tid int) error {
+	for try := 0; try < 50; try++ {
+		r, err := p.GetRegs(tid)
+		if err != nil {
+			return err
+		}
+		if nr, ok := resumeSyscall(p, r); ok && nr == sysRestartSyscall {
+			return nil
+		}
+		if err := p.Resume(); err != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+		if err := p.Stop(); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("thread %d never stopped inside restart_syscall", tid)
 }
 
 // tracerChild stops TRACEE_TEST_PID, says so, and waits to be killed.

@@ -167,3 +167,17 @@ func isStopSignal(sig int) bool {
 	}
 	return false
 }
+
+// getSigmask returns a stopped thread's blocked signals. The kernel reports
+// the mask a sigsuspend-like call (ppoll, pselect, epoll_pwait) will put
+// back, not its temporary one: the mask the thread's own code runs with.
+func getSigmask(tid int) (uint64, error) {
+	var mask uint64
+	err := ptrace(unix.PTRACE_GETSIGMASK, tid, unsafe.Sizeof(mask), uintptr(unsafe.Pointer(&mask)))
+	return mask, err
+}
+
+// setSigmask sets a stopped thread's blocked signals.
+func setSigmask(tid int, mask uint64) error {
+	return ptrace(unix.PTRACE_SETSIGMASK, tid, unsafe.Sizeof(mask), uintptr(unsafe.Pointer(&mask)))
+}

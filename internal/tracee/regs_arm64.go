@@ -101,7 +101,11 @@ func syscallNo(tid, req int, no *int32) error {
 // On arm64 the kernel rewinds an interrupted system call (x0 = orig_x0,
 // pc = the svc) before the thread enters a ptrace stop, so the registers
 // saved at the stop already hold the restart state; restoring them and
-// Syscallno afterwards restarts the call exactly as it would have been.
+// Syscallno afterwards restarts the call. One nuance: a call interrupted
+// with -ERESTART_RESTARTBLOCK would have gone on through restart_syscall
+// (the kernel sets x8 only after the stop, and only if pc was not moved);
+// after a remote syscall it runs again from its original arguments
+// instead (see resumeState in call_arm64.go).
 func (r *Regs) setupSyscall(pc, nr uint64, args []uint64) {
 	r.Pc = pc
 	r.Regs[8] = nr

@@ -12,7 +12,13 @@ import (
 // by every remote-call test).
 func TestReturnStubDecodes(t *testing.T) {
 	for _, xsave := range []bool{true, false} {
-		code := returnStub(0x7f0000001000, 0x401234, xsave)
+		s := &callState{}
+		s.resume.Rip = 0x401234
+		s.fp.typ = fpRegSet
+		if !xsave {
+			s.fp.typ = fpRegSetFallback
+		}
+		code := returnStub(0x7f0000001000, s)
 		var ops []string
 		off := 0
 		for off < len(code)-8 {
@@ -67,4 +73,23 @@ func TestResumeState(t *testing.T) {
 		require.Equal(t, c.wantRip, got.Rip, c.name)
 		require.Equal(t, ^uint64(0), got.Orig_rax, c.name)
 	}
+}
+
+// checkEntrySP checks the stack pointer a callee saw at its entry on a
+// thread whose stack pointer was threadSP: rsp+8 16-byte aligned (the call
+// pushed the return address) and below the red zone.
+func checkEntrySP(t *testing.T, tid int, sp, threadSP uint64) {
+	t.Helper()
+	require.Zero(t, (sp+8)%16, "thread %d: rsp+8 at entry %#x not 16-aligned", tid, sp)
+	require.LessOrEqual(t, sp+8, threadSP-redZone, "thread %d: the call's stack overlaps the red zone", tid)
+}
+
+// resumeSyscall returns the system call a thread stopped at r executes when
+// it is resumed (an interrupted one restarted, or restart_syscall), if any.
+func resumeSyscall(p *Process, r Regs) (uint64, bool) {
+	rs := r.resumeState()
+	if int64(r.Orig_rax) < 0 || rs.Rip == r.Rip {
+		return 0, false
+	}
+	return rs.Rax, true
 }

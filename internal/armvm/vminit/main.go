@@ -66,6 +66,16 @@ func setup() {
 	os.Setenv("HOME", "/tmp")
 	os.Setenv("TMPDIR", "/tmp")
 	os.Setenv("HOTPATCH_FIXTURES", "/fixtures")
+	// The host path the fixtures were built at, which some of them embed
+	// (a library linked by path, an rpath): make it lead to /fixtures.
+	if b, err := os.ReadFile("/tests/fixtures-built-at"); err == nil {
+		if at := strings.TrimSpace(string(b)); filepath.IsAbs(at) && at != "/fixtures" {
+			os.MkdirAll(filepath.Dir(at), 0o755)
+			if err := os.Symlink("/fixtures", at); err != nil {
+				fmt.Fprintf(os.Stderr, "%s error link %s to /fixtures: %v\n", Marker, at, err)
+			}
+		}
+	}
 	os.Setenv("HOTPATCH_VM", "arm64")
 	// The CLI and the demo service, cross-built by the lane.
 	os.Setenv("HOTPATCH_CLI", "/bin/hotpatch")

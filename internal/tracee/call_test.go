@@ -61,7 +61,7 @@ func (c *callTarget) healthy(t *testing.T) {
 	c.ExpectAfter(t, m, regexp.MustCompile(`^beat `), 5*time.Second)
 	c.ExpectAfter(t, m, regexp.MustCompile(`^beat `), 5*time.Second)
 	for _, l := range c.Lines() {
-		require.NotRegexp(t, `FP CORRUPT|sleep EINTR|read error|usr1`, l)
+		require.NotRegexp(t, `FP CORRUPT|sleep EINTR|read error|usr1|ALTSTACK CHANGED|MASK CHANGED|setup failed`, l)
 	}
 }
 
@@ -75,10 +75,13 @@ func TestCallRunning(t *testing.T) {
 	c.healthy(t)
 }
 
-// On every thread (running user code, blocked in read, in nanosleep), the
-// stack at the callee's entry is 16-byte aligned per the ABI (rsp+8) and
-// lies below the thread's red zone; registers and FP state come back
-// exactly; blocked system calls restart.
+// On every thread (running user code, blocked in read, in nanosleep — from
+// the second round on, continuing through restart_syscall —, one with an
+// alternate signal stack and a signal blocked), the stack at the callee's
+// entry is 16-byte aligned per the ABI and lies below the thread's stack
+// pointer and red zone; registers, FP state, signal mask and alternate
+// stack come back exactly; blocked system calls restart and sleeps are
+// never cut short.
 func TestCallOnEveryThread(t *testing.T) {
 	c := startCall(t)
 	reader := c.tid(t, "reader")
@@ -92,8 +95,7 @@ func TestCallOnEveryThread(t *testing.T) {
 
 			sp, err := c.p.CallOn(tid, "entry_sp", c.addr(t, "entry_sp"))
 			require.NoError(t, err)
-			require.Zero(t, (sp+8)%16, "thread %d: rsp+8 at entry %#x not 16-aligned", tid, sp)
-			require.LessOrEqual(t, sp+8, before.SP()-redZone, "thread %d: the call's stack overlaps the red zone", tid)
+			checkEntrySP(t, tid, sp, before.SP())
 
 			got, err := c.p.CallOn(tid, "clobber_fp", c.addr(t, "clobber_fp"))
 			require.NoError(t, err)
@@ -101,7 +103,7 @@ func TestCallOnEveryThread(t *testing.T) {
 
 			after, err := c.p.GetRegs(tid)
 			require.NoError(t, err)
-			if tid == reader && before.Orig_rax == 0 /* in read(2) */ {
+			if nr, ok := resumeSyscall(c.p, before); tid == reader && ok && nr == unix.SYS_READ {
 				// Blocked in read(2) for good: it restarted the call and is
 				// blocked in it again, with the same registers. (Threads in
 				// a timed sleep may have woken and moved on meanwhile.)
@@ -111,7 +113,8 @@ func TestCallOnEveryThread(t *testing.T) {
 				require.Equal(t, fpBefore, fpAfter, "thread %d: FP state not restored", tid)
 			}
 			// A thread interrupted in user code ran on a little after the
-			// call; the "fp" thread checks its SSE register never changes.
+			// call; the "fp" thread checks its SIMD register never
+			// changes, "sigstate" its alternate stack and mask.
 		}
 		require.NoError(t, c.p.Resume())
 		// The reader's read(2) restarted: it gets the line, not EINTR.
@@ -184,16 +187,25 @@ func TestCallCrash(t *testing.T) {
 
 // A call on a running process borrows a thread blocked in a system call,
 // not one interrupted in user code (which could hold a lock the callee
-// needs): here the leader and "fp" spin, "reader" and "sleeper" sleep.
+// needs): here the leader and "fp" spin, "reader", "sleeper" and
+// "sigstate" sleep.
 func TestCallPrefersSleepingThread(t *testing.T) {
 	fp := fixture.Start(t, fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"), "spin")
 	p := openT(t, fp.Pid)
 	syms, err := elfsym.Load(fp.Pid, p)
 	require.NoError(t, err)
 	c := &callTarget{fp, p, syms}
-	sleepers := map[uint64]bool{uint64(c.tid(t, "reader")): true, uint64(c.tid(t, "sleeper")): true}
+	reader := c.tid(t, "reader")
+	sleepers := map[uint64]bool{uint64(reader): true, uint64(c.tid(t, "sleeper")): true, uint64(c.tid(t, "sigstate")): true}
 	time.Sleep(50 * time.Millisecond) // main is past its last printf, spinning
 	for i := 0; i < 10; i++ {
+		// A thread released by the previous call may still wait for a CPU
+		// (the spinners keep them busy) before it blocks again: wait until
+		// the reader sleeps in read(2), so that there is a sleeper to pick.
+		for deadline := time.Now().Add(10 * time.Second); taskState(c.Pid, reader) != 'S'; {
+			require.True(t, time.Now().Before(deadline), "reader never blocked in read again")
+			time.Sleep(time.Millisecond)
+		}
 		tid, err := c.p.Call("my_tid", c.addr(t, "my_tid"))
 		require.NoError(t, err)
 		require.True(t, sleepers[tid], "ran on thread %d, not a sleeping one", tid)
@@ -226,27 +238,76 @@ func TestCallSignalPendingBefore(t *testing.T) {
 	}
 }
 
+// A call on a thread stopped while it continues its nanosleep through
+// restart_syscall: the sleep goes on afterwards, never cut short with EINTR
+// (on arm64, rt_sigreturn would reset the restart block: the stub runs the
+// restart itself, and the tracer takes the thread out of it through
+// ptrace).
+func TestCallInRestartSyscall(t *testing.T) {
+	c := startCall(t)
+	sleeper := c.tid(t, "sleeper")
+	still := 0
+	for round := 0; round < 3; round++ {
+		require.NoError(t, c.p.Stop())
+		require.NoError(t, stopInRestart(c.p, sleeper))
+		before, err := c.p.GetRegs(sleeper)
+		require.NoError(t, err)
+		got, err := c.p.CallOn(sleeper, "add6", c.addr(t, "add6"), 1, 1, 1, 1, 1, 1)
+		require.NoError(t, err)
+		require.Equal(t, uint64(21), got)
+		after, err := c.p.GetRegs(sleeper)
+		require.NoError(t, err)
+		// Unless its sleep happened to end during the call, the sleeper
+		// is back where it was, still continuing through restart_syscall.
+		if nr, ok := resumeSyscall(c.p, after); ok && nr == sysRestartSyscall {
+			still++
+			require.Equal(t, before.resumeState(), after.resumeState(), "round %d: registers not restored", round)
+		}
+		require.NoError(t, c.p.Resume())
+	}
+	require.NotZero(t, still, "the sleep ended during every call: nothing was checked")
+	time.Sleep(1100 * time.Millisecond) // the sleeper's current sleep ends
+	c.healthy(t)
+}
+
 // The tracer is killed (SIGKILL) in the middle of a remote call: the
 // borrowed thread finishes the call, restores itself and runs on, and the
-// target never notices.
+// target never notices. The call runs on a thread of the running process
+// (the tracer's choice), on "sigstate" (its alternate stack and signal mask
+// must come back from the stub alone) and on "sleeper" stopped while it
+// continues its nanosleep through restart_syscall (the stub must finish
+// the sleep itself: on arm64 rt_sigreturn resets the restart block).
 func TestCallTracerKilled(t *testing.T) {
 	c := startCall(t)
-	for round := 0; round < 3; round++ {
+	for _, how := range []struct{ mode, thread string }{
+		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
+		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
+	} {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=caller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
-			fmt.Sprintf("TRACEE_TEST_FN=%x", c.addr(t, "slow_add")))
+			fmt.Sprintf("TRACEE_TEST_FN=%x", c.addr(t, "spin_add")), "TRACEE_TEST_MODE="+how.mode)
+		if how.thread != "" {
+			cmd.Env = append(cmd.Env, fmt.Sprintf("TRACEE_TEST_TID=%d", c.tid(t, how.thread)))
+		}
+		m := c.Mark()
 		helper := startTarget(t, cmd) // returns at "ready calling"
-		time.Sleep(150 * time.Millisecond)
+		require.Empty(t, helper.errs(), "%s", how)
+		// Kill the tracer once the callee runs (not while it still sets
+		// the call up: a remote syscall is single-stepped).
+		c.ExpectAfter(t, m, regexp.MustCompile(`^spin_add running$`), 30*time.Second)
 		for _, l := range helper.Lines() {
-			require.NotContains(t, l, "returned", "the call ended before the kill")
+			require.NotContains(t, l, "returned", "%s: the call ended before the kill", how)
 		}
 		helper.Kill()
 		helper.Wait()
 		time.Sleep(400 * time.Millisecond) // the call completes on its own
-		m := c.Mark()
-		line := fmt.Sprintf("after kill %d", round)
+		m = c.Mark()
+		line := fmt.Sprintf("after kill %s %s", how.mode, how.thread)
 		fmt.Fprintln(c.Stdin, line)
 		c.ExpectAfter(t, m, regexp.MustCompile("^read "+fmt.Sprint(len(line)+1)+" "+line+"$"), 5*time.Second)
+		if how.mode == "restart" {
+			time.Sleep(1100 * time.Millisecond) // the sleeper's restarted sleep ends
+		}
 		c.healthy(t)
 		require.NoError(t, syscall.Kill(c.Pid, 0))
 	}

@@ -1,0 +1,141 @@
+package tracee
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/arch/arm64/arm64asm"
+)
+
+// The return stub decodes to the intended instructions, uses only x0, x1,
+// x8, x16, x17 (all reloaded by rt_sigreturn) and sp, and ends in svc #0
+// with x8 = 139 (rt_sigreturn) and sp at the signal frame (it is also
+// executed by every remote-call test).
+func TestReturnStubDecodes(t *testing.T) {
+	const data = 0x0000ffff12345000
+	for _, restart := range []bool{false, true} {
+		code := returnStub(data, &callState{restart: restart})
+		var ops []string
+		for off := 0; off < len(code); off += 4 {
+			in, err := arm64asm.Decode(code[off:])
+			require.NoError(t, err, "at %d", off)
+			ops = append(ops, arm64asm.GNUSyntax(in))
+			for _, a := range in.Args {
+				if a == nil {
+					break
+				}
+				s := a.String()
+				for r := 0; r <= 30; r++ {
+					if r == 0 || r == 1 || r == 8 || r == 16 || r == 17 {
+						continue
+					}
+					for _, name := range []string{fmt.Sprintf("X%d", r), fmt.Sprintf("W%d", r)} {
+						require.False(t, s == name || strings.HasPrefix(s, "["+name) || strings.HasPrefix(s, name+","),
+							"instruction %d (%s) uses %s", off/4, arm64asm.GNUSyntax(in), name)
+					}
+				}
+			}
+		}
+		want := []string{
+			"mov x16, #0x5000", "movk x16, #0x1234, lsl #16", "movk x16, #0xffff, lsl #32", "movk x16, #0x0, lsl #48",
+			"str x0, [x16]",
+			"add x17, x16, #0x4, lsl #12",
+			"mov x0, #0x0", "add x1, x17, #0x90", "mov x8, #0x84", "svc #0x0", // sigaltstack(NULL, &uc_stack)
+			"mov x0, #0x1", "str x0, [x16,#8]", // done
+		}
+		if restart {
+			want = append(want, "mov x8, #0x80", "svc #0x0", "str x0, [x17,#312]") // restart_syscall; frame x0
+		}
+		want = append(want, "mov x8, #0x8b", "mov sp, x17", "svc #0x0") // rt_sigreturn
+		require.Equal(t, want, ops, "restart=%v", restart)
+	}
+}
+
+// The signal frame holds the resume state where the kernel's struct
+// rt_sigframe has it, a well-formed record list (one fpsimd_context, then
+// the terminator) and the signal mask; the thread's x0 and pc are the
+// restarted call's when the stub finishes a restart_syscall.
+func TestSigframe(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		s := &callState{restart: restart, sigmask: 0x0000_0800_0000_0200}
+		for i := range s.resume.Regs {
+			s.resume.Regs[i] = 0x1000 + uint64(i)
+		}
+		s.resume.Sp, s.resume.Pc, s.resume.Pstate = 0xfff0, 0x400100, 0x60001000
+		s.fp.data = make([]byte, 528)
+		for i := range s.fp.data {
+			s.fp.data[i] = byte(i)
+		}
+		b := ctxData(s)
+		require.Len(t, b, ctxFrame+sfSize)
+		f := b[ctxFrame:]
+		le := binary.LittleEndian
+		require.Zero(t, ctxFrame%16, "sp must be 16-aligned at rt_sigreturn")
+		for i := 0; i < 31; i++ {
+			require.Equal(t, 0x1000+uint64(i), le.Uint64(f[312+8*i:]), "x%d", i)
+		}
+		require.Equal(t, uint64(0xfff0), le.Uint64(f[560:]))
+		pc := uint64(0x400100)
+		if restart {
+			pc += 4
+		}
+		require.Equal(t, pc, le.Uint64(f[568:]))
+		require.Equal(t, uint64(0x60001000), le.Uint64(f[576:]))
+		require.Equal(t, s.sigmask, le.Uint64(f[168:]))
+		require.Equal(t, make([]byte, 24), f[144:168], "uc_stack: filled by the stub")
+		rec := f[592:]
+		require.Equal(t, uint32(0x46508001), le.Uint32(rec))
+		require.Equal(t, uint32(528), le.Uint32(rec[4:]))
+		require.Equal(t, s.fp.data[512:520], rec[8:16], "fpsr, fpcr")
+		require.Equal(t, s.fp.data[:512], rec[16:528], "v0-v31")
+		require.Equal(t, make([]byte, 8), rec[528:536], "terminator")
+	}
+}
+
+// resumeState on arm64 only forgets the system call number: the kernel has
+// rewound an interrupted call before the stop (x0 = orig_x0, pc = the svc),
+// and x8 holds the call to run — the interrupted one, or restart_syscall.
+func TestResumeState(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		x0, x8    uint64
+		pc        uint64
+		syscallno int32
+	}{
+		{"user code", 5, 17, 0x1000, -1},
+		{"read rewound (-ERESTARTSYS)", 0, 63, 0x1000, -1},
+		{"clock_nanosleep rewound (-ERESTART_RESTARTBLOCK, first stop)", 0, 115, 0x1000, -1},
+		{"inside restart_syscall", 0, 128, 0x1000, -1},
+		{"a syscall stop (not one of ours)", 3, 63, 0x1004, 63},
+	} {
+		var r Regs
+		r.Regs[0], r.Regs[8], r.Pc, r.Syscallno = c.x0, c.x8, c.pc, c.syscallno
+		got := r.resumeState()
+		want := r
+		want.Syscallno = -1
+		require.Equal(t, want, got, c.name)
+	}
+}
+
+// checkEntrySP checks the stack pointer a callee saw at its entry on a
+// thread whose stack pointer was threadSP: 16-byte aligned (AAPCS64) and
+// at or below the thread's.
+func checkEntrySP(t *testing.T, tid int, sp, threadSP uint64) {
+	t.Helper()
+	require.Zero(t, sp%16, "thread %d: sp at entry %#x not 16-aligned", tid, sp)
+	require.LessOrEqual(t, sp, threadSP-redZone, "thread %d: the call's stack %#x is above the thread's sp %#x", tid, sp, threadSP)
+}
+
+// resumeSyscall returns the system call a thread stopped at r executes when
+// it is resumed (an interrupted one restarted, or restart_syscall), if any:
+// the kernel has rewound pc to the svc, and x8 holds its number.
+func resumeSyscall(p *Process, r Regs) (uint64, bool) {
+	var insn [4]byte
+	if n, _ := p.ReadAt(insn[:], int64(r.Pc)); n != len(insn) || [4]byte(syscallInsn) != insn {
+		return 0, false
+	}
+	return r.Regs[8], true
+}

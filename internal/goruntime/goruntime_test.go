@@ -44,19 +44,27 @@ func TestKnownLayoutUnknown(t *testing.T) {
 // TestKnownMatchesDWARF: the per-release table is what each toolchain's own
 // DWARF says, for amd64 and arm64 targets.
 func TestKnownMatchesDWARF(t *testing.T) {
+	everyBuild(t, func(t *testing.T, ef *elf.File) {
+		d, err := ef.DWARF()
+		require.NoError(t, err)
+		got, err := LayoutFromDWARF(d)
+		require.NoError(t, err)
+		want, err := KnownLayout(goVersion(t, ef))
+		require.NoError(t, err)
+		require.Equal(t, want, got)
+	})
+}
+
+// everyBuild runs f on gotasks built by every supported toolchain for amd64
+// and for arm64 (read, not run).
+func everyBuild(t *testing.T, f func(t *testing.T, ef *elf.File)) {
 	for _, tc := range toolchains {
 		for _, arch := range []string{"amd64", "arm64"} {
 			t.Run(fmt.Sprintf("%s-%s", tc, arch), func(t *testing.T) {
 				ef, err := elf.Open(fixture.BuildGoArch(t, "gotasks", tc, arch))
 				require.NoError(t, err)
 				defer ef.Close()
-				d, err := ef.DWARF()
-				require.NoError(t, err)
-				got, err := LayoutFromDWARF(d)
-				require.NoError(t, err)
-				want, err := KnownLayout(goVersion(t, ef))
-				require.NoError(t, err)
-				require.Equal(t, want, got)
+				f(t, ef)
 			})
 		}
 	}
@@ -204,31 +212,24 @@ func (m fileMem) ReadAt(b []byte, off int64) (int, error) {
 // runtime.waitReasonStrings, for every supported release on amd64 and
 // arm64.
 func TestFindWaitReasonsFromCode(t *testing.T) {
-	for _, tc := range toolchains {
-		for _, arch := range []string{"amd64", "arm64"} {
-			t.Run(fmt.Sprintf("%s-%s", tc, arch), func(t *testing.T) {
-				ef, err := elf.Open(fixture.BuildGoArch(t, "gotasks", tc, arch))
-				require.NoError(t, err)
-				defer ef.Close()
-				syms, err := ef.Symbols()
-				require.NoError(t, err)
-				var want elf.Symbol
-				for _, s := range syms {
-					if s.Name == "runtime.waitReasonStrings" {
-						want = s
-					}
-				}
-				require.NotZero(t, want.Value, "runtime.waitReasonStrings in the symbol table")
-				data, err := ef.Section(".gopclntab").Data()
-				require.NoError(t, err)
-				tab, err := gopcln.Parse(data, ef.Section(".text").Addr)
-				require.NoError(t, err)
-				addr, n, ok := findWaitReasons(Binary{ELF: ef, Funcs: tab}, fileMem{ef})
-				require.True(t, ok)
-				require.Equal(t, want.Value, addr)
-				require.Equal(t, int(want.Size/16), n)
-				require.Contains(t, readStrings(fileMem{ef}, addr, n), "chan receive")
-			})
+	everyBuild(t, func(t *testing.T, ef *elf.File) {
+		syms, err := ef.Symbols()
+		require.NoError(t, err)
+		var want elf.Symbol
+		for _, s := range syms {
+			if s.Name == "runtime.waitReasonStrings" {
+				want = s
+			}
 		}
-	}
+		require.NotZero(t, want.Value, "runtime.waitReasonStrings in the symbol table")
+		data, err := ef.Section(".gopclntab").Data()
+		require.NoError(t, err)
+		tab, err := gopcln.Parse(data, ef.Section(".text").Addr)
+		require.NoError(t, err)
+		addr, n, ok := findWaitReasons(Binary{ELF: ef, Funcs: tab}, fileMem{ef})
+		require.True(t, ok)
+		require.Equal(t, want.Value, addr)
+		require.Equal(t, int(want.Size/16), n)
+		require.Contains(t, readStrings(fileMem{ef}, addr, n), "chan receive")
+	})
 }

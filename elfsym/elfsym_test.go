@@ -114,6 +114,10 @@ func TestFillerLen(t *testing.T) {
 		})
 	}
 	assert.Equal(t, 1+2+10, fillerRun([]byte{0xcc, 0x66, 0x90, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0x55, 0x90}))
+	// arm64: NOP and zero words, whole words only, up to other code.
+	assert.Equal(t, 8, fillerRunFor(elf.EM_AARCH64, []byte{0x1f, 0x20, 0x03, 0xd5, 0, 0, 0, 0, 0xc0, 0x03, 0x5f, 0xd6, 0x1f, 0x20, 0x03, 0xd5}))
+	assert.Equal(t, 4, fillerRunFor(elf.EM_AARCH64, []byte{0x1f, 0x20, 0x03, 0xd5, 0x1f, 0x20}))
+	assert.Equal(t, 0, fillerRunFor(elf.EM_AARCH64, []byte{0x90, 0x90, 0x90, 0x90}))
 }
 
 // checkAgainstNM checks that every text symbol nm lists resolves to the
@@ -185,52 +189,61 @@ func TestLoadFileC(t *testing.T) {
 		{"pie-strip-unneeded", []string{"-fPIE", "-pie", "-rdynamic"}, "--strip-unneeded", elf.ET_DYN},
 		{"nopie-strip-all", []string{"-fno-pie", "-no-pie", "-rdynamic"}, "-s", elf.ET_EXEC},
 	}
-	for _, v := range variants {
-		t.Run(v.name, func(t *testing.T) {
-			bin := buildC(t, dir, "c-"+v.name, cProgSrc, v.flags...)
-			full := nm(t, false, bin) // before stripping
-			if v.strip != "" {
-				need(t, "strip")
-				run(t, "", "strip", v.strip, bin)
-			}
-			tab, err := LoadFile(bin)
-			require.NoError(t, err)
-			require.Len(t, tab.Modules, 1)
-			m := tab.Modules[0]
-			assert.Equal(t, uint64(0), m.Bias)
-			assert.Equal(t, hostMachine(t), m.Machine)
-			assert.False(t, m.IsGo)
-			assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
-			assert.Len(t, m.BuildID, 40)
+	for _, tools := range cToolsets(t) {
+		for _, v := range variants {
+			t.Run(tools.name+"/"+v.name, func(t *testing.T) {
+				loadFileC(t, tools, dir, v.name, v.flags, v.strip)
+			})
+		}
+	}
+}
 
-			checkAgainstNM(t, tab, m, full, 0, "exported_add", "hp_dup", "main")
-			if v.strip == "" {
-				checkAgainstNM(t, tab, m, full, 0, "tiny", "after_tiny")
-				tiny, err := tab.Lookup("tiny")
-				require.NoError(t, err)
-				assert.NotZero(t, tiny.Padding, "tiny is followed by alignment filler")
-				end := tiny.Addr + tiny.Size + tiny.Padding
-				after, err := tab.Lookup("after_tiny")
-				require.NoError(t, err)
-				assert.True(t, end == after.Addr || end%8 == 0, "padding of tiny ends at %#x", end)
-				pad, err := m.Code(tiny.Addr+tiny.Size, int(tiny.Padding))
-				require.NoError(t, err)
-				assert.True(t, isFiller(pad), "padding bytes % x", pad)
-			} else {
-				_, err := tab.Lookup("tiny")
-				assert.ErrorIs(t, err, ErrUnknownSymbol)
-			}
-			s, err := tab.Lookup("exported_add")
-			require.NoError(t, err)
-			checkSymbolize(t, tab, s)
-			// Padding never runs into the next function.
-			for _, x := range tab.syms {
-				next, ok := tab.SymbolAt(x.Addr + x.Size + x.Padding)
-				if ok && next.Addr != x.Addr {
-					assert.GreaterOrEqual(t, next.Addr, x.Addr+x.Size+x.Padding, x.Name)
-				}
-			}
-		})
+// loadFileC builds cProgSrc with tools and flags (then strips it with
+// strip's flag, unless ""), and checks what LoadFile reads against nm.
+func loadFileC(t *testing.T, tools cTools, dir, name string, flags []string, strip string) {
+	t.Helper()
+	bin := tools.build(t, dir, "c-"+tools.name+"-"+name, cProgSrc, flags...)
+	full := nmWith(t, tools.nm, bin) // before stripping
+	if strip != "" {
+		need(t, tools.strip)
+		run(t, "", tools.strip, strip, bin)
+	}
+	tab, err := LoadFile(bin)
+	require.NoError(t, err)
+	require.Len(t, tab.Modules, 1)
+	m := tab.Modules[0]
+	assert.Equal(t, uint64(0), m.Bias)
+	assert.Equal(t, tools.machine, m.Machine)
+	assert.False(t, m.IsGo)
+	assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
+	assert.Len(t, m.BuildID, 40)
+
+	checkAgainstNM(t, tab, m, full, 0, "exported_add", "hp_dup", "main")
+	if strip == "" {
+		checkAgainstNM(t, tab, m, full, 0, "tiny", "after_tiny")
+		tiny, err := tab.Lookup("tiny")
+		require.NoError(t, err)
+		assert.NotZero(t, tiny.Padding, "tiny is followed by alignment filler")
+		end := tiny.Addr + tiny.Size + tiny.Padding
+		after, err := tab.Lookup("after_tiny")
+		require.NoError(t, err)
+		assert.True(t, end == after.Addr || end%8 == 0, "padding of tiny ends at %#x", end)
+		pad, err := m.Code(tiny.Addr+tiny.Size, int(tiny.Padding))
+		require.NoError(t, err)
+		assert.True(t, isFiller(m.Machine, pad), "padding bytes % x", pad)
+	} else {
+		_, err := tab.Lookup("tiny")
+		assert.ErrorIs(t, err, ErrUnknownSymbol)
+	}
+	s, err := tab.Lookup("exported_add")
+	require.NoError(t, err)
+	checkSymbolize(t, tab, s)
+	// Padding never runs into the next function.
+	for _, x := range tab.syms {
+		next, ok := tab.SymbolAt(x.Addr + x.Size + x.Padding)
+		if ok && next.Addr != x.Addr {
+			assert.GreaterOrEqual(t, next.Addr, x.Addr+x.Size+x.Padding, x.Name)
+		}
 	}
 }
 
@@ -311,7 +324,7 @@ func TestLoadFileGo(t *testing.T) {
 			assert.Zero(t, (s.Addr+s.Size+s.Padding)%32)
 			pad, err := m.Code(s.Addr+s.Size, int(s.Padding))
 			require.NoError(t, err)
-			assert.True(t, isFiller(pad), "% x", pad)
+			assert.True(t, isFiller(m.Machine, pad), "% x", pad)
 		})
 	}
 }

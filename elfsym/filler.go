@@ -1,5 +1,32 @@
 package elfsym
 
+import (
+	"debug/elf"
+	"encoding/binary"
+)
+
+// fillerRunFor is fillerRun for code of the given machine.
+func fillerRunFor(machine elf.Machine, b []byte) int {
+	if machine == elf.EM_AARCH64 {
+		return fillerRunARM64(b)
+	}
+	return fillerRun(b)
+}
+
+// fillerRunARM64 returns how many bytes at the start of b are arm64
+// alignment filler: whole NOP words (gcc and gas) or zero words (the Go
+// linker; UDF #0, which no code executes).
+func fillerRunARM64(b []byte) int {
+	n := 0
+	for n+4 <= len(b) {
+		if w := binary.LittleEndian.Uint32(b[n:]); w != 0xd503201f && w != 0 {
+			break
+		}
+		n += 4
+	}
+	return n
+}
+
 // fillerRun returns how many bytes at the start of b are alignment filler:
 // int3 (0xcc), nop (0x90) and the multi-byte nops compilers and assemblers
 // emit for alignment (66 90, 0f 1f /0 with any 66/2e prefixes).

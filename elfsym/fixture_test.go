@@ -3,10 +3,12 @@ package elfsym
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,14 +87,40 @@ func run(t *testing.T, dir string, name string, args ...string) string {
 	return string(out)
 }
 
+// cTools is a C toolchain and the binutils that read its output, for one
+// target machine.
+type cTools struct {
+	name             string
+	cc, nm, strip    string
+	machine          elf.Machine
+	hostRunsBinaries bool
+}
+
+// cToolsets returns the host's toolchain and, on an x86-64 host, the
+// aarch64 cross toolchain, so that what elfsym reads from an arm64 file is
+// checked on any host (a set whose compiler is missing skips).
+func cToolsets(t *testing.T) []cTools {
+	host := cTools{name: runtime.GOARCH, cc: "gcc", nm: "nm", strip: "strip", machine: hostMachine(t), hostRunsBinaries: true}
+	if runtime.GOARCH != "amd64" {
+		return []cTools{host}
+	}
+	return []cTools{host, {name: "arm64", cc: "aarch64-linux-gnu-gcc", nm: "aarch64-linux-gnu-nm", strip: "aarch64-linux-gnu-strip", machine: elf.EM_AARCH64}}
+}
+
 // buildC writes src and compiles it with gcc and flags; returns the binary.
 func buildC(t *testing.T, dir, name, src string, flags ...string) string {
 	t.Helper()
-	need(t, "gcc")
-	c := filepath.Join(dir, name+".c")
-	require.NoError(t, os.WriteFile(c, []byte(src), 0o644))
+	return cToolsets(t)[0].build(t, dir, name, src, flags...)
+}
+
+// build writes src and compiles it with the set's compiler and flags.
+func (c cTools) build(t *testing.T, dir, name, src string, flags ...string) string {
+	t.Helper()
+	need(t, c.cc)
+	f := filepath.Join(dir, name+".c")
+	require.NoError(t, os.WriteFile(f, []byte(src), 0o644))
 	out := filepath.Join(dir, name)
-	run(t, dir, "gcc", append(append([]string{"-O2", "-g0", "-Wl,--build-id"}, flags...), "-o", out, c)...)
+	run(t, dir, c.cc, append(append([]string{"-O2", "-g0", "-Wl,--build-id"}, flags...), "-o", out, f)...)
 	return out
 }
 
@@ -119,12 +147,23 @@ type nmSym struct {
 // nm runs nm (or go tool nm) and returns name → definitions of text symbols.
 func nm(t *testing.T, goTool bool, args ...string) map[string][]nmSym {
 	t.Helper()
+	tool := "nm"
+	if goTool {
+		tool = ""
+	}
+	return nmWith(t, tool, args...)
+}
+
+// nmWith is nm with the binutils nm named tool ("" for go tool nm).
+func nmWith(t *testing.T, tool string, args ...string) map[string][]nmSym {
+	t.Helper()
 	var out string
+	goTool := tool == ""
 	if goTool {
 		out = run(t, "", "go", append([]string{"tool", "nm", "-size"}, args...)...)
 	} else {
-		need(t, "nm")
-		out = run(t, "", "nm", append([]string{"-S", "--defined-only"}, args...)...)
+		need(t, tool)
+		out = run(t, "", tool, append([]string{"-S", "--defined-only"}, args...)...)
 	}
 	res := map[string][]nmSym{}
 	for _, line := range strings.Split(out, "\n") {
@@ -255,4 +294,6 @@ func mapBase(t *testing.T, pid int, suffix string) (uint64, string) {
 	return 0, ""
 }
 
-func isFiller(b []byte) bool { return fillerRun(b) == len(b) && !bytes.Equal(b, nil) }
+func isFiller(machine elf.Machine, b []byte) bool {
+	return fillerRunFor(machine, b) == len(b) && !bytes.Equal(b, nil)
+}

@@ -35,5 +35,8 @@ func FuzzFillerRun(f *testing.F) {
 		if n := fillerRun(b); n > len(b) {
 			t.Fatalf("fillerRun(% x) = %d", b, n)
 		}
+		if n := fillerRunARM64(b); n > len(b) || n%4 != 0 {
+			t.Fatalf("fillerRunARM64(% x) = %d", b, n)
+		}
 	})
 }

@@ -167,7 +167,7 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		}
 		var pad uint64
 		if limit > end {
-			run := uint64(fillerRun(m.bytesAt(end, limit)))
+			run := uint64(fillerRunFor(m.Machine, m.bytesAt(end, limit)))
 			if run < limit-end {
 				// The run stopped at code we have no symbol for: keep
 				// only whole 8-byte steps up to an aligned address, so a

@@ -127,7 +127,17 @@ func (c cTools) build(t *testing.T, dir, name, src string, flags ...string) stri
 // buildGo builds goProgSrc with extra go build flags.
 func buildGo(t *testing.T, dir, name string, flags ...string) string {
 	t.Helper()
+	return cToolsets(t)[0].buildGo(t, dir, name, flags...)
+}
+
+// buildGo builds goProgSrc for the set's machine (cgo and external links
+// with its C compiler).
+func (c cTools) buildGo(t *testing.T, dir, name string, flags ...string) string {
+	t.Helper()
 	need(t, "go")
+	if strings.Contains(strings.Join(flags, " "), "external") {
+		need(t, c.cc)
+	}
 	src := filepath.Join(dir, "gosrc")
 	if _, err := os.Stat(src); err != nil {
 		require.NoError(t, os.MkdirAll(src, 0o755))
@@ -135,8 +145,20 @@ func buildGo(t *testing.T, dir, name string, flags ...string) string {
 		require.NoError(t, os.WriteFile(filepath.Join(src, "go.mod"), []byte("module fixture\n\ngo 1.22\n"), 0o644))
 	}
 	out := filepath.Join(dir, name)
-	run(t, src, "go", append(append([]string{"build", "-o", out}, flags...), ".")...)
+	cmd := exec.Command("go", append(append([]string{"build", "-o", out}, flags...), ".")...)
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOARCH="+c.goarch(), "CC="+c.cc, "CGO_ENABLED=1")
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go build %v:\n%s", flags, b)
 	return out
+}
+
+// goarch is the set's machine as a GOARCH.
+func (c cTools) goarch() string {
+	if c.machine == elf.EM_AARCH64 {
+		return "arm64"
+	}
+	return "amd64"
 }
 
 type nmSym struct {

@@ -73,7 +73,7 @@ const marker = "@@hotpatch-vm"
 
 var (
 	keep    = flag.Bool("keep", false, "keep the work directory")
-	timeout = flag.Duration("timeout", 9*time.Minute, "hard limit on the VM's run time")
+	timeout = flag.Duration("timeout", 13*time.Minute, "hard limit on the VM's run time (a full lane takes about 6.5 minutes on 2 cores)")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
 	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
 )

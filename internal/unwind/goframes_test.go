@@ -265,3 +265,42 @@ func TestARM64LeafModule(t *testing.T) {
 		t.Fatalf("crossed leaf code above the innermost frame: %+v", s.Frames)
 	}
 }
+
+// An arm64 thread stopped inside runtime.sigtramp (the kernel entered it
+// with LR = its sigreturn trampoline and SP at the rt_sigframe) is walked
+// through the frame's saved registers into the interrupted goroutine, down
+// to runtime.goexit; a return address that is not the sigreturn code is
+// refused. The stack is laid out from the arm64 binary's pclntab.
+func TestARM64GoSignalFrame(t *testing.T) {
+	u, tab := goBinaryFor(t, "arm64")
+	a := u.Arch
+	sigtramp, work, main, goexit := fn(t, tab, "runtime.sigtramp"), fn(t, tab, "main.work"), fn(t, tab, "main.main"), fn(t, tab, "runtime.goexit")
+	pc0, delta := framed(t, tab, sigtramp)
+	mainPC, _ := framed(t, tab, main)
+	retMain, retGoexit := mainPC+4, goexit.Entry+4
+	const sigret = 0x10_0000 // the vDSO's __kernel_rt_sigreturn
+	const sp0 = 0x7000_0000
+	frame := sp0 + uint64(delta) // sigtramp's entry SP: the rt_sigframe
+	const gsp = 0x7100_0000      // the goroutine's stack: main.main's frame
+	mem := fakeMem{sigret: 0xd4000001_d2801168, sp0: sigret, gsp: retGoexit}
+	regs := frame + 128 + 176 + 8 // uc_mcontext.regs: x0-x30, sp, pc
+	for i := uint64(0); i < 33; i++ {
+		mem[regs+8*i] = 0
+	}
+	mem[regs+8*30] = retMain    // x30: main.work has not stored LR yet
+	mem[regs+8*31] = gsp        // sp
+	mem[regs+8*32] = work.Entry // pc: interrupted at main.work's entry
+	r := make([]uint64, a.RAReg+1)
+	r[a.SPReg], r[a.RAReg] = sp0, pc0
+	s := u.Unwind(mem, r)
+	if !s.Reliable || len(s.Frames) != 4 || s.Frames[1].PC != work.Entry || s.Frames[2].PC != retMain || s.Frames[3].PC != retGoexit {
+		t.Fatalf("reliable=%v %s frames %+v", s.Reliable, s.Reason, s.Frames)
+	}
+	if s.Frames[0].Method != "signal" {
+		t.Fatalf("sigtramp's frame method %q", s.Frames[0].Method)
+	}
+	mem[sp0] = retMain // not the sigreturn code
+	if s := u.Unwind(mem, r); s.Reliable || !strings.Contains(s.Reason, "signal return trampoline") {
+		t.Fatalf("a bad return address above sigtramp: reliable=%v %s", s.Reliable, s.Reason)
+	}
+}

@@ -391,7 +391,11 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					return s
 				}
 				if f.Name == "runtime.sigtramp" {
-					regs, err := u.crossGoSignal(goTab, m, f, link, sp, read)
+					lr := uint64(0) // arm64: the handler's LR, known here only in an interrupted frame
+					if a.LinkRegister && interrupted && valid[a.LRReg] {
+						lr = cur[a.LRReg]
+					}
+					regs, err := u.crossGoSignal(goTab, m, f, link, sp, lr, read)
 					if err != nil {
 						return unreliable("%v", err)
 					}
@@ -410,7 +414,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					s.SwitchedAt = f.Name
 					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
 				}
-				lrKnown := depth == 0
+				lrKnown := depth == 0 || interrupted // a signal frame restored every register
 				if a.LinkRegister && injected {
 					// Above asyncPreempt or sigpanic: the signal handler
 					// pushed the interrupted LR in a 16-byte slot below the
@@ -658,18 +662,33 @@ func isSigreturn(a Arch, read func(uint64) (uint64, error), pc uint64) bool {
 	return len(a.Sigreturn) > 0
 }
 
-// crossGoSignal steps over the Go runtime's signal trampoline: the kernel
-// called runtime.sigtramp with the return address runtime.sigreturn__sigaction
-// (the sa_restorer) on top of its signal frame, and the ucontext follows that
-// slot. It returns the interrupted registers.
-func (u *Unwinder) crossGoSignal(goTab *gopcln.Table, m *Module, f *gopcln.Func, link, sp uint64, read func(uint64) (uint64, error)) ([]uint64, error) {
+// crossGoSignal steps over the Go runtime's signal trampoline and returns
+// the interrupted registers. On x86-64 the kernel called runtime.sigtramp
+// with the return address runtime.sigreturn__sigaction (the sa_restorer) on
+// top of its signal frame, and the ucontext follows that slot. On arm64 it
+// called it with LR = its own sigreturn trampoline (the vDSO's; sigtramp
+// stores LR at 0(RSP) as it allocates its frame, or LR still holds it, lr)
+// and SP at the rt_sigframe, which is sigtramp's entry SP.
+func (u *Unwinder) crossGoSignal(goTab *gopcln.Table, m *Module, f *gopcln.Func, link, sp, lr uint64, read func(uint64) (uint64, error)) ([]uint64, error) {
 	a := u.Arch
-	if a.SignalContext == nil {
-		return nil, fmt.Errorf("signal frame at %s: not supported on this architecture yet", f.Name)
-	}
 	delta, err := goTab.SPDelta(f, link)
 	if err != nil {
 		return nil, err
+	}
+	if a.SignalContext == nil && a.SigframeContext != nil {
+		ra := lr
+		if delta > 0 {
+			if ra, err = read(sp); err != nil {
+				return nil, err
+			}
+		}
+		if ra == 0 || !isSigreturn(a, read, ra) {
+			return nil, fmt.Errorf("signal frame at %s: return address %#x is not the kernel's signal return trampoline", f.Name, ra)
+		}
+		return a.SigframeContext(read, sp+uint64(delta))
+	}
+	if a.SignalContext == nil {
+		return nil, fmt.Errorf("signal frame at %s: not supported on this architecture yet", f.Name)
 	}
 	cfa := sp + uint64(delta) + uint64(a.PtrSize)
 	ra, err := read(cfa - uint64(a.PtrSize))

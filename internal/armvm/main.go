@@ -66,14 +66,14 @@ var Packages = []Package{
 	{Path: "examples/hotpatch"},
 	// Process-level patches of the C and Go services on arm64.
 	// Every test of the package; Example compiles its target with gcc.
-	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 8 * time.Minute},
+	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 10 * time.Minute},
 }
 
 const marker = "@@hotpatch-vm"
 
 var (
 	keep    = flag.Bool("keep", false, "keep the work directory")
-	timeout = flag.Duration("timeout", 13*time.Minute, "hard limit on the VM's run time (a full lane takes about 6.5 minutes on 2 cores)")
+	timeout = flag.Duration("timeout", 18*time.Minute, "hard limit on the VM's run time (a full lane takes about 6.5 minutes on 2 quiet cores, twice that when they are shared)")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
 	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
 )

@@ -312,3 +312,54 @@ func TestCallTracerKilled(t *testing.T) {
 		require.NoError(t, syscall.Kill(c.Pid, 0))
 	}
 }
+
+// The tracer is killed (SIGKILL) after each step (ptrace request, memory
+// write) of a remote system call, in turn: whatever the step, the borrowed
+// thread runs on correctly — it is never left with the registers of the
+// system call, nor killed by a trap meant for the tracer. The call runs on
+// a thread of the running process (the tracer's choice), on "fp" stopped
+// in user code with a value in a SIMD register, on "reader" blocked in
+// read(2), and on "sleeper" stopped while it continues its nanosleep
+// through restart_syscall.
+func TestSyscallTracerKilled(t *testing.T) {
+	c := startCall(t)
+	helper := func(mode, thread string, killAt int) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"=syscaller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
+			"TRACEE_TEST_MODE="+mode, fmt.Sprintf("TRACEE_TEST_KILLAT=%d", killAt))
+		if thread != "" {
+			cmd.Env = append(cmd.Env, fmt.Sprintf("TRACEE_TEST_TID=%d", c.tid(t, thread)))
+		}
+		return cmd
+	}
+	for _, how := range []struct{ mode, thread string }{
+		{"running", ""}, {"stopped", "fp"}, {"stopped", "reader"}, {"restart", "sleeper"},
+	} {
+		// How many steps one remote system call takes.
+		out, err := helper(how.mode, how.thread, 0).Output()
+		require.NoError(t, err, "%s", out)
+		var steps int
+		_, err = fmt.Sscanf(string(regexp.MustCompile(`steps \d+`).Find(out)), "steps %d", &steps)
+		require.NoError(t, err, "%s", out)
+		require.Greater(t, steps, 2)
+		t.Logf("%s %s: %d steps", how.mode, how.thread, steps)
+		for n := 1; n <= steps+1; n++ {
+			cmd := helper(how.mode, how.thread, n)
+			h := startTarget(t, cmd) // returns at "ready syscalls"
+			h.Wait()
+			require.Empty(t, h.errs(), "%s %s step %d", how.mode, how.thread, n)
+			require.Equal(t, "signal: killed", cmd.ProcessState.String(), "%s %s step %d", how.mode, how.thread, n)
+			for tid, st := range threadStates(t, c.Pid) {
+				require.NotEqual(t, "t", string(st), "%s %s step %d: thread %d still traced", how.mode, how.thread, n, tid)
+			}
+			m := c.Mark()
+			line := fmt.Sprintf("after kill %s %s %d", how.mode, how.thread, n)
+			fmt.Fprintln(c.Stdin, line)
+			c.ExpectAfter(t, m, regexp.MustCompile("^read "+fmt.Sprint(len(line)+1)+" "+line+"$"), 5*time.Second)
+			c.healthy(t)
+			require.NoError(t, syscall.Kill(c.Pid, 0))
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // the sleeper's restarted sleep ends
+	c.healthy(t)
+}

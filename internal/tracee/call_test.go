@@ -1,6 +1,7 @@
 package tracee
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -292,8 +293,8 @@ func TestCallTracerKilled(t *testing.T) {
 		m := c.Mark()
 		helper := startTarget(t, cmd) // returns at "ready calling"
 		require.Empty(t, helper.errs(), "%s", how)
-		// Kill the tracer once the callee runs (not while it still sets
-		// the call up: a remote syscall is single-stepped).
+		// Kill the tracer once the callee runs (TestSyscallTracerKilled
+		// kills it during the remote system calls that set the call up).
 		c.ExpectAfter(t, m, regexp.MustCompile(`^spin_add running$`), 30*time.Second)
 		for _, l := range helper.Lines() {
 			require.NotContains(t, l, "returned", "%s: the call ended before the kill", how)
@@ -362,4 +363,64 @@ func TestSyscallTracerKilled(t *testing.T) {
 	}
 	time.Sleep(1100 * time.Millisecond) // the sleeper's restarted sleep ends
 	c.healthy(t)
+}
+
+// The padding system call stubs are written to lies in private executable
+// mappings and outside every allocated section of the object's file, for a
+// C target (with its libraries) and a static Go one; the executable itself
+// has some (through its section gaps, when its last segment's tail is too
+// short).
+func TestSyscallStubPadding(t *testing.T) {
+	for _, bin := range []string{
+		fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"),
+		fixture.BuildGo(t, "gotasks", ""),
+	} {
+		fp := fixture.Start(t, bin)
+		p := openT(t, fp.Pid)
+		maps, err := readMaps(fp.Pid)
+		require.NoError(t, err)
+		var pads []pad
+		require.NoError(t, p.do(func() error { pads = p.findPads(maps, syscallStubSize); return nil }))
+		require.NotEmpty(t, pads)
+		inExe := false
+		for _, pd := range pads {
+			var m *mapping
+			for i := range maps {
+				if maps[i].start <= pd.addr && pd.addr+pd.size <= maps[i].end {
+					m = &maps[i]
+				}
+			}
+			require.NotNil(t, m, "pad %#x+%d in no mapping", pd.addr, pd.size)
+			require.Equal(t, "xp", m.perms[2:4], "pad %#x in %v", pd.addr, *m)
+			if m.path == "[vdso]" {
+				continue
+			}
+			f, err := elf.Open(m.path)
+			require.NoError(t, err)
+			var bias uint64
+			for i := range maps {
+				if maps[i].path == m.path && maps[i].off == 0 {
+					for _, pr := range f.Progs {
+						if pr.Type == elf.PT_LOAD && pr.Off == 0 {
+							bias = maps[i].start - pr.Vaddr
+						}
+					}
+					break
+				}
+			}
+			for _, s := range f.Sections {
+				if s.Flags&elf.SHF_ALLOC == 0 || s.Size == 0 {
+					continue
+				}
+				lo, hi := bias+s.Addr, bias+s.Addr+s.Size
+				require.False(t, lo < pd.addr+pd.size && pd.addr < hi, "%s: pad %#x+%d overlaps %s", m.path, pd.addr, pd.size, s.Name)
+			}
+			f.Close()
+			if m.path == bin {
+				inExe = true
+			}
+		}
+		t.Logf("%s: %+v", bin, pads)
+		require.True(t, inExe, "%s: no padding in the executable: %+v", bin, pads)
+	}
 }

@@ -3,9 +3,11 @@ package tracee
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"encoding/binary"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -82,6 +84,12 @@ type segment struct{ vaddr, memsz, off uint64 }
 type object struct {
 	bias         uint64
 	loads, execs []segment
+	hdrEnd       uint64 // end of the ELF and program headers in memory
+	phdrs        []byte // the program headers, to match the object's file
+	// sections are the [start, end) of the allocated sections, from the
+	// object's file (nil: not read yet, or unknown).
+	sections [][2]uint64
+	secRead  bool
 }
 
 // readSegments reads the ELF header and program headers of the object
@@ -100,7 +108,7 @@ func (p *Process) readSegments(base uint64) *object {
 	if n, _ := p.readMem(ph, base+phoff); n != len(ph) {
 		return nil
 	}
-	o := &object{}
+	o := &object{hdrEnd: base + max(64, phoff+phent*phnum), phdrs: ph}
 	for i := uint64(0); i < phnum; i++ {
 		h := ph[i*phent:]
 		if le.Uint32(h[0:]) != ptLoad {
@@ -124,9 +132,13 @@ func (p *Process) readSegments(base uint64) *object {
 
 // findPads returns the padding runs of at least size bytes after the
 // executable segments of the ELF objects mapped in the target, best first:
-// the executable, the vDSO, libc, then the rest. Each run is checked
-// against the mappings: it must lie in an executable mapping of the same
-// object, outside every one of the object's segments.
+// the executable, the vDSO, libc, then the rest; then the gaps in their
+// executable mappings that no allocated section covers (the file's section
+// headers tell; the segment's tail is not always long enough, and on arm64
+// the stub must lie near the interrupted pc: a static Go binary has
+// nothing else within reach). Each run is checked
+// against the mappings: it must lie in a private executable mapping of the
+// same object, outside every one of the object's segments.
 func (p *Process) findPads(maps []mapping, size uint64) []pad {
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
 	var out []pad
@@ -169,7 +181,9 @@ func (p *Process) findPads(maps []mapping, size uint64) []pad {
 					m = &maps[i]
 				}
 			}
-			if m == nil || !strings.Contains(m.perms, "x") {
+			// Private only: a write into a shared mapping would reach the
+			// file.
+			if m == nil || len(m.perms) < 4 || m.perms[2] != 'x' || m.perms[3] != 'p' {
 				continue
 			}
 			lo, hi := (end+15)&^15, m.end
@@ -182,11 +196,84 @@ func (p *Process) findPads(maps []mapping, size uint64) []pad {
 				out = append(out, pad{addr: lo, size: hi - lo, rank: rank})
 			}
 		}
+		// Then the gaps between sections, which the file tells.
+		if !o.secRead {
+			o.secRead = true
+			o.sections = p.readSections(base, o, exe)
+		}
+		if o.sections == nil {
+			continue
+		}
+		for _, m := range maps {
+			if m.path != base.path || len(m.perms) < 4 || m.perms[2] != 'x' || m.perms[3] != 'p' {
+				continue
+			}
+			cur := m.start
+			gap := func(lo, hi uint64) {
+				lo = (lo + 15) &^ 15
+				if hi >= lo+size {
+					out = append(out, pad{addr: lo, size: hi - lo, rank: rank + 4})
+				}
+			}
+			for _, sec := range o.sections {
+				if sec[1] <= cur || sec[0] >= m.end {
+					continue
+				}
+				if sec[0] > cur {
+					gap(cur, sec[0])
+				}
+				cur = max(cur, sec[1])
+			}
+			if cur < m.end {
+				gap(cur, m.end)
+			}
+		}
 	}
 	for i := 1; i < len(out); i++ { // stable insertion sort by rank
 		for j := i; j > 0 && out[j].rank < out[j-1].rank; j-- {
 			out[j], out[j-1] = out[j-1], out[j]
 		}
 	}
+	return out
+}
+
+// readSections returns the address ranges of the allocated sections of the
+// object whose first mapping is base (o), and of its ELF and program
+// headers, sorted, from the object's file: /proc/PID/exe for the
+// executable, /proc/PID/map_files for the others (where the kernel lets
+// us). The file must have the program headers that are in memory (a file
+// replaced on disk since it was mapped is not used). nil when unknown.
+func (p *Process) readSections(base mapping, o *object, exe string) [][2]uint64 {
+	name := fmt.Sprintf("/proc/%d/map_files/%x-%x", p.pid, base.start, base.end)
+	if base.path == exe {
+		name = fmt.Sprintf("/proc/%d/exe", p.pid)
+	}
+	fh, err := os.Open(name)
+	if err != nil {
+		return nil
+	}
+	defer fh.Close()
+	var eh [64]byte
+	ph := make([]byte, len(o.phdrs))
+	if _, err := fh.ReadAt(eh[:], 0); err != nil {
+		return nil
+	}
+	if _, err := fh.ReadAt(ph, int64(binary.LittleEndian.Uint64(eh[ehPhoff:]))); err != nil || !bytes.Equal(ph, o.phdrs) {
+		return nil
+	}
+	f, err := elf.NewFile(fh)
+	if err != nil {
+		return nil
+	}
+	out := [][2]uint64{{base.start, o.hdrEnd}}
+	for _, s := range f.Sections {
+		if s.Flags&elf.SHF_ALLOC != 0 && s.Size > 0 {
+			out = append(out, [2]uint64{o.bias + s.Addr, o.bias + s.Addr + s.Size})
+		}
+	}
+	if len(out) == 1 {
+		return nil // no section headers (sstrip)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
 	return out
 }

@@ -1,10 +1,8 @@
 package tracee
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sort"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -300,20 +298,6 @@ func (p *Process) traceSyscall(t *thread) (uint64, error) {
 			return 0, err
 		}
 	}
-}
-
-// stepReport tells the SIGTRAP of our single-step from one sent by a
-// process: a kernel-generated trap has si_code > 0 (TRAP_TRACE on x86-64),
-// except the one arm64 reports for a step over svc, which the kernel sends
-// at syscall exit as SI_USER from pid 0 and uid 0 (user_single_step_report),
-// something no process can send (its pid is never 0 in its own namespace).
-func stepReport(si *unix.Siginfo) bool {
-	if si.Code > 0 {
-		return true
-	}
-	// si_pid and si_uid follow signo, errno, code and padding.
-	raw := (*[24]byte)(unsafe.Pointer(si))
-	return si.Code == 0 && binary.NativeEndian.Uint64(raw[16:24]) == 0
 }
 
 // testHookSyscallStep, when set (by tests), runs after each step of a

@@ -341,19 +341,14 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 				continue
 			}
 			if inStub(r.PC(), codeAddr, codeLen) {
-				if stubExitByPtrace {
-					// The call is over: put the thread back
-					// ourselves (see stubExitByPtrace).
-					if err := s.restore(t.tid); err != nil {
-						return 0, p.threadErr(t.tid, "leave the return stub", err)
-					}
-					return binaryLE(result[ctxResult:]), nil
+				// The call is over, the thread still in the stub's
+				// last instructions: put it back ourselves. It is
+				// never single-stepped out: the step's SIGTRAP would
+				// kill it if we died before taking the trap.
+				if err := s.restore(t.tid); err != nil {
+					return 0, p.threadErr(t.tid, "leave the return stub", err)
 				}
-				// Still in the stub's last instructions: step out of it.
-				if err := singlestep(t.tid, 0); err != nil {
-					return 0, p.threadErr(t.tid, "single-step", err)
-				}
-				continue
+				return binaryLE(result[ctxResult:]), nil
 			}
 			return binaryLE(result[ctxResult:]), nil
 		}
@@ -361,16 +356,6 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		var si unix.Siginfo
 		gotInfo := getSiginfo(t.tid, &si) == nil
 		t.inSigStop = true
-		if sig == unix.SIGTRAP && interrupted && gotInfo && stepReport(&si) {
-			// Our single-step out of the stub.
-			if !inStub(r.PC(), codeAddr, codeLen) {
-				return binaryLE(result[ctxResult:]), nil
-			}
-			if err := singlestep(t.tid, 0); err != nil {
-				return 0, p.threadErr(t.tid, "single-step", err)
-			}
-			continue
-		}
 		if !done && crashed(sig, &si, gotInfo, p.pid) {
 			ce := &CallError{Name: name, Fn: fn, Tid: t.tid, Sig: sig, PC: r.PC()}
 			if sig == unix.SIGSEGV || sig == unix.SIGBUS {

@@ -3,8 +3,7 @@ package tracee
 // The architecture-specific half of remote calls (call.go). Each arch
 // provides the same names: redZone, fpRegSet and fpRegSetFallback,
 // maxCallArgs, callStack, (*Regs).setupCall, callResult and resumeState,
-// archPrepare, stubExitByPtrace, ctxData and returnStub (call_arm64.go for
-// arm64).
+// archPrepare, ctxData and returnStub (call_arm64.go for arm64).
 
 import (
 	"encoding/binary"
@@ -94,11 +93,6 @@ func (r *Regs) resumeState() Regs {
 // stopped thread, including a pending restart_syscall (whose restart block
 // the stub's plain jump leaves alone), goes through a call.
 func (p *Process) archPrepare(t *thread, s *callState) error { return nil }
-
-// stubExitByPtrace: a thread caught in the last instructions of the stub
-// after the call is single-stepped out of it (the stub only restores
-// registers there and blocks nowhere).
-const stubExitByPtrace = false
 
 // Layout of a remote call's data page (see returnStub).
 const (

@@ -98,12 +98,6 @@ func (r *Regs) resumeState() Regs {
 	return out
 }
 
-// stubExitByPtrace: a thread caught in the stub after the call is put back
-// through ptrace instead of being stepped out: the stub may be blocked in
-// restart_syscall there, and stepping over rt_sigreturn would lose the
-// restart block that the ptrace path keeps.
-const stubExitByPtrace = true
-
 // sveHeaderFlags and svePTRegsSVE: user_sve_header.flags (u16 at byte 12)
 // and SVE_PT_REGS_SVE, set when the regset holds live SVE (or streaming
 // SVE) registers rather than just the FP/SIMD view of them.
@@ -247,8 +241,7 @@ const a64Svc0 = 0xd4000001
 //
 // done is set once the stub needs nothing more from the tracer nor gives it
 // anything: from there the tracer may stop the thread anywhere in the stub
-// and restore it through ptrace (stubExitByPtrace). A pending
-// restart_syscall is run here, after done, because rt_sigreturn resets the
+// and restore it through ptrace (waitCall). A pending restart_syscall is run here, after done, because rt_sigreturn resets the
 // restart block it needs: a live tracer finds the thread blocked in it and
 // puts it back through ptrace, restart block intact; without a tracer the
 // stub finishes the call and returns past the svc with its result, as the

@@ -1,6 +1,7 @@
 package tracee
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -292,8 +293,8 @@ func TestCallTracerKilled(t *testing.T) {
 		m := c.Mark()
 		helper := startTarget(t, cmd) // returns at "ready calling"
 		require.Empty(t, helper.errs(), "%s", how)
-		// Kill the tracer once the callee runs (not while it still sets
-		// the call up: a remote syscall is single-stepped).
+		// Kill the tracer once the callee runs (TestSyscallTracerKilled
+		// kills it during the remote system calls that set the call up).
 		c.ExpectAfter(t, m, regexp.MustCompile(`^spin_add running$`), 30*time.Second)
 		for _, l := range helper.Lines() {
 			require.NotContains(t, l, "returned", "%s: the call ended before the kill", how)
@@ -310,5 +311,116 @@ func TestCallTracerKilled(t *testing.T) {
 		}
 		c.healthy(t)
 		require.NoError(t, syscall.Kill(c.Pid, 0))
+	}
+}
+
+// The tracer is killed (SIGKILL) after each step (ptrace request, memory
+// write) of a remote system call, in turn: whatever the step, the borrowed
+// thread runs on correctly — it is never left with the registers of the
+// system call, nor killed by a trap meant for the tracer. The call runs on
+// a thread of the running process (the tracer's choice), on "fp" stopped
+// in user code with a value in a SIMD register, on "reader" blocked in
+// read(2), and on "sleeper" stopped while it continues its nanosleep
+// through restart_syscall.
+func TestSyscallTracerKilled(t *testing.T) {
+	c := startCall(t)
+	helper := func(mode, thread string, killAt int) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"=syscaller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
+			"TRACEE_TEST_MODE="+mode, fmt.Sprintf("TRACEE_TEST_KILLAT=%d", killAt))
+		if thread != "" {
+			cmd.Env = append(cmd.Env, fmt.Sprintf("TRACEE_TEST_TID=%d", c.tid(t, thread)))
+		}
+		return cmd
+	}
+	for _, how := range []struct{ mode, thread string }{
+		{"running", ""}, {"stopped", "fp"}, {"stopped", "reader"}, {"restart", "sleeper"},
+	} {
+		// How many steps one remote system call takes.
+		out, err := helper(how.mode, how.thread, 0).Output()
+		require.NoError(t, err, "%s", out)
+		var steps int
+		_, err = fmt.Sscanf(string(regexp.MustCompile(`steps \d+`).Find(out)), "steps %d", &steps)
+		require.NoError(t, err, "%s", out)
+		require.Greater(t, steps, 2)
+		t.Logf("%s %s: %d steps", how.mode, how.thread, steps)
+		for n := 1; n <= steps+1; n++ {
+			cmd := helper(how.mode, how.thread, n)
+			h := startTarget(t, cmd) // returns at "ready syscalls"
+			h.Wait()
+			require.Empty(t, h.errs(), "%s %s step %d", how.mode, how.thread, n)
+			require.Equal(t, "signal: killed", cmd.ProcessState.String(), "%s %s step %d", how.mode, how.thread, n)
+			for tid, st := range threadStates(t, c.Pid) {
+				require.NotEqual(t, "t", string(st), "%s %s step %d: thread %d still traced", how.mode, how.thread, n, tid)
+			}
+			m := c.Mark()
+			line := fmt.Sprintf("after kill %s %s %d", how.mode, how.thread, n)
+			fmt.Fprintln(c.Stdin, line)
+			c.ExpectAfter(t, m, regexp.MustCompile("^read "+fmt.Sprint(len(line)+1)+" "+line+"$"), 5*time.Second)
+			c.healthy(t)
+			require.NoError(t, syscall.Kill(c.Pid, 0))
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // the sleeper's restarted sleep ends
+	c.healthy(t)
+}
+
+// The padding system call stubs are written to lies in private executable
+// mappings and outside every allocated section of the object's file, for a
+// C target (with its libraries) and a static Go one; the executable itself
+// has some (through its section gaps, when its last segment's tail is too
+// short).
+func TestSyscallStubPadding(t *testing.T) {
+	for _, bin := range []string{
+		fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"),
+		fixture.BuildGo(t, "gotasks", ""),
+	} {
+		fp := fixture.Start(t, bin)
+		p := openT(t, fp.Pid)
+		maps, err := readMaps(fp.Pid)
+		require.NoError(t, err)
+		var pads []pad
+		require.NoError(t, p.do(func() error { pads = p.findPads(maps, syscallStubSize); return nil }))
+		require.NotEmpty(t, pads)
+		inExe := false
+		for _, pd := range pads {
+			var m *mapping
+			for i := range maps {
+				if maps[i].start <= pd.addr && pd.addr+pd.size <= maps[i].end {
+					m = &maps[i]
+				}
+			}
+			require.NotNil(t, m, "pad %#x+%d in no mapping", pd.addr, pd.size)
+			require.Equal(t, "xp", m.perms[2:4], "pad %#x in %v", pd.addr, *m)
+			if m.path == "[vdso]" {
+				continue
+			}
+			f, err := elf.Open(m.path)
+			require.NoError(t, err)
+			var bias uint64
+			for i := range maps {
+				if maps[i].path == m.path && maps[i].off == 0 {
+					for _, pr := range f.Progs {
+						if pr.Type == elf.PT_LOAD && pr.Off == 0 {
+							bias = maps[i].start - pr.Vaddr
+						}
+					}
+					break
+				}
+			}
+			for _, s := range f.Sections {
+				if s.Flags&elf.SHF_ALLOC == 0 || s.Size == 0 {
+					continue
+				}
+				lo, hi := bias+s.Addr, bias+s.Addr+s.Size
+				require.False(t, lo < pd.addr+pd.size && pd.addr < hi, "%s: pad %#x+%d overlaps %s", m.path, pd.addr, pd.size, s.Name)
+			}
+			f.Close()
+			if m.path == bin {
+				inExe = true
+			}
+		}
+		t.Logf("%s: %+v", bin, pads)
+		require.True(t, inExe, "%s: no padding in the executable: %+v", bin, pads)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,6 +136,9 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "caller":
 		callerChild()
+		os.Exit(0)
+	case "syscaller":
+		syscallerChild()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -278,4 +282,62 @@ func tracerChild() {
 	}
 	fmt.Printf("ready stopped %d\n", len(p.Threads()))
 	select {}
+}
+
+// syscallerChild runs remote mmap/munmap system calls in TRACEE_TEST_PID
+// and SIGKILLs itself at the TRACEE_TEST_KILLAT-th step of them
+// (testHookSyscallStep), so that a test can kill the tracer after every
+// ptrace request of a remote system call. With TRACEE_TEST_KILLAT=0 it runs
+// one mmap, prints "steps N" (the steps one remote system call takes) and
+// exits. TRACEE_TEST_MODE picks the thread as for callerChild.
+func syscallerChild() {
+	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
+	tid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_TID"))
+	killAt, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_KILLAT"))
+	fail := func(err error) {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	p, err := Open(pid)
+	if err != nil {
+		fail(err)
+	}
+	switch mode := os.Getenv("TRACEE_TEST_MODE"); mode {
+	case "running":
+		tid = 0
+	case "stopped", "restart":
+		if err := p.Stop(); err != nil {
+			fail(err)
+		}
+		if mode == "restart" {
+			if err := stopInRestart(p, tid); err != nil {
+				fail(err)
+			}
+		}
+	default:
+		fail(fmt.Errorf("TRACEE_TEST_MODE %q", mode))
+	}
+	steps := 0
+	testHookSyscallStep = func() {
+		steps++
+		if steps == killAt {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	fmt.Println("ready syscalls")
+	mmap := func() {
+		if _, err := p.syscallOn(tid, "mmap", sysMmap, 0, 4096, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0); err != nil {
+			fail(err)
+		}
+	}
+	if killAt == 0 {
+		mmap()
+		fmt.Println("steps", steps)
+		p.Close()
+		os.Exit(0)
+	}
+	for {
+		mmap()
+	}
 }

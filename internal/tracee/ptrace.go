@@ -32,8 +32,6 @@ func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(
 
 func detach(tid, sig int) error { return ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }
 
-func singlestep(tid, sig int) error { return ptrace(unix.PTRACE_SINGLESTEP, tid, 0, uintptr(sig)) }
-
 func getEventMsg(tid int) (uint64, error) {
 	var msg uint64
 	err := ptrace(unix.PTRACE_GETEVENTMSG, tid, 0, uintptr(unsafe.Pointer(&msg)))

@@ -34,9 +34,6 @@ func (r *Regs) G() uint64 { return r.R14 }
 // syscallInsn is the system call instruction (syscall).
 var syscallInsn = []byte{0x0f, 0x05}
 
-// syscallInsnAlign is the alignment instructions have (none on x86-64).
-const syscallInsnAlign = 1
-
 // System call numbers used by this package.
 const (
 	sysGetpid   = unix.SYS_GETPID

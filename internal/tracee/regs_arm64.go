@@ -50,10 +50,6 @@ func (r *Regs) G() uint64 { return r.Regs[28] }
 // syscallInsn is the system call instruction (svc #0, d4000001).
 var syscallInsn = []byte{0x01, 0x00, 0x00, 0xd4}
 
-// syscallInsnAlign is the alignment of instructions: a match of syscallInsn
-// elsewhere is data, not an instruction.
-const syscallInsnAlign = 4
-
 // System call numbers used by this package.
 const (
 	sysGetpid   = unix.SYS_GETPID

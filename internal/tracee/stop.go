@@ -71,7 +71,8 @@ func (p *Process) stopAll() error {
 // attach seizes tid with opts and interrupts it. gone reports a thread that
 // exited (or is a zombie) meanwhile.
 func (p *Process) attach(tid, opts int) (gone bool, err error) {
-	err = seize(tid, opts)
+	// PTRACE_O_TRACESYSGOOD: remote system calls rely on it (runSyscall).
+	err = seize(tid, opts|unix.PTRACE_O_TRACESYSGOOD)
 	switch {
 	case err == nil:
 	case err == unix.ESRCH:

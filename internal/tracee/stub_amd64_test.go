@@ -1,6 +1,7 @@
 package tracee
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -92,4 +93,40 @@ func resumeSyscall(p *Process, r Regs) (uint64, bool) {
 		return 0, false
 	}
 	return rs.Rax, true
+}
+
+// The system call stub decodes to the intended instructions: the system
+// call, then immediates into rflags and every register (rsp last) and a
+// jump to the interrupted pc; it reads and writes no memory but popfq's
+// stack slot.
+func TestSyscallStubDecodes(t *testing.T) {
+	var r Regs
+	vals := []*uint64{&r.Rax, &r.Rdx, &r.Rcx, &r.Rbx, &r.Rsi, &r.Rdi, &r.Rbp, &r.Rsp,
+		&r.R8, &r.R9, &r.R10, &r.R11, &r.R12, &r.R13, &r.R14, &r.R15}
+	for i, v := range vals {
+		*v = 0x0101010101010101 * uint64(i+1)
+	}
+	r.Eflags = 0x246
+	r.Rip = 0x401234
+	code := syscallStub(0x7f0000001000, &r)
+	require.Len(t, code, syscallStubSize)
+	var ops []string
+	off := 0
+	for off < len(code)-8 {
+		in, err := x86asm.Decode(code[off:], 64)
+		require.NoError(t, err, "at %d", off)
+		ops = append(ops, strings.ToLower(x86asm.IntelSyntax(in, 0, nil)))
+		off += in.Len
+	}
+	require.Equal(t, len(code)-8, off, "the interrupted pc follows the jump")
+	want := []string{"syscall", "push 0x246", "popfq"}
+	names := []string{"rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
+	for i, n := range names {
+		if n != "rsp" {
+			want = append(want, fmt.Sprintf("mov %s, %#x", n, *vals[i]))
+		}
+	}
+	want = append(want, fmt.Sprintf("mov rsp, %#x", r.Rsp), "jmp qword ptr [rip]")
+	require.Equal(t, want, ops)
+	require.Equal(t, []byte{0x34, 0x12, 0x40, 0, 0, 0, 0, 0}, code[len(code)-8:])
 }

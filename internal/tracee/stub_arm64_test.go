@@ -139,3 +139,45 @@ func resumeSyscall(p *Process, r Regs) (uint64, bool) {
 	}
 	return r.Regs[8], true
 }
+
+// The system call stub decodes to the intended instructions: svc, then
+// sp, the NZCV flags and every register loaded from the data that follows
+// the code (x16, the base, last) and a direct branch to the interrupted pc.
+func TestSyscallStubDecodes(t *testing.T) {
+	var r Regs
+	for i := range r.Regs {
+		r.Regs[i] = 0x0101010101010101 * uint64(i+1)
+	}
+	r.Sp = 0xfffffffff000
+	r.Pstate = 0x60001000
+	const at = 0x0000ffff12345000
+	r.Pc = at - 0x100000
+	code := syscallStub(at, &r)
+	require.Len(t, code, syscallStubSize)
+	var ops []string
+	for off := 0; off < ssCode-4; off += 4 {
+		in, err := arm64asm.Decode(code[off:])
+		require.NoError(t, err, "at %d", off)
+		ops = append(ops, arm64asm.GNUSyntax(in))
+	}
+	want := []string{"svc #0x0", fmt.Sprintf("adr x16, .+%#x", ssRegs-4),
+		"ldr x17, [x16,#248]", "mov sp, x17", "ldr x17, [x16,#256]", "msr s3_3_c4_c2_0, x17"} // msr nzcv, x17
+	for i := 0; i < 31; i += 2 {
+		switch i {
+		case 0:
+			want = append(want, "ldp x0, x1, [x16]")
+		case 16:
+			i--
+		default:
+			want = append(want, fmt.Sprintf("ldp x%d, x%d, [x16,#%d]", i, i+1, 8*i))
+		}
+	}
+	want = append(want, "ldr x16, [x16,#128]", fmt.Sprintf("b .+%#x", uint64(int64(r.Pc)-int64(at+88))))
+	require.Equal(t, want, ops)
+	le := binary.LittleEndian
+	for i, v := range r.Regs {
+		require.Equal(t, v, le.Uint64(code[ssRegs+8*i:]), "x%d", i)
+	}
+	require.Equal(t, r.Sp, le.Uint64(code[ssSP:]))
+	require.Equal(t, r.Pstate, le.Uint64(code[ssNZCV:]))
+}

@@ -1,15 +1,8 @@
 package tracee
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/binary"
 	"fmt"
-	"os"
 	"sort"
-	"strconv"
-	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -103,42 +96,137 @@ func (p *Process) stopOne(sleeper bool) (*thread, error) {
 
 // runSyscall executes one system call on the stopped thread t and restores
 // its registers.
+//
+// The thread never runs the system call instruction of the target's own
+// code, whose continuation would run with our registers if the tracer died
+// before it put them back. It runs a stub (syscallStub) written into
+// padding of an executable mapping (see pad.go): the system call, then code
+// that restores the thread's registers by itself and jumps back to where it
+// was. With the tracer alive the thread never gets past the system call:
+// it is continued with PTRACE_SYSCALL, and at the syscall-exit stop the
+// tracer interrupts it, so that it stops again before it returns to user
+// space — inside the kernel's signal handling, where its own registers are
+// put back (the kernel then restarts an interrupted system call from them,
+// as at the stop we took the thread at). The stub bytes are put back once
+// the thread is out of them.
+//
+// A tracer killed at any step leaves a thread that either has not been
+// moved yet, or runs the stub from its start, or is inside it: in every
+// case it finishes the system call and restores itself. No single-step is
+// used: its SIGTRAP would be delivered to the thread, and kill it, if the
+// tracer died before it took the trap. The syscall stops carry SIGTRAP|0x80
+// (PTRACE_O_TRACESYSGOOD, set at seize): if the tracer dies before it
+// waits for one, the kernel's attempt to send that "signal" to the thread
+// fails harmlessly, where a plain SIGTRAP would kill it.
 func (p *Process) runSyscall(t *thread, nr uint64, args []uint64) (uint64, error) {
-	insn, err := p.syscallInsnAddr()
-	if err != nil {
-		return 0, err
-	}
 	var saved Regs
 	if err := getRegs(t.tid, &saved); err != nil {
 		return 0, p.threadErr(t.tid, "get registers", err)
 	}
+	resume := saved.resumeState()
+	at, orig, err := p.placeSyscallStub(&resume)
+	if err != nil {
+		return 0, err
+	}
+	syscallStep()
+	putBack := func() { _ = p.writeMem(at, orig) }
 	r := saved
-	r.setupSyscall(insn, nr, args)
+	r.setupSyscallStub(at, nr, args)
 	if err := setRegs(t.tid, &r); err != nil {
+		putBack()
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
-	res, err := p.stepSyscall(t, insn)
+	syscallStep()
+	res, err := p.traceSyscall(t)
 	if err != nil {
-		if p.threads[t.tid] != nil {
-			// Still there: put the registers back whatever happened.
-			_ = setRegs(t.tid, &saved)
+		if p.threads[t.tid] != nil && setRegs(t.tid, &saved) == nil {
+			// Still there and out of the stub.
+			putBack()
 		}
 		return 0, err
 	}
 	if err := setRegs(t.tid, &saved); err != nil {
 		return 0, p.threadErr(t.tid, "restore registers", err)
 	}
+	syscallStep()
+	putBack()
+	syscallStep()
 	return res, nil
 }
 
-// stepSyscall single-steps t over the system call instruction at insn and
-// returns the result register.
-func (p *Process) stepSyscall(t *thread, insn uint64) (uint64, error) {
-	end := insn + uint64(len(syscallInsn))
-	for {
-		if err := singlestep(t.tid, 0); err != nil {
-			return 0, p.threadErr(t.tid, "single-step", err)
+// placeSyscallStub writes the stub of a system call that returns to resume
+// into padding, and returns its address and the bytes it replaced.
+func (p *Process) placeSyscallStub(resume *Regs) (uint64, []byte, error) {
+	maps, err := readMaps(p.pid)
+	if err != nil {
+		return 0, nil, p.exited()
+	}
+	pc := resume.PC()
+	for _, pd := range p.findPads(maps, syscallStubSize) {
+		if stubReach != 0 {
+			// Where the stub's last instruction may branch from.
+			lo, hi := pd.addr, pd.addr+pd.size-syscallStubSize
+			at := min(max(pc&^7, lo), hi) &^ 7
+			if at < lo || max(at, pc)-min(at, pc) > stubReach {
+				continue
+			}
+			pd.addr = at
 		}
+		stub := syscallStub(pd.addr, resume)
+		orig := make([]byte, len(stub))
+		if n, _ := p.readMem(orig, pd.addr); n != len(orig) {
+			continue
+		}
+		if err := p.writeMem(pd.addr, stub); err != nil {
+			_ = p.writeMem(pd.addr, orig)
+			continue
+		}
+		return pd.addr, orig, nil
+	}
+	if stubReach != 0 {
+		return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping within %d MiB of pc %#x for a system call stub", p.pid, syscallStubSize, stubReach>>20, pc)
+	}
+	return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping for a system call stub", p.pid, syscallStubSize)
+}
+
+// syscallStop is the stop signal of a syscall-entry or -exit stop
+// (PTRACE_O_TRACESYSGOOD).
+const syscallStop = int(unix.SIGTRAP) | 0x80
+
+// isRestart reports a system call result that the kernel turns into a
+// restart of the call (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND,
+// -ERESTART_RESTARTBLOCK): a signal interrupted it.
+func isRestart(res uint64) bool {
+	e := -int64(res)
+	return e >= 512 && e <= 516
+}
+
+// traceSyscall runs t, set up on a system call stub, through the system
+// call, holding the signals that arrive meanwhile, and returns the call's
+// result with the thread stopped again before it left the kernel (in a
+// PTRACE_EVENT_STOP or a signal-delivery-stop, where setRegs of its own
+// registers resumes it as if nothing happened).
+func (p *Process) traceSyscall(t *thread) (uint64, error) {
+	inCall := false // between the syscall-entry and -exit stops
+	over := false   // past the syscall-exit stop, interrupted
+	var res uint64
+	resume := func() error {
+		var err error
+		if over {
+			err = cont(t.tid, 0)
+		} else {
+			err = ptrace(unix.PTRACE_SYSCALL, t.tid, 0, 0)
+		}
+		if err != nil {
+			return p.threadErr(t.tid, "continue", err)
+		}
+		syscallStep()
+		return nil
+	}
+	if err := resume(); err != nil {
+		return 0, err
+	}
+	for {
 		var status unix.WaitStatus
 		for {
 			tid, ws, err := p.nextEvent()
@@ -165,129 +253,59 @@ func (p *Process) stepSyscall(t *thread, insn uint64) (uint64, error) {
 			status = ws
 			break
 		}
+		syscallStep()
 		t.inSigStop = false
-		var si unix.Siginfo
-		var r Regs
-		if err := getRegs(t.tid, &r); err != nil {
-			return 0, p.threadErr(t.tid, "get registers", err)
-		}
 		ev, sig := int(status>>16), int(status.StopSignal())
-		if ev != 0 {
-			// PTRACE_EVENT_STOP (a stale interrupt, or a group-stop
-			// the thread participates in): step again.
-			continue
-		}
-		t.inSigStop = true
-		gotInfo := getSiginfo(t.tid, &si) == nil
-		if unix.Signal(sig) == unix.SIGTRAP && r.PC() == end && (!gotInfo || stepReport(&si)) {
-			return r.syscallResult(), nil
-		}
-		// A signal for the target: keep it for later, suppress it now.
-		t.pending = append(t.pending, pendingSignal{sig: sig, info: si, ok: gotInfo})
-	}
-}
-
-// syscallInsnAddr returns the address of a system call instruction in an
-// executable mapping of the target (cached; verified at each use).
-func (p *Process) syscallInsnAddr() (uint64, error) {
-	if p.sysInsn != 0 {
-		buf := make([]byte, len(syscallInsn))
-		if n, _ := p.readMem(buf, p.sysInsn); n == len(buf) && bytes.Equal(buf, syscallInsn) {
-			return p.sysInsn, nil
-		}
-		p.sysInsn = 0
-	}
-	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.pid))
-	if err != nil {
-		return 0, p.exited()
-	}
-	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
-	type region struct {
-		start, end uint64
-		rank       int
-	}
-	var regions []region
-	sc := bufio.NewScanner(bytes.NewReader(maps))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 5 || !strings.Contains(f[1], "x") {
-			continue
-		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		path := ""
-		if len(f) >= 6 {
-			path = f[5]
-		}
-		rank := 3
 		switch {
-		case path == "[vdso]":
-			rank = 0 // stable, small
-		case path != "" && path == exe:
-			rank = 1
-		case strings.Contains(path, "/libc"):
-			rank = 2
-		case path == "[vsyscall]":
-			continue // emulated, not executable in most setups
-		}
-		regions = append(regions, region{start, end, rank})
-	}
-	for rank := 0; rank <= 3; rank++ {
-		for _, rg := range regions {
-			if rg.rank != rank {
-				continue
+		case ev != 0:
+			// PTRACE_EVENT_STOP: our interrupt once the call is over;
+			// before, a stale interrupt or a group-stop.
+			if over {
+				return res, nil
 			}
-			if a := p.scanFor(rg.start, rg.end, syscallInsn); a != 0 {
-				p.sysInsn = a
-				return a, nil
+		case sig == syscallStop && !inCall:
+			inCall = true
+		case sig == syscallStop:
+			inCall = false
+			var r Regs
+			if err := getRegs(t.tid, &r); err != nil {
+				return 0, p.threadErr(t.tid, "get registers", err)
+			}
+			if res = r.syscallResult(); !isRestart(res) {
+				// Done: stop the thread before it returns to user space.
+				if err := interrupt(t.tid); err != nil {
+					return 0, p.threadErr(t.tid, "interrupt", err)
+				}
+				syscallStep()
+				over = true
+			}
+			// Else a signal interrupted the call: the kernel restarts it
+			// once the signal is dealt with (held, below).
+		default:
+			// A signal for the target: keep it for later, suppress it now.
+			var si unix.Siginfo
+			gotInfo := getSiginfo(t.tid, &si) == nil
+			t.pending = append(t.pending, pendingSignal{sig: sig, info: si, ok: gotInfo})
+			if over {
+				// A signal-delivery-stop also lies before the return to
+				// user space: done (our interrupt, now stale, is
+				// dropped by the next stop or the detach).
+				t.inSigStop = true
+				return res, nil
 			}
 		}
+		if err := resume(); err != nil {
+			return 0, err
+		}
 	}
-	return 0, fmt.Errorf("tracee: pid %d: no system call instruction found in executable mappings", p.pid)
 }
 
-// scanFor returns the first address of pat in [start, end) aligned to
-// syscallInsnAlign, or 0.
-func (p *Process) scanFor(start, end uint64, pat []byte) uint64 {
-	const chunk = 64 << 10
-	buf := make([]byte, chunk+len(pat)-1)
-	for a := start; a < end; a += chunk {
-		n := min(uint64(len(buf)), end-a)
-		got, _ := p.readMem(buf[:n], a)
-		for off := 0; ; {
-			i := bytes.Index(buf[off:got], pat)
-			if i < 0 {
-				break
-			}
-			if at := a + uint64(off+i); at%syscallInsnAlign == 0 {
-				return at
-			}
-			off += i + 1
-		}
-		if uint64(got) < n {
-			return 0
-		}
-	}
-	return 0
-}
+// testHookSyscallStep, when set (by tests), runs after each step of a
+// remote system call.
+var testHookSyscallStep func()
 
-// stepReport tells the SIGTRAP of our single-step from one sent by a
-// process: a kernel-generated trap has si_code > 0 (TRAP_TRACE on x86-64),
-// except the one arm64 reports for a step over svc, which the kernel sends
-// at syscall exit as SI_USER from pid 0 and uid 0 (user_single_step_report),
-// something no process can send (its pid is never 0 in its own namespace).
-func stepReport(si *unix.Siginfo) bool {
-	if si.Code > 0 {
-		return true
+func syscallStep() {
+	if testHookSyscallStep != nil {
+		testHookSyscallStep()
 	}
-	// si_pid and si_uid follow signo, errno, code and padding.
-	raw := (*[24]byte)(unsafe.Pointer(si))
-	return si.Code == 0 && binary.NativeEndian.Uint64(raw[16:24]) == 0
 }

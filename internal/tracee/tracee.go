@@ -70,8 +70,10 @@ type Process struct {
 	stopped  bool
 	threads  map[int]*thread
 	order    []int // leader first
-	sysInsn  uint64
-	pollMode bool // another child of the ptrace thread has pending events
+	pollMode bool  // another child of the ptrace thread has pending events
+	// objects caches the ELF segments of the target's mapped objects by
+	// "start path" of their first mapping (system call stubs, pad.go).
+	objects map[string]*object
 }
 
 // thread is one traced thread.

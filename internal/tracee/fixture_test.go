@@ -224,21 +224,12 @@ func callerChild() {
 	if err != nil {
 		fail(err)
 	}
+	if err := childMode(p, tid); err != nil {
+		fail(err)
+	}
 	call := func() (uint64, error) { return p.Call("spin_add", fn, 400, 1, 2) }
-	switch mode := os.Getenv("TRACEE_TEST_MODE"); mode {
-	case "running":
-	case "stopped", "restart":
+	if os.Getenv("TRACEE_TEST_MODE") != "running" {
 		call = func() (uint64, error) { return p.CallOn(tid, "spin_add", fn, 400, 1, 2) }
-		if err := p.Stop(); err != nil {
-			fail(err)
-		}
-		if mode == "restart" {
-			if err := stopInRestart(p, tid); err != nil {
-				fail(err)
-			}
-		}
-	default:
-		fail(fmt.Errorf("TRACEE_TEST_MODE %q", mode))
 	}
 	fmt.Println("ready calling")
 	res, err := call()
@@ -284,6 +275,26 @@ func tracerChild() {
 	select {}
 }
 
+// childMode puts p in the state TRACEE_TEST_MODE names: "running" (as
+// it is), "stopped" (every thread stopped), or "restart" (stopped, with
+// thread tid stopped while it continues a sleep through restart_syscall).
+func childMode(p *Process, tid int) error {
+	switch mode := os.Getenv("TRACEE_TEST_MODE"); mode {
+	case "running":
+		return nil
+	case "stopped", "restart":
+		if err := p.Stop(); err != nil {
+			return err
+		}
+		if mode == "restart" {
+			return stopInRestart(p, tid)
+		}
+		return nil
+	default:
+		return fmt.Errorf("TRACEE_TEST_MODE %q", mode)
+	}
+}
+
 // syscallerChild runs remote mmap/munmap system calls in TRACEE_TEST_PID
 // and SIGKILLs itself at the TRACEE_TEST_KILLAT-th step of them
 // (testHookSyscallStep), so that a test can kill the tracer after every
@@ -302,20 +313,11 @@ func syscallerChild() {
 	if err != nil {
 		fail(err)
 	}
-	switch mode := os.Getenv("TRACEE_TEST_MODE"); mode {
-	case "running":
+	if err := childMode(p, tid); err != nil {
+		fail(err)
+	}
+	if os.Getenv("TRACEE_TEST_MODE") == "running" {
 		tid = 0
-	case "stopped", "restart":
-		if err := p.Stop(); err != nil {
-			fail(err)
-		}
-		if mode == "restart" {
-			if err := stopInRestart(p, tid); err != nil {
-				fail(err)
-			}
-		}
-	default:
-		fail(fmt.Errorf("TRACEE_TEST_MODE %q", mode))
 	}
 	steps := 0
 	testHookSyscallStep = func() {

@@ -20,15 +20,7 @@ func TestReturnStubDecodes(t *testing.T) {
 			s.fp.typ = fpRegSetFallback
 		}
 		code := returnStub(0x7f0000001000, s)
-		var ops []string
-		off := 0
-		for off < len(code)-8 {
-			in, err := x86asm.Decode(code[off:], 64)
-			require.NoError(t, err, "at %d", off)
-			ops = append(ops, strings.ToLower(x86asm.IntelSyntax(in, 0, nil)))
-			off += in.Len
-		}
-		require.Equal(t, len(code)-8, off, "the interrupted pc follows the jump")
+		ops := decodeStub(t, code)
 		fp := "xrstor64 ptr [r11+0xc0]"
 		if !xsave {
 			fp = "fxrstor64 ptr [r11+0xc0]"
@@ -110,15 +102,7 @@ func TestSyscallStubDecodes(t *testing.T) {
 	r.Rip = 0x401234
 	code := syscallStub(0x7f0000001000, &r)
 	require.Len(t, code, syscallStubSize)
-	var ops []string
-	off := 0
-	for off < len(code)-8 {
-		in, err := x86asm.Decode(code[off:], 64)
-		require.NoError(t, err, "at %d", off)
-		ops = append(ops, strings.ToLower(x86asm.IntelSyntax(in, 0, nil)))
-		off += in.Len
-	}
-	require.Equal(t, len(code)-8, off, "the interrupted pc follows the jump")
+	ops := decodeStub(t, code)
 	want := []string{"syscall", "push 0x246", "popfq"}
 	names := []string{"rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"}
 	for i, n := range names {
@@ -129,4 +113,20 @@ func TestSyscallStubDecodes(t *testing.T) {
 	want = append(want, fmt.Sprintf("mov rsp, %#x", r.Rsp), "jmp qword ptr [rip]")
 	require.Equal(t, want, ops)
 	require.Equal(t, []byte{0x34, 0x12, 0x40, 0, 0, 0, 0, 0}, code[len(code)-8:])
+}
+
+// decodeStub returns the instructions of a stub that ends in a jmp [rip]
+// followed by the 8-byte interrupted pc, in Intel syntax.
+func decodeStub(t *testing.T, code []byte) []string {
+	t.Helper()
+	var ops []string
+	off := 0
+	for off < len(code)-8 {
+		in, err := x86asm.Decode(code[off:], 64)
+		require.NoError(t, err, "at %d", off)
+		ops = append(ops, strings.ToLower(x86asm.IntelSyntax(in, 0, nil)))
+		off += in.Len
+	}
+	require.Equal(t, len(code)-8, off, "the interrupted pc follows the jump")
+	return ops
 }

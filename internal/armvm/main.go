@@ -192,17 +192,8 @@ func ensureKernel() (string, error) {
 		return vmlinuz, nil
 	}
 	fmt.Println("armvm: fetching the Debian arm64 cloud kernel into", dir)
-	archs, err := exec.Command("dpkg", "--print-foreign-architectures").Output()
-	if err != nil {
-		return "", fmt.Errorf("dpkg: %w (the lane needs a Debian host)", err)
-	}
-	if !strings.Contains(string(archs), "arm64") {
-		if err := run(sudo("dpkg", "--add-architecture", "arm64")); err != nil {
-			return "", err
-		}
-		if err := run(sudo("apt-get", "update", "-qq")); err != nil {
-			return "", err
-		}
+	if err := ensureArm64Packages(); err != nil {
+		return "", err
 	}
 	deps, err := exec.Command("apt-cache", "depends", "linux-image-cloud-arm64:arm64").Output()
 	if err != nil {
@@ -227,6 +218,22 @@ func ensureKernel() (string, error) {
 		return "", err
 	}
 	return vmlinuz, nil
+}
+
+// ensureArm64Packages makes apt serve arm64 packages (arm64 added as a
+// foreign architecture), which the kernel and sleep(1) downloads need.
+func ensureArm64Packages() error {
+	archs, err := exec.Command("dpkg", "--print-foreign-architectures").Output()
+	if err != nil {
+		return fmt.Errorf("dpkg: %w (the lane needs a Debian host)", err)
+	}
+	if strings.Contains(string(archs), "arm64") {
+		return nil
+	}
+	if err := run(sudo("dpkg", "--add-architecture", "arm64")); err != nil {
+		return err
+	}
+	return run(sudo("apt-get", "update", "-qq"))
 }
 
 // aptExtract downloads the first of the packages apt can fetch into dl (made
@@ -264,6 +271,9 @@ func ensureDistroSleep() (string, error) {
 	sleep := filepath.Join(dir, "sleep")
 	if _, err := os.Stat(sleep); err == nil {
 		return sleep, nil
+	}
+	if err := ensureArm64Packages(); err != nil {
+		return "", err
 	}
 	dl := filepath.Join(dir, "coreutils")
 	defer os.RemoveAll(dl)

@@ -213,20 +213,8 @@ func startGoTarget(tb testing.TB) *target {
 // same once it is stopped while it continues a system call through
 // restart_syscall (stopped, resumed and stopped again inside a sleep).
 func callerChild() {
-	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
-	tid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_TID"))
 	fn, _ := strconv.ParseUint(os.Getenv("TRACEE_TEST_FN"), 16, 64)
-	fail := func(err error) {
-		fmt.Println("ERR", err)
-		os.Exit(1)
-	}
-	p, err := Open(pid)
-	if err != nil {
-		fail(err)
-	}
-	if err := childMode(p, tid); err != nil {
-		fail(err)
-	}
+	p, tid := childTarget()
 	call := func() (uint64, error) { return p.Call("spin_add", fn, 400, 1, 2) }
 	if os.Getenv("TRACEE_TEST_MODE") != "running" {
 		call = func() (uint64, error) { return p.CallOn(tid, "spin_add", fn, 400, 1, 2) }
@@ -275,6 +263,23 @@ func tracerChild() {
 	select {}
 }
 
+// childTarget opens TRACEE_TEST_PID and puts it in the state of
+// TRACEE_TEST_MODE (childMode) for thread TRACEE_TEST_TID, which it returns;
+// on an error it prints "ERR ..." and exits 1.
+func childTarget() (*Process, int) {
+	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
+	tid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_TID"))
+	p, err := Open(pid)
+	if err == nil {
+		err = childMode(p, tid)
+	}
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	return p, tid
+}
+
 // childMode puts p in the state TRACEE_TEST_MODE names: "running" (as
 // it is), "stopped" (every thread stopped), or "restart" (stopped, with
 // thread tid stopped while it continues a sleep through restart_syscall).
@@ -302,20 +307,8 @@ func childMode(p *Process, tid int) error {
 // one mmap, prints "steps N" (the steps one remote system call takes) and
 // exits. TRACEE_TEST_MODE picks the thread as for callerChild.
 func syscallerChild() {
-	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
-	tid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_TID"))
 	killAt, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_KILLAT"))
-	fail := func(err error) {
-		fmt.Println("ERR", err)
-		os.Exit(1)
-	}
-	p, err := Open(pid)
-	if err != nil {
-		fail(err)
-	}
-	if err := childMode(p, tid); err != nil {
-		fail(err)
-	}
+	p, tid := childTarget()
 	if os.Getenv("TRACEE_TEST_MODE") == "running" {
 		tid = 0
 	}
@@ -330,7 +323,8 @@ func syscallerChild() {
 	fmt.Println("ready syscalls")
 	mmap := func() {
 		if _, err := p.syscallOn(tid, "mmap", sysMmap, 0, 4096, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0); err != nil {
-			fail(err)
+			fmt.Println("ERR", err)
+			os.Exit(1)
 		}
 	}
 	if killAt == 0 {

@@ -151,12 +151,7 @@ func TestCallSignalDuringCall(t *testing.T) {
 	require.NoError(t, c.p.Resume())
 	c.ExpectAfter(t, m, regexp.MustCompile(`^usr1 on reader$`), 5*time.Second)
 	time.Sleep(100 * time.Millisecond)
-	n := 0
-	for _, l := range c.Lines()[m:] {
-		if strings.HasPrefix(l, "usr1") {
-			n++
-		}
-	}
+	n := countPrefix(c.Lines()[m:], "usr1")
 	require.Equal(t, 1, n, "delivered exactly once")
 	fmt.Fprintln(c.Stdin, "after")
 	c.ExpectAfter(t, m, regexp.MustCompile(`^read 6 after$`), 5*time.Second)
@@ -229,12 +224,7 @@ func TestCallSignalPendingBefore(t *testing.T) {
 		require.NoError(t, c.p.Resume())
 		c.ExpectAfter(t, m, regexp.MustCompile(`^usr1 on reader$`), 5*time.Second)
 		time.Sleep(50 * time.Millisecond)
-		n := 0
-		for _, l := range c.Lines()[m:] {
-			if strings.HasPrefix(l, "usr1") {
-				n++
-			}
-		}
+		n := countPrefix(c.Lines()[m:], "usr1")
 		require.Equal(t, 1, n, "round %d: delivered exactly once", round)
 	}
 }
@@ -423,4 +413,15 @@ func TestSyscallStubPadding(t *testing.T) {
 		t.Logf("%s: %+v", bin, pads)
 		require.True(t, inExe, "%s: no padding in the executable: %+v", bin, pads)
 	}
+}
+
+// countPrefix counts the lines that start with prefix.
+func countPrefix(lines []string, prefix string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
@@ -59,6 +60,7 @@ type Module struct {
 	BuildID string // GNU build ID, lower-case hex; "" when absent
 	Machine elf.Machine
 	IsGo    bool
+	arch    *arch.Arch // from Machine; nil when unsupported
 	// Text is the live range of the module's executable mapping(s).
 	TextStart, TextEnd uint64
 
@@ -373,13 +375,8 @@ func (m *Module) Open() (*elf.File, error) {
 // Unwinder returns the unwind tables of every module for package unwind.
 func (t *Table) Unwinder() *unwind.Unwinder {
 	u := &unwind.Unwinder{}
-	if len(t.Modules) > 0 {
-		switch t.Modules[0].Machine {
-		case elf.EM_X86_64:
-			u.Arch = unwind.AMD64
-		case elf.EM_AARCH64:
-			u.Arch = unwind.ARM64
-		}
+	if len(t.Modules) > 0 && t.Modules[0].arch != nil {
+		u.Arch = unwind.ForTarget(t.Modules[0].arch)
 	}
 	for _, m := range t.Modules {
 		u.Modules = append(u.Modules, &unwind.Module{
@@ -416,4 +413,13 @@ func (m *Module) frameless() []unwind.CodeRange {
 		}
 	}
 	return out
+}
+
+// fillerRun returns how many bytes at the start of b are alignment filler of
+// the module's architecture.
+func (m *Module) fillerRun(b []byte) int {
+	if m.arch == nil {
+		return 0
+	}
+	return m.arch.FillerRun(b)
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 )
 
 const cLibSrc = `
@@ -317,5 +319,6 @@ func mapBase(t *testing.T, pid int, suffix string) (uint64, string) {
 }
 
 func isFiller(machine elf.Machine, b []byte) bool {
-	return fillerRunFor(machine, b) == len(b) && !bytes.Equal(b, nil)
+	a, err := arch.ForMachine(machine)
+	return err == nil && a.FillerRun(b) == len(b) && !bytes.Equal(b, nil)
 }

@@ -24,19 +24,3 @@ func FuzzParseMappings(f *testing.F) {
 		}
 	})
 }
-
-func FuzzFillerRun(f *testing.F) {
-	f.Add([]byte{0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0xcc, 0x90})
-	f.Add([]byte{0x0f, 0x1f, 0x44, 0x00})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if l := fillerLen(b); l > len(b) || l > 15 || l < 0 {
-			t.Fatalf("fillerLen(% x) = %d", b, l)
-		}
-		if n := fillerRun(b); n > len(b) {
-			t.Fatalf("fillerRun(% x) = %d", b, n)
-		}
-		if n := fillerRunARM64(b); n > len(b) || n%4 != 0 {
-			t.Fatalf("fillerRunARM64(% x) = %d", b, n)
-		}
-	})
-}

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/cfi"
 )
 
@@ -26,6 +27,7 @@ type rawSym struct {
 // with live addresses. m.Bias, m.texts and m.Path are set by the caller.
 func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	m.Machine = ef.Machine
+	m.arch, _ = arch.ForMachine(ef.Machine) // nil: no filler is recognised
 	for _, p := range ef.Progs {
 		if p.Type != elf.PT_LOAD {
 			continue
@@ -167,7 +169,7 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		}
 		var pad uint64
 		if limit > end {
-			run := uint64(fillerRunFor(m.Machine, m.bytesAt(end, limit)))
+			run := uint64(m.fillerRun(m.bytesAt(end, limit)))
 			if run < limit-end {
 				// The run stopped at code we have no symbol for: keep
 				// only whole 8-byte steps up to an aligned address, so a

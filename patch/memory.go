@@ -9,9 +9,9 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
-// reach is how far a direct jump reaches on x86-64 (rel32), with a margin
-// for the size of the mapping and the code around it.
-const reach = 1<<31 - 1<<24
+// nearMargin is kept from the edge of a direct jump's reach: 1/16 of it, for
+// the size of the mapping and the code around it.
+const nearMargin = 16
 
 // lowest address we try to map at (vm.mmap_min_addr is 64 KiB by default).
 const minMapAddr = 1 << 20
@@ -27,7 +27,7 @@ func (t *Target) mapNear(addr, size uint64) (uint64, error) {
 		return 0, err
 	}
 	const prot = tracee.ProtRead | tracee.ProtExec
-	for _, cand := range nearGaps(maps, addr, size) {
+	for _, cand := range nearGaps(maps, addr, size, t.tarch.JumpReach-t.tarch.JumpReach/nearMargin) {
 		got, err := t.proc.Mmap(cand, size, prot, tracee.MapPrivate|tracee.MapAnonymous|tracee.MapFixedNoreplace)
 		if err == nil {
 			return got, nil
@@ -48,8 +48,8 @@ func (t *Target) mapNear(addr, size uint64) (uint64, error) {
 
 // nearGaps returns candidate page-aligned addresses for a mapping of size
 // bytes in the holes between mappings, nearest to addr first, each within
-// direct-jump reach of addr.
-func nearGaps(maps []elfsym.Mapping, addr, size uint64) []uint64 {
+// reach of addr (the target's direct jump, less a margin).
+func nearGaps(maps []elfsym.Mapping, addr, size, reach uint64) []uint64 {
 	sorted := append([]elfsym.Mapping(nil), maps...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Start < sorted[j].Start })
 	var cands []uint64

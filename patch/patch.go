@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
@@ -44,6 +45,8 @@ type Target struct {
 	proc *tracee.Process
 	syms *elfsym.Table
 	arch trampoline.Arch
+	// tarch describes the target's architecture (from its ELF machine).
+	tarch *arch.Arch
 	unw  *unwind.Unwinder
 	log  *slog.Logger
 
@@ -78,7 +81,12 @@ func Attach(pid int, opts *Options) (*Target, error) {
 		proc.Close()
 		return nil, &Error{Op: "attach", Pid: pid, Err: ErrNoProcess, Hint: "the process has no mapped executable (a zombie or kernel thread?)"}
 	}
-	arch, err := trampoline.ForMachine(syms.Modules[0].Machine)
+	enc, err := trampoline.ForMachine(syms.Modules[0].Machine)
+	if err != nil {
+		proc.Close()
+		return nil, &Error{Op: "attach", Pid: pid, Err: err}
+	}
+	tarch, err := arch.ForMachine(syms.Modules[0].Machine)
 	if err != nil {
 		proc.Close()
 		return nil, &Error{Op: "attach", Pid: pid, Err: err}
@@ -88,7 +96,7 @@ func Attach(pid int, opts *Options) (*Target, error) {
 		// Not fatal: stacks through such a module are unreliable and block.
 		log.Warn("unwind tables", "err", err)
 	}
-	return &Target{pid: pid, proc: proc, syms: syms, arch: arch, unw: unw, log: log}, nil
+	return &Target{pid: pid, proc: proc, syms: syms, arch: enc, tarch: tarch, unw: unw, log: log}, nil
 }
 
 // Close releases the target (it never leaves it stopped).
@@ -335,7 +343,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			}
 			copy(image[at-region:], stub.Code)
 			f.StubAddr, f.StubSize = at, uint64(len(stub.Code))
-			f.StubJump = padJump(t.arch.Jump(plan.Addr, at), len(plan.Original))
+			f.StubJump = padJump(t.tarch, t.arch.Jump(plan.Addr, at), len(plan.Original))
 			if f.StubJump == nil {
 				unmap()
 				return fail(p.rep.Old, trampoline.ErrTooShort, "the jump to the dispatch stub does not fit")
@@ -418,17 +426,14 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
 }
 
-// padJump pads a jump with int3 to n bytes (nil when it is longer).
-func padJump(j []byte, n int) []byte {
-	if len(j) > n {
+// padJump pads a jump with the target's trap instruction to n bytes (nil
+// when it is longer, or the rest is no whole number of traps).
+func padJump(a *arch.Arch, j []byte, n int) []byte {
+	fill, err := a.Fill(n - len(j))
+	if err != nil {
 		return nil
 	}
-	out := make([]byte, n)
-	copy(out, j)
-	for i := len(j); i < n; i++ {
-		out[i] = 0xcc
-	}
-	return out
+	return append(append([]byte(nil), j...), fill...)
 }
 
 func inlineCallers(sites []elfsym.InlineSite) []string {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 )
 
 // AMD64 is the x86-64 Arch. Its jump is `jmp rel32` (5 bytes) when the
@@ -36,7 +38,7 @@ const (
 var endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
 
 // Machine returns elf.EM_X86_64.
-func (AMD64) Machine() elf.Machine { return elf.EM_X86_64 }
+func (AMD64) Machine() elf.Machine { return arch.AMD64.Machine }
 
 // MaxThunkSize bounds len(Plan.Thunk) for any x86-64 function.
 func (AMD64) MaxThunkSize() int { return amd64MaxThunk }

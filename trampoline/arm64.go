@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/arch/arm64/arm64asm"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 )
 
 // ARM64 is the AArch64 Arch. Its jump is `B imm26` (4 bytes) when the
@@ -75,7 +77,7 @@ const (
 )
 
 // Machine returns elf.EM_AARCH64.
-func (ARM64) Machine() elf.Machine { return elf.EM_AARCH64 }
+func (ARM64) Machine() elf.Machine { return arch.ARM64.Machine }
 
 // MaxThunkSize bounds len(Plan.Thunk) for any AArch64 function.
 func (ARM64) MaxThunkSize() int { return arm64MaxThunk }

@@ -9,6 +9,8 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 )
 
 // Sentinel errors, matched with errors.Is on an *Error.
@@ -100,14 +102,13 @@ type Arch interface {
 // ARM64 for EM_AARCH64. Other machines give an *Error wrapping
 // ErrUnsupportedArch.
 func ForMachine(m elf.Machine) (Arch, error) {
-	switch m {
-	case elf.EM_X86_64:
-		return AMD64{}, nil
-	case elf.EM_AARCH64:
-		return ARM64{}, nil
+	for _, a := range []Arch{AMD64{}, ARM64{}} {
+		if a.Machine() == m {
+			return a, nil
+		}
 	}
 	return nil, &Error{
 		Err:    ErrUnsupportedArch,
-		Detail: fmt.Sprintf("no jump encoder or relocator for ELF machine %v; only %v and %v are supported", m, elf.EM_X86_64, elf.EM_AARCH64),
+		Detail: fmt.Sprintf("no jump encoder or relocator for ELF machine %v; only %v and %v are supported", m, arch.AMD64.Machine, arch.ARM64.Machine),
 	}
 }

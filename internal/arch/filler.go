@@ -1,17 +1,6 @@
-package elfsym
+package arch
 
-import (
-	"debug/elf"
-	"encoding/binary"
-)
-
-// fillerRunFor is fillerRun for code of the given machine.
-func fillerRunFor(machine elf.Machine, b []byte) int {
-	if machine == elf.EM_AARCH64 {
-		return fillerRunARM64(b)
-	}
-	return fillerRun(b)
-}
+import "encoding/binary"
 
 // fillerRunARM64 returns how many bytes at the start of b are arm64
 // alignment filler: whole NOP words (gcc and gas) or zero words (the Go
@@ -27,10 +16,10 @@ func fillerRunARM64(b []byte) int {
 	return n
 }
 
-// fillerRun returns how many bytes at the start of b are alignment filler:
+// fillerRunAMD64 returns how many bytes at the start of b are alignment filler:
 // int3 (0xcc), nop (0x90) and the multi-byte nops compilers and assemblers
 // emit for alignment (66 90, 0f 1f /0 with any 66/2e prefixes).
-func fillerRun(b []byte) int {
+func fillerRunAMD64(b []byte) int {
 	n := 0
 	for n < len(b) {
 		l := fillerLen(b[n:])

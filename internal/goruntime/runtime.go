@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 )
 
@@ -23,6 +24,27 @@ type Binary struct {
 	// Funcs is the binary's function table (link-time addresses), used to
 	// find runtime functions when the symbol table is stripped.
 	Funcs *gopcln.Table
+}
+
+// arch returns the binary's architecture (nil when unsupported).
+func (b Binary) arch() *arch.Arch {
+	a, _ := arch.ForMachine(b.ELF.Machine)
+	return a
+}
+
+// codeDecoders are the searches of runtime code that find data a binary
+// without symbols does not name.
+type codeDecoders struct {
+	// waitReasons returns the length of runtime.waitReasonStrings and the
+	// addresses it may be at, from runtime.waitReason.String's code.
+	waitReasons func(code []byte, pc uint64) (int, []uint64)
+	// atomicStores returns the addresses runtime.allgadd stores atomically.
+	atomicStores func(code []byte, pc uint64) []uint64
+}
+
+var decoders = map[*arch.Arch]codeDecoders{
+	arch.AMD64: {waitReasons: waitReasonsAMD64, atomicStores: atomicStoresAMD64},
+	arch.ARM64: {waitReasons: waitReasonsARM64, atomicStores: atomicStoresARM64},
 }
 
 // Runtime reads goroutines of one live Go process.
@@ -112,13 +134,11 @@ func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
 	if _, err := mem.ReadAt(code, int64(pc)); err != nil {
 		return 0, 0, false
 	}
-	var cands []uint64
-	switch b.ELF.Machine {
-	case elf.EM_X86_64:
-		n, cands = waitReasonsAMD64(code, pc)
-	case elf.EM_AARCH64:
-		n, cands = waitReasonsARM64(code, pc)
+	dec, ok := decoders[b.arch()]
+	if !ok {
+		return 0, 0, false
 	}
+	n, cands := dec.waitReasons(code, pc)
 	if n == 0 {
 		return 0, 0, false
 	}
@@ -256,15 +276,11 @@ func (r *Runtime) findAllGs(b Binary, mem io.ReaderAt) error {
 	}
 	// allglen and allgptr are the words allgadd stores atomically (XCHG on
 	// amd64, STLR on arm64); the allgs slice header is stored plainly.
-	var refs []uint64
-	switch b.ELF.Machine {
-	case elf.EM_X86_64:
-		refs = atomicStoresAMD64(code, fn.Entry+b.Bias)
-	case elf.EM_AARCH64:
-		refs = atomicStoresARM64(code, fn.Entry+b.Bias)
-	default:
+	dec, ok := decoders[b.arch()]
+	if !ok {
 		return fmt.Errorf("goruntime: %w: no decoder for %v", ErrNotFound, b.ELF.Machine)
 	}
+	refs := dec.atomicStores(code, fn.Entry+b.Bias)
 	var found [][2]uint64
 	for _, l := range refs {
 		for _, p := range refs {

@@ -11,12 +11,17 @@ import (
 	"io"
 	"sync"
 
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/cfi"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 )
 
-// Arch describes what the unwinder needs to know about an architecture.
+// Arch describes what the unwinder needs to know about an architecture:
+// the target's description (Target) and the unwinder's own code for it.
 type Arch struct {
+	// Target is the architecture's description; the register numbers below
+	// are its own.
+	Target  *arch.Arch
 	PtrSize int
 	// SPReg and RAReg are DWARF register numbers of the stack pointer and of
 	// the return address column (the pc). On an arch whose CFI keeps the
@@ -60,8 +65,20 @@ type Arch struct {
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
-var AMD64 = Arch{PtrSize: 8, SPReg: 7, RAReg: 16, FPReg: 6, CalleeSaved: []int{3, 6, 12, 13, 14, 15},
+var AMD64 = Arch{Target: arch.AMD64, PtrSize: arch.AMD64.PtrSize, SPReg: arch.AMD64.SP, RAReg: 16, FPReg: arch.AMD64.FP,
+	CalleeSaved:   []int{3, 6, 12, 13, 14, 15},
 	SignalContext: amd64SignalContext}
+
+// ForTarget returns the unwinder's description of a target architecture
+// (the zero Arch, which unwinds nothing, for one it does not know).
+func ForTarget(a *arch.Arch) Arch {
+	for _, u := range []Arch{AMD64, ARM64} {
+		if u.Target == a {
+			return u
+		}
+	}
+	return Arch{}
+}
 
 // amd64SignalContext reads a Linux x86-64 ucontext: uc_flags, uc_link and
 // uc_stack (40 bytes), then uc_mcontext, whose general registers are r8-r15,
@@ -84,8 +101,8 @@ func amd64SignalContext(read func(uint64) (uint64, error), uc uint64) ([]uint64,
 // ARM64 is the AArch64 description (DWARF for AArch64: x0-x30 are 0-30, sp
 // is 31; the CFI return address column is 30, the link register). The pc
 // lives in pseudo column 32.
-var ARM64 = Arch{PtrSize: 8, SPReg: 31, RAReg: 32, FPReg: 29,
-	CalleeSaved: []int{19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, LinkRegister: true, LRReg: 30,
+var ARM64 = Arch{Target: arch.ARM64, PtrSize: arch.ARM64.PtrSize, SPReg: arch.ARM64.SP, RAReg: 32, FPReg: arch.ARM64.FP,
+	CalleeSaved: []int{19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, LinkRegister: true, LRReg: arch.ARM64.LR,
 	// The arm64 vDSO has no unwind tables, and a signal handler returns to
 	// its __kernel_rt_sigreturn: mov x8, #139 (rt_sigreturn); svc #0.
 	Sigreturn:       []uint64{0xd4000001_d2801168},

@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
-	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
@@ -47,8 +47,8 @@ type Target struct {
 	arch trampoline.Arch
 	// tarch describes the target's architecture (from its ELF machine).
 	tarch *arch.Arch
-	unw  *unwind.Unwinder
-	log  *slog.Logger
+	unw   *unwind.Unwinder
+	log   *slog.Logger
 
 	goRT    *goruntime.Runtime // loaded on first use, Go targets only
 	goRTErr error

@@ -102,13 +102,19 @@ func lookGDB(t *testing.T) string {
 
 // runGDB attaches gdb to the (group-stopped) process and returns its
 // backtrace of every thread. gdb leaves the process stopped when it
-// detaches: it was stopped when gdb attached.
-func runGDB(t *testing.T, gdb, script string, pid int) map[int]gdbThread {
-	cmd := exec.Command(gdb, "-nx", "-batch",
-		"-iex", "set debuginfod enabled off", "-ex", "set pagination off",
+// detaches: it was stopped when gdb attached. With debugFiles, gdb reads
+// the separate debug files installed (libc6-dbg: libc's own names and
+// inlined frames); without, it names what the binaries' own symbols do,
+// as on a machine without them, three times faster.
+func runGDB(t *testing.T, gdb, script string, pid int, debugFiles bool) map[int]gdbThread {
+	args := []string{"-nx", "-batch", "-iex", "set debuginfod enabled off"}
+	if !debugFiles {
+		args = append(args, "-iex", "set debug-file-directory "+t.TempDir())
+	}
+	cmd := exec.Command(gdb, append(args, "-ex", "set pagination off",
 		// By default gdb hides the frames beyond main and the entry point.
 		"-ex", "set backtrace past-main on", "-ex", "set backtrace past-entry on",
-		"-p", strconv.Itoa(pid), "-ex", "source "+script)
+		"-p", strconv.Itoa(pid), "-ex", "source "+script)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -234,6 +240,10 @@ func ourSnapshot(t *testing.T, p *tracee.Process, u *unwind.Unwinder) (consisten
 // diffStats counts what the comparison found.
 type diffStats struct {
 	samples, tasks, frames, matched, named int
+	// inlined counts gdb's frames without a stack frame of their own
+	// (inlined calls, rebuilt tail calls), signal the signal frames
+	// both found.
+	inlined, signal int
 	// classes counts the tasks whose stacks differ in a documented, safe
 	// way, by class.
 	classes map[string]int
@@ -247,8 +257,8 @@ func (s *diffStats) String() string {
 		cls = append(cls, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(cls)
-	return fmt.Sprintf("%d samples, %d tasks compared, %d identical to gdb, %d frames compared (%d names), safe differences: [%s], bugs: %d",
-		s.samples, s.tasks, s.matched, s.frames, s.named, strings.Join(cls, " "), len(s.bugs))
+	return fmt.Sprintf("%d samples, %d tasks compared, %d identical to gdb, %d frames compared (%d names, %d signal frames; %d inlined frames of gdb's skipped), safe differences: [%s], bugs: %d",
+		s.samples, s.tasks, s.matched, s.frames, s.named, s.signal, s.inlined, strings.Join(cls, " "), len(s.bugs))
 }
 
 // sameFunction reports whether our symbol and gdb's name are the same
@@ -271,6 +281,7 @@ func sameFunction(tab *elfsym.Table, ours elfsym.Symbol, g gdbFrame) bool {
 // or a bug.
 func compareTask(tab *elfsym.Table, st *diffStats, s unwind.Stack, g gdbThread) (class string, bug error) {
 	gf := g.real()
+	st.inlined += len(g.Frames) - len(gf)
 	exact := true // frame 0's pc, and one a signal interrupted, are exact; others return addresses
 	for i, f := range s.Frames {
 		if i >= len(gf) {
@@ -293,6 +304,9 @@ func compareTask(tab *elfsym.Table, st *diffStats, s unwind.Stack, g gdbThread) 
 		}
 		if f.Signal != (gf[i].Kind == "sigtramp") {
 			return "", fmt.Errorf("frame %d at %#x: signal frame %v, gdb's frame is %s", i, f.PC, f.Signal, gf[i].Kind)
+		}
+		if f.Signal {
+			st.signal++
 		}
 	}
 	switch {
@@ -338,7 +352,7 @@ func sampleGDB(t *testing.T, gdb string, pid, n int, st *diffStats) {
 		time.Sleep(time.Duration(7+13*i%41) * time.Millisecond) // let it run: catch it elsewhere each time
 		freeze(t, pid)
 		snap, before := ourSnapshot(t, p, u)
-		threads := runGDB(t, gdb, script, pid)
+		threads := runGDB(t, gdb, script, pid, i == 0)
 		waitFrozen(t, pid, "runs after gdb detached")
 		_, after := ourSnapshot(t, p, u)
 		require.Equal(t, before, after, "the registers changed while gdb looked: not the same moment")
@@ -379,29 +393,32 @@ func startFixture(name string, flags []string, want string, args ...string) func
 	}
 }
 
-// startXZ runs xz compressing random bytes with two worker threads: a
-// Debian binary and library (liblzma) built without frame pointers,
-// stripped to .dynsym, caught at arbitrary instructions under load.
-func startXZ(t *testing.T) int {
-	xz, err := exec.LookPath("xz")
-	if err != nil {
-		t.Skip("xz is not installed")
-	}
-	in, err := os.Open("/dev/urandom")
-	require.NoError(t, err)
-	defer in.Close()
-	cmd := exec.Command(xz, "-T2", "-1", "-c")
-	cmd.Stdin = in
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, _ := taskStates(cmd.Process.Pid)
-		if len(st) >= 3 {
-			return cmd.Process.Pid // main and both workers
+// startCompressor runs a Debian compressor (xz, zstd) on random bytes
+// with two worker threads: a binary and library (liblzma, libzstd) built
+// without frame pointers, stripped to .dynsym, caught at arbitrary
+// instructions under load.
+func startCompressor(name string, args ...string) func(t *testing.T) int {
+	return func(t *testing.T) int {
+		bin, err := exec.LookPath(name)
+		if err != nil {
+			t.Skipf("%s is not installed", name)
 		}
-		require.True(t, time.Now().Before(deadline), "xz -T2 did not start its workers")
-		time.Sleep(10 * time.Millisecond)
+		in, err := os.Open("/dev/urandom")
+		require.NoError(t, err)
+		defer in.Close()
+		cmd := exec.Command(bin, args...)
+		cmd.Stdin = in
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			st, _ := taskStates(cmd.Process.Pid)
+			if len(st) >= 3 {
+				return cmd.Process.Pid // main and both workers
+			}
+			require.True(t, time.Now().Before(deadline), "%s did not start its workers", name)
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 
@@ -421,7 +438,8 @@ func TestGDBStacks(t *testing.T) {
 		{"cservice -O2 -fomit-frame-pointer", startFixture("cservice", []string{"-O2", "-fomit-frame-pointer"}, `^result`, "4"), 10},
 		{"cblockers vdso", startFixture("cblockers", []string{"-O2", "-fomit-frame-pointer"}, `^ready$`, "vdso"), 10},
 		// Caught at arbitrary instructions: more samples.
-		{"xz -T2", startXZ, 25},
+		{"xz -T2", startCompressor("xz", "-T2", "-1", "-c"), 25},
+		{"zstd -T2", startCompressor("zstd", "-T2", "-3", "-c"), 25},
 	}
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
@@ -435,6 +453,50 @@ func TestGDBStacks(t *testing.T) {
 				}
 				t.Errorf("our stack differs from gdb's: %s", b)
 			}
+		})
+	}
+}
+
+// The comparison itself: a stack identical to gdb's matches; we may stop
+// earlier than gdb only when we call the stack unreliable; any other
+// difference is a bug.
+func TestGDBCompareClasses(t *testing.T) {
+	walk := func(reliable bool, pcs ...uint64) unwind.Stack {
+		s := unwind.Stack{Reliable: reliable}
+		for _, pc := range pcs {
+			s.Frames = append(s.Frames, unwind.Frame{PC: pc})
+		}
+		return s
+	}
+	gdbWalk := func(end string, frames ...gdbFrame) gdbThread { return gdbThread{Frames: frames, End: end} }
+	f := func(kind string, pc uint64) gdbFrame { return gdbFrame{Kind: kind, PC: pc, Name: "??"} }
+	const outermost, gaveUp = "S outermost", "E Cannot access memory at address 0x8"
+	for _, tc := range []struct {
+		name  string
+		ours  unwind.Stack
+		gdb   gdbThread
+		class string // "" and !bug: identical
+		bug   bool
+		// signal marks our innermost frame a signal frame.
+		signal bool
+	}{
+		{"identical", walk(true, 1, 2, 3), gdbWalk(outermost, f("normal", 1), f("normal", 2), f("normal", 3)), "", false, false},
+		{"gdb's inlined frames are skipped", walk(true, 1, 2), gdbWalk(outermost, f("normal", 1), f("inline", 2), f("normal", 2)), "", false, false},
+		{"we stop early, unreliable", walk(false, 1, 2), gdbWalk(outermost, f("normal", 1), f("normal", 2), f("normal", 3)), "we are unreliable where gdb goes on", false, false},
+		{"both stop, we unreliable", walk(false, 1, 2), gdbWalk(gaveUp, f("normal", 1), f("normal", 2)), "both stop at the same frame, we as unreliable", false, false},
+		{"we stop early, reliable", walk(true, 1, 2), gdbWalk(outermost, f("normal", 1), f("normal", 2), f("normal", 3)), "", true, false},
+		{"we go on where gdb gave up", walk(true, 1, 2, 3), gdbWalk(gaveUp, f("normal", 1), f("normal", 2)), "", true, false},
+		{"gdb gave up at our last frame", walk(true, 1, 2), gdbWalk(gaveUp, f("normal", 1), f("normal", 2)), "", true, false},
+		{"another caller", walk(true, 1, 2, 3), gdbWalk(outermost, f("normal", 1), f("normal", 5), f("normal", 3)), "", true, false},
+		{"another caller, unreliable", walk(false, 1, 2), gdbWalk(outermost, f("normal", 1), f("normal", 5), f("normal", 3)), "", true, false},
+		{"a signal frame gdb does not see", walk(true, 1, 2), gdbWalk(outermost, f("normal", 1), f("normal", 2)), "", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.ours.Frames[0].Signal = tc.signal
+			st := &diffStats{classes: map[string]int{}}
+			class, bug := compareTask(&elfsym.Table{}, st, tc.ours, tc.gdb)
+			require.Equal(t, tc.bug, bug != nil, "bug: %v", bug)
+			require.Equal(t, tc.class, class)
 		})
 	}
 }

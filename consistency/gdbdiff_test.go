@@ -334,6 +334,22 @@ func describe(tab *elfsym.Table, s unwind.Stack, g gdbThread) string {
 	return b.String()
 }
 
+// bothViews freezes the process, takes our snapshot, then gdb's view (by
+// gdbView) of the same moment, checks that the registers did not change
+// meanwhile, and lets the process go on.
+func bothViews(t *testing.T, p *tracee.Process, u *unwind.Unwinder, gdbView func() map[int]gdbThread) (consistency.Snapshot, map[int]gdbThread) {
+	pid := p.Pid()
+	freeze(t, pid)
+	snap, before := ourSnapshot(t, p, u)
+	threads := gdbView()
+	waitFrozen(t, pid, "runs after gdb detached")
+	_, after := ourSnapshot(t, p, u)
+	require.Equal(t, before, after, "the registers changed while gdb looked: not the same moment")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+	require.Len(t, threads, len(snap.Tasks), "gdb and we list different threads")
+	return snap, threads
+}
+
 // sampleGDB freezes the running process pid n times; each time it takes
 // our snapshot and gdb's backtraces of that same frozen moment and
 // compares them thread by thread.
@@ -350,15 +366,8 @@ func sampleGDB(t *testing.T, gdb string, pid, n int, st *diffStats) {
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	for i := 0; i < n; i++ {
 		time.Sleep(time.Duration(7+13*i%41) * time.Millisecond) // let it run: catch it elsewhere each time
-		freeze(t, pid)
-		snap, before := ourSnapshot(t, p, u)
-		threads := runGDB(t, gdb, script, pid, i == 0)
-		waitFrozen(t, pid, "runs after gdb detached")
-		_, after := ourSnapshot(t, p, u)
-		require.Equal(t, before, after, "the registers changed while gdb looked: not the same moment")
-		require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+		snap, threads := bothViews(t, p, u, func() map[int]gdbThread { return runGDB(t, gdb, script, pid, i == 0) })
 		st.samples++
-		require.Len(t, threads, len(snap.Tasks), "gdb and we list different threads")
 		for _, task := range snap.Tasks {
 			g, ok := threads[task.ID]
 			require.True(t, ok, "gdb does not list thread %d", task.ID)
@@ -430,7 +439,8 @@ func startCompressor(name string, args ...string) func(t *testing.T) int {
 // frames are gdb's view of one CFI frame), the function both name, and
 // where each walk ends. A stack we call reliable must be gdb's, frame
 // for frame, to gdb's outermost frame; we may only stop earlier when we
-// say the stack is unreliable.
+// say the stack is unreliable. Skipped without gdb (the arm64 VM lane
+// has none).
 func TestGDBStacks(t *testing.T) {
 	gdb := lookGDB(t)
 	targets := []gdbTarget{

@@ -13,7 +13,6 @@ package execmem
 
 /*
 #include <stdint.h>
-#include <string.h>
 #include <sys/mman.h>
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -26,16 +25,6 @@ static void *em_mmap(uintptr_t hint, size_t len, int noreplace) {
 }
 static int em_munmap(uintptr_t addr, size_t len) { return munmap((void *)addr, len); }
 static int em_mprotect(uintptr_t addr, size_t len, int prot) { return mprotect((void *)addr, len, prot); }
-// em_write copies bytes that may be code: on arm64 the data and
-// instruction caches are not coherent, so the written range is cleaned to
-// the point of unification and invalidated in the instruction cache
-// (DC CVAU, IC IVAU, DSB ISH, ISB, as __builtin___clear_cache does) before
-// anything executes it. On x86-64 this is a no-op.
-static void em_write(uintptr_t dst, const void *src, size_t n) {
-	memcpy((void *)dst, src, n);
-	__builtin___clear_cache((char *)dst, (char *)dst + n);
-}
-static void em_read(void *dst, uintptr_t src, size_t n) { memcpy(dst, (const void *)src, n); }
 
 typedef long (*em_fn6)(long, long, long, long, long, long);
 static long em_call6(uintptr_t fn, long a, long b, long c, long d, long e, long f) {
@@ -51,7 +40,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"unsafe"
 )
 
 const pageSize = 4096
@@ -152,22 +140,6 @@ func (r *Region) Free() error {
 		return fmt.Errorf("execmem: munmap %#x: %v", r.Addr, err)
 	}
 	return nil
-}
-
-// Write copies b to addr, which must be writable.
-func Write(addr uintptr, b []byte) {
-	if len(b) > 0 {
-		C.em_write(C.uintptr_t(addr), unsafe.Pointer(&b[0]), C.size_t(len(b)))
-	}
-}
-
-// Read returns a copy of the n bytes at addr, which must be readable.
-func Read(addr uintptr, n int) []byte {
-	b := make([]byte, n)
-	if n > 0 {
-		C.em_read(unsafe.Pointer(&b[0]), C.uintptr_t(addr), C.size_t(n))
-	}
-	return b
 }
 
 // Call calls the code at fn with up to six integer arguments, in the C

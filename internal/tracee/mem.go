@@ -2,7 +2,6 @@ package tracee
 
 import (
 	"fmt"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,23 +106,4 @@ func (p *Process) WriteMem(addr uint64, data []byte) error {
 		}
 		return nil
 	})
-}
-
-// pread and pwrite take the offset as an unsigned address: addresses above
-// 2^63 do not exist in user space, but the kernel's loff_t is signed, so
-// call the system calls directly rather than through int64 wrappers.
-func pread(fd int, b []byte, addr uint64) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(addr), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-func pwrite(fd int, b []byte, addr uint64) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(addr), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
 }

@@ -76,7 +76,7 @@ func Alloc(size int, near uintptr) (*Region, error) {
 	}
 	p, err := C.em_mmap(C.uintptr_t(near&^(pageSize-1)), C.size_t(size), 0)
 	if p == nil {
-		return nil, fmt.Errorf("execmem: mmap of %d bytes: %v", size, err)
+		return nil, fmt.Errorf("execmem: mmap of %d bytes: %w", size, err)
 	}
 	return &Region{Addr: uintptr(p), Size: size}, nil
 }
@@ -137,7 +137,7 @@ func (r *Region) Write(off int, b []byte) {
 // Free unmaps the region.
 func (r *Region) Free() error {
 	if _, err := C.em_munmap(C.uintptr_t(r.Addr), C.size_t(r.Size)); err != nil {
-		return fmt.Errorf("execmem: munmap %#x: %v", r.Addr, err)
+		return fmt.Errorf("execmem: munmap %#x: %w", r.Addr, err)
 	}
 	return nil
 }
@@ -177,11 +177,11 @@ func MakeWritable(addr uintptr, n int) (restore func() error, err error) {
 	}
 	const rwx = C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC
 	if _, err := C.em_mprotect(C.uintptr_t(start), C.size_t(end-start), rwx); err != nil {
-		return nil, fmt.Errorf("execmem: mprotect %#x RWX: %v", start, err)
+		return nil, fmt.Errorf("execmem: mprotect %#x RWX: %w", start, err)
 	}
 	return func() error {
 		if _, err := C.em_mprotect(C.uintptr_t(start), C.size_t(end-start), C.int(prot)); err != nil {
-			return fmt.Errorf("execmem: mprotect %#x back to %#x: %v", start, prot, err)
+			return fmt.Errorf("execmem: mprotect %#x back to %#x: %w", start, prot, err)
 		}
 		return nil
 	}, nil
@@ -196,7 +196,7 @@ type mapping struct {
 func readMaps() ([]mapping, error) {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return nil, fmt.Errorf("execmem: %v", err)
+		return nil, fmt.Errorf("execmem: %w", err)
 	}
 	defer f.Close()
 	var out []mapping

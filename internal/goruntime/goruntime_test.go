@@ -268,6 +268,17 @@ func TestGoroutines(t *testing.T) {
 	require.GreaterOrEqual(t, waiting, 200)
 }
 
+// TestGoroutinesAfterExit: reading the goroutines of a target that has
+// exited fails with the cause kept: tracee.ErrExited.
+func TestGoroutinesAfterExit(t *testing.T) {
+	p, proc, b := live(t)
+	r, err := Load(b, proc)
+	require.NoError(t, err)
+	p.Kill()
+	_, err = r.Goroutines(proc)
+	require.ErrorIs(t, err, tracee.ErrExited)
+}
+
 func TestStatusName(t *testing.T) {
 	require.Equal(t, "waiting", StatusName(Waiting))
 	require.Equal(t, "dead", StatusName(DeadExtra))

@@ -25,9 +25,11 @@ vet:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # The Go releases the goroutine tests build targets with (patch/go_test.go,
-# internal/goruntime): fetched once through the module proxy into the module
-# cache, so the tests themselves do not download.
-GO_TOOLCHAINS ?= go1.22.12 go1.23.12 go1.24.13 go1.25.14
+# internal/goruntime; fixture.GoToolchains), and the releases older than the
+# supported range whose targets must be refused (fixture.OldGoToolchains):
+# fetched once through the module proxy into the module cache, so the tests
+# themselves do not download.
+GO_TOOLCHAINS ?= go1.22.12 go1.23.12 go1.24.13 go1.25.14 go1.19.13 go1.21.13
 
 # deps installs the packages the tests build fixtures with (gcc; the arm64
 # cross compiler and qemu-user for the arm64 trampoline tests), and the older

@@ -16,11 +16,20 @@ import (
 	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
 // ErrUnknownSymbol is matched by lookups of names that are not defined.
 var ErrUnknownSymbol = errors.New("unknown symbol")
+
+// ErrUnsupportedGo is matched by Module.GoUnsupported and by the errors of
+// whatever refuses a Go module built by a release hotpatch does not read.
+var ErrUnsupportedGo = goruntime.ErrUnknownRelease
+
+// GoReleaseError is the type of Module.GoUnsupported: it names the release
+// the module records and the supported range.
+type GoReleaseError = goruntime.ReleaseError
 
 // ErrAmbiguous is matched by *AmbiguousError.
 var ErrAmbiguous = errors.New("ambiguous symbol")
@@ -69,6 +78,12 @@ type Module struct {
 	// GoVersion is the toolchain version recorded by the Go linker
 	// ("go1.26.1"), "" when absent.
 	GoVersion string
+	// GoUnsupported is set on a Go module built by a release hotpatch does
+	// not read (outside the supported range, or a development build that
+	// does not match a supported release): a *GoReleaseError. Its symbols
+	// resolve, but its goroutines cannot be listed, its inline trees are not
+	// read and stacks through its code are unreliable.
+	GoUnsupported error
 
 	src     string           // path the file was opened through ("" for in-memory images)
 	image   []byte           // the whole image when read from memory (vDSO)
@@ -384,6 +399,7 @@ func (t *Table) Unwinder() *unwind.Unwinder {
 			Start:       m.TextStart,
 			End:         m.TextEnd,
 			Bias:        m.Bias,
+			Refused:     m.GoUnsupported,
 			Pclntab:     m.pclntab,
 			GoTextStart: m.goText,
 			EHFrame:     m.ehFrame,

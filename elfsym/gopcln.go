@@ -3,7 +3,11 @@ package elfsym
 import (
 	"debug/elf"
 	"debug/gosym"
+	"errors"
 	"fmt"
+
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 )
 
 // findPclntab returns the Go pclntab bytes and their link-time address. The
@@ -39,6 +43,28 @@ func findPclntab(ef *elf.File, syms []elf.Symbol) ([]byte, uint64) {
 		}
 	}
 	return nil, 0
+}
+
+// goSupported returns why hotpatch does not read the Go runtime of ef (a
+// *GoReleaseError, see goruntime.Supported), nil when it does. A release is
+// judged by version; the function table is parsed only when that is not
+// enough (a development build), and its refusal is kept as the cause.
+func goSupported(ef *elf.File, version string, pcln []byte, text uint64) error {
+	b := goruntime.Binary{ELF: ef, Version: version}
+	err := goruntime.Supported(b)
+	if err == nil {
+		return nil
+	}
+	tab, perr := gopcln.Parse(pcln, text)
+	if perr == nil {
+		b.Funcs = tab
+		return goruntime.Supported(b)
+	}
+	var re *GoReleaseError
+	if errors.As(err, &re) && re.Err == nil {
+		re.Err = perr
+	}
+	return err
 }
 
 // goTextStart returns the link-time address of runtime.text, the base of the

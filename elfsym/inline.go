@@ -51,6 +51,9 @@ func (m *Module) loadInlines() (map[string][]InlineSite, error) {
 	// did. Go's DWARF does not: a call whose inlined instructions were all
 	// merged into the caller's gets no DW_TAG_inlined_subroutine (seen with
 	// Go 1.26 for a one-line function). DWARF adds the addresses.
+	if m.GoUnsupported != nil {
+		return nil, fmt.Errorf("elfsym: inlined functions of %s: %w", m.Path, m.GoUnsupported)
+	}
 	if m.IsGo {
 		sites, err := m.pclntabInlines()
 		if err != nil {

@@ -99,7 +99,7 @@ func Load(pid int, mem io.ReaderAt) (*Table, error) {
 		}
 	}
 	if len(t.Modules) == 0 {
-		return nil, fmt.Errorf("elfsym: no ELF object could be loaded for pid %d: %v", pid, errors.Join(t.Warnings...))
+		return nil, fmt.Errorf("elfsym: no ELF object could be loaded for pid %d: %w", pid, errors.Join(t.Warnings...))
 	}
 	t.index()
 	return t, nil
@@ -152,7 +152,7 @@ func loadObject(pid int, maps []Mapping) (mods []*Module, warn error, err error)
 	}
 	if f == nil {
 		if maps[0].Deleted {
-			return nil, warn, fmt.Errorf("elfsym: %s was deleted or replaced on disk and /proc/%d/map_files is not readable (%v); it is left out", path, pid, errors.Join(errs...))
+			return nil, warn, fmt.Errorf("elfsym: %s was deleted or replaced on disk and /proc/%d/map_files is not readable (%w); it is left out", path, pid, errors.Join(errs...))
 		}
 		p := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), path)
 		if f, err = os.Open(p); err != nil {

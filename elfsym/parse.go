@@ -86,6 +86,7 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 			if bi, err := buildinfo.Read(ra); err == nil {
 				m.GoVersion = bi.GoVersion
 			}
+			m.GoUnsupported = goSupported(ef, m.GoVersion, pcln, text)
 		}
 	}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -134,6 +135,35 @@ func TestGoToolchains(t *testing.T) {
 				p.ExpectAfter(t, p.Mark(), tickOld, 10*time.Second)
 				exited, werr := p.Exited()
 				require.False(t, exited, "target died: %v", werr)
+			})
+		}
+	}
+}
+
+// TestGoToolchainsUnsupported: a target built by a Go release older than the
+// supported range, with DWARF (whose g layout would read) or stripped, is
+// refused by version as soon as its goroutines are needed: listing them and
+// applying a patch fail with an error that names the release and the
+// supported range, and the target runs on untouched.
+func TestGoToolchainsUnsupported(t *testing.T) {
+	for _, tc := range fixture.OldGoToolchains {
+		for _, flags := range [][]string{nil, {"-ldflags=-s -w"}} {
+			t.Run(fmt.Sprint(tc, flags), func(t *testing.T) {
+				p := startTasks(t, tc, flags...)
+				tg := attach(t, p.Pid)
+				refused := func(err error) {
+					t.Helper()
+					require.ErrorIs(t, err, elfsym.ErrUnsupportedGo)
+					var re *elfsym.GoReleaseError
+					require.ErrorAs(t, err, &re)
+					require.Equal(t, tc, re.Version)
+					require.ErrorContains(t, err, "go1.22–go1.26")
+				}
+				_, err := tg.Threads()
+				refused(err)
+				_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{})
+				refused(err)
+				p.ExpectAfter(t, p.Mark(), tickOld, 10*time.Second)
 			})
 		}
 	}

@@ -13,7 +13,6 @@ package execmem
 
 /*
 #include <stdint.h>
-#include <string.h>
 #include <sys/mman.h>
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -26,16 +25,6 @@ static void *em_mmap(uintptr_t hint, size_t len, int noreplace) {
 }
 static int em_munmap(uintptr_t addr, size_t len) { return munmap((void *)addr, len); }
 static int em_mprotect(uintptr_t addr, size_t len, int prot) { return mprotect((void *)addr, len, prot); }
-// em_write copies bytes that may be code: on arm64 the data and
-// instruction caches are not coherent, so the written range is cleaned to
-// the point of unification and invalidated in the instruction cache
-// (DC CVAU, IC IVAU, DSB ISH, ISB, as __builtin___clear_cache does) before
-// anything executes it. On x86-64 this is a no-op.
-static void em_write(uintptr_t dst, const void *src, size_t n) {
-	memcpy((void *)dst, src, n);
-	__builtin___clear_cache((char *)dst, (char *)dst + n);
-}
-static void em_read(void *dst, uintptr_t src, size_t n) { memcpy(dst, (const void *)src, n); }
 
 typedef long (*em_fn6)(long, long, long, long, long, long);
 static long em_call6(uintptr_t fn, long a, long b, long c, long d, long e, long f) {
@@ -51,7 +40,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"unsafe"
 )
 
 const pageSize = 4096
@@ -88,7 +76,7 @@ func Alloc(size int, near uintptr) (*Region, error) {
 	}
 	p, err := C.em_mmap(C.uintptr_t(near&^(pageSize-1)), C.size_t(size), 0)
 	if p == nil {
-		return nil, fmt.Errorf("execmem: mmap of %d bytes: %v", size, err)
+		return nil, fmt.Errorf("execmem: mmap of %d bytes: %w", size, err)
 	}
 	return &Region{Addr: uintptr(p), Size: size}, nil
 }
@@ -149,25 +137,9 @@ func (r *Region) Write(off int, b []byte) {
 // Free unmaps the region.
 func (r *Region) Free() error {
 	if _, err := C.em_munmap(C.uintptr_t(r.Addr), C.size_t(r.Size)); err != nil {
-		return fmt.Errorf("execmem: munmap %#x: %v", r.Addr, err)
+		return fmt.Errorf("execmem: munmap %#x: %w", r.Addr, err)
 	}
 	return nil
-}
-
-// Write copies b to addr, which must be writable.
-func Write(addr uintptr, b []byte) {
-	if len(b) > 0 {
-		C.em_write(C.uintptr_t(addr), unsafe.Pointer(&b[0]), C.size_t(len(b)))
-	}
-}
-
-// Read returns a copy of the n bytes at addr, which must be readable.
-func Read(addr uintptr, n int) []byte {
-	b := make([]byte, n)
-	if n > 0 {
-		C.em_read(unsafe.Pointer(&b[0]), C.uintptr_t(addr), C.size_t(n))
-	}
-	return b
 }
 
 // Call calls the code at fn with up to six integer arguments, in the C
@@ -205,11 +177,11 @@ func MakeWritable(addr uintptr, n int) (restore func() error, err error) {
 	}
 	const rwx = C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC
 	if _, err := C.em_mprotect(C.uintptr_t(start), C.size_t(end-start), rwx); err != nil {
-		return nil, fmt.Errorf("execmem: mprotect %#x RWX: %v", start, err)
+		return nil, fmt.Errorf("execmem: mprotect %#x RWX: %w", start, err)
 	}
 	return func() error {
 		if _, err := C.em_mprotect(C.uintptr_t(start), C.size_t(end-start), C.int(prot)); err != nil {
-			return fmt.Errorf("execmem: mprotect %#x back to %#x: %v", start, prot, err)
+			return fmt.Errorf("execmem: mprotect %#x back to %#x: %w", start, prot, err)
 		}
 		return nil
 	}, nil
@@ -224,7 +196,7 @@ type mapping struct {
 func readMaps() ([]mapping, error) {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return nil, fmt.Errorf("execmem: %v", err)
+		return nil, fmt.Errorf("execmem: %w", err)
 	}
 	defer f.Close()
 	var out []mapping

@@ -1,5 +1,5 @@
-// Package gopcln reads the parts of a Go binary's pclntab (Go 1.18 and later
-// formats) that debug/gosym does not expose: each function's pc→sp-delta
+// Package gopcln reads the parts of a Go binary's pclntab (the Go 1.20 and
+// later format; older ones are refused) that debug/gosym does not expose: each function's pc→sp-delta
 // table, funcID and flags, which unwinding needs. Symbol names and line
 // tables come from debug/gosym; this package is only what it lacks.
 //
@@ -33,10 +33,42 @@ const (
 	FlagAsm      = 1 << 2 // function is assembly
 )
 
+// The pclntab magic numbers: the first word of the table, one per format.
+// Only the Go 1.20+ format is decoded: the Go 1.18 one (written by 1.18 and
+// 1.19) has the same header but a _func record without startLine, so its
+// funcID and flag bytes sit four bytes earlier; the older ones differ more.
 const (
-	magic118 = 0xfffffff0
-	magic120 = 0xfffffff1
+	magic12  = 0xfffffffb // Go 1.2–1.15
+	magic116 = 0xfffffffa // Go 1.16–1.17
+	magic118 = 0xfffffff0 // Go 1.18–1.19
+	magic120 = 0xfffffff1 // Go 1.20 and later
 )
+
+// oldFormats names the releases that wrote each format Parse refuses.
+var oldFormats = map[uint32]string{
+	magic12:  "Go 1.2–1.15",
+	magic116: "Go 1.16–1.17",
+	magic118: "Go 1.18–1.19",
+}
+
+// ErrUnsupported is matched by the error for a pclntab of a format this
+// package does not decode (an older Go release's).
+var ErrUnsupported = errors.New("pclntab format not supported")
+
+// UnsupportedError is a pclntab in a format Parse refuses rather than
+// misread: its _func records are laid out differently.
+type UnsupportedError struct {
+	Magic    uint32 // the table's magic number
+	Releases string // the Go releases that write that format ("Go 1.18–1.19")
+}
+
+func (e *UnsupportedError) Error() string {
+	return fmt.Sprintf("gopcln: pclntab magic %#x is the %s format; only the Go 1.20+ format (magic %#x) is decoded: rebuild the target with a supported Go release",
+		e.Magic, e.Releases, uint32(magic120))
+}
+
+// Is reports target == ErrUnsupported.
+func (e *UnsupportedError) Is(target error) bool { return target == ErrUnsupported }
 
 // ErrFormat is matched by every parse error.
 var ErrFormat = errors.New("malformed pclntab")
@@ -67,19 +99,19 @@ type Table struct {
 // Parse parses a pclntab section. textStart is the link-time address the
 // function entry offsets are relative to; 0 means "take it from the header"
 // (Go 1.26 writes 0 there, so pass the runtime.text address when known).
-// Errors carry the offending offset; formats older than Go 1.18 are refused.
+// Errors carry the offending offset; the formats of releases before Go 1.20
+// are refused with an *UnsupportedError.
 func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 	d := pclntab
 	if len(d) < 8 {
 		return nil, &FormatError{0, "too short for a header"}
 	}
-	order := binary.ByteOrder(binary.LittleEndian)
-	if m := binary.BigEndian.Uint32(d); m == magic118 || m == magic120 {
-		order = binary.BigEndian
+	m, order := magic(d)
+	if releases, old := oldFormats[m]; old {
+		return nil, &UnsupportedError{Magic: m, Releases: releases}
 	}
-	m := order.Uint32(d)
-	if m != magic118 && m != magic120 {
-		return nil, &FormatError{0, fmt.Sprintf("magic %#x is not a Go 1.18+ pclntab", m)}
+	if m != magic120 {
+		return nil, &FormatError{0, fmt.Sprintf("magic %#x is not a Go pclntab", m)}
 	}
 	quantum, ptr := d[6], int(d[7])
 	if (quantum != 1 && quantum != 2 && quantum != 4) || (ptr != 4 && ptr != 8) {
@@ -146,6 +178,15 @@ func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 		})
 	}
 	return t, nil
+}
+
+// magic returns the table's magic number and byte order: big-endian when
+// the first word reads as a known magic that way, else little-endian.
+func magic(d []byte) (uint32, binary.ByteOrder) {
+	if m := binary.BigEndian.Uint32(d); m == magic120 || oldFormats[m] != "" {
+		return m, binary.BigEndian
+	}
+	return binary.LittleEndian.Uint32(d), binary.LittleEndian
 }
 
 func cstring(d []byte, off uint64) (string, error) {

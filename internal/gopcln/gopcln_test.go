@@ -3,9 +3,11 @@ package gopcln
 import (
 	"debug/elf"
 	"debug/gosym"
+	"encoding/binary"
 	"errors"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/arch/arm64/arm64asm"
@@ -210,6 +212,81 @@ func TestParseErrors(t *testing.T) {
 	for _, b := range [][]byte{nil, {1, 2, 3}, {0xf1, 0xff, 0xff, 0xff, 0, 0, 3, 8}, make([]byte, 64)} {
 		if _, err := Parse(b, 0); !errors.Is(err, ErrFormat) {
 			t.Errorf("Parse(% x) = %v, want ErrFormat", b, err)
+		}
+	}
+}
+
+// TestParseOldFormats: the magic numbers of older releases' formats, in
+// either byte order, are refused as unsupported, not read as Go 1.20+ tables.
+func TestParseOldFormats(t *testing.T) {
+	for _, tc := range []struct {
+		magic    uint32
+		releases string
+	}{
+		{0xfffffff0, "Go 1.18–1.19"},
+		{0xfffffffa, "Go 1.16–1.17"},
+		{0xfffffffb, "Go 1.2–1.15"},
+	} {
+		for _, order := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
+			b := make([]byte, 8+8*8+64)
+			order.PutUint32(b, tc.magic)
+			b[6], b[7] = 1, 8
+			_, err := Parse(b, 0x1000)
+			var ue *UnsupportedError
+			if !errors.As(err, &ue) || !errors.Is(err, ErrUnsupported) || ue.Magic != tc.magic || ue.Releases != tc.releases {
+				t.Errorf("%#x (%v): Parse = %v, want an *UnsupportedError for %s", tc.magic, order, err, tc.releases)
+			}
+		}
+	}
+}
+
+// TestOldReleases: go1.19 writes the Go 1.18 format, whose _func records
+// have no startLine (funcID and flag four bytes earlier): Parse refuses its
+// table, with or without DWARF, rather than misread the flags. go1.21
+// writes the current format: Parse decodes it as debug/gosym does (the
+// release itself is refused elsewhere, by version).
+func TestOldReleases(t *testing.T) {
+	for _, tc := range []struct {
+		toolchain string
+		refused   bool
+	}{{"go1.19.13", true}, {"go1.21.13", false}} {
+		for _, flags := range [][]string{nil, {"-ldflags=-s -w"}} {
+			f, err := elf.Open(fixture.BuildGo(t, "gotasks", tc.toolchain, flags...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			data, err := f.Section(".gopclntab").Data()
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := f.Section(".text").Addr
+			tab, err := Parse(data, text)
+			if tc.refused {
+				var ue *UnsupportedError
+				if !errors.As(err, &ue) || ue.Magic != 0xfffffff0 || !strings.Contains(err.Error(), "Go 1.18–1.19") {
+					t.Errorf("%s %v: Parse = %v, want the Go 1.18 format refused", tc.toolchain, flags, err)
+				}
+				if tab != nil {
+					t.Errorf("%s %v: a refused table was returned", tc.toolchain, flags)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s %v: %v", tc.toolchain, flags, err)
+			}
+			gt, err := gosym.NewTable(nil, gosym.NewLineTable(data, text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(gt.Funcs) != len(tab.Funcs()) {
+				t.Fatalf("%s %v: %d funcs, gosym has %d", tc.toolchain, flags, len(tab.Funcs()), len(gt.Funcs))
+			}
+			for i, g := range gt.Funcs {
+				if got := tab.Funcs()[i]; got.Name != g.Name || got.Entry != g.Entry {
+					t.Fatalf("%s %v: func %d = %s %#x, gosym %s %#x", tc.toolchain, flags, i, got.Name, got.Entry, g.Name, g.Entry)
+				}
+			}
 		}
 	}
 }

@@ -92,15 +92,31 @@ func TestLayoutFromDWARFNoRuntime(t *testing.T) {
 	require.ErrorContains(t, err, "runtime.g")
 }
 
-// live starts gotasks, opens it and loads its runtime. With symbols=false
-// the symbol table is ignored, as for a stripped binary.
+// live starts gotasks, opens it and describes it for Load.
 func live(t *testing.T, flags ...string) (*fixture.Proc, *tracee.Process, Binary) {
 	t.Helper()
-	bin := fixture.BuildGo(t, "gotasks", "", flags...)
+	p, proc, b, err := liveBy(t, "", flags...)
+	require.NoError(t, err)
+	return p, proc, b
+}
+
+// liveBy is live for gotasks built by toolchain; the error is the function
+// table's refusal (b.Funcs is nil then).
+func liveBy(t *testing.T, toolchain string, flags ...string) (*fixture.Proc, *tracee.Process, Binary, error) {
+	t.Helper()
+	bin := fixture.BuildGo(t, "gotasks", toolchain, flags...)
 	p := fixture.Start(t, bin)
 	proc, err := tracee.Open(p.Pid)
 	require.NoError(t, err)
 	t.Cleanup(func() { proc.Close() })
+	b, err := openBinary(t, bin)
+	return p, proc, b, err
+}
+
+// openBinary opens a Go executable for Load; the error is the function table's
+// refusal (b.Funcs is nil then).
+func openBinary(t *testing.T, bin string) (Binary, error) {
+	t.Helper()
 	ef, err := elf.Open(bin)
 	require.NoError(t, err)
 	t.Cleanup(func() { ef.Close() })
@@ -108,10 +124,79 @@ func live(t *testing.T, flags ...string) (*fixture.Proc, *tracee.Process, Binary
 	require.NotNil(t, pcln)
 	data, err := pcln.Data()
 	require.NoError(t, err)
-	text := ef.Section(".text").Addr
-	tab, err := gopcln.Parse(data, text)
+	b := Binary{ELF: ef, Version: goVersion(t, ef)}
+	tab, err := gopcln.Parse(data, ef.Section(".text").Addr)
+	if err == nil {
+		b.Funcs = tab
+	}
+	return b, err
+}
+
+// TestLoadRefusesOldReleases: a target built by a release older than the
+// supported range is refused by version, with DWARF (whose g layout would
+// read) as without, and the error names the release and the range.
+func TestLoadRefusesOldReleases(t *testing.T) {
+	for _, tc := range fixture.OldGoToolchains {
+		for _, flags := range [][]string{nil, {"-ldflags=-s -w"}} {
+			t.Run(fmt.Sprint(tc, flags), func(t *testing.T) {
+				_, proc, b, _ := liveBy(t, tc, flags...)
+				_, err := Load(b, proc)
+				require.ErrorIs(t, err, ErrUnknownRelease)
+				var re *ReleaseError
+				require.ErrorAs(t, err, &re)
+				require.Equal(t, tc, re.Version)
+				require.ErrorContains(t, err, tc)
+				require.ErrorContains(t, err, "go1.22–go1.26")
+				require.Equal(t, err, Supported(b))
+			})
+		}
+	}
+}
+
+// TestSupported: releases are accepted by version alone; a development
+// build, or one without a version, only when its DWARF layout is a known
+// release's and its function table is in the decoded format.
+func TestSupported(t *testing.T) {
+	current, err := openBinary(t, fixture.BuildGo(t, "gotasks", ""))
 	require.NoError(t, err)
-	return p, proc, Binary{ELF: ef, Version: goVersion(t, ef), Funcs: tab}
+	stripped, err := openBinary(t, fixture.BuildGo(t, "gotasks", "", "-ldflags=-s -w"))
+	require.NoError(t, err)
+	old, oldErr := openBinary(t, fixture.BuildGo(t, "gotasks", "go1.19.13"))
+	require.ErrorIs(t, oldErr, gopcln.ErrUnsupported)
+	noFuncs := current
+	noFuncs.Funcs = nil
+	with := func(b Binary, v string) Binary { b.Version = v; return b }
+	for _, tc := range []struct {
+		name string
+		b    Binary
+		why  string // "" when supported
+	}{
+		{"current", current, ""},
+		{"current stripped", stripped, ""},
+		{"go1.26 by version", with(stripped, "go1.26.1"), ""},
+		{"go1.22 by version", with(stripped, "go1.22.0"), ""},
+		{"go1.21 with DWARF", with(current, "go1.21.13"), "go1.21.13"},
+		{"go1.27 with DWARF", with(current, "go1.27.0"), "go1.27.0"},
+		{"go1.19", old, "go1.19.13"},
+		{"devel", with(current, "devel go1.27-abcdef"), ""},
+		{"no version", with(current, ""), ""},
+		{"devel stripped", with(stripped, "devel go1.27-abcdef"), "DWARF"},
+		{"devel without function table", with(noFuncs, "devel go1.27-abcdef"), "function table"},
+		{"devel of an old runtime", with(old, "devel go1.27-abcdef"), "function table"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Supported(tc.b)
+			if tc.why == "" {
+				require.NoError(t, err)
+				return
+			}
+			var re *ReleaseError
+			require.ErrorAs(t, err, &re)
+			require.ErrorIs(t, err, ErrUnknownRelease)
+			require.ErrorContains(t, err, tc.why)
+			require.ErrorContains(t, err, SupportedRange())
+		})
+	}
 }
 
 // TestFindAllGsWithoutSymbols: the addresses found from runtime.allgadd's
@@ -181,6 +266,17 @@ func TestGoroutines(t *testing.T) {
 	}
 	require.True(t, ids[1], "goroutine 1")
 	require.GreaterOrEqual(t, waiting, 200)
+}
+
+// TestGoroutinesAfterExit: reading the goroutines of a target that has
+// exited fails with the cause kept: tracee.ErrExited.
+func TestGoroutinesAfterExit(t *testing.T) {
+	p, proc, b := live(t)
+	r, err := Load(b, proc)
+	require.NoError(t, err)
+	p.Kill()
+	_, err = r.Goroutines(proc)
+	require.ErrorIs(t, err, tracee.ErrExited)
 }
 
 func TestStatusName(t *testing.T) {

@@ -50,9 +50,51 @@ var Known = map[string]Layout{
 		MProcID: 64, MCurG: 184},
 }
 
-// ErrUnknownRelease is returned for a target without DWARF built by a Go
-// release that Known does not describe.
+// ErrUnknownRelease is matched by the refusal of a Go release that Known
+// does not describe (a *ReleaseError from Supported and Load, an error of
+// KnownLayout).
 var ErrUnknownRelease = errors.New("Go release without a known runtime layout")
+
+// ReleaseError refuses a Go binary whose release is outside the supported
+// range, or a development build that does not match a supported release.
+type ReleaseError struct {
+	// Version is what the binary records ("go1.19.13", "devel go1.27-abc",
+	// "" when it records none).
+	Version string
+	// Reason says why a development build (or one without a version) was
+	// refused; "" for a release outside the range.
+	Reason string
+	// Err is the cause, if any (the function table's refusal).
+	Err error
+}
+
+func (e *ReleaseError) Error() string {
+	v := e.Version
+	if v == "" {
+		v = "(no version recorded)"
+	}
+	s := fmt.Sprintf("goruntime: Go release %s is not supported (supported: %s)", v, SupportedRange())
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s + "; rebuild the target with a supported Go release"
+}
+
+// Is reports target == ErrUnknownRelease.
+func (e *ReleaseError) Is(target error) bool { return target == ErrUnknownRelease }
+
+// Unwrap returns the cause.
+func (e *ReleaseError) Unwrap() error { return e.Err }
+
+// SupportedRange names the releases Known describes ("go1.22–go1.26").
+func SupportedRange() string {
+	var have []string
+	for k := range Known {
+		have = append(have, k)
+	}
+	have = sortedStrings(have)
+	return have[0] + "–" + have[len(have)-1]
+}
 
 // Release returns the release key of a version string: "go1.26.8" → "go1.26",
 // "go1.25rc1" → "go1.25", "devel go1.27-abcdef" → "go1.27".

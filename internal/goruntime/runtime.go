@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
 
@@ -59,15 +60,58 @@ type Runtime struct {
 	waitReasons []string
 }
 
+// Supported reports whether this package reads the runtime of b. A release
+// (b.Version "go1.N[.P]") must be one Known describes, with or without DWARF:
+// other releases differ in more than the g layout DWARF gives (the function
+// table's format, the module data, the unwinder's rules). A development
+// build ("devel ...") or a binary that records no version is accepted only
+// when two independent descriptions agree it is a supported runtime: its
+// DWARF gives the layout of a release in Known, and its function table is in
+// the format package gopcln decodes (b.Funcs, nil when refused or absent).
+// Anything else is a *ReleaseError.
+func Supported(b Binary) error {
+	if r := Release(b.Version); r != "" && !strings.HasPrefix(b.Version, "devel") {
+		if _, ok := Known[r]; !ok {
+			return &ReleaseError{Version: b.Version}
+		}
+		return nil
+	}
+	refuse := func(why string, err error) error {
+		return &ReleaseError{Version: b.Version, Err: err,
+			Reason: "a development build, or one without a version, is read only when its DWARF gives a supported release's runtime layout and its function table is in the Go 1.20+ format, and " + why}
+	}
+	if b.Funcs == nil {
+		return refuse("its function table is absent or in another format", nil)
+	}
+	d, err := b.ELF.DWARF()
+	if err != nil {
+		return refuse("it has no DWARF", err)
+	}
+	l, err := LayoutFromDWARF(d)
+	if err != nil {
+		return refuse("its DWARF gives no runtime layout", err)
+	}
+	for _, k := range Known {
+		if k == l {
+			return nil
+		}
+	}
+	return refuse("its DWARF runtime layout is no supported release's", nil)
+}
+
 // ErrNotFound is returned when the runtime's goroutine list cannot be
 // located in the target.
 var ErrNotFound = errors.New("runtime.allgs not found")
 
 // Load locates the runtime structures of a Go binary running in the process
-// whose memory mem reads. The process need not be stopped.
+// whose memory mem reads. The process need not be stopped. A binary that
+// Supported refuses is refused here, before anything is read.
 func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	if b.ELF.Class != elf.ELFCLASS64 {
 		return nil, fmt.Errorf("goruntime: only 64-bit targets are supported")
+	}
+	if err := Supported(b); err != nil {
+		return nil, err
 	}
 	r := &Runtime{}
 	if d, err := b.ELF.DWARF(); err == nil {

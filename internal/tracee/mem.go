@@ -1,8 +1,9 @@
 package tracee
 
 import (
+	"errors"
 	"fmt"
-	"unsafe"
+	"io/fs"
 
 	"golang.org/x/sys/unix"
 )
@@ -10,53 +11,94 @@ import (
 // ReadAt reads target memory (process_vm_readv, falling back to
 // /proc/PID/mem). It implements io.ReaderAt with off as the address; it does
 // not need the process stopped. A short read returns an error naming the
-// address.
+// address and wrapping the cause: ErrExited once the process has exited,
+// else the kernel's (EIO for an unmapped page).
 func (p *Process) ReadAt(b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
 	addr := uint64(off)
-	n := vmRead(p.pid, b, addr)
+	n, vmErr := vmRead(p.pid, b, addr)
+	var memErr error
 	if n < len(b) {
 		// Pages process_vm_readv refuses (PROT_NONE, some special
 		// mappings) can still be read through /proc/PID/mem; do it on the
 		// ptrace thread, where kernels with proc_mem.force_override=ptrace
 		// allow it.
-		_ = p.do(func() error {
-			m, _ := p.memRead(b[n:], addr+uint64(n))
+		if err := p.do(func() error {
+			m, err := p.memRead(b[n:], addr+uint64(n))
 			n += m
-			return nil
-		})
+			return err
+		}); err != nil {
+			memErr = err
+		}
 	}
 	if n < len(b) {
-		return n, fmt.Errorf("tracee: pid %d: read %d bytes at %#x: cannot read memory at %#x", p.pid, len(b), addr, addr+uint64(n))
+		return n, fmt.Errorf("tracee: pid %d: read %d bytes at %#x: cannot read memory at %#x: %w", p.pid, len(b), addr, addr+uint64(n), p.memCause(memErr, vmErr))
 	}
 	return n, nil
 }
 
 // readMem is ReadAt for use on the ptrace goroutine.
 func (p *Process) readMem(b []byte, addr uint64) (int, error) {
-	n := vmRead(p.pid, b, addr)
+	n, vmErr := vmRead(p.pid, b, addr)
 	if n < len(b) {
 		m, err := p.memRead(b[n:], addr+uint64(n))
 		n += m
 		if n < len(b) {
-			return n, fmt.Errorf("tracee: pid %d: cannot read memory at %#x: %v", p.pid, addr+uint64(n), err)
+			return n, fmt.Errorf("tracee: pid %d: cannot read memory at %#x: %w", p.pid, addr+uint64(n), p.memCause(err, vmErr))
 		}
 	}
 	return n, nil
 }
 
+// memCause is the cause of a failed memory access, given the errors of the
+// ways tried (most telling first): ErrClosed after Close; ErrExited when the
+// process has exited (its memory is gone: /proc/PID/mem reads and writes
+// nothing, and process_vm_readv finds no process); else the first error.
+func (p *Process) memCause(errs ...error) error {
+	for _, err := range errs {
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+	}
+	if processGone(p.pid) {
+		return ErrExited
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return unix.EIO
+}
+
+// processGone reports whether every thread of pid has exited (the process
+// is a zombie, or reaped). A leader that exited alone (pthread_exit in
+// main) leaves the process alive.
+func processGone(pid int) bool {
+	tids, err := listTasks(pid)
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	for _, tid := range tids {
+		if s := taskState(pid, tid); s != 0 && s != 'Z' && s != 'X' {
+			return false
+		}
+	}
+	return true
+}
+
 // vmRead reads with process_vm_readv and returns how much it read.
-func vmRead(pid int, b []byte, addr uint64) int {
+func vmRead(pid int, b []byte, addr uint64) (int, error) {
 	local := []unix.Iovec{{Base: &b[0]}}
 	local[0].SetLen(len(b))
 	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
 	n, err := unix.ProcessVMReadv(pid, local, remote, 0)
 	if err != nil || n < 0 {
-		return 0
+		return 0, err
 	}
-	return n
+	return n, nil
 }
 
 // memRead preads /proc/PID/mem.
@@ -101,29 +143,10 @@ func (p *Process) WriteMem(addr uint64, data []byte) error {
 				err = unix.EIO
 			}
 			if err != nil {
-				return fmt.Errorf("tracee: pid %d: write %d bytes at %#x: cannot write memory at %#x: %w", p.pid, len(data), addr, addr+uint64(n), err)
+				return fmt.Errorf("tracee: pid %d: write %d bytes at %#x: cannot write memory at %#x: %w", p.pid, len(data), addr, addr+uint64(n), p.memCause(err))
 			}
 			n += m
 		}
 		return nil
 	})
-}
-
-// pread and pwrite take the offset as an unsigned address: addresses above
-// 2^63 do not exist in user space, but the kernel's loff_t is signed, so
-// call the system calls directly rather than through int64 wrappers.
-func pread(fd int, b []byte, addr uint64) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(addr), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-func pwrite(fd int, b []byte, addr uint64) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_PWRITE64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(addr), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
 }

@@ -32,7 +32,7 @@ func diagnose(f permFacts) error {
 		return fmt.Errorf("tracee: pid %d: %w", f.Pid, ErrNoProcess)
 	}
 	perm := func(reason, hint string) error {
-		return &PermissionError{Pid: f.Pid, Reason: reason, Hint: hint}
+		return &PermissionError{Pid: f.Pid, Reason: reason, Hint: hint, Err: f.ProbeErr}
 	}
 	switch {
 	case f.Yama == 3:

@@ -7,13 +7,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // Raw ptrace and wait helpers. They must run on the ptrace goroutine.
 
+// ptrace issues a request whose addr and data are plain numbers. A request
+// that passes a pointer into Go memory uses ptracePtr (ptrace_unsafe.go).
 func ptrace(req, tid int, addr, data uintptr) error {
 	_, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(tid), addr, data, 0, 0)
 	if e != 0 {
@@ -31,20 +32,6 @@ func interrupt(tid int) error { return ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0) 
 func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
 
 func detach(tid, sig int) error { return ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }
-
-func getEventMsg(tid int) (uint64, error) {
-	var msg uint64
-	err := ptrace(unix.PTRACE_GETEVENTMSG, tid, 0, uintptr(unsafe.Pointer(&msg)))
-	return msg, err
-}
-
-func getSiginfo(tid int, si *unix.Siginfo) error {
-	return ptrace(unix.PTRACE_GETSIGINFO, tid, 0, uintptr(unsafe.Pointer(si)))
-}
-
-func setSiginfo(tid int, si *unix.Siginfo) error {
-	return ptrace(unix.PTRACE_SETSIGINFO, tid, 0, uintptr(unsafe.Pointer(si)))
-}
 
 // sigchld is the part of siginfo_t that waitid fills in.
 type sigchld struct {
@@ -82,9 +69,7 @@ func (p *Process) nextEvent() (int, unix.WaitStatus, error) {
 		}
 		if !p.pollMode {
 			var si sigchld
-			_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_ALL, 0, uintptr(unsafe.Pointer(&si)),
-				unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT|waitFlags, 0, 0)
-			switch {
+			switch e := peekWait(&si); {
 			case e == unix.EINTR:
 				continue
 			case e != 0:
@@ -164,18 +149,4 @@ func isStopSignal(sig int) bool {
 		return true
 	}
 	return false
-}
-
-// getSigmask returns a stopped thread's blocked signals. The kernel reports
-// the mask a sigsuspend-like call (ppoll, pselect, epoll_pwait) will put
-// back, not its temporary one: the mask the thread's own code runs with.
-func getSigmask(tid int) (uint64, error) {
-	var mask uint64
-	err := ptrace(unix.PTRACE_GETSIGMASK, tid, unsafe.Sizeof(mask), uintptr(unsafe.Pointer(&mask)))
-	return mask, err
-}
-
-// setSigmask sets a stopped thread's blocked signals.
-func setSigmask(tid int, mask uint64) error {
-	return ptrace(unix.PTRACE_SETSIGMASK, tid, unsafe.Sizeof(mask), uintptr(unsafe.Pointer(&mask)))
 }

@@ -1,7 +1,8 @@
 package tracee
 
 import (
-	"unsafe"
+	"encoding/binary"
+	"fmt"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,25 +70,43 @@ func getRegs(tid int, r *Regs) error {
 		return err
 	}
 	r.Pstate &^= pstateSS
-	if err := syscallNo(tid, unix.PTRACE_GETREGSET, &r.Syscallno); err != nil {
+	no, err := getSyscallNo(tid)
+	if err != nil {
 		return err
 	}
-	iov := unix.Iovec{Base: (*byte)(unsafe.Pointer(&r.TPIDR)), Len: 8}
-	return ptrace(unix.PTRACE_GETREGSET, tid, unix.NT_ARM_TLS, uintptr(unsafe.Pointer(&iov)))
+	r.Syscallno = no
+	var tls [8]byte
+	b, err := getRegSet(tid, unix.NT_ARM_TLS, tls[:])
+	if err != nil {
+		return err
+	}
+	if len(b) != len(tls) {
+		return fmt.Errorf("NT_ARM_TLS regset of thread %d is %d bytes, not %d", tid, len(b), len(tls))
+	}
+	r.TPIDR = binary.LittleEndian.Uint64(b)
+	return nil
 }
 
 func setRegs(tid int, r *Regs) error {
 	if err := unix.PtraceSetRegs(tid, &r.PtraceRegs); err != nil {
 		return err
 	}
-	no := r.Syscallno
-	return syscallNo(tid, unix.PTRACE_SETREGSET, &no)
+	var no [4]byte
+	binary.LittleEndian.PutUint32(no[:], uint32(r.Syscallno))
+	return setRegSet(tid, unix.NT_ARM_SYSTEM_CALL, no[:])
 }
 
-// syscallNo reads or writes the NT_ARM_SYSTEM_CALL regset.
-func syscallNo(tid, req int, no *int32) error {
-	iov := unix.Iovec{Base: (*byte)(unsafe.Pointer(no)), Len: uint64(unsafe.Sizeof(*no))}
-	return ptrace(req, tid, unix.NT_ARM_SYSTEM_CALL, uintptr(unsafe.Pointer(&iov)))
+// getSyscallNo reads the NT_ARM_SYSTEM_CALL regset.
+func getSyscallNo(tid int) (int32, error) {
+	var no [4]byte
+	b, err := getRegSet(tid, unix.NT_ARM_SYSTEM_CALL, no[:])
+	if err != nil {
+		return 0, err
+	}
+	if len(b) != len(no) {
+		return 0, fmt.Errorf("NT_ARM_SYSTEM_CALL regset of thread %d is %d bytes, not %d", tid, len(b), len(no))
+	}
+	return int32(binary.LittleEndian.Uint32(b)), nil
 }
 
 // setupSyscall makes r execute system call nr with args at the system call

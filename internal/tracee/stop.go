@@ -85,11 +85,11 @@ func (p *Process) attach(tid, opts int) (gone bool, err error) {
 			return true, nil
 		}
 		if tr := taskTracer(p.pid, tid); tr != 0 {
-			return false, &PermissionError{Pid: p.pid, Reason: fmt.Sprintf("already traced by pid %d", tr),
+			return false, &PermissionError{Pid: p.pid, Reason: fmt.Sprintf("already traced by pid %d", tr), Err: err,
 				Hint: "detach the other tracer (gdb, strace, another hotpatch) first"}
 		}
 		return false, &PermissionError{Pid: p.pid, Reason: fmt.Sprintf("PTRACE_SEIZE of thread %d: %v", tid, err),
-			Hint: "check ptrace_scope, the target's uid and dumpable flag, and security modules"}
+			Hint: "check ptrace_scope, the target's uid and dumpable flag, and security modules", Err: err}
 	default:
 		return false, fmt.Errorf("tracee: pid %d: seize thread %d: %w", p.pid, tid, err)
 	}

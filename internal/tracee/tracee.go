@@ -34,6 +34,9 @@ type PermissionError struct {
 	Reason string
 	// Hint says what to do about it.
 	Hint string
+	// Err is the kernel's refusal (EPERM, EACCES) when one was seen, nil
+	// when the facts alone (Yama, uids) decided.
+	Err error
 }
 
 func (e *PermissionError) Error() string {
@@ -42,6 +45,9 @@ func (e *PermissionError) Error() string {
 
 // Is reports target == ErrPermission.
 func (e *PermissionError) Is(target error) bool { return target == ErrPermission }
+
+// Unwrap returns the kernel's refusal, if any.
+func (e *PermissionError) Unwrap() error { return e.Err }
 
 // SyscallError is a system call that ran inside the target and failed.
 type SyscallError struct {

@@ -78,6 +78,9 @@ func TestDiagnose(t *testing.T) {
 				assert.Equal(t, pid, pe.Pid)
 				assert.Equal(t, tc.reason, pe.Reason)
 				assert.NotEmpty(t, pe.Hint)
+				if tc.f.ProbeErr != nil {
+					assert.ErrorIs(t, err, tc.f.ProbeErr, "the kernel's refusal is kept")
+				}
 			}
 		})
 	}
@@ -406,6 +409,31 @@ func TestSignalDuringPause(t *testing.T) {
 			assert.Empty(t, tg.errs())
 		})
 	}
+}
+
+// TestMemoryAfterExit: once the target has exited, reads (ReadAt, ReadMany)
+// and writes (WriteMem) fail with an error matching ErrExited (and so
+// ErrNoProcess); a read of an unmapped address of a live target fails with
+// the kernel's cause, not ErrExited.
+func TestMemoryAfterExit(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	text := textMapping(t, tg.pid)
+	buf := make([]byte, 64)
+	_, err := p.ReadAt(buf, int64(text))
+	require.NoError(t, err)
+	_, err = p.ReadAt(buf, 0x1000)
+	require.ErrorIs(t, err, syscall.EIO, "an unmapped page: /proc/PID/mem's EIO")
+	require.NotErrorIs(t, err, ErrExited)
+
+	require.NoError(t, syscall.Kill(tg.pid, syscall.SIGKILL))
+	tg.Wait()
+	_, err = p.ReadAt(buf, int64(text))
+	require.ErrorIs(t, err, ErrExited)
+	require.ErrorIs(t, err, ErrNoProcess)
+	require.ErrorContains(t, err, fmt.Sprintf("%#x", text))
+	require.ErrorIs(t, p.ReadMany([]uint64{text, text + 4096}, [][]byte{buf, buf}), ErrExited)
+	require.ErrorIs(t, p.WriteMem(text, buf[:1]), ErrExited)
 }
 
 // TestKillWhileStopped: the target dies while stopped; Resume returns an

@@ -11,7 +11,7 @@ import (
 func getRegSet(tid, typ int, buf []byte) ([]byte, error) {
 	iov := unix.Iovec{Base: &buf[0]}
 	iov.SetLen(len(buf))
-	if err := ptrace(unix.PTRACE_GETREGSET, tid, uintptr(typ), uintptr(unsafe.Pointer(&iov))); err != nil {
+	if err := ptracePtr(unix.PTRACE_GETREGSET, tid, uintptr(typ), unsafe.Pointer(&iov)); err != nil {
 		return nil, err
 	}
 	return buf[:iov.Len], nil
@@ -21,7 +21,7 @@ func getRegSet(tid, typ int, buf []byte) ([]byte, error) {
 func setRegSet(tid, typ int, data []byte) error {
 	iov := unix.Iovec{Base: &data[0]}
 	iov.SetLen(len(data))
-	return ptrace(unix.PTRACE_SETREGSET, tid, uintptr(typ), uintptr(unsafe.Pointer(&iov)))
+	return ptracePtr(unix.PTRACE_SETREGSET, tid, uintptr(typ), unsafe.Pointer(&iov))
 }
 
 // siginfoAddr returns si_addr (fault address) and si_pid of a siginfo: both

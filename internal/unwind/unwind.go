@@ -146,6 +146,9 @@ type Module struct {
 	Name       string
 	Start, End uint64 // live address range of its code
 	Bias       uint64 // live address = link-time address + Bias
+	// Refused, when set, says why the module's code must not be unwound (a
+	// Go release hotpatch does not read): every walk into it is unreliable.
+	Refused error
 	// Pclntab is the Go pclntab section's bytes (nil unless a Go binary).
 	Pclntab []byte
 	// GoTextStart is the link-time address the pclntab's function entry
@@ -200,13 +203,21 @@ func (m *Module) spDelta(t *gopcln.Table, f *gopcln.Func, pc uint64) (int64, err
 
 func (m *Module) tables(a Arch) (*gopcln.Table, *cfi.Table, error) {
 	m.once.Do(func() {
+		if m.Refused != nil {
+			m.err = m.Refused
+			return
+		}
 		var errs []error
 		if m.Pclntab != nil {
 			t, err := gopcln.Parse(m.Pclntab, m.GoTextStart)
-			m.goTab = t
 			if err != nil {
-				errs = append(errs, err)
+				// Go code has no other unwind info: a table refused
+				// (another release's format) or broken leaves the whole
+				// module unwalkable, whatever CFI covers.
+				m.err = fmt.Errorf("Go function table: %w", err)
+				return
 			}
+			m.goTab = t
 		}
 		if m.EHFrame != nil {
 			t, err := cfi.ParseWithHdr(m.EHFrame, m.EHFrameAddr, m.EHFrameHdr, m.EHFrameHdrAddr, a.PtrSize, binary.LittleEndian)

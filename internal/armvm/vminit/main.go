@@ -108,7 +108,7 @@ func runPlan(path string) error {
 		name := fields[0]
 		timeout, err := time.ParseDuration(fields[1])
 		if err != nil {
-			return fmt.Errorf("plan line %q: %v", sc.Text(), err)
+			return fmt.Errorf("plan line %q: %w", sc.Text(), err)
 		}
 		run(name, timeout, fields[2:])
 	}

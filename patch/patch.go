@@ -406,7 +406,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			}
 			return t.writeAll(region, writes, stateApplied)
 		})
-	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch {
+	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch && ctx.Err() == nil {
 		t.log.Debug("stop-and-check blocked; switching to a gradual transition", "id", id)
 		return t.gradualApply(ctx, rec, o)
 	}

@@ -176,6 +176,8 @@ func errorCode(err error) string {
 		err  error
 		code string
 	}{
+		// A cancelled wait also wraps what it waited for: it goes first.
+		{context.Canceled, "canceled"},
 		{patch.ErrNoProcess, "no_process"}, {patch.ErrPermission, "permission"},
 		{patch.ErrUnknownSymbol, "unknown_symbol"}, {patch.ErrAmbiguous, "ambiguous_symbol"},
 		{patch.ErrTooShort, "too_short"}, {patch.ErrBranchIntoPatch, "branch_into_patch"},

@@ -370,3 +370,44 @@ func TestCLIRevertUnfinished(t *testing.T) {
 	out, _, _ = hotpatch(t, "status", "--pid", pid)
 	require.Contains(t, out, "no patches")
 }
+
+// TestCLIInterrupted: Ctrl-C (SIGINT) ends a revert that waits for busy
+// goroutines at once; the JSON error says it was cancelled and that the
+// patch is still applied, as read back.
+func TestCLIInterrupted(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	pid := fmt.Sprint(p.Pid)
+	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--json",
+		"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed")
+	require.Equal(t, 0, code, errOut)
+	var applied struct {
+		ID string `json:"id"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &applied), out)
+	m := p.Mark()
+	fmt.Fprintln(p.Stdin, "start 3")
+	p.ExpectAfter(t, m, regexp.MustCompile(`^batch 0 started 3$`), 30*time.Second)
+
+	cmd := exec.Command(hotpatchBin, "revert", "--pid", pid, "--id", applied.ID, "--timeout", "1m", "--json")
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	require.NoError(t, cmd.Start())
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	err := cmd.Wait()
+	require.Less(t, time.Since(start), 5*time.Second)
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "stdout:\n%s\nstderr:\n%s", o.String(), e.String())
+	require.Equal(t, 1, ee.ExitCode())
+	var res struct {
+		Code  string `json:"code"`
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	require.NoError(t, json.Unmarshal(o.Bytes(), &res), o.String())
+	require.Equal(t, "canceled", res.Code)
+	require.Equal(t, applied.ID, res.ID)
+	require.Equal(t, "applied", res.State)
+	require.Contains(t, e.String(), "blocking task(s)", "the cause is named")
+}

@@ -333,14 +333,22 @@ func BenchmarkTransition1000(b *testing.B) {
 // patch is reverting, one task pending, as the target holds it — and never
 // that the original bytes are back; a Resume finishes once the task leaves.
 func TestUniverseTimeoutRevertUnfinished(t *testing.T) {
-	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	t.Run("go", func(t *testing.T) {
+		revertUnfinished(t, fixture.Start(t, fixture.BuildGo(t, "gouniverse", "")), "main.")
+	})
+	t.Run("c", func(t *testing.T) {
+		revertUnfinished(t, fixture.Start(t, fixture.BuildC(t, "cuniverse", "-O2", "-fomit-frame-pointer")), "")
+	})
+}
+
+func revertUnfinished(t *testing.T, p *fixture.Proc, prefix string) {
 	command(t, p, "start 5", regexp.MustCompile(`^batch 0 started 5$`))
 	command(t, p, "direct 1", regexp.MustCompile(`^batch 1 started 1$`))
 	tg := attach(t, p.Pid)
-	untouched := code(t, tg, p.Pid, "main.serve", "main.verA", "main.verB")
+	untouched := code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB")
 	opts := patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, Interval: 10 * time.Millisecond}
 
-	res, err := tg.Apply(context.Background(), universeSet("main."), opts)
+	res, err := tg.Apply(context.Background(), universeSet(prefix), opts)
 	require.ErrorIs(t, err, patch.ErrBlocked)
 	require.NotContains(t, err.Error(), "original bytes are back")
 	require.Contains(t, err.Error(), "reverting")
@@ -367,7 +375,7 @@ func TestUniverseTimeoutRevertUnfinished(t *testing.T) {
 	res, err = tg.Resume(context.Background(), recs[0].ID, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 10 * time.Millisecond})
 	require.NoError(t, err)
 	require.Equal(t, "reverted", res.State)
-	require.Equal(t, untouched, code(t, tg, p.Pid, "main.serve", "main.verA", "main.verB"))
+	require.Equal(t, untouched, code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"))
 	recs, err = tg.Status()
 	require.NoError(t, err)
 	require.Empty(t, recs)

@@ -649,7 +649,7 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 				return nil, err
 			}
 		}
-		return fail(ErrNotApplied, fmt.Sprintf("hotpatch status --pid %d lists the applied patches", t.pid))
+		return fail(ErrNotApplied, "Status lists the patches and their states")
 	}
 	return t.stopRevert(ctx, rec, o, o.Timeout)
 }
@@ -744,6 +744,9 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 	}
 	var out []*Result
 	for i := len(records) - 1; i >= 0; i-- {
+		if err := ctx.Err(); err != nil {
+			return out, &Error{Op: "revert", Pid: t.pid, Err: err, Hint: "the patches not listed in the results were left as they were"}
+		}
 		if s := records[i].State; s == "prepared" || s == "reverted" {
 			// Leftovers of a patcher that died before its switch, or
 			// after its revert but before unmapping.

@@ -762,7 +762,7 @@ func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result
 		return t.gradualRevert(ctx, rec, o)
 	}
 	return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: ErrNoTransition,
-		Hint: fmt.Sprintf("patch %s is %s; hotpatch status --pid %d lists the patches", id, rec.State, t.pid)}
+		Hint: fmt.Sprintf("patch %s is %s, not in a transition; Status lists the patches", id, rec.State)}
 }
 
 // record finds a patch by ID ("" picks the one in transition).

@@ -161,8 +161,12 @@ func errorFields(err error, res *patch.Result) map[string]any {
 	return m
 }
 
-// leftIn adds to err where the target was left when that is unfinished.
+// leftIn adds to err where the target was left when that is unfinished,
+// or which command lists the patches when the one named is not there.
 func leftIn(pid int, err error, res *patch.Result) error {
+	if errors.Is(err, patch.ErrNotApplied) || errors.Is(err, patch.ErrNoTransition) {
+		return fmt.Errorf("%w\nhotpatch: hotpatch status --pid %d lists the patches", err, pid)
+	}
 	if res == nil || (res.State != "transition" && res.State != "reverting") {
 		return err
 	}

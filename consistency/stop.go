@@ -29,8 +29,10 @@ type Result struct {
 // no task blocks it calls act with the target still stopped, then resumes it;
 // the pause reported covers exactly that stop. When tasks block it resumes
 // everyone at once and retries with backoff until the policy's timeout, then
-// returns a *BlockedError naming the blockers. An error from act is returned
-// as is (act must leave the target as it found it when it fails).
+// returns a *BlockedError naming the blockers. A cancelled ctx ends the
+// retries at once with an error matching both ctx.Err() and, when tasks
+// blocked, the *BlockedError. An error from act is returned as is (act must
+// leave the target as it found it when it fails).
 func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy, symbolize func(uint64) string, act func(Snapshot) error) (Result, error) {
 	if pol.Backoff <= 0 {
 		pol.Backoff = time.Millisecond
@@ -42,6 +44,9 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 	wait := pol.Backoff
 	var res Result
 	for {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("consistency: %w before attempt %d", err, res.Attempts+1)
+		}
 		res.Attempts++
 		start := time.Now()
 		p := src.Proc
@@ -72,7 +77,9 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		}
 		select {
 		case <-ctx.Done():
-			return res, fmt.Errorf("consistency: %w (last attempt: %v)", ctx.Err(), &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize})
+			// Both causes stay matchable: the cancellation and the
+			// tasks that kept us waiting.
+			return res, fmt.Errorf("consistency: %w (last attempt: %w)", ctx.Err(), &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize})
 		case <-time.After(wait):
 		}
 		if wait *= 2; wait > pol.MaxBackoff {

@@ -20,3 +20,11 @@ func UseDlopen(names ...string) func() {
 	dlopenFuncs = names
 	return func() { dlopenFuncs = old }
 }
+
+// HoldInStub makes every pause see a task inside a dispatch stub, at most
+// retries pauses in a row; the returned func undoes it.
+func HoldInStub(retries int) func() {
+	old := stubRetries
+	holdInStub, stubRetries = true, retries
+	return func() { holdInStub, stubRetries = false, old }
+}

@@ -64,7 +64,7 @@ func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfs
 		path, err = filepath.EvalSymlinks(path)
 	}
 	if err != nil {
-		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: fmt.Errorf("%w: patch library %s: %v", ErrBadRequest, o.Lib, err)}
+		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: fmt.Errorf("%w: patch library %s: %w", ErrBadRequest, o.Lib, err)}
 	}
 	pins, err := ReadPins(path)
 	if err != nil {
@@ -144,7 +144,7 @@ func (t *Target) libcFunc(names ...string) (elfsym.Symbol, string, error) {
 // reloads the target's symbols so that the library's functions resolve.
 func (t *Target) dlopen(path string) (*loadedLib, error) {
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("%w: patch library: %v", ErrBadRequest, err)
+		return nil, fmt.Errorf("%w: patch library: %w", ErrBadRequest, err)
 	}
 	fn, via, err := t.libcFunc(dlopenFuncs...)
 	if err != nil {

@@ -130,9 +130,12 @@ type ApplyOptions struct {
 	// first, gradual when tasks stay busy).
 	Mode string
 	// OnTimeout says what a gradual transition that has tasks pending at
-	// Timeout does: OnTimeoutRevert (the default: go back, the same way)
-	// or OnTimeoutStay (return, leaving the target in transition; Resume
-	// or Revert continue it later).
+	// Timeout does: OnTimeoutRevert (the default: go back, the same way,
+	// with Timeout again to do it; the error says whether that finished or
+	// left the patch reverting) or OnTimeoutStay (return, leaving the
+	// target in transition; Resume or Revert continue it later). A gradual
+	// Revert always stays; without OnTimeoutStay that is an error wrapping
+	// ErrBlocked, its Result saying "reverting".
 	OnTimeout string
 	// Force finishes a gradual transition at Timeout even though tasks
 	// still run old code, moving them to the new code (each is reported).
@@ -166,9 +169,11 @@ type Result struct {
 	// Attempts counts the stops, including those refused because a thread
 	// was inside a function.
 	Attempts int `json:"attempts"`
-	// State is "applied" or "reverted" when done; after a gradual
-	// transition that timed out with OnTimeout "stay", "transition" (or
-	// "reverting"), with Pending tasks left.
+	// State is read back from the target after the operation: "applied"
+	// or "reverted" when done; after a gradual transition that timed out,
+	// "transition" or "reverting", with Pending tasks left; "unknown" when
+	// the target could not be read (the error says why). An error may come
+	// with a Result: then it says where the target was left.
 	State   string `json:"state"`
 	Pending int    `json:"pending"`
 	// Forced lists the tasks a Force moved to the new code while they
@@ -409,7 +414,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			}
 			return t.writeAll(region, writes, stateApplied)
 		})
-	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch {
+	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch && ctx.Err() == nil {
 		t.log.Debug("stop-and-check blocked; switching to a gradual transition", "id", id)
 		return t.gradualApply(ctx, rec, o)
 	}
@@ -536,17 +541,21 @@ func (t *Target) Status() ([]Record, error) {
 		if err != nil {
 			return nil, &Error{Op: "status", Pid: t.pid, Err: err}
 		}
-		rec.State = t.liveState(rec, state)
+		if rec.State, err = liveState(t.proc, rec, state); err != nil {
+			return nil, &Error{Op: "status", Pid: t.pid, ID: rec.ID, Err: err}
+		}
 		if (rec.State == "transition" || rec.State == "reverting") && rec.Table != 0 {
-			if es, _, err := t.readTable(rec); err == nil {
-				rec.Pending = len(es)
-				kind := "thread"
-				if rec.TaskKey == "g" {
-					kind = "goroutine"
-				}
-				for _, e := range es {
-					rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: kind, ID: e.ID, Key: e.Key})
-				}
+			es, _, err := t.readTable(rec)
+			if err != nil {
+				return nil, &Error{Op: "status", Pid: t.pid, ID: rec.ID, Err: err}
+			}
+			rec.Pending = len(es)
+			kind := "thread"
+			if rec.TaskKey == "g" {
+				kind = "goroutine"
+			}
+			for _, e := range es {
+				rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: kind, ID: e.ID, Key: e.Key})
 			}
 		}
 		out = append(out, *rec)
@@ -557,13 +566,14 @@ func (t *Target) Status() ([]Record, error) {
 
 // liveState derives a record's state from the code bytes: the header's state
 // says what the writer meant, the bytes say what happened (the writer may have
-// been killed between the two).
-func (t *Target) liveState(rec *Record, state uint32) string {
+// been killed between the two). Bytes it cannot read are an error: no state
+// is guessed without them.
+func liveState(mem readerAt, rec *Record, state uint32) (string, error) {
 	var orig, jumps, stubs int
 	for _, f := range rec.Functions {
 		live := make([]byte, len(f.Original))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
-			continue
+		if _, err := mem.ReadAt(live, int64(f.PatchAddr)); err != nil {
+			return "", fmt.Errorf("patch %s: read the entry of %s at %#x: %w", rec.ID, f.Old, f.PatchAddr, err)
 		}
 		switch {
 		case bytes.Equal(live, f.Original):
@@ -577,36 +587,36 @@ func (t *Target) liveState(rec *Record, state uint32) string {
 	n := len(rec.Functions)
 	if stubs > 0 && orig+jumps+stubs == n && rec.Table != 0 {
 		// What the stubs do is what the active table says.
-		es, unlistedNew, err := t.readTable(rec)
+		es, unlistedNew, err := readTable(mem, rec)
 		if err != nil {
-			return "partial"
+			return "", err
 		}
 		switch {
 		case len(es) > 0 && unlistedNew && orig == 0:
-			return stateName(stateTransition)
+			return stateName(stateTransition), nil
 		case len(es) > 0 && !unlistedNew && orig == 0:
-			return stateName(stateReverting)
+			return stateName(stateReverting), nil
 		case len(es) == 0 && unlistedNew && orig == 0:
-			return stateName(stateApplied) // everyone new; direct jumps pending
+			return stateName(stateApplied), nil // everyone new; direct jumps pending
 		case len(es) == 0 && !unlistedNew && jumps == 0:
 			// Everyone old, but entries still lead to the stubs: a switch
 			// that had not happened, or a revert whose original bytes are
 			// not all back. Reverting (Revert or Resume) finishes either.
-			return stateName(stateReverting)
+			return stateName(stateReverting), nil
 		}
-		return "partial"
+		return "partial", nil
 	}
 	switch {
 	case jumps == n && n > 0:
-		return stateName(stateApplied)
+		return stateName(stateApplied), nil
 	case jumps > 0:
-		return "partial"
+		return "partial", nil
 	case state == stateApplied || state == stateTransition || state == stateReverting:
 		// The header says a switch began, but all the original bytes are
 		// there.
-		return stateName(stateReverted)
+		return stateName(stateReverted), nil
 	}
-	return stateName(state)
+	return stateName(state), nil
 }
 
 // Revert restores the original code of the functions of patch id, in one
@@ -616,9 +626,7 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 	fail := func(err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
 	}
-	if o.Timeout <= 0 {
-		o.Timeout = 5 * time.Second
-	}
+	o = o.withDefaults()
 	records, err := t.Status()
 	if err != nil {
 		return nil, err
@@ -632,7 +640,8 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 	if rec != nil && (rec.State == "transition" || rec.State == "reverting" ||
 		(rec.State == "applied" && rec.Table != 0 && (o.Mode == ModeGradual || o.Mode == ModeAuto))) {
 		if rec.State == "applied" && o.Mode == ModeAuto {
-			if res, err := t.stopRevert(ctx, rec, o, min(o.Timeout, autoStopTries)); err == nil || !errors.Is(err, ErrBlocked) {
+			res, err := t.stopRevert(ctx, rec, o, min(o.Timeout, autoStopTries))
+			if err == nil || !errors.Is(err, ErrBlocked) || ctx.Err() != nil {
 				return res, err
 			}
 		}
@@ -645,18 +654,23 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result
 				return nil, err
 			}
 		}
-		return fail(ErrNotApplied, fmt.Sprintf("hotpatch status --pid %d lists the applied patches", t.pid))
+		return fail(ErrNotApplied, "Status lists the patches and their states")
 	}
 	return t.stopRevert(ctx, rec, o, o.Timeout)
 }
 
 // stopRevert restores the original bytes of an applied (or partial) patch in
 // one pause in which no task executes in, or returns into, the new
-// functions, the overwritten bytes or the patch memory.
+// functions, the overwritten bytes or the patch memory. The result, also
+// with an error, holds the state read back from the target.
 func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, timeout time.Duration) (*Result, error) {
 	id := rec.ID
-	fail := func(err error, hint string) (*Result, error) {
-		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
+	out := &Result{ID: id, Functions: rec.Functions}
+	fail := func(err error) (*Result, error) {
+		if rerr := t.readBack(rec, out, 0); rerr != nil {
+			err = fmt.Errorf("%w; reading the state back failed too: %w", err, rerr)
+		}
+		return out, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: stateHint(out)}
 	}
 	regions := []consistency.Region{{Name: "patch " + id + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
 	var writes []write
@@ -666,7 +680,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 			consistency.Region{Name: f.Old, Start: f.PatchAddr + 1, End: f.PatchAddr + uint64(len(f.Jump))})
 		live := make([]byte, len(f.Jump))
 		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
-			return fail(err, "")
+			return fail(fmt.Errorf("read the entry of %s at %#x: %w", f.Old, f.PatchAddr, err))
 		}
 		if bytes.Equal(live, f.Original) {
 			continue // partial: this one was never written
@@ -675,7 +689,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	}
 	src, err := t.source()
 	if err != nil {
-		return fail(err, "")
+		return fail(err)
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
@@ -685,32 +699,35 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 			}
 			return t.writeAll(rec.Region, writes, stateReverted)
 		})
+	out.Pause, out.PauseMicros, out.Attempts = res.Pause, res.Pause.Microseconds(), res.Attempts
 	if err != nil {
-		return fail(err, "")
+		return fail(err)
 	}
 	// Nothing jumps into the patch memory any more.
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", id, "err", err)
 	}
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "reverted"}, nil
+	if err := t.readBack(rec, out, 0); err != nil {
+		return out, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err}
+	}
+	return out, nil
 }
 
 // discard unmaps the memory of a patch whose entries all hold their
 // original bytes, once no task executes in it or will return into it (a
 // patch that never switched needs no check).
 func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error {
-	hdr := make([]byte, recordHdrSize)
-	if _, err := t.proc.ReadAt(hdr, int64(rec.Region)); err == nil && binary.LittleEndian.Uint32(hdr[stateOffset:]) != statePrepared {
+	switched, err := everSwitched(t.proc, rec)
+	if err != nil {
+		return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err, Hint: "its memory stays mapped"}
+	}
+	if switched {
 		src, err := t.source()
 		if err != nil {
-			return err
-		}
-		timeout := o.Timeout
-		if timeout <= 0 {
-			timeout = 5 * time.Second
+			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 		}
 		regions := []consistency.Region{{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
-		if _, err := consistency.StopAndCheck(ctx, src, regions, consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
+		if _, err := consistency.StopAndCheck(ctx, src, regions, consistency.Policy{Timeout: o.withDefaults().Timeout}, t.syms.Symbolize,
 			func(consistency.Snapshot) error { return nil }); err != nil {
 			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 		}
@@ -732,6 +749,9 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 	}
 	var out []*Result
 	for i := len(records) - 1; i >= 0; i-- {
+		if err := ctx.Err(); err != nil {
+			return out, &Error{Op: "revert", Pid: t.pid, Err: err, Hint: "the patches not listed in the results were left as they were"}
+		}
 		if s := records[i].State; s == "prepared" || s == "reverted" {
 			// Leftovers of a patcher that died before its switch, or
 			// after its revert but before unmapping.
@@ -744,10 +764,12 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, erro
 			continue
 		}
 		r, err := t.Revert(ctx, records[i].ID, o)
+		if r != nil {
+			out = append(out, r) // also on error: where it was left
+		}
 		if err != nil {
 			return out, err
 		}
-		out = append(out, r)
 	}
 	return out, nil
 }

@@ -154,11 +154,12 @@ func encodeRecord(r *Record, state uint32) ([]byte, error) {
 }
 
 // readRecord reads the record at the start of a mapping; ok is false when
-// the mapping is not patch memory.
+// the mapping is not patch memory. A mapping whose start cannot be read may
+// be patch memory: that is an error (ok is true), never "not ours".
 func readRecord(mem readerAt, m elfsym.Mapping) (rec *Record, state uint32, ok bool, err error) {
 	hdr := make([]byte, recordHdrSize)
 	if _, err := mem.ReadAt(hdr, int64(m.Start)); err != nil {
-		return nil, 0, false, nil // unreadable: not ours
+		return nil, 0, true, fmt.Errorf("executable memory at %#x, which may hold a patch record, cannot be read: %w", m.Start, err)
 	}
 	if string(hdr[:8]) != recordMagic {
 		return nil, 0, false, nil
@@ -187,4 +188,18 @@ func readRecord(mem readerAt, m elfsym.Mapping) (rec *Record, state uint32, ok b
 
 type readerAt interface {
 	ReadAt(p []byte, off int64) (int, error)
+}
+
+// everSwitched reads the state word of a patch's record: a patch still
+// "prepared" was never jumped to. A header that cannot be read, or is not
+// a record any more, is an error: it is never taken for "prepared".
+func everSwitched(mem readerAt, rec *Record) (bool, error) {
+	hdr := make([]byte, recordHdrSize)
+	if _, err := mem.ReadAt(hdr, int64(rec.Region)); err != nil {
+		return false, fmt.Errorf("the record header of patch %s at %#x cannot be read: %w", rec.ID, rec.Region, err)
+	}
+	if string(hdr[:8]) != recordMagic {
+		return false, fmt.Errorf("%w: no patch record at %#x any more (patch %s)", ErrCodeChanged, rec.Region, rec.ID)
+	}
+	return binary.LittleEndian.Uint32(hdr[stateOffset:]) != statePrepared, nil
 }

@@ -98,8 +98,12 @@ func transitionRegions(rec *Record, dir direction) []consistency.Region {
 }
 
 // inStub reports a task stopped inside a dispatch stub: it may have looked
-// the table up already, so no table or target may change under it.
-func inStub(rec *Record, s consistency.Snapshot) bool {
+// the table up already, so no table or target may change under it. The
+// blocker names the task and the stub.
+func inStub(rec *Record, s consistency.Snapshot) (consistency.Blocker, bool) {
+	if holdInStub && len(s.Tasks) > 0 {
+		return stubBlocker(s.Tasks[0], rec.Functions[0]), true
+	}
 	for _, task := range s.Tasks {
 		if len(task.Stack.Frames) == 0 {
 			continue
@@ -107,11 +111,17 @@ func inStub(rec *Record, s consistency.Snapshot) bool {
 		pc := task.Stack.Frames[0].PC
 		for _, f := range rec.Functions {
 			if f.StubAddr != 0 && pc >= f.StubAddr && pc < f.StubAddr+f.StubSize {
-				return true
+				return stubBlocker(task, f), true
 			}
 		}
 	}
-	return false
+	return consistency.Blocker{}, false
+}
+
+func stubBlocker(task consistency.Task, f Function) consistency.Blocker {
+	name := "the dispatch stub of " + f.Old
+	return consistency.Blocker{Task: task, Func: name,
+		Reason: "executing in " + name + " (it may have read the universe table, so nothing may switch under it; is it stopped?)"}
 }
 
 // blockedKeys returns the keys of the tasks that must stay listed, and a
@@ -137,17 +147,21 @@ const tableCtlSize = 64
 
 // readTable returns the active table's entries and Sel.
 func (t *Target) readTable(rec *Record) ([]trampoline.TableEntry, bool, error) {
+	return readTable(t.proc, rec)
+}
+
+func readTable(mem readerAt, rec *Record) ([]trampoline.TableEntry, bool, error) {
 	var w [8]byte
-	if _, err := t.proc.ReadAt(w[:], int64(rec.Table)); err != nil {
-		return nil, false, err
+	if _, err := mem.ReadAt(w[:], int64(rec.Table)); err != nil {
+		return nil, false, fmt.Errorf("patch %s: read the universe control word at %#x: %w", rec.ID, rec.Table, err)
 	}
 	active := binary.LittleEndian.Uint64(w[:])
 	if active != tableAddr(rec, 0) && active != tableAddr(rec, 1) {
 		return nil, false, fmt.Errorf("patch %s: universe control word %#x points at no table", rec.ID, active)
 	}
 	b := make([]byte, trampoline.TableSize(rec.TableCapacity))
-	if _, err := t.proc.ReadAt(b, int64(active)); err != nil {
-		return nil, false, err
+	if _, err := mem.ReadAt(b, int64(active)); err != nil {
+		return nil, false, fmt.Errorf("patch %s: read the universe table at %#x: %w", rec.ID, active, err)
 	}
 	return trampoline.ParseTable(b)
 }
@@ -276,7 +290,7 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 	if err != nil {
 		return fail(err)
 	}
-	snap, old, pause, attempts, err := t.switchPause(ctx, src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
+	snap, old, pause, attempts, err := t.switchPause(ctx, time.Now().Add(o.Timeout), src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
 		old := blockedKeys(snap, transitionRegions(rec, forward))
 		if 2*len(old) > rec.TableCapacity {
 			return nil, fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
@@ -290,10 +304,13 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 	t.report(o, rec, "transition", len(old), 0, pause, snap, old)
 	if res.Pending == 0 {
 		// Nothing was busy: the first pause already wrote direct jumps.
-		res.State = "applied"
 		t.report(o, rec, "applied", 0, 0, res.Pause, consistency.Snapshot{}, nil)
+		if err := t.readBack(rec, &res, 0); err != nil {
+			return &res, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: err}
+		}
 		return &res, nil
 	}
+	rec.State = "transition"
 	return t.drive(ctx, rec, forward, o, &res)
 }
 
@@ -317,11 +334,21 @@ func (t *Target) unmapUnused(rec *Record) {
 // resumes the target. A task inside a dispatch stub may have read the table
 // already, so while one is there nothing is switched: the pause is retried
 // (tasks leave stubs within nanoseconds; one that stays, a stopped one say,
-// makes it fail after a thousand pauses).
-func (t *Target) switchPause(ctx context.Context, src consistency.Source, rec *Record, sw func(consistency.Snapshot) (map[uint64]consistency.Task, error)) (consistency.Snapshot, map[uint64]consistency.Task, time.Duration, int, error) {
-	for attempt := 1; attempt <= 1000; attempt++ {
+// makes it fail with a *consistency.BlockedError naming it after
+// stubRetries pauses or at the deadline, whichever comes first). A
+// cancelled ctx ends the retries at once.
+func (t *Target) switchPause(ctx context.Context, deadline time.Time, src consistency.Source, rec *Record, sw func(consistency.Snapshot) (map[uint64]consistency.Task, error)) (consistency.Snapshot, map[uint64]consistency.Task, time.Duration, int, error) {
+	var stuck []consistency.Blocker
+	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return consistency.Snapshot{}, nil, 0, attempt, err
+			return consistency.Snapshot{}, nil, 0, attempt, cancelled(err, t.blocked(stuck, attempt-1))
+		}
+		if attempt > stubRetries || (attempt > 1 && time.Now().After(deadline)) {
+			err := t.blocked(stuck, attempt-1)
+			if err == nil {
+				err = ErrBlocked
+			}
+			return consistency.Snapshot{}, nil, 0, attempt - 1, fmt.Errorf("%w; nothing was switched", err)
 		}
 		start := time.Now()
 		if err := t.proc.Stop(); err != nil {
@@ -330,9 +357,14 @@ func (t *Target) switchPause(ctx context.Context, src consistency.Source, rec *R
 		snap, err := src.Take()
 		var keep map[uint64]consistency.Task
 		ran := false
-		if err == nil && !inStub(rec, snap) {
-			keep, err = sw(snap)
-			ran = true
+		if err == nil {
+			b, in := inStub(rec, snap)
+			if stuck = nil; in {
+				stuck = []consistency.Blocker{b}
+			} else {
+				keep, err = sw(snap)
+				ran = true
+			}
 		}
 		rerr := t.proc.Resume()
 		pause := time.Since(start)
@@ -342,9 +374,10 @@ func (t *Target) switchPause(ctx context.Context, src consistency.Source, rec *R
 		if ran {
 			return snap, keep, pause, attempt, nil
 		}
-		time.Sleep(time.Millisecond)
+		if err := sleep(ctx, time.Millisecond); err != nil {
+			return consistency.Snapshot{}, nil, 0, attempt, cancelled(err, t.blocked(stuck, attempt))
+		}
 	}
-	return consistency.Snapshot{}, nil, 0, 1000, fmt.Errorf("a task stayed inside a dispatch stub of patch %s for 1000 pauses (is it stopped?); nothing was switched", rec.ID)
 }
 
 // startForward switches a prepared patch, target stopped. Every step leaves
@@ -391,21 +424,19 @@ func (t *Target) stopBackward(rec *Record) error {
 }
 
 // drive runs the short pauses of a transition until no task is pending,
-// then finishes it; at the timeout it follows the options.
+// then finishes it; at the timeout it follows the options. Every return
+// reports the state read back from the target. The loop is bounded: by the
+// deadline (one last pause after it), by stubRetries pauses in a row that
+// find a task inside a dispatch stub, and by ctx.
 func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyOptions, res *Result) (*Result, error) {
-	op := "apply"
-	if dir == backward {
-		op = "revert"
-	}
+	o = o.withDefaults()
+	op := map[direction]string{forward: "apply", backward: "revert"}[dir]
+	waiting := 0
 	fail := func(err error) (*Result, error) {
-		return res, &Error{Op: op, Pid: t.pid, ID: rec.ID, Err: err}
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 5 * time.Second
-	}
-	interval := o.Interval
-	if interval <= 0 {
-		interval = 20 * time.Millisecond
+		if rerr := t.readBack(rec, res, waiting); rerr != nil {
+			err = fmt.Errorf("%w; reading the state back failed too: %w", err, rerr)
+		}
+		return res, &Error{Op: op, Pid: t.pid, ID: rec.ID, Err: err, Hint: stateHint(res)}
 	}
 	src, err := t.source()
 	if err != nil {
@@ -413,132 +444,219 @@ func (t *Target) drive(ctx context.Context, rec *Record, dir direction, o ApplyO
 	}
 	deadline := time.Now().Add(o.Timeout)
 	regions := transitionRegions(rec, dir)
+	var last []consistency.Blocker // what the last pause waited for
+	retries := 0
 	for {
 		timedOut := time.Now().After(deadline)
-		force := timedOut && o.Force && dir == forward
-		if !timedOut {
-			select {
-			case <-ctx.Done():
-				return fail(fmt.Errorf("%w; the target stays in transition, consistent (hotpatch apply --resume or revert continue it)", ctx.Err()))
-			case <-time.After(interval):
-			}
+		wait := o.Interval
+		if retries > 0 {
+			wait = time.Millisecond
+		} else if timedOut {
+			wait = 0
 		}
-		start := time.Now()
-		if err := t.proc.Stop(); err != nil {
+		if err := sleep(ctx, wait); err != nil {
+			return fail(cancelled(err, t.blocked(last, res.Attempts)))
+		}
+		pr, err := t.drivePause(src, rec, dir, regions, timedOut && o.Force && dir == forward)
+		if err != nil {
 			return fail(err)
 		}
-		var (
-			pending  []trampoline.TableEntry
-			moved    int
-			finished bool
-			snap     consistency.Snapshot
-			keep     map[uint64]consistency.Task
-		)
-		err := func() error {
-			var err error
-			if snap, err = src.Take(); err != nil {
-				return err
+		if pr.stub != nil {
+			// Nothing was switched: pause again, a bounded number of times.
+			last, retries = []consistency.Blocker{*pr.stub}, retries+1
+			if retries >= stubRetries || timedOut {
+				return fail(fmt.Errorf("%w; %d pause(s) in a row found it there, nothing was switched", t.blocked(last, res.Attempts+retries), retries))
 			}
-			if inStub(rec, snap) {
-				return errRetry
-			}
-			listed, _, err := t.readTable(rec)
-			if err != nil {
-				return err
-			}
-			busy := blockedKeys(snap, regions)
-			keep = map[uint64]consistency.Task{}
-			for _, e := range listed {
-				if task, ok := busy[e.Key]; ok && !force {
-					keep[e.Key] = task
-				} else if ok && force {
-					res.Forced = append(res.Forced, task.String())
-				}
-			}
-			moved = len(listed) - len(keep)
-			pending = entries(keep)
-			if len(keep) == 0 {
-				finished, err = t.finish(rec, dir, snap)
-				return err
-			}
-			if moved > 0 {
-				return t.writeTable(rec, pending, dir == forward)
-			}
-			return nil
-		}()
-		rerr := t.proc.Resume()
-		pause := time.Since(start)
-		if err == errRetry {
 			continue
 		}
-		if err != nil || rerr != nil {
-			return fail(joinErr(err, rerr))
-		}
+		retries, last, waiting = 0, pr.blockers, pr.waiting()
 		res.Attempts++
-		res.Pending = len(pending)
+		res.Forced = append(res.Forced, pr.forced...)
+		res.Pending = waiting
+		if pr.finished {
+			return t.finished(rec, dir, o, res, pr)
+		}
 		event := "progress"
-		if force && len(res.Forced) > 0 {
+		if len(pr.forced) > 0 {
 			event = "forced"
 		}
-		if finished {
-			event = "applied"
-			res.State = "applied"
-			if dir == backward {
-				event, res.State = "reverted", "reverted"
-			}
-			res.Pause, res.PauseMicros = pause, pause.Microseconds()
-			t.report(o, rec, event, 0, moved, pause, snap, nil)
-			return res, nil
-		}
-		t.report(o, rec, event, len(pending), moved, pause, snap, keep)
+		t.report(o, rec, event, waiting, pr.moved, pr.pause, pr.snap, pr.keep)
 		if !timedOut {
 			continue
 		}
-		// Timed out with tasks pending.
-		t.report(o, rec, "timeout", len(pending), 0, 0, snap, keep)
-		if dir == forward && o.OnTimeout != OnTimeoutStay && !o.Force {
-			rr, err := t.gradualRevert(ctx, rec, o)
-			if err != nil {
-				return rr, err
-			}
-			return rr, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: ErrBlocked,
-				Hint: fmt.Sprintf("%d task(s) kept old code on their stacks until the timeout; the patch was reverted, the original bytes are back (raise --timeout, use --on-timeout stay, or --force)", len(pending))}
-		}
-		if dir == forward && o.Force {
-			continue // the next pause forces
-		}
-		res.State = map[direction]string{forward: "transition", backward: "reverting"}[dir]
-		return res, nil
+		t.report(o, rec, "timeout", waiting, 0, 0, pr.snap, pr.keep)
+		return t.timedOut(ctx, rec, dir, o, res, t.blocked(last, res.Attempts), waiting)
 	}
 }
 
-// errRetry: a task was inside a stub; pause again.
-var errRetry = fmt.Errorf("retry")
+// finished reports a transition that ended, with the state read back.
+func (t *Target) finished(rec *Record, dir direction, o ApplyOptions, res *Result, pr pauseResult) (*Result, error) {
+	event := map[direction]string{forward: "applied", backward: "reverted"}[dir]
+	res.Pause, res.PauseMicros = pr.pause, pr.pause.Microseconds()
+	t.report(o, rec, event, 0, pr.moved, pr.pause, pr.snap, nil)
+	if err := t.readBack(rec, res, 0); err != nil {
+		return res, &Error{Op: map[direction]string{forward: "apply", backward: "revert"}[dir], Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	return res, nil
+}
+
+// timedOut ends a transition that still waits for tasks at its deadline.
+// Forward, unless told to stay (or to force, which never gets here), it
+// reverts the same way, and reports where that left the target: reverted,
+// or still reverting when tasks keep the new code on their stacks.
+// Backward, it stays; that is an error unless OnTimeoutStay asked for it.
+func (t *Target) timedOut(ctx context.Context, rec *Record, dir direction, o ApplyOptions, res *Result, blocked error, waiting int) (*Result, error) {
+	if blocked == nil {
+		blocked = ErrBlocked
+	}
+	if err := t.readBack(rec, res, waiting); err != nil {
+		return res, &Error{Op: map[direction]string{forward: "apply", backward: "revert"}[dir], Pid: t.pid, ID: rec.ID, Err: err}
+	}
+	if dir == forward && o.OnTimeout != OnTimeoutStay {
+		rec.State = res.State // what startBackward starts from
+		back := o
+		back.OnTimeout = OnTimeoutStay // this revert's timeout is reported below
+		rr, err := t.gradualRevert(ctx, rec, back)
+		if rr == nil {
+			rr = &Result{ID: rec.ID, Functions: rec.Functions}
+			if rerr := t.readBack(rec, rr, 0); rerr != nil {
+				err = fmt.Errorf("%w; reading the state back failed too: %w", err, rerr)
+			}
+		}
+		rr.Forced = res.Forced
+		cause := fmt.Errorf("%w; at the timeout a revert the same way began", blocked)
+		if err != nil {
+			cause = fmt.Errorf("%w; the timeout passed, and the revert that followed failed: %w", blocked, err)
+		}
+		hint := stateHint(rr)
+		if rr.State == "reverted" {
+			hint = "the patch was reverted, the original bytes are back (retry with a longer timeout, or stay in transition, or force)"
+		}
+		return rr, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: cause, Hint: hint}
+	}
+	if o.OnTimeout == OnTimeoutStay {
+		return res, nil
+	}
+	return res, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: blocked, Hint: stateHint(res)}
+}
+
+// pauseResult is what one pause of a transition found and did.
+type pauseResult struct {
+	snap consistency.Snapshot
+	// stub is a task found inside a dispatch stub: nothing was done.
+	stub *consistency.Blocker
+	// keep are the listed tasks that stay listed, blockers why; when the
+	// table is empty, blockers are the tasks the last step waits for.
+	keep     map[uint64]consistency.Task
+	blockers []consistency.Blocker
+	moved    int
+	forced   []string
+	finished bool
+	pause    time.Duration
+}
+
+// waiting counts the tasks the transition still waits for.
+func (pr pauseResult) waiting() int {
+	if len(pr.keep) > 0 {
+		return len(pr.keep)
+	}
+	type task struct {
+		kind string
+		id   int
+	}
+	n := map[task]bool{}
+	for _, b := range pr.blockers {
+		n[task{b.Task.Kind, b.Task.ID}] = true
+	}
+	return len(n)
+}
+
+// drivePause is one pause of a transition: tasks listed in the table whose
+// stacks are clean leave it (all of them when forced); with the table
+// empty, finish tries the last step.
+func (t *Target) drivePause(src consistency.Source, rec *Record, dir direction, regions []consistency.Region, force bool) (pauseResult, error) {
+	var pr pauseResult
+	start := time.Now()
+	if err := t.proc.Stop(); err != nil {
+		return pr, err
+	}
+	err := t.drivePauseStopped(&pr, src, rec, dir, regions, force)
+	rerr := t.proc.Resume()
+	pr.pause = time.Since(start)
+	return pr, joinErr(err, rerr)
+}
+
+func (t *Target) drivePauseStopped(pr *pauseResult, src consistency.Source, rec *Record, dir direction, regions []consistency.Region, force bool) error {
+	var err error
+	if pr.snap, err = src.Take(); err != nil {
+		return err
+	}
+	if b, in := inStub(rec, pr.snap); in {
+		pr.stub = &b
+		return nil
+	}
+	listed, _, err := t.readTable(rec)
+	if err != nil {
+		return err
+	}
+	all := consistency.Check(pr.snap, regions)
+	busy := map[uint64]consistency.Task{}
+	for _, b := range all {
+		if _, ok := busy[b.Task.Key]; !ok && b.Task.Key != 0 {
+			busy[b.Task.Key] = b.Task
+		}
+	}
+	pr.keep = map[uint64]consistency.Task{}
+	for _, e := range listed {
+		if task, ok := busy[e.Key]; ok && !force {
+			pr.keep[e.Key] = task
+		} else if ok && force {
+			pr.forced = append(pr.forced, task.String())
+		}
+	}
+	for _, b := range all {
+		if _, ok := pr.keep[b.Task.Key]; ok && b.Task.Key != 0 {
+			pr.blockers = append(pr.blockers, b)
+		}
+	}
+	pr.moved = len(listed) - len(pr.keep)
+	if len(pr.keep) == 0 {
+		if pr.blockers, err = t.finish(rec, dir, pr.snap); err != nil {
+			return err
+		}
+		pr.finished = len(pr.blockers) == 0
+		return nil
+	}
+	if pr.moved > 0 {
+		return t.writeTable(rec, entries(pr.keep), dir == forward)
+	}
+	return nil
+}
 
 // finish ends a transition whose table is empty, target stopped. Forward:
 // every entry gets its direct jump. Backward: the original bytes come back —
 // but only once no task executes in, or will return into, the patch memory
-// or the new functions (the caller then unmaps it); until then it reports
-// not finished.
-func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) (bool, error) {
+// or the new functions (the caller then unmaps it); until then it returns
+// the tasks that do, and the transition goes on waiting for them.
+func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) ([]consistency.Blocker, error) {
 	if err := t.writeTable(rec, nil, dir == forward); err != nil {
-		return false, err
+		return nil, err
 	}
 	if dir == forward {
 		if err := t.entriesTo(rec, jump, stubJump); err != nil {
-			return false, err
+			return nil, err
 		}
-		return true, t.setState(rec, stateApplied)
+		return nil, t.setState(rec, stateApplied)
 	}
 	rs := transitionRegions(rec, backward)
 	rs = append(rs, consistency.Region{Name: "patch " + rec.ID + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize})
-	if len(consistency.Check(snap, rs)) > 0 {
-		return false, nil
+	if bs := consistency.Check(snap, rs); len(bs) > 0 {
+		return bs, nil
 	}
 	if err := t.entriesTo(rec, original, stubJump); err != nil {
-		return false, err
+		return nil, err
 	}
-	return true, t.setState(rec, stateReverted)
+	return nil, t.setState(rec, stateReverted)
 }
 
 // gradualRevert reverts a patch the same way it may have been applied: one
@@ -547,16 +665,20 @@ func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) (
 // as their stacks clear. It works from "applied", "transition" (tasks still
 // on the old code stay there) and "reverting" (resumes).
 func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions) (*Result, error) {
+	o = o.withDefaults()
+	res := &Result{ID: rec.ID, Functions: rec.Functions}
 	fail := func(err error) (*Result, error) {
-		return nil, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
+		if rerr := t.readBack(rec, res, 0); rerr != nil {
+			err = fmt.Errorf("%w; reading the state back failed too: %w", err, rerr)
+		}
+		return res, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err, Hint: stateHint(res)}
 	}
 	src, err := t.source()
 	if err != nil {
 		return fail(err)
 	}
-	res := &Result{ID: rec.ID, Functions: rec.Functions, State: "reverting"}
 	if rec.State != "reverting" {
-		snap, newTasks, pause, attempts, err := t.switchPause(ctx, src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
+		snap, newTasks, pause, attempts, err := t.switchPause(ctx, time.Now().Add(o.Timeout), src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
 			return t.startBackward(rec, snap)
 		})
 		if err != nil {
@@ -566,13 +688,14 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 		t.report(o, rec, "reverting", len(newTasks), 0, pause, snap, newTasks)
 	}
 	res, err = t.drive(ctx, rec, backward, o, res)
-	if err != nil {
+	if err != nil || res.State != "reverted" {
 		return res, err
 	}
-	if res.State == "reverted" {
-		if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
-			t.log.Warn("could not unmap patch memory", "id", rec.ID, "err", err)
-		}
+	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
+		t.log.Warn("could not unmap patch memory", "id", rec.ID, "err", err)
+	}
+	if err := t.readBack(rec, res, 0); err != nil {
+		return res, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 	}
 	return res, nil
 }
@@ -626,6 +749,7 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 // died, or by OnTimeoutStay) to its end: "transition" toward applied,
 // "reverting" toward reverted.
 func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
+	o = o.withDefaults()
 	rec, err := t.record(id)
 	if err != nil {
 		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
@@ -638,7 +762,7 @@ func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result
 		return t.gradualRevert(ctx, rec, o)
 	}
 	return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: ErrNoTransition,
-		Hint: fmt.Sprintf("patch %s is %s; hotpatch status --pid %d lists the patches", id, rec.State, t.pid)}
+		Hint: fmt.Sprintf("patch %s is %s, not in a transition; Status lists the patches", id, rec.State)}
 }
 
 // record finds a patch by ID ("" picks the one in transition).
@@ -691,7 +815,7 @@ func joinErr(a, b error) error {
 	case b == nil:
 		return a
 	}
-	return fmt.Errorf("%w (and: %v)", a, b)
+	return fmt.Errorf("%w (and: %w)", a, b)
 }
 
 // faultCountdown, when positive, counts target writes down and panics with
@@ -700,6 +824,14 @@ func joinErr(a, b error) error {
 var faultCountdown int
 
 var errInjectedDeath = fmt.Errorf("injected death of the patcher")
+
+// holdInStub, when set, makes every pause see a task inside a dispatch stub
+// (tests: a task stopped there, which no pause can wait out).
+var holdInStub bool
+
+// stubRetries bounds the pauses retried in a row because a task was inside
+// a dispatch stub.
+var stubRetries = 1000
 
 // writeMem writes target memory (every write of this package goes here).
 func (t *Target) writeMem(addr uint64, b []byte) error {

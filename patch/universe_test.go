@@ -2,6 +2,7 @@ package patch_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -323,4 +325,162 @@ func BenchmarkTransition1000(b *testing.B) {
 	}
 	b.ReportMetric(float64(release.Microseconds())/1000/float64(b.N), "release-ms")
 	b.ReportMetric(float64(first.Microseconds())/float64(b.N), "first-pause-us")
+}
+
+// TestUniverseTimeoutRevertUnfinished: a goroutine that runs the
+// replacement directly, not through the patched entry, keeps the revert
+// that follows a timed-out apply from finishing. The apply says so — the
+// patch is reverting, one task pending, as the target holds it — and never
+// that the original bytes are back; a Resume finishes once the task leaves.
+func TestUniverseTimeoutRevertUnfinished(t *testing.T) {
+	t.Run("go", func(t *testing.T) {
+		revertUnfinished(t, fixture.Start(t, fixture.BuildGo(t, "gouniverse", "")), "main.")
+	})
+	t.Run("c", func(t *testing.T) {
+		revertUnfinished(t, fixture.Start(t, fixture.BuildC(t, "cuniverse", "-O2", "-fomit-frame-pointer")), "")
+	})
+}
+
+func revertUnfinished(t *testing.T, p *fixture.Proc, prefix string) {
+	command(t, p, "start 5", regexp.MustCompile(`^batch 0 started 5$`))
+	command(t, p, "direct 1", regexp.MustCompile(`^batch 1 started 1$`))
+	tg := attach(t, p.Pid)
+	untouched := code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB")
+	opts := patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, Interval: 10 * time.Millisecond}
+
+	res, err := tg.Apply(context.Background(), universeSet(prefix), opts)
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.NotContains(t, err.Error(), "original bytes are back")
+	require.Contains(t, err.Error(), "reverting")
+	require.NotNil(t, res, "the result says where the target was left")
+	require.Equal(t, "reverting", res.State)
+	require.Equal(t, 1, res.Pending)
+	recs, err := tg.Status()
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	require.Equal(t, "reverting", recs[0].State)
+	require.Equal(t, 1, recs[0].Pending)
+	v1, v2, mix := round(t, p)
+	require.Equal(t, [3]int{5, 1, 0}, [3]int{v1, v2, mix}, "the direct goroutine keeps the new verA and verB")
+
+	// A Resume while it is still there times out and says so again.
+	res, err = tg.Resume(context.Background(), recs[0].ID, patch.ApplyOptions{Timeout: 100 * time.Millisecond, Interval: 10 * time.Millisecond})
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.Contains(t, err.Error(), "reverting")
+	require.NotNil(t, res)
+	require.Equal(t, "reverting", res.State)
+	require.Equal(t, 1, res.Pending)
+
+	command(t, p, "stop 1", regexp.MustCompile(`^batch 1 stopped 1$`))
+	res, err = tg.Resume(context.Background(), recs[0].ID, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	require.Equal(t, "reverted", res.State)
+	require.Equal(t, untouched, code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"))
+	recs, err = tg.Status()
+	require.NoError(t, err)
+	require.Empty(t, recs)
+	v1, v2, mix = round(t, p)
+	require.Equal(t, [3]int{5, 0, 0}, [3]int{v1, v2, mix})
+}
+
+// TestTransitionStubRetriesBounded: while a task stays inside a dispatch
+// stub (simulated: every pause sees one), a transition cannot switch; it
+// returns within its deadline plus a bounded number of retries, or soon
+// after its context is cancelled, with the blocking task as the cause and
+// the target still in transition.
+func TestTransitionStubRetriesBounded(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	command(t, p, "start 5", regexp.MustCompile(`^batch 0 started 5$`))
+	tg := attach(t, p.Pid)
+	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual,
+		Timeout: 100 * time.Millisecond, Interval: 10 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
+	require.NoError(t, err)
+	require.Equal(t, "transition", res.State)
+	id := res.ID
+
+	tests := []struct {
+		name     string
+		timeout  time.Duration
+		cancel   time.Duration // 0: never
+		retries  int
+		canceled bool
+	}{
+		{"retries", time.Minute, 0, 50, false},
+		{"deadline", 200 * time.Millisecond, 0, 1 << 30, false},
+		{"cancelled", time.Minute, 100 * time.Millisecond, 1 << 30, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer patch.HoldInStub(tt.retries)()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tt.cancel > 0 {
+				time.AfterFunc(tt.cancel, cancel)
+			}
+			type outcome struct {
+				res *patch.Result
+				err error
+			}
+			done := make(chan outcome, 1)
+			start := time.Now()
+			go func() {
+				res, err := tg.Resume(ctx, id, patch.ApplyOptions{Timeout: tt.timeout, Interval: 10 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
+				done <- outcome{res, err}
+			}()
+			var o outcome
+			select {
+			case o = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the transition still retries 10s later")
+			}
+			took := time.Since(start)
+			bound := tt.timeout
+			if tt.cancel > 0 {
+				bound = tt.cancel
+			}
+			if tt.retries < 1000 {
+				bound = 0 // the retries end it
+			}
+			require.Less(t, took, bound+2*time.Second)
+			require.Error(t, o.err)
+			require.Equal(t, tt.canceled, errors.Is(o.err, context.Canceled), "%v", o.err)
+			var be *consistency.BlockedError
+			require.ErrorAs(t, o.err, &be, "the cause is kept")
+			require.ErrorIs(t, o.err, patch.ErrBlocked)
+			require.Contains(t, o.err.Error(), "stub")
+			recs, err := tg.Status()
+			require.NoError(t, err)
+			require.Equal(t, "transition", recs[0].State)
+			require.Equal(t, 5, recs[0].Pending)
+			if o.res != nil {
+				require.Equal(t, "transition", o.res.State)
+			}
+		})
+	}
+}
+
+// TestRevertCancelledKeepsCause: a stop-mode revert blocked by tasks inside
+// the replacement, cancelled, returns at once with both the cancellation
+// and the blocking tasks as causes; the patch stays applied.
+func TestRevertCancelledKeepsCause(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	tg := attach(t, p.Pid)
+	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{})
+	require.NoError(t, err)
+	command(t, p, "start 3", regexp.MustCompile(`^batch 0 started 3$`))
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	_, err = tg.Revert(ctx, res.ID, patch.ApplyOptions{Timeout: time.Minute})
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.ErrorIs(t, err, context.Canceled)
+	var be *consistency.BlockedError
+	require.ErrorAs(t, err, &be, "the blocking tasks are kept as the cause")
+	require.Len(t, be.Blockers, 3)
+	recs, err := tg.Status()
+	require.NoError(t, err)
+	require.Equal(t, "applied", recs[0].State)
+	command(t, p, "stop 0", regexp.MustCompile(`^batch 0 stopped 3$`))
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
 }

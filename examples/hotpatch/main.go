@@ -139,10 +139,39 @@ func (r *replaceFlags) Set(s string) error {
 
 // fail reports err; with --json it also prints it as a JSON object.
 func (c *common) fail(stdout io.Writer, err error) error {
+	return c.failAt(stdout, err, nil)
+}
+
+// failAt reports err and, when the library read it back (res), the state
+// the target was left in: as "id", "state" and "pending" with --json, and
+// in words with what to do when a transition is left unfinished.
+func (c *common) failAt(stdout io.Writer, err error, res *patch.Result) error {
 	if c.json {
-		writeJSON(stdout, map[string]string{"error": err.Error(), "code": errorCode(err)})
+		writeJSON(stdout, errorFields(err, res))
 	}
-	return err
+	return leftIn(c.pid, err, res)
+}
+
+// errorFields is an error as JSON fields, with the state it left.
+func errorFields(err error, res *patch.Result) map[string]any {
+	m := map[string]any{"error": err.Error(), "code": errorCode(err)}
+	if res != nil {
+		m["id"], m["state"], m["pending"] = res.ID, res.State, res.Pending
+	}
+	return m
+}
+
+// leftIn adds to err where the target was left when that is unfinished,
+// or which command lists the patches when the one named is not there.
+func leftIn(pid int, err error, res *patch.Result) error {
+	if errors.Is(err, patch.ErrNotApplied) || errors.Is(err, patch.ErrNoTransition) {
+		return fmt.Errorf("%w\nhotpatch: hotpatch status --pid %d lists the patches", err, pid)
+	}
+	if res == nil || (res.State != "transition" && res.State != "reverting") {
+		return err
+	}
+	return fmt.Errorf("%w\nhotpatch: %s is %s, %d task(s) pending; the target is consistent. hotpatch apply --pid %d --resume --id %s finishes it once they leave, hotpatch status --pid %d lists them",
+		err, res.ID, res.State, res.Pending, pid, res.ID, pid)
 }
 
 // errorCode names an error for scripts.
@@ -151,6 +180,8 @@ func errorCode(err error) string {
 		err  error
 		code string
 	}{
+		// A cancelled wait also wraps what it waited for: it goes first.
+		{context.Canceled, "canceled"},
 		{patch.ErrNoProcess, "no_process"}, {patch.ErrPermission, "permission"},
 		{patch.ErrUnknownSymbol, "unknown_symbol"}, {patch.ErrAmbiguous, "ambiguous_symbol"},
 		{patch.ErrTooShort, "too_short"}, {patch.ErrBranchIntoPatch, "branch_into_patch"},
@@ -217,10 +248,12 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err != nil {
 		if streaming {
-			writeLine(stdout, map[string]string{"event": "error", "error": err.Error(), "code": errorCode(err)})
-			return err
+			ev := errorFields(err, res)
+			ev["event"] = "error"
+			writeLine(stdout, ev)
+			return leftIn(c.pid, err, res)
 		}
-		return c.fail(stdout, err)
+		return c.failAt(stdout, err, res)
 	}
 	for _, f := range res.Functions {
 		if len(f.InlinedInto) > 0 {
@@ -321,12 +354,29 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		results, err = t.RevertAll(ctx, opts)
 	} else {
 		var r *patch.Result
-		if r, err = t.Revert(ctx, *id, opts); err == nil {
+		if r, err = t.Revert(ctx, *id, opts); r != nil {
 			results = append(results, r)
 		}
 	}
+	if err != nil && *all {
+		// Each result says where its patch was left, the failed one's
+		// last when it has one.
+		if c.json {
+			m := errorFields(err, nil)
+			m["reverted"] = results
+			writeJSON(stdout, m)
+		}
+		if n := len(results); n > 0 {
+			return leftIn(c.pid, err, results[n-1])
+		}
+		return err
+	}
 	if err != nil {
-		return c.fail(stdout, err)
+		var res *patch.Result
+		if len(results) > 0 {
+			res = results[0]
+		}
+		return c.failAt(stdout, err, res)
 	}
 	if c.json {
 		if *all {

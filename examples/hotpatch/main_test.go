@@ -308,3 +308,106 @@ func TestCLIGradualKilled(t *testing.T) {
 	stdout, _, _ = hotpatch(t, "status", "--pid", pid)
 	require.Contains(t, stdout, "no patches")
 }
+
+// TestCLIRevertUnfinished: a goroutine runs the replacement directly, so
+// the revert that follows a timed-out gradual apply cannot finish. The CLI
+// says what the target holds — reverting, one task pending — in words, in
+// the JSON state field and in its exit status; never that the original
+// bytes are back. A resume finishes once the goroutine leaves.
+func TestCLIRevertUnfinished(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	pid := fmt.Sprint(p.Pid)
+	say := func(cmd string, answer string) {
+		t.Helper()
+		m := p.Mark()
+		fmt.Fprintln(p.Stdin, cmd)
+		p.ExpectAfter(t, m, regexp.MustCompile(answer), 30*time.Second)
+	}
+	say("start 5", `^batch 0 started 5$`)
+	say("direct 1", `^batch 1 started 1$`)
+	replace := []string{"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed"}
+
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"apply --json", append([]string{"apply", "--pid", pid, "--mode", "gradual", "--timeout", "300ms", "--interval", "10ms", "--json"}, replace...)},
+		{"resume --json", []string{"apply", "--pid", pid, "--resume", "--timeout", "100ms", "--interval", "10ms", "--json"}},
+		{"resume", []string{"apply", "--pid", pid, "--resume", "--timeout", "100ms", "--interval", "10ms"}},
+	}
+	var id string
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := hotpatch(t, tt.args...)
+			require.Equal(t, 1, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+			require.NotContains(t, out+errOut, "original bytes are back")
+			require.Contains(t, errOut, "is reverting, 1 task(s) pending")
+			if !strings.Contains(tt.name, "--json") {
+				return
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			var ev struct {
+				Event   string `json:"event"`
+				ID      string `json:"id"`
+				State   string `json:"state"`
+				Pending int    `json:"pending"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &ev), out)
+			require.Equal(t, "error", ev.Event)
+			require.Equal(t, "reverting", ev.State)
+			require.Equal(t, 1, ev.Pending)
+			id = ev.ID
+		})
+	}
+	out, errOut, code := hotpatch(t, "status", "--pid", pid, "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, `"state": "reverting"`)
+
+	say("stop 1", `^batch 1 stopped 1$`)
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--id", id, "--timeout", "10s")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "reverted "+id)
+	out, _, _ = hotpatch(t, "status", "--pid", pid)
+	require.Contains(t, out, "no patches")
+}
+
+// TestCLIInterrupted: Ctrl-C (SIGINT) ends a revert that waits for busy
+// goroutines at once; the JSON error says it was cancelled and that the
+// patch is still applied, as read back.
+func TestCLIInterrupted(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	pid := fmt.Sprint(p.Pid)
+	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--json",
+		"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed")
+	require.Equal(t, 0, code, errOut)
+	var applied struct {
+		ID string `json:"id"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &applied), out)
+	m := p.Mark()
+	fmt.Fprintln(p.Stdin, "start 3")
+	p.ExpectAfter(t, m, regexp.MustCompile(`^batch 0 started 3$`), 30*time.Second)
+
+	cmd := exec.Command(hotpatchBin, "revert", "--pid", pid, "--id", applied.ID, "--timeout", "1m", "--json")
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	require.NoError(t, cmd.Start())
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	err := cmd.Wait()
+	require.Less(t, time.Since(start), 5*time.Second)
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "stdout:\n%s\nstderr:\n%s", o.String(), e.String())
+	require.Equal(t, 1, ee.ExitCode())
+	var res struct {
+		Code  string `json:"code"`
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	require.NoError(t, json.Unmarshal(o.Bytes(), &res), o.String())
+	require.Equal(t, "canceled", res.Code)
+	require.Equal(t, applied.ID, res.ID)
+	require.Equal(t, "applied", res.State)
+	require.Contains(t, e.String(), "blocking task(s)", "the cause is named")
+}

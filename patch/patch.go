@@ -145,6 +145,11 @@ type ApplyOptions struct {
 	Lib string
 	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
 	Unpinned bool
+	// SkipSignatureCheck accepts a New whose parameters or results differ
+	// from Old's as the binaries record them (DWARF, the Go function
+	// table). Without it such a replacement is refused with a
+	// *SignatureError.
+	SkipSignatureCheck bool
 }
 
 // Result is a successful Apply or Revert.
@@ -205,6 +210,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 	}
 
+	// Refuse a library that cannot run in the target before loading it.
+	chk, err := t.newChecker(reps, o)
+	if err != nil {
+		return nil, err
+	}
 	// Load the patch library, if any (its pins are checked first).
 	olds, lib, err := t.prepareLib(reps, o)
 	if err != nil {
@@ -249,6 +259,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		if len(sites) > 0 && !o.AllowInlined {
 			return fail(rep.Old, &InlinedError{Func: rep.Old, Sites: sites}, "")
+		}
+		if err := chk.check(rep, old, nw, len(sites) > 0); err != nil {
+			return fail(rep.Old, err, "")
 		}
 		p := &planned{rep: rep, old: old, new: nw, inlined: sites}
 		if err := t.readCode(p); err != nil {

@@ -131,14 +131,15 @@ func (m *Module) loadSigIndex() (*sigIndex, error) {
 // signature reads the subprogram at off: its parameters (and, for Go, the
 // results, which are parameters with DW_AT_variable_parameter set).
 func (ix *sigIndex) signature(off dwarf.Offset, isGo bool) (*Signature, error) {
-	r := ix.d.Reader()
-	r.Seek(off)
-	e, err := r.Next()
-	if err != nil || e == nil {
-		return nil, fmt.Errorf("subprogram at %#x: %v", off, err)
+	concrete, kids, err := ix.die(off)
+	if err != nil {
+		return nil, err
 	}
-	// A concrete copy of a function also inlined elsewhere: the types are
-	// on its abstract origin.
+	// A concrete copy of a function also inlined elsewhere: the name, the
+	// types and the declared parameters are on its abstract origin. Go
+	// puts unnamed results on the concrete copy only.
+	e := concrete
+	var extra []*dwarf.Entry
 	for i := 0; i < 4; i++ {
 		o, ok := e.Val(dwarf.AttrAbstractOrigin).(dwarf.Offset)
 		if !ok {
@@ -147,9 +148,13 @@ func (ix *sigIndex) signature(off dwarf.Offset, isGo bool) (*Signature, error) {
 		if !ok {
 			break
 		}
-		r.Seek(o)
-		if e, err = r.Next(); err != nil || e == nil {
-			return nil, fmt.Errorf("origin of subprogram at %#x: %v", off, err)
+		for _, k := range kids {
+			if _, ok := k.Val(dwarf.AttrAbstractOrigin).(dwarf.Offset); !ok && isGo {
+				extra = append(extra, k)
+			}
+		}
+		if e, kids, err = ix.die(o); err != nil {
+			return nil, err
 		}
 	}
 	s := &Signature{Go: isGo}
@@ -166,18 +171,8 @@ func (ix *sigIndex) signature(off dwarf.Offset, isGo bool) (*Signature, error) {
 		}
 		s.Results, s.keys = []string{name}, []string{"return " + key}
 	}
-	if !e.Children {
-		return s, nil
-	}
 	var results []string
-	for {
-		c, err := r.Next()
-		if err != nil {
-			return nil, err
-		}
-		if c == nil || c.Tag == 0 {
-			break
-		}
+	for _, c := range append(kids, extra...) {
 		switch c.Tag {
 		case dwarf.TagFormalParameter:
 			t, ok := c.Val(dwarf.AttrType).(dwarf.Offset)
@@ -197,9 +192,6 @@ func (ix *sigIndex) signature(off dwarf.Offset, isGo bool) (*Signature, error) {
 		case dwarf.TagUnspecifiedParameters:
 			s.Variadic = true
 		}
-		if c.Children {
-			r.SkipChildren()
-		}
 	}
 	if isGo {
 		s.Results = results
@@ -208,6 +200,31 @@ func (ix *sigIndex) signature(off dwarf.Offset, isGo bool) (*Signature, error) {
 		}
 	}
 	return s, nil
+}
+
+// die reads the DIE at off and its direct children.
+func (ix *sigIndex) die(off dwarf.Offset) (*dwarf.Entry, []*dwarf.Entry, error) {
+	r := ix.d.Reader()
+	r.Seek(off)
+	e, err := r.Next()
+	if err != nil || e == nil {
+		return nil, nil, fmt.Errorf("no DWARF entry at %#x: %v", off, err)
+	}
+	var kids []*dwarf.Entry
+	for e.Children {
+		c, err := r.Next()
+		if err != nil {
+			return nil, nil, err
+		}
+		if c == nil || c.Tag == 0 {
+			break
+		}
+		kids = append(kids, c)
+		if c.Children {
+			r.SkipChildren()
+		}
+	}
+	return e, kids, nil
 }
 
 // typeName returns a type's name as its language writes it, and the key

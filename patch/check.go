@@ -134,20 +134,20 @@ func abi(rep Replacement, old, nw elfsym.Symbol, og, ng elfsym.GoFunc, oldGo, ne
 // of the Go function table. Where neither says anything (stripped C), the
 // replacement is accepted unchecked.
 func (c *checker) signature(rep Replacement, old, nw elfsym.Symbol, og, ng elfsym.GoFunc, isGo bool) error {
-	os, oerr := c.t.syms.Signature(old)
-	ns, nerr := c.t.syms.Signature(nw)
+	oldSig, oerr := c.t.syms.Signature(old)
+	newSig, nerr := c.t.syms.Signature(nw)
 	for _, err := range []error{oerr, nerr} {
 		if err != nil {
 			// DWARF we cannot read says nothing: the sizes below still count.
 			c.t.log.Warn("signature check without DWARF", "err", err)
-			os, ns = nil, nil
+			oldSig, newSig = nil, nil
 		}
 	}
-	if os != nil && ns != nil && !os.SameTypes(ns) {
-		return &SignatureError{Func: rep.Old, New: rep.New, Old: os.String(), NewSig: ns.String(), Source: "DWARF"}
+	if oldSig != nil && newSig != nil && !oldSig.SameTypes(newSig) {
+		return &SignatureError{Func: rep.Old, New: rep.New, Old: oldSig.String(), NewSig: newSig.String(), Source: "DWARF"}
 	}
 	if isGo && og.Args != gopcln.ArgsSizeUnknown && ng.Args != gopcln.ArgsSizeUnknown && og.Args != ng.Args {
-		return &SignatureError{Func: rep.Old, New: rep.New, Old: sizeSig(os, rep.Old, og), NewSig: sizeSig(ns, rep.New, ng), Source: "the Go function table"}
+		return &SignatureError{Func: rep.Old, New: rep.New, Old: sizeSig(oldSig, rep.Old, og), NewSig: sizeSig(newSig, rep.New, ng), Source: "the Go function table"}
 	}
 	return nil
 }

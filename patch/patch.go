@@ -113,8 +113,9 @@ type ApplyOptions struct {
 	Timeout time.Duration
 	// AllowInlined patches only the out-of-line copy of a function the
 	// compiler also inlined into callers (those copies keep the old code;
-	// the result lists them). Without it such a function is refused with an
-	// *InlinedError.
+	// the result lists them), or may have inlined without a trace (a small
+	// Go function that nothing in the binary calls or takes the address
+	// of). Without it such a function is refused with an *InlinedError.
 	AllowInlined bool
 	// Mode is ModeStop (the default: one pause in which no task may be in
 	// the functions), ModeGradual (per-task universes: busy tasks keep the

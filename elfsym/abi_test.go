@@ -1,6 +1,7 @@
 package elfsym
 
 import (
+	"debug/dwarf"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -114,4 +115,36 @@ func TestReadObject(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, o.Go)
 	require.True(t, o.Funcs["price_fixed"])
+}
+
+// C types compare as the calling convention sees them: through typedefs
+// and qualifiers, base types by kind and size.
+func TestCKey(t *testing.T) {
+	base := func(name string, size int64) dwarf.BasicType {
+		return dwarf.BasicType{CommonType: dwarf.CommonType{Name: name, ByteSize: size}}
+	}
+	long := &dwarf.IntType{BasicType: base("long int", 8)}
+	clangLong := &dwarf.IntType{BasicType: base("long", 8)}
+	ulong := &dwarf.UintType{BasicType: base("long unsigned int", 8)}
+	integer := &dwarf.IntType{BasicType: base("int", 4)}
+	char := &dwarf.CharType{BasicType: base("char", 1)}
+	sizeT := &dwarf.TypedefType{CommonType: dwarf.CommonType{Name: "size_t"}, Type: ulong}
+	constChar := &dwarf.QualType{Qual: "const", Type: char}
+	structA := &dwarf.StructType{Kind: "struct", StructName: "a"}
+	structB := &dwarf.StructType{Kind: "struct", StructName: "b"}
+	for _, c := range []struct {
+		a, b dwarf.Type
+		same bool
+	}{
+		{long, clangLong, true},
+		{sizeT, ulong, true},
+		{&dwarf.PtrType{Type: constChar}, &dwarf.PtrType{Type: char}, true},
+		{long, integer, false},
+		{long, ulong, false},
+		{&dwarf.PtrType{Type: structA}, &dwarf.PtrType{Type: structB}, false},
+	} {
+		require.Equal(t, c.same, cKey(c.a) == cKey(c.b), "%s vs %s", cType(c.a), cType(c.b))
+	}
+	require.Equal(t, "const char *", cType(&dwarf.PtrType{Type: constChar}))
+	require.Equal(t, "size_t", cType(sizeT))
 }

@@ -268,7 +268,8 @@ func cType(t dwarf.Type) string {
 }
 
 // cKey is the type as the calling convention sees it: typedefs and
-// qualifiers are looked through at every level.
+// qualifiers are looked through at every level, base types compare by kind
+// and size.
 func cKey(t dwarf.Type) string {
 	for i := 0; i < 64; i++ {
 		switch u := t.(type) {
@@ -284,6 +285,10 @@ func cKey(t dwarf.Type) string {
 			return u.Kind + " " + u.StructName
 		case *dwarf.EnumType:
 			return "enum " + u.EnumName
+		case *dwarf.IntType, *dwarf.UintType, *dwarf.CharType, *dwarf.UcharType, *dwarf.BoolType, *dwarf.FloatType, *dwarf.ComplexType:
+			// By kind and size, not by name: "long int" (gcc) and "long"
+			// (clang) are one type.
+			return fmt.Sprintf("%T/%d", u, u.Size())
 		case nil:
 			return "void"
 		}

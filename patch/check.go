@@ -176,7 +176,7 @@ func (c *checker) inlined(rep Replacement, old elfsym.Symbol, og elfsym.GoFunc) 
 		return nil
 	}
 	return &InlinedError{Func: rep.Old, Reason: fmt.Sprintf(
-		"it is small enough to inline (%d bytes), and the text has no call site of it and nothing takes its address; it may have been inlined without a trace", old.Size)}
+		"it is small enough to inline (%d bytes), and the text has no call site of it and nothing takes its address; it may have been inlined without a trace (a method called only through reflect or an interface built at run time looks the same)", old.Size)}
 }
 
 // scan finds the references to every Go function of the patch set, in one

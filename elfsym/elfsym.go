@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
+	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
@@ -97,6 +98,12 @@ type Module struct {
 	inlineOnce sync.Once
 	inlines    map[string][]InlineSite // callee name → where it was inlined
 	inlineErr  error
+	goTabOnce  sync.Once
+	goTab      *gopcln.Table // the Go function table, parsed on first use
+	goTabErr   error
+	sigOnce    sync.Once
+	sigs       *sigIndex // DWARF subprograms by entry, read on first use
+	sigErr     error
 	ehFrame    []byte
 	ehAddr     uint64
 	textSect   [][2]uint64 // link-time executable section ranges

@@ -58,19 +58,72 @@ var (
 	// ErrInlined: the compiler copied the function into callers, which a
 	// patch of the function does not change (matched by *InlinedError).
 	ErrInlined = errors.New("function was inlined")
+	// ErrABI: the replacement does not follow the calling convention of
+	// the function it replaces (C code for a Go function, a Go shared
+	// object loaded behind the Go runtime's back); matched by *ABIError.
+	ErrABI = errors.New("replacement has another calling convention")
+	// ErrSignature: the replacement takes or returns other types than the
+	// function it replaces (matched by *SignatureError).
+	ErrSignature = errors.New("signatures differ")
 )
+
+// ABIError is a replacement that cannot run in place of the function: it
+// is not code of the same language runtime and calling convention.
+type ABIError struct {
+	Func string // the function to replace ("" for a refused library)
+	New  string // the replacement ("" for a refused library)
+	Lib  string // the patch library concerned, if any
+	// Reason says what is wrong and what to do instead.
+	Reason string
+}
+
+// Is reports target == ErrABI.
+func (e *ABIError) Is(target error) bool { return target == ErrABI }
+
+func (e *ABIError) Error() string {
+	if e.Func == "" {
+		return fmt.Sprintf("%v: patch library %s: %s", ErrABI, e.Lib, e.Reason)
+	}
+	return fmt.Sprintf("%v: %s cannot replace %s: %s", ErrABI, e.New, e.Func, e.Reason)
+}
+
+// SignatureError is a replacement whose parameters or results differ from
+// those of the function it replaces, as the binaries record them.
+type SignatureError struct {
+	Func, New string // the names
+	// Old and NewSig are the two signatures as text
+	// ("main.discount(int) int").
+	Old, NewSig string
+	// Source is where they were read: "DWARF" or "the Go function table".
+	Source string
+}
+
+// Is reports target == ErrSignature.
+func (e *SignatureError) Is(target error) bool { return target == ErrSignature }
+
+func (e *SignatureError) Error() string {
+	return fmt.Sprintf("%v (%s): %s replaced by %s; a call would pass arguments the replacement does not expect, or read results it does not return. Replace it with a function of the same signature (ApplyOptions.SkipSignatureCheck overrides this check)",
+		ErrSignature, e.Source, e.Old, e.NewSig)
+}
 
 // InlinedError is a refusal to patch a function that was inlined: its
 // inlined copies would keep running the old code.
 type InlinedError struct {
 	Func  string
 	Sites []elfsym.InlineSite
+	// Reason, when there are no Sites, says why the function may have been
+	// inlined without a trace.
+	Reason string
 }
 
 // Is reports target == ErrInlined.
 func (e *InlinedError) Is(target error) bool { return target == ErrInlined }
 
 func (e *InlinedError) Error() string {
+	if len(e.Sites) == 0 && e.Reason != "" {
+		return fmt.Sprintf("%v? %s: %s; if so, a patch of its out-of-line copy changes nothing. Mark it //go:noinline in the source, or opt in to patching only the out-of-line copy (ApplyOptions.AllowInlined)",
+			ErrInlined, e.Func, e.Reason)
+	}
 	return fmt.Sprintf("%v into %s; those copies would keep the old code. Patch the callers too, or opt in to patching only the out-of-line copy (--allow-inlined, ApplyOptions.AllowInlined)",
 		ErrInlined, FormatInlineSites(e.Sites))
 }

@@ -121,8 +121,9 @@ type ApplyOptions struct {
 	Timeout time.Duration
 	// AllowInlined patches only the out-of-line copy of a function the
 	// compiler also inlined into callers (those copies keep the old code;
-	// the result lists them). Without it such a function is refused with an
-	// *InlinedError.
+	// the result lists them), or may have inlined without a trace (a small
+	// Go function that nothing in the binary calls or takes the address
+	// of). Without it such a function is refused with an *InlinedError.
 	AllowInlined bool
 	// Mode is ModeStop (the default: one pause in which no task may be in
 	// the functions), ModeGradual (per-task universes: busy tasks keep the
@@ -156,6 +157,11 @@ type ApplyOptions struct {
 	Lib string
 	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
 	Unpinned bool
+	// SkipSignatureCheck accepts a New whose parameters or results differ
+	// from Old's as the binaries record them (DWARF, the Go function
+	// table). Without it such a replacement is refused with a
+	// *SignatureError.
+	SkipSignatureCheck bool
 }
 
 // Result is a successful Apply or Revert.
@@ -218,6 +224,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 	}
 
+	// Refuse a library that cannot run in the target before loading it.
+	chk, err := t.newChecker(reps, o)
+	if err != nil {
+		return nil, err
+	}
 	// Load the patch library, if any (its pins are checked first).
 	olds, lib, err := t.prepareLib(reps, o)
 	if err != nil {
@@ -262,6 +273,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		if len(sites) > 0 && !o.AllowInlined {
 			return fail(rep.Old, &InlinedError{Func: rep.Old, Sites: sites}, "")
+		}
+		if err := chk.check(rep, old, nw, len(sites) > 0); err != nil {
+			return fail(rep.Old, err, "")
 		}
 		p := &planned{rep: rep, old: old, new: nw, inlined: sites}
 		if err := t.readCode(p); err != nil {

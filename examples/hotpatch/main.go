@@ -2,7 +2,7 @@
 // them back, without restarting it.
 //
 //	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
-//	                 [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
+//	                 [--skip-signature-check] [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
@@ -40,6 +40,7 @@ import (
 
 const usage = `usage:
   hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
+                   [--skip-signature-check]
                    [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
   hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
   hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
@@ -192,12 +193,28 @@ func errorCode(err error) string {
 		{patch.ErrLoadLibrary, "load_library"},
 		{patch.ErrInlined, "inlined"}, {patch.ErrInTransition, "in_transition"},
 		{patch.ErrNoTransition, "no_transition"},
+		{patch.ErrABI, "abi"}, {patch.ErrSignature, "signature"},
 	} {
 		if errors.Is(err, e.err) {
 			return e.code
 		}
 	}
 	return "error"
+}
+
+// withHint adds the flag that overrides a refusal, when one does.
+func withHint(err error) error {
+	hint := ""
+	var ie *patch.InlinedError
+	switch {
+	case errors.Is(err, patch.ErrSignature):
+		hint = "--skip-signature-check applies it anyway"
+	case errors.As(err, &ie) && len(ie.Sites) == 0:
+		hint = "--allow-inlined patches the out-of-line copy anyway"
+	default:
+		return err
+	}
+	return fmt.Errorf("%w (%s)", err, hint)
 }
 
 func writeJSON(w io.Writer, v any) {
@@ -212,7 +229,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c.fs.Var(&reps, "replace", "OLD=NEW: redirect function OLD to function NEW (repeatable)")
 	lib := c.fs.String("lib", "", "shared object holding the NEW functions, loaded into the target with dlopen")
 	unpinned := c.fs.Bool("unpinned", false, "accept a --lib that declares no HOTPATCH_PIN build ID")
-	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers (those copies keep the old code)")
+	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers, or may have (those copies keep the old code)")
+	skipSig := c.fs.Bool("skip-signature-check", false, "apply a NEW whose parameters or results differ from OLD's as DWARF or the Go function table record them")
 	mode := c.fs.String("mode", patch.ModeStop, "stop: one pause in which no task may be in the functions; gradual: tasks busy in them keep the old code until they leave (per-task universes); auto: stop, then gradual if tasks stay busy")
 	onTimeout := c.fs.String("on-timeout", patch.OnTimeoutRevert, "what a gradual transition does when --timeout passes with tasks pending: revert, or stay in transition")
 	force := c.fs.Bool("force", false, "at --timeout, move the pending tasks to the new code anyway (each is reported)")
@@ -237,7 +255,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer t.Close()
 	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
-		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned}
+		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
+		SkipSignatureCheck: *skipSig}
 	streaming := c.json && (*mode != patch.ModeStop || *resume)
 	opts.Progress = progressPrinter(stdout, stderr, streaming)
 	var res *patch.Result
@@ -247,6 +266,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = t.Apply(ctx, reps, opts)
 	}
 	if err != nil {
+		err = withHint(err)
 		if streaming {
 			ev := errorFields(err, res)
 			ev["event"] = "error"

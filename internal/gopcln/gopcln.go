@@ -22,8 +22,17 @@ type Func struct {
 	End    uint64 // entry of the next function (includes trailing padding)
 	FuncID uint8  // the runtime's abi.FuncID (release-specific values)
 	Flag   uint8  // the runtime's abi.FuncFlag (see Flag* constants)
-	pcsp   uint32 // offset of the pc→sp-delta table in pctab
-	rec    uint32 // offset of the _func record in the function table
+	// Args is the size in bytes of the function's argument area as laid
+	// out on the stack (for ABIInternal functions, whose arguments come in
+	// registers, the spill area the compiler reserves for them; results
+	// returned in registers take none), ArgsSizeUnknown when the compiler
+	// did not record it.
+	Args int32
+	// DeferReturn is nonzero when the function defers calls (the offset of
+	// its deferreturn call).
+	DeferReturn uint32
+	pcsp        uint32 // offset of the pc→sp-delta table in pctab
+	rec         uint32 // offset of the _func record in the function table
 }
 
 // The runtime's abi.FuncFlag bits (unchanged since Go 1.21).
@@ -32,6 +41,10 @@ const (
 	FlagSPWrite  = 1 << 1 // function writes SP arbitrarily: unwinding cannot cross it
 	FlagAsm      = 1 << 2 // function is assembly
 )
+
+// ArgsSizeUnknown is the Args of a function whose argument size the
+// compiler did not record (the runtime's abi.ArgsSizeUnknown).
+const ArgsSizeUnknown = -0x80000000
 
 // The pclntab magic numbers: the first word of the table, one per format.
 // Only the Go 1.20+ format is decoded: the Go 1.18 one (written by 1.18 and
@@ -174,6 +187,7 @@ func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 		}
 		t.funcs = append(t.funcs, Func{
 			Name: name, Entry: textStart + uint64(entry), End: textStart + uint64(next),
+			Args: int32(order.Uint32(f[8:])), DeferReturn: order.Uint32(f[12:]),
 			pcsp: order.Uint32(f[16:]), FuncID: f[40], Flag: f[41], rec: funcOff,
 		})
 	}

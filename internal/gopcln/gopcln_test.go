@@ -318,3 +318,28 @@ func TestTruncated(t *testing.T) {
 		}
 	}
 }
+
+// Args is the size of a function's argument area (for register-ABI
+// functions the spill slots of the arguments; results passed in registers
+// take none): what a replacement's must equal.
+func TestArgsSize(t *testing.T) {
+	for _, flags := range [][]string{nil, {"-ldflags=-s -w"}} {
+		_, tab := build(t, flags...)
+		want := map[string]int32{
+			"main.work":    8, // (n int) int
+			"main.main":    0,
+			"fmt.Fprintln": 40, // (w io.Writer, a ...any) (n int, err error)
+		}
+		for _, fn := range tab.Funcs() {
+			if w, ok := want[fn.Name]; ok {
+				if fn.Args != w {
+					t.Errorf("%v: %s args %d, want %d", flags, fn.Name, fn.Args, w)
+				}
+				delete(want, fn.Name)
+			}
+		}
+		if len(want) > 0 {
+			t.Errorf("%v: not found: %v", flags, want)
+		}
+	}
+}

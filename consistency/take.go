@@ -1,7 +1,6 @@
 package consistency
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -47,14 +46,12 @@ func (src Source) Take() (Snapshot, error) {
 		threads[tid] = len(s.Tasks)
 		key := regs.ThreadPointer()
 		if src.Go != nil {
-			// The g the thread runs: Go keeps it in the TLS slot just
-			// below the thread pointer (R14 only holds it in Go code).
-			key = 0
-			var b [8]byte
-			if tp := regs.ThreadPointer(); tp >= 8 {
-				if _, err := p.ReadAt(b[:], int64(tp-8)); err == nil {
-					key = binary.LittleEndian.Uint64(b[:])
-				}
+			// The g the thread runs, where the runtime keeps it (a TLS
+			// slot; R14 only holds it in Go code). Unknown: 0, and such
+			// a task cannot be listed in a universe table.
+			_, goCode := u.GoFunc(regs.PC())
+			if key, err = src.Go.ThreadG(p, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
+				key = 0
 			}
 		}
 		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: u.Unwind(unwind.NewPageCache(p), regs.DWARF())})

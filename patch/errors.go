@@ -58,6 +58,14 @@ var (
 	// ErrInlined: the compiler copied the function into callers, which a
 	// patch of the function does not change (matched by *InlinedError).
 	ErrInlined = errors.New("function was inlined")
+	// ErrGradualNotGo: a gradual transition was asked for a function of a
+	// Go target that is not Go code (C code linked with cgo): its dispatch
+	// stub would read R14 as the goroutine, which C code does not keep
+	// there. Stop mode patches such functions safely.
+	ErrGradualNotGo = errors.New("gradual transitions of C functions in a Go program are not supported; use stop mode")
+	// ErrNoTaskKey: a task that must keep the old code cannot be told
+	// apart by a dispatch stub (its key, a Go thread's g, is unknown).
+	ErrNoTaskKey = errors.New("a busy task has no key a dispatch stub can look up")
 )
 
 // InlinedError is a refusal to patch a function that was inlined: its

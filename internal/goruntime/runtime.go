@@ -33,7 +33,10 @@ type Runtime struct {
 	// AllGLen and AllGPtr are the live addresses of runtime.allglen and
 	// runtime.allgptr.
 	AllGLen, AllGPtr uint64
+	// GSlot is where a thread keeps the g it runs (see ThreadG).
+	GSlot GSlot
 
+	gSlotErr    error
 	waitReasons []string
 }
 
@@ -72,6 +75,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 			wrs = s
 		}
 	}
+	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms))
 	if r.AllGLen == 0 || r.AllGPtr == 0 {
 		if err := r.findAllGs(b, mem); err != nil {
 			return nil, err
@@ -83,6 +87,24 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 		r.waitReasons = readStrings(mem, addr, n)
 	}
 	return r, nil
+}
+
+// usesCgo reports whether the binary links runtime/cgo (whose crosscall2
+// is in every cgo binary's function table).
+func usesCgo(b Binary, syms []elf.Symbol) bool {
+	for _, s := range syms {
+		if s.Name == "crosscall2" || s.Name == "_cgo_init" {
+			return true
+		}
+	}
+	if b.Funcs != nil {
+		for _, f := range b.Funcs.Funcs() {
+			if f.Name == "crosscall2" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // findWaitReasons locates runtime.waitReasonStrings without symbols, from

@@ -373,7 +373,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		link := lookup - m.Bias
 		if goTab != nil {
-			if f, ok := goTab.FuncAt(link); ok {
+			if f, ok := goTab.FuncAt(link); ok && !f.External() {
 				if why, ok := goRoots[f.Name]; ok {
 					if f.Name == "runtime.mcall" && interrupted {
 						// Stopped inside mcall itself, not returned to by
@@ -708,4 +708,22 @@ func (u *Unwinder) moduleAt(pc uint64) *Module {
 		}
 	}
 	return nil
+}
+
+// GoFunc returns the name of the Go function (by the pclntab) at pc, and
+// false for code that is not Go's (C code of a cgo binary, libraries).
+func (u *Unwinder) GoFunc(pc uint64) (string, bool) {
+	m := u.moduleAt(pc)
+	if m == nil {
+		return "", false
+	}
+	goTab, _, _ := m.tables(u.Arch)
+	if goTab == nil {
+		return "", false
+	}
+	f, ok := goTab.FuncAt(pc - m.Bias)
+	if !ok || f.External() {
+		return "", false
+	}
+	return f.Name, true
 }

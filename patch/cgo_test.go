@@ -105,4 +105,69 @@ func TestCgoGradualCFunction(t *testing.T) {
 	})
 }
 
-var _ = consistency.Check
+
+// TestCgoThreadEntry: every thread the Go runtime created through cgo
+// returns from runtime.mstart into C (crosscall1, threadentry,
+// start_thread): a stop-mode patch of threadentry is refused.
+func TestCgoThreadEntry(t *testing.T) {
+	eachCgo(t, func(t *testing.T, p *fixture.Proc) {
+		command(t, p, "busy 2", regexp.MustCompile(`^busy 2$`))
+		tg := attach(t, p.Pid)
+		untouched := code(t, tg, p.Pid, "threadentry")
+		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "threadentry", New: "c_value_fixed"}}, patch.ApplyOptions{Timeout: 200 * time.Millisecond})
+		require.ErrorIs(t, err, patch.ErrBlocked, "threads return into threadentry")
+		require.Equal(t, untouched, code(t, tg, p.Pid, "threadentry"))
+		var be *consistency.BlockedError
+		require.ErrorAs(t, err, &be)
+		inside := 0
+		for _, b := range be.Blockers {
+			if b.Func == "threadentry" {
+				inside++
+			}
+		}
+		t.Logf("%d blockers, %d with threadentry on their stacks", len(be.Blockers), inside)
+	})
+}
+
+// TestCgoCallbacks: goroutines parked inside cgo callbacks — called back
+// by C from goroutines and from threads C created — are walked through
+// the C frames back to their Go frames: they do not block a patch of an
+// unrelated function, and block one of the function they are parked in.
+func TestCgoCallbacks(t *testing.T) {
+	eachCgo(t, func(t *testing.T, p *fixture.Proc) {
+		command(t, p, "cthreads 2", regexp.MustCompile(`^cthreads 2$`))
+		command(t, p, "crelease", regexp.MustCompile(`^callbacks 2$`))
+		command(t, p, "gocall 3", regexp.MustCompile(`^callbacks 5$`))
+		tg := attach(t, p.Pid)
+		snap := stableSnapshot(t, tg)
+		inCallback := 0
+		for _, task := range snap.Tasks {
+			if len(task.Stack.Callbacks) > 0 {
+				inCallback++
+				names := frameNames(tg, task)
+				require.Contains(t, names, "main.cbPark", "%s: %v", task, names)
+				require.Contains(t, names, "crosscall2", "%s: the C frames that called back: %v", task, names)
+			}
+		}
+		require.Equal(t, 5, inCallback, "goroutines in callbacks")
+
+		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{Timeout: 2 * time.Second})
+		require.NoError(t, err, "parked callbacks do not block an unrelated patch")
+		command(t, p, "value", regexp.MustCompile(`^value 22 1$`))
+		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+		require.NoError(t, err)
+
+		_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "main.cbPark", New: "main.cbParkFixed"}}, patch.ApplyOptions{Timeout: 200 * time.Millisecond})
+		require.ErrorIs(t, err, patch.ErrBlocked)
+		var be *consistency.BlockedError
+		require.ErrorAs(t, err, &be)
+		parked := 0
+		for _, b := range be.Blockers {
+			if b.Func == "main.cbPark" {
+				parked++
+			}
+		}
+		require.Equal(t, 5, parked, "every parked callback blocks a patch of main.cbPark: %v", err)
+		command(t, p, "cbrelease", regexp.MustCompile(`^cbreleased$`))
+	})
+}

@@ -414,6 +414,9 @@ type G struct {
 	// Current reports whether the g is its m's current user goroutine
 	// (m.curg == g).
 	Current bool
+	// LockedM is the m the g is locked to (0: none); a goroutine inside a
+	// cgo callback is locked to the m whose thread called it.
+	LockedM uint64
 }
 
 // Goroutine statuses (runtime/runtime2.go).
@@ -524,6 +527,14 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 	return gs, nil
 }
 
+// G0 returns the address of m's g0 (its system-stack goroutine).
+func (r *Runtime) G0(mem io.ReaderAt, m uint64) (uint64, error) {
+	return readWord(mem, m+uint64(r.Layout.MG0))
+}
+
+// ReadG reads the g at addr (a thread's g0, say).
+func (r *Runtime) ReadG(mem io.ReaderAt, addr uint64) (G, error) { return r.readG(mem, addr) }
+
 func (r *Runtime) readG(mem io.ReaderAt, addr uint64) (G, error) {
 	b := make([]byte, r.Layout.GSize)
 	if _, err := mem.ReadAt(b, int64(addr)); err != nil {
@@ -549,6 +560,7 @@ func (r *Runtime) decodeG(addr uint64, b []byte) G {
 		SyscallSP:  w(l.GSyscallSP),
 		SyscallPC:  w(l.GSyscallPC),
 		M:          w(l.GM),
+		LockedM:    w(l.GLockedM),
 	}
 	if int(g.WaitReason) < len(r.waitReasons) {
 		g.Wait = r.waitReasons[g.WaitReason]

@@ -112,7 +112,6 @@ func TestCgoGradualCFunction(t *testing.T) {
 	})
 }
 
-
 // TestCgoThreadEntry: every thread the Go runtime created through cgo
 // returns from runtime.mstart into C (crosscall1, threadentry,
 // start_thread): a stop-mode patch of threadentry is refused.

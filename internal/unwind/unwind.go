@@ -330,7 +330,9 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack { return u.walk(
 // UnwindReturn is Unwind from a frame whose pc is a return address (a
 // frame a callee saved, not one the thread stopped in): its callee-saved
 // registers and link register are not known.
-func (u *Unwinder) UnwindReturn(mem io.ReaderAt, regs []uint64) Stack { return u.walk(mem, regs, false) }
+func (u *Unwinder) UnwindReturn(mem io.ReaderAt, regs []uint64) Stack {
+	return u.walk(mem, regs, false)
+}
 
 func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 	first := exact

@@ -2,6 +2,7 @@ package goruntime
 
 import (
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -35,24 +36,30 @@ var ErrNoGSlot = errors.New("the thread's g cannot be located")
 
 // gSlot derives the slot from the executable's TLS segment and symbols.
 // cgo reports whether the binary uses cgo (the runtime then stores g in
-// TLS on arm64 as well).
-func gSlot(f *elf.File, syms []elf.Symbol, cgo bool) (GSlot, error) {
+// TLS on arm64 as well); code is runtime.save_g's (arm64; nil when not
+// found), whose store of g gives the offset when symbols do not.
+func gSlot(f *elf.File, syms []elf.Symbol, cgo bool, code []byte) (GSlot, error) {
 	var tls *elf.Prog
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_TLS {
 			tls = p
 		}
 	}
+	// The TLS symbol the runtime's code addresses g by (an arm64 binary
+	// may have runtime.tlsg too, unused there).
+	name := map[elf.Machine]string{elf.EM_X86_64: "runtime.tlsg", elf.EM_AARCH64: "runtime.tls_g"}[f.Machine]
 	var sym *elf.Symbol
 	for i, s := range syms {
-		if elf.ST_TYPE(s.Info) == elf.STT_TLS && (s.Name == "runtime.tlsg" || s.Name == "runtime.tls_g") {
+		if elf.ST_TYPE(s.Info) == elf.STT_TLS && s.Name == name {
 			sym = &syms[i]
 		}
 	}
 	switch f.Machine {
 	case elf.EM_X86_64:
 		if tls == nil {
-			return GSlot{}, fmt.Errorf("goruntime: %w: no PT_TLS segment", ErrNoGSlot)
+			// The Go linker alone: runtime.settls points the thread
+			// pointer 8 bytes past g's slot.
+			return GSlot{TLS: true, Offset: -8}, nil
 		}
 		block := roundUp(tls.Memsz, tls.Align)
 		switch {
@@ -70,16 +77,51 @@ func gSlot(f *elf.File, syms []elf.Symbol, cgo bool) (GSlot, error) {
 		if tls == nil {
 			return GSlot{}, fmt.Errorf("goruntime: %w: cgo binary without a PT_TLS segment", ErrNoGSlot)
 		}
-		base := int64(roundUp(16, tls.Align))
-		switch {
-		case sym != nil:
-			return GSlot{TLS: true, Offset: base + int64(sym.Value)}, nil
-		case tls.Memsz == 8:
-			return GSlot{TLS: true, Offset: base}, nil
+		fromCode, decoded := saveG(code)
+		if sym == nil {
+			if !decoded {
+				return GSlot{}, fmt.Errorf("goruntime: %w: no runtime.tls_g symbol, and runtime.save_g does not read as known code", ErrNoGSlot)
+			}
+			return GSlot{TLS: true, Offset: fromCode}, nil
 		}
-		return GSlot{}, fmt.Errorf("goruntime: %w: a %d-byte TLS block and no runtime.tls_g symbol", ErrNoGSlot, tls.Memsz)
+		off := int64(roundUp(16, tls.Align)) + int64(sym.Value)
+		if decoded && fromCode != off {
+			return GSlot{}, fmt.Errorf("goruntime: %w: runtime.tls_g is at offset %d of the TLS block, runtime.save_g stores g at %d", ErrNoGSlot, off, fromCode)
+		}
+		return GSlot{TLS: true, Offset: off}, nil
 	}
 	return GSlot{}, fmt.Errorf("goruntime: %w: machine %v", ErrNoGSlot, f.Machine)
+}
+
+// saveG reads the TLS offset runtime.save_g stores g at on arm64 (tls_arm64.s):
+//
+//	MRS TPIDR_EL0, R0; MOVZ R27, #off [; MOVK R27, #off>>16, LSL 16]; MOVD g, (R0)(R27)
+func saveG(code []byte) (int64, bool) {
+	const (
+		mrs    = 0xd53bd040 // mrs x0, tpidr_el0
+		store  = 0xf83b681c // str x28, [x0, x27]
+		movz   = 0xd2800000 // movz x27, #imm16 (Rd 27 below)
+		movk16 = 0xf2a00000 // movk x27, #imm16, lsl #16
+	)
+	var w []uint32
+	for i := 0; i+4 <= len(code); i += 4 {
+		w = append(w, binary.LittleEndian.Uint32(code[i:]))
+	}
+	for i := 0; i+2 < len(w); i++ {
+		if w[i] != mrs || w[i+1]&0xffe0001f != movz|27 {
+			continue
+		}
+		off := int64(w[i+1]>>5) & 0xffff
+		j := i + 2
+		if w[j]&0xffe0001f == movk16|27 {
+			off |= (int64(w[j]>>5) & 0xffff) << 16
+			j++
+		}
+		if j < len(w) && w[j] == store {
+			return off, true
+		}
+	}
+	return 0, false
 }
 
 func roundUp(n, align uint64) uint64 {

@@ -75,7 +75,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 			wrs = s
 		}
 	}
-	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms))
+	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms), funcCode(b, mem, "runtime.save_g.abi0", "runtime.save_g"))
 	if r.AllGLen == 0 || r.AllGPtr == 0 {
 		if err := r.findAllGs(b, mem); err != nil {
 			return nil, err
@@ -89,11 +89,32 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	return r, nil
 }
 
+// funcCode reads the live code of the first of the named functions the
+// binary's function table has (nil when none, or longer than 256 bytes).
+func funcCode(b Binary, mem io.ReaderAt, names ...string) []byte {
+	if b.Funcs == nil {
+		return nil
+	}
+	for _, name := range names {
+		for _, f := range b.Funcs.Funcs() {
+			if f.Name != name || f.End-f.Entry > 256 {
+				continue
+			}
+			code := make([]byte, f.End-f.Entry)
+			if _, err := mem.ReadAt(code, int64(f.Entry+b.Bias)); err == nil {
+				return code
+			}
+		}
+	}
+	return nil
+}
+
 // usesCgo reports whether the binary links runtime/cgo (whose crosscall2
-// is in every cgo binary's function table).
+// is in every cgo binary's function table; the runtime's own _cgo_init
+// variables exist in every binary).
 func usesCgo(b Binary, syms []elf.Symbol) bool {
 	for _, s := range syms {
-		if s.Name == "crosscall2" || s.Name == "_cgo_init" {
+		if s.Name == "crosscall2" {
 			return true
 		}
 	}

@@ -391,7 +391,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return t.gradualApply(ctx, rec, o)
 	}
 	pol := consistency.Policy{Timeout: o.Timeout}
-	if mode == ModeAuto {
+	if mode == ModeAuto && canDispatch {
 		// A few quick tries; then the tasks that stay get their universe.
 		pol.Timeout = min(o.Timeout, autoStopTries)
 	}

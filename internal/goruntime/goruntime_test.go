@@ -238,8 +238,8 @@ func TestFindWaitReasonsFromCode(t *testing.T) {
 // the runtime's own code puts it: amd64 with and without C thread-locals
 // (external and internal linking), arm64 cgo binaries (from the symbols
 // and from runtime.save_g's code, which agree), and arm64 without cgo (the
-// register, no TLS). The offsets were read from each build's
-// runtime.save_g/get_tls code (objdump).
+// register, no TLS); stripped builds find it from the runtime's code. The
+// offsets were read from each build's code with objdump.
 func TestGSlot(t *testing.T) {
 	cases := []struct {
 		name, fixture, tc, arch string
@@ -272,14 +272,22 @@ func TestGSlot(t *testing.T) {
 			tab, err := gopcln.Parse(data, text)
 			require.NoError(t, err)
 			b := Binary{ELF: ef, Funcs: tab}
-			code := funcCode(b, fileMem{ef}, "runtime.save_g")
+			code := gCode(b, fileMem{ef})
+			if c.fixture == "gocgo" {
+				require.NotNil(t, code)
+			}
 			got, err := gSlot(ef, syms, usesCgo(b, syms), code)
 			require.NoError(t, err)
 			require.Equal(t, c.want, got)
-			if c.arch == "arm64" && c.want.TLS {
+			if c.want.TLS {
 				stripped, err := gSlot(ef, nil, usesCgo(b, nil), code)
-				require.NoError(t, err, "stripped: from runtime.save_g's code")
+				require.NoError(t, err, "stripped: from the runtime's code")
 				require.Equal(t, c.want, stripped)
+			}
+			if c.arch == "amd64" {
+				got, err = gSlot(ef, syms, usesCgo(b, syms), nil)
+				require.NoError(t, err, "from the ELF alone")
+				require.Equal(t, c.want, got)
 			}
 		})
 	}

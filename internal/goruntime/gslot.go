@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 // GSlot says where a thread of the target keeps the g it runs, as the
@@ -36,8 +38,10 @@ var ErrNoGSlot = errors.New("the thread's g cannot be located")
 
 // gSlot derives the slot from the executable's TLS segment and symbols.
 // cgo reports whether the binary uses cgo (the runtime then stores g in
-// TLS on arm64 as well); code is runtime.save_g's (arm64; nil when not
-// found), whose store of g gives the offset when symbols do not.
+// TLS on arm64 as well); code is the runtime's code that addresses g in
+// TLS (arm64: runtime.save_g, amd64: runtime.cgocallback; nil when not
+// found), which must agree with the symbols, and gives the offset when
+// there are none.
 func gSlot(f *elf.File, syms []elf.Symbol, cgo bool, code []byte) (GSlot, error) {
 	var tls *elf.Prog
 	for _, p := range f.Progs {
@@ -56,20 +60,27 @@ func gSlot(f *elf.File, syms []elf.Symbol, cgo bool, code []byte) (GSlot, error)
 	}
 	switch f.Machine {
 	case elf.EM_X86_64:
-		if tls == nil {
+		fromCode, decoded := fsSlot(code)
+		var off int64
+		switch {
+		case tls == nil:
 			// The Go linker alone: runtime.settls points the thread
 			// pointer 8 bytes past g's slot.
-			return GSlot{TLS: true, Offset: -8}, nil
-		}
-		block := roundUp(tls.Memsz, tls.Align)
-		switch {
+			off = -8
 		case sym != nil:
-			return GSlot{TLS: true, Offset: int64(sym.Value) - int64(block)}, nil
+			off = int64(sym.Value) - int64(roundUp(tls.Memsz, tls.Align))
 		case tls.Memsz == 8:
 			// Only g in the block (the Go linker's own layout).
-			return GSlot{TLS: true, Offset: -8}, nil
+			off = -8
+		case decoded:
+			return GSlot{TLS: true, Offset: fromCode}, nil
+		default:
+			return GSlot{}, fmt.Errorf("goruntime: %w: a %d-byte TLS block, no runtime.tlsg symbol, and runtime.cgocallback does not address g as known code", ErrNoGSlot, tls.Memsz)
 		}
-		return GSlot{}, fmt.Errorf("goruntime: %w: a %d-byte TLS block and no runtime.tlsg symbol (stripped external link?)", ErrNoGSlot, tls.Memsz)
+		if decoded && fromCode != off {
+			return GSlot{}, fmt.Errorf("goruntime: %w: the ELF puts g at thread pointer%+d, runtime.cgocallback reads it at %+d", ErrNoGSlot, off, fromCode)
+		}
+		return GSlot{TLS: true, Offset: off}, nil
 	case elf.EM_AARCH64:
 		if !cgo {
 			return GSlot{Reg: 28}, nil
@@ -91,6 +102,34 @@ func gSlot(f *elf.File, syms []elf.Symbol, cgo bool, code []byte) (GSlot, error)
 		return GSlot{TLS: true, Offset: off}, nil
 	}
 	return GSlot{}, fmt.Errorf("goruntime: %w: machine %v", ErrNoGSlot, f.Machine)
+}
+
+// fsSlot reads the TLS offset amd64 code addresses g at: every
+// FS-relative operand without a base register (mov %fs:OFF, reg; the local
+// exec model, which Go code uses for g) must agree.
+func fsSlot(code []byte) (int64, bool) {
+	var off int64
+	found := false
+	for i := 0; i < len(code); {
+		in, err := x86asm.Decode(code[i:], 64)
+		if err != nil || in.Len == 0 {
+			i++
+			continue
+		}
+		i += in.Len
+		for _, a := range in.Args {
+			m, ok := a.(x86asm.Mem)
+			if !ok || m.Segment != x86asm.FS {
+				continue
+			}
+			d := int64(int32(m.Disp)) // a 32-bit displacement, sign-extended
+			if m.Base != 0 || m.Index != 0 || found && d != off {
+				return 0, false
+			}
+			off, found = d, true
+		}
+	}
+	return off, found
 }
 
 // saveG reads the TLS offset runtime.save_g stores g at on arm64 (tls_arm64.s):

@@ -75,7 +75,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 			wrs = s
 		}
 	}
-	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms), funcCode(b, mem, "runtime.save_g.abi0", "runtime.save_g"))
+	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms), gCode(b, mem))
 	if r.AllGLen == 0 || r.AllGPtr == 0 {
 		if err := r.findAllGs(b, mem); err != nil {
 			return nil, err
@@ -89,15 +89,23 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	return r, nil
 }
 
+// gCode reads the runtime code gSlot checks the TLS slot of g with.
+func gCode(b Binary, mem io.ReaderAt) []byte {
+	if b.ELF.Machine == elf.EM_X86_64 {
+		return funcCode(b, mem, "runtime.cgocallback")
+	}
+	return funcCode(b, mem, "runtime.save_g")
+}
+
 // funcCode reads the live code of the first of the named functions the
-// binary's function table has (nil when none, or longer than 256 bytes).
+// binary's function table has (nil when none, or longer than 2 KiB).
 func funcCode(b Binary, mem io.ReaderAt, names ...string) []byte {
 	if b.Funcs == nil {
 		return nil
 	}
 	for _, name := range names {
 		for _, f := range b.Funcs.Funcs() {
-			if f.Name != name || f.End-f.Entry > 256 {
+			if f.Name != name || f.End-f.Entry > 2048 {
 				continue
 			}
 			code := make([]byte, f.End-f.Entry)

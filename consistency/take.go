@@ -1,7 +1,6 @@
 package consistency
 
 import (
-	"cmp"
 	"fmt"
 	"io"
 
@@ -160,95 +159,6 @@ func (src Source) Take() (Snapshot, error) {
 	}
 	out.Tasks = append(out.Tasks, goTasks...)
 	return out, nil
-}
-
-// g0Frames completes the stack of a thread that ended at runtime.mcall's
-// switch to its system stack: mcall ran on g0 from the frame g0's saved
-// registers describe, where the thread's own start frames are (mstart0,
-// mstart and, on a thread created through cgo, the C frames it returns
-// into when its m exits: crosscall1, threadentry, start_thread). key is
-// the g the thread runs (its g0 here); 0 leaves those frames unknown.
-func (src Source) g0Frames(st unwind.Stack, key uint64) unwind.Stack {
-	if key == 0 {
-		st.Reliable, st.Reason = false, "ends at runtime.mcall and the thread's g0 is unknown"
-		return st
-	}
-	g0, err := src.Go.ReadG(src.Proc, key)
-	u := src.Unwinder
-	if name, _ := u.GoFunc(g0.PC); err == nil && name != "runtime.mstart0" {
-		// g0's registers were not saved by mstart1 (an m C created for a
-		// callback) or were moved since: a cgo callback runs on this m
-		// (cgocallback keeps its own system-stack frame there), whose C
-		// frames are walked from that goroutine.
-		return st
-	}
-	if err != nil || g0.SP < g0.StackLo || g0.SP >= g0.StackHi {
-		st.Reliable, st.Reason = false, fmt.Sprintf("ends at runtime.mcall and g0 %#x does not read as a g with saved registers", key)
-		return st
-	}
-	regs := make([]uint64, u.Arch.RAReg+1)
-	regs[u.Arch.RAReg], regs[u.Arch.SPReg], regs[u.Arch.FPReg] = g0.PC, g0.SP, g0.BP
-	if u.Arch.LinkRegister && u.Arch.LRReg < len(regs) {
-		regs[u.Arch.LRReg] = g0.LR
-	}
-	tail := u.Unwind(unwind.NewPageCache(src.Proc), regs)
-	if len(tail.Frames) < 2 || !isFunc(u, tail.Frames[1].PC-1, "runtime.mstart") {
-		// mstart0's pc, but the stack pointer moved since (cgocallback
-		// keeps its own system-stack frame there): as above.
-		return st
-	}
-	tail.Frames = append(st.Frames, tail.Frames...)
-	return tail
-}
-
-func isFunc(u *unwind.Unwinder, pc uint64, name string) bool {
-	n, ok := u.GoFunc(pc)
-	return ok && n == name
-}
-
-// callbackFrames adds to the stack of goroutine g, which went through a
-// cgo callback, the frames on its m's system stack: cgocallback's frame
-// there (g0's saved stack pointer while the callback runs), crosscall2, the
-// C code that called back, and below it either asmcgocall (a goroutine
-// that called C: its earlier frames are on its own stack, walked already)
-// or a C thread's start routine. Nested callbacks, or anything it cannot
-// follow, leave the stack unreliable.
-func (src Source) callbackFrames(st unwind.Stack, g goruntime.G) unwind.Stack {
-	if !st.Reliable {
-		return st
-	}
-	fail := func(format string, args ...any) unwind.Stack {
-		st.Reliable, st.Reason = false, fmt.Sprintf("in a cgo callback: "+format, args...)
-		return st
-	}
-	if len(st.Callbacks) > 1 {
-		return fail("%d nested callbacks", len(st.Callbacks))
-	}
-	m := cmp.Or(g.LockedM, g.M)
-	if m == 0 {
-		return fail("the goroutine has no m")
-	}
-	g0addr, err := src.Go.G0(src.Proc, m)
-	if err != nil {
-		return fail("read m %#x: %v", m, err)
-	}
-	g0, err := src.Go.ReadG(src.Proc, g0addr)
-	if err != nil || g0.SP < g0.StackLo || g0.SP >= g0.StackHi {
-		return fail("g0 %#x of m %#x has no saved stack pointer on its stack", g0addr, m)
-	}
-	u := src.Unwinder
-	regs := make([]uint64, u.Arch.RAReg+1)
-	regs[u.Arch.RAReg], regs[u.Arch.SPReg] = st.Frames[st.Callbacks[0]].PC, g0.SP
-	c := u.UnwindReturn(unwind.NewPageCache(src.Proc), regs)
-	if !c.Reliable && c.SwitchedAt != "runtime.asmcgocall" {
-		return fail("system stack of m %#x: %s", m, c.Reason)
-	}
-	if c.SwitchedAt != "" {
-		c.Reason = "called C at runtime.asmcgocall; " + st.Reason
-	}
-	st.Frames = append(st.Frames, c.Frames[1:]...)
-	st.Reason = "cgo callback: " + c.Reason
-	return st
 }
 
 // onStack reports whether a walk ran on g's stack.

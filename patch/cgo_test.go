@@ -170,6 +170,12 @@ func TestCgoCallbacks(t *testing.T) {
 				inCallback++
 				require.Contains(t, names, "crosscall2", "%s: the C frames that called back: %v", task, names)
 				require.Contains(t, names, "runtime.goexit", "%s: the goroutine's own frames: %v", task, names)
+				if slices.Contains(names, "main._Cfunc_c_call_back") {
+					// Called back on a goroutine's m: its start frames.
+					require.Contains(t, names, "runtime.mstart", "%s: %v", task, names)
+				} else {
+					require.Contains(t, names, "c_thread_main", "%s: the C thread's start routine: %v", task, names)
+				}
 			}
 		}
 		require.Equal(t, 5, inCallback, "goroutines in callbacks")

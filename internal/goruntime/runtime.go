@@ -37,6 +37,7 @@ type Runtime struct {
 	GSlot GSlot
 
 	gSlotErr    error
+	machine     elf.Machine
 	waitReasons []string
 }
 
@@ -50,7 +51,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	if b.ELF.Class != elf.ELFCLASS64 {
 		return nil, fmt.Errorf("goruntime: only 64-bit targets are supported")
 	}
-	r := &Runtime{}
+	r := &Runtime{machine: b.ELF.Machine}
 	if d, err := b.ELF.DWARF(); err == nil {
 		if l, err := LayoutFromDWARF(d); err == nil {
 			r.Layout, r.FromDWARF = l, true
@@ -559,6 +560,20 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 // G0 returns the address of m's g0 (its system-stack goroutine).
 func (r *Runtime) G0(mem io.ReaderAt, m uint64) (uint64, error) {
 	return readWord(mem, m+uint64(r.Layout.MG0))
+}
+
+// CallbackSavedSP reads the system stack pointer runtime.cgocallback saved
+// in its frame on g0 (at sp, g0's saved stack pointer while the callback
+// runs): where g0's stack was before C called back, which the runtime's
+// unwindm restores (asm_amd64.s: 0(SP); asm_arm64.s: 16(RSP)).
+func (r *Runtime) CallbackSavedSP(mem io.ReaderAt, sp uint64) (uint64, error) {
+	switch r.machine {
+	case elf.EM_X86_64:
+		return readWord(mem, sp)
+	case elf.EM_AARCH64:
+		return readWord(mem, sp+16)
+	}
+	return 0, fmt.Errorf("goruntime: cgocallback's frame on %v is not known", r.machine)
 }
 
 // ReadG reads the g at addr (a thread's g0, say).

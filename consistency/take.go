@@ -1,7 +1,6 @@
 package consistency
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -47,17 +46,19 @@ func (src Source) Take() (Snapshot, error) {
 		threads[tid] = len(s.Tasks)
 		key := regs.ThreadPointer()
 		if src.Go != nil {
-			// The g the thread runs: Go keeps it in the TLS slot just
-			// below the thread pointer (R14 only holds it in Go code).
-			key = 0
-			var b [8]byte
-			if tp := regs.ThreadPointer(); tp >= 8 {
-				if _, err := p.ReadAt(b[:], int64(tp-8)); err == nil {
-					key = binary.LittleEndian.Uint64(b[:])
-				}
+			// The g the thread runs, where the runtime keeps it (a TLS
+			// slot; R14 only holds it in Go code). Unknown: 0, and such
+			// a task cannot be listed in a universe table.
+			_, goCode := u.GoFunc(regs.PC())
+			if key, err = src.Go.ThreadG(p, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
+				key = 0
 			}
 		}
-		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: u.Unwind(unwind.NewPageCache(p), regs.DWARF())})
+		st := u.Unwind(unwind.NewPageCache(p), regs.DWARF())
+		if src.Go != nil && st.Reliable && st.Root == "runtime.mcall" {
+			st = src.g0Frames(st, key)
+		}
+		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: st})
 	}
 	if src.Go == nil {
 		return s, nil
@@ -70,10 +71,12 @@ func (src Source) Take() (Snapshot, error) {
 	walk := make([]goruntime.G, 0, len(gs))
 	goTasks := make([]Task, 0, len(gs))
 	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
+	gOf := make([]goruntime.G, 0, len(gs))
 	for _, g := range gs {
 		if !g.Live() {
 			continue
 		}
+		gOf = append(gOf, g)
 		t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread, Key: g.Addr}
 		if g.Status == goruntime.Waiting && t.Wait == "" {
 			t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
@@ -136,6 +139,11 @@ func (src Source) Take() (Snapshot, error) {
 			regs[u.Arch.LRReg] = g.LR
 		}
 		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j], hi: g.StackHi}, regs)
+	}
+	for i := range goTasks {
+		if len(goTasks[i].Stack.Callbacks) > 0 {
+			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, gOf[i])
+		}
 	}
 	// A covered thread is reported as its goroutine.
 	out := Snapshot{Tasks: make([]Task, 0, len(s.Tasks)+len(goTasks))}

@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/arch/arm64/arm64asm"
 	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
 )
 
 // Reference is a place in a module that refers to a function's entry: a
@@ -54,10 +56,10 @@ func (t *Table) References(m *Module, entries []uint64) (map[uint64]Reference, e
 			break
 		}
 		var err error
-		switch m.Machine {
-		case elf.EM_X86_64:
+		switch m.arch {
+		case arch.AMD64:
 			err = t.scanX86(m, s, want, found)
-		case elf.EM_AARCH64:
+		case arch.ARM64:
 			scanARM64(m, s, want, func(target uint64, r Reference) {
 				if sym, ok := t.SymbolAt(r.Addr + m.Bias); ok {
 					r.From = sym.Name
@@ -222,8 +224,7 @@ func (m *Module) scanData(want map[uint64]bool, found func(uint64, Reference)) e
 			for off := 0; off+24 <= len(d); off += 24 {
 				typ := elf.R_TYPE64(ef.ByteOrder.Uint64(d[off+8:]))
 				a := ef.ByteOrder.Uint64(d[off+16:])
-				if want[a] && ((m.Machine == elf.EM_X86_64 && elf.R_X86_64(typ) == elf.R_X86_64_RELATIVE) ||
-					(m.Machine == elf.EM_AARCH64 && elf.R_AARCH64(typ) == elf.R_AARCH64_RELATIVE)) {
+				if want[a] && m.arch != nil && typ == m.arch.RelativeReloc {
 					found(a, Reference{Kind: "data", Addr: ef.ByteOrder.Uint64(d[off:])})
 				}
 			}

@@ -65,6 +65,14 @@ var (
 	// ErrSignature: the replacement takes or returns other types than the
 	// function it replaces (matched by *SignatureError).
 	ErrSignature = errors.New("signatures differ")
+	// ErrGradualNotGo: a gradual transition was asked for a function of a
+	// Go target that is not Go code (C code linked with cgo): its dispatch
+	// stub would read R14 as the goroutine, which C code does not keep
+	// there. Stop mode patches such functions safely.
+	ErrGradualNotGo = errors.New("gradual transitions of C functions in a Go program are not supported; use stop mode")
+	// ErrNoTaskKey: a task that must keep the old code cannot be told
+	// apart by a dispatch stub (its key, a Go thread's g, is unknown).
+	ErrNoTaskKey = errors.New("a busy task has no key a dispatch stub can look up")
 )
 
 // ABIError is a replacement that cannot run in place of the function: it

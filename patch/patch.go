@@ -301,6 +301,13 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return fail("", ErrBadRequest, fmt.Sprintf("mode %q: want %q, %q or %q", o.Mode, ModeStop, ModeGradual, ModeAuto))
 	}
 	disp, canDispatch := t.arch.(trampoline.Dispatcher)
+	if fn := t.notGo(ps); fn != "" {
+		if mode == ModeGradual {
+			return fail(fn, ErrGradualNotGo, "")
+		}
+		// Plain jumps, in one stop-and-check pause (auto mode too).
+		canDispatch = false
+	}
 	if mode == ModeGradual && !canDispatch {
 		return fail("", trampoline.ErrUnsupportedArch, "gradual transitions need dispatch stubs, not built for this architecture yet; use --mode stop")
 	}
@@ -411,7 +418,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return t.gradualApply(ctx, rec, o)
 	}
 	pol := consistency.Policy{Timeout: o.Timeout}
-	if mode == ModeAuto {
+	if mode == ModeAuto && canDispatch {
 		// A few quick tries; then the tasks that stay get their universe.
 		pol.Timeout = min(o.Timeout, autoStopTries)
 	}

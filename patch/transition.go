@@ -125,17 +125,19 @@ func stubBlocker(task consistency.Task, f Function) consistency.Blocker {
 }
 
 // blockedKeys returns the keys of the tasks that must stay listed, and a
-// representative task of each.
-func blockedKeys(s consistency.Snapshot, regions []consistency.Region) map[uint64]consistency.Task {
+// representative task of each. A blocked task whose key is unknown (0)
+// cannot be listed, so nothing may switch: it is an ErrNoTaskKey.
+func blockedKeys(s consistency.Snapshot, regions []consistency.Region) (map[uint64]consistency.Task, error) {
 	out := map[uint64]consistency.Task{}
 	for _, b := range consistency.Check(s, regions) {
-		if b.Task.Key != 0 {
-			if _, ok := out[b.Task.Key]; !ok {
-				out[b.Task.Key] = b.Task
-			}
+		if b.Task.Key == 0 {
+			return nil, fmt.Errorf("%w: %s (%s)", ErrNoTaskKey, b.Task, b.Reason)
+		}
+		if _, ok := out[b.Task.Key]; !ok {
+			out[b.Task.Key] = b.Task
 		}
 	}
-	return out
+	return out, nil
 }
 
 // The universe control word is at rec.Table; the two tables follow it.
@@ -291,7 +293,10 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 		return fail(err)
 	}
 	snap, old, pause, attempts, err := t.switchPause(ctx, time.Now().Add(o.Timeout), src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
-		old := blockedKeys(snap, transitionRegions(rec, forward))
+		old, err := blockedKeys(snap, transitionRegions(rec, forward))
+		if err != nil {
+			return nil, err
+		}
 		if 2*len(old) > rec.TableCapacity {
 			return nil, fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
 		}
@@ -717,7 +722,11 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 		}
 	}
 	keep := map[uint64]consistency.Task{}
-	for k, task := range blockedKeys(snap, transitionRegions(rec, backward)) {
+	busy, err := blockedKeys(snap, transitionRegions(rec, backward))
+	if err != nil {
+		return nil, err
+	}
+	for k, task := range busy {
 		if !onOld[k] {
 			keep[k] = task
 		}

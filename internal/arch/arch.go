@@ -38,6 +38,9 @@ type Arch struct {
 	// variant I (arm64: it starts TCBSize bytes above it).
 	TLSAboveTP bool
 	TCBSize    uint64
+	// RelativeReloc is the ELF relocation type of a load-time relative
+	// address (R_X86_64_RELATIVE, R_AARCH64_RELATIVE).
+	RelativeReloc uint32
 	// regNames are the registers' names by DWARF number.
 	regNames []string
 	// fillerRun is FillerRun for this architecture.
@@ -50,6 +53,7 @@ var AMD64 = &Arch{
 	Trap:      []byte{0xcc},
 	JumpReach: 1 << 31,
 	SP:        7, FP: 6, LR: -1, G: 14,
+	RelativeReloc: uint32(elf.R_X86_64_RELATIVE),
 	regNames: []string{"rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
 		"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip"},
 	fillerRun: fillerRunAMD64,
@@ -62,8 +66,9 @@ var ARM64 = &Arch{
 	JumpReach: 1 << 27,
 	SP:        31, FP: 29, LR: 30, G: 28,
 	TLSAboveTP: true, TCBSize: 16,
-	regNames:  arm64RegNames(),
-	fillerRun: fillerRunARM64,
+	RelativeReloc: uint32(elf.R_AARCH64_RELATIVE),
+	regNames:      arm64RegNames(),
+	fillerRun:     fillerRunARM64,
 }
 
 func arm64RegNames() []string {

@@ -35,6 +35,11 @@ type Func struct {
 	rec         uint32 // offset of the _func record in the function table
 }
 
+// External reports whether the entry is code the Go linker took from a
+// host object (C code of an internally linked cgo binary): it has no
+// pc→sp table, and the runtime does not unwind it either.
+func (f *Func) External() bool { return f.pcsp == 0 }
+
 // The runtime's abi.FuncFlag bits (unchanged since Go 1.21).
 const (
 	FlagTopFrame = 1 << 0 // function marks the outermost frame of a stack

@@ -329,3 +329,62 @@ func TestFindWaitReasonsFromCode(t *testing.T) {
 		require.Contains(t, readStrings(fileMem{ef}, addr, n), "chan receive")
 	})
 }
+
+// TestGSlot: where a thread keeps its g, derived from the ELF, is where
+// the runtime's own code puts it: amd64 with and without C thread-locals
+// (external and internal linking), arm64 cgo binaries (from the symbols
+// and from runtime.save_g's code, which agree), and arm64 without cgo (the
+// register, no TLS); stripped builds find it from the runtime's code. The
+// offsets were read from each build's code with objdump.
+func TestGSlot(t *testing.T) {
+	cases := []struct {
+		name, fixture, tc, arch string
+		flags                   []string
+		want                    GSlot
+	}{
+		{"amd64 cgo external", "gocgo", "", "amd64", fixture.CgoLinkModes["external"], GSlot{TLS: true, Offset: 0x10 - 0xf0}},
+		{"amd64 cgo internal", "gocgo", "", "amd64", fixture.CgoLinkModes["internal"], GSlot{TLS: true, Offset: -8}},
+		{"amd64 go1.22 cgo external", "gocgo", "go1.22.12", "amd64", fixture.CgoLinkModes["external"], GSlot{TLS: true, Offset: 0x10 - 0xf0}},
+		{"amd64 no cgo", "gotasks", "", "amd64", nil, GSlot{TLS: true, Offset: -8}},
+		{"arm64 cgo external", "gocgo", "", "arm64", fixture.CgoLinkModes["external"], GSlot{TLS: true, Offset: 16 + 8}},
+		{"arm64 cgo internal", "gocgo", "", "arm64", fixture.CgoLinkModes["internal"], GSlot{TLS: true, Offset: 16}},
+		{"arm64 go1.22 cgo external", "gocgo", "go1.22.12", "arm64", fixture.CgoLinkModes["external"], GSlot{TLS: true, Offset: 16 + 8}},
+		{"arm64 no cgo", "gotasks", "", "arm64", nil, GSlot{Reg: 28}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ef, err := elf.Open(fixture.BuildGoArch(t, c.fixture, c.tc, c.arch, c.flags...))
+			require.NoError(t, err)
+			defer ef.Close()
+			syms, _ := ef.Symbols()
+			data, err := ef.Section(".gopclntab").Data()
+			require.NoError(t, err)
+			text := ef.Section(".text").Addr
+			for _, s := range syms {
+				if s.Name == "runtime.text" {
+					text = s.Value // external linking puts C code first
+				}
+			}
+			tab, err := gopcln.Parse(data, text)
+			require.NoError(t, err)
+			b := Binary{ELF: ef, Funcs: tab}
+			code := gCode(b, fileMem{ef})
+			if c.fixture == "gocgo" {
+				require.NotNil(t, code)
+			}
+			got, err := gSlot(ef, syms, usesCgo(b, syms), code)
+			require.NoError(t, err)
+			require.Equal(t, c.want, got)
+			if c.want.TLS {
+				stripped, err := gSlot(ef, nil, usesCgo(b, nil), code)
+				require.NoError(t, err, "stripped: from the runtime's code")
+				require.Equal(t, c.want, stripped)
+			}
+			if c.arch == "amd64" {
+				got, err = gSlot(ef, syms, usesCgo(b, syms), nil)
+				require.NoError(t, err, "from the ELF alone")
+				require.Equal(t, c.want, got)
+			}
+		})
+	}
+}

@@ -21,11 +21,13 @@ type Layout struct {
 	GStatus            int // g.atomicstatus (uint32)
 	GGoid              int // g.goid (uint64)
 	GWaitReason        int // g.waitreason (uint8)
+	GLockedM           int // g.lockedm: the m a goroutine is locked to (a cgo callback's)
 	// GSize is the number of bytes read per g: past the last field above.
 	GSize int
 	// runtime.m
 	MProcID int // m.procid: the thread ID the m runs on
 	MCurG   int // m.curg
+	MG0     int // m.g0: the m's system-stack goroutine
 }
 
 // Known holds the layouts of the 64-bit Linux runtimes by release ("go1.22"),
@@ -34,19 +36,19 @@ type Layout struct {
 // against it by the tests. A release not listed is refused, never guessed.
 var Known = map[string]Layout{
 	"go1.22": {GStackLo: 0, GStackHi: 8, GM: 48, GSchedSP: 56, GSchedPC: 64, GSchedLR: 96, GSchedBP: 104,
-		GSyscallSP: 112, GSyscallPC: 120, GStatus: 144, GGoid: 152, GWaitReason: 176, GSize: 184,
+		GSyscallSP: 112, GSyscallPC: 120, GStatus: 144, GGoid: 152, GWaitReason: 176, GLockedM: 208, GSize: 216,
 		MProcID: 72, MCurG: 192},
 	"go1.23": {GStackLo: 0, GStackHi: 8, GM: 48, GSchedSP: 56, GSchedPC: 64, GSchedLR: 96, GSchedBP: 104,
-		GSyscallSP: 112, GSyscallPC: 120, GStatus: 152, GGoid: 160, GWaitReason: 184, GSize: 192,
+		GSyscallSP: 112, GSyscallPC: 120, GStatus: 152, GGoid: 160, GWaitReason: 184, GLockedM: 216, GSize: 224,
 		MProcID: 72, MCurG: 192},
 	"go1.24": {GStackLo: 0, GStackHi: 8, GM: 48, GSchedSP: 56, GSchedPC: 64, GSchedLR: 96, GSchedBP: 104,
-		GSyscallSP: 112, GSyscallPC: 120, GStatus: 152, GGoid: 160, GWaitReason: 184, GSize: 192,
+		GSyscallSP: 112, GSyscallPC: 120, GStatus: 152, GGoid: 160, GWaitReason: 184, GLockedM: 216, GSize: 224,
 		MProcID: 72, MCurG: 192},
 	"go1.25": {GStackLo: 0, GStackHi: 8, GM: 48, GSchedSP: 56, GSchedPC: 64, GSchedLR: 88, GSchedBP: 96,
-		GSyscallSP: 104, GSyscallPC: 112, GStatus: 144, GGoid: 152, GWaitReason: 176, GSize: 184,
+		GSyscallSP: 104, GSyscallPC: 112, GStatus: 144, GGoid: 152, GWaitReason: 176, GLockedM: 208, GSize: 216,
 		MProcID: 64, MCurG: 184},
 	"go1.26": {GStackLo: 0, GStackHi: 8, GM: 48, GSchedSP: 56, GSchedPC: 64, GSchedLR: 88, GSchedBP: 96,
-		GSyscallSP: 104, GSyscallPC: 112, GStatus: 144, GGoid: 152, GWaitReason: 176, GSize: 184,
+		GSyscallSP: 104, GSyscallPC: 112, GStatus: 144, GGoid: 152, GWaitReason: 176, GLockedM: 208, GSize: 216,
 		MProcID: 64, MCurG: 184},
 }
 
@@ -202,11 +204,13 @@ func LayoutFromDWARF(d *dwarf.Data) (Layout, error) {
 		GWaitReason: field(g, "waitreason"),
 		MProcID:     field(m, "procid"),
 		MCurG:       field(m, "curg"),
+		GLockedM:    field(g, "lockedm"),
+		MG0:         field(m, "g0"),
 	}
 	if len(errs) > 0 {
 		return Layout{}, fmt.Errorf("goruntime: DWARF layout: %w", errors.Join(errs...))
 	}
-	l.GSize = max(l.GStackHi, l.GM, l.GSchedSP, l.GSchedPC, l.GSchedLR, l.GSchedBP, l.GSyscallSP, l.GSyscallPC, l.GStatus, l.GGoid) + 8
+	l.GSize = max(l.GStackHi, l.GM, l.GSchedSP, l.GSchedPC, l.GSchedLR, l.GSchedBP, l.GSyscallSP, l.GSyscallPC, l.GStatus, l.GGoid, l.GLockedM) + 8
 	l.GSize = max(l.GSize, l.GWaitReason+1)
 	l.GSize = (l.GSize + 7) &^ 7
 	return l, nil

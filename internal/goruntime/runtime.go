@@ -33,9 +33,19 @@ func (b Binary) arch() *arch.Arch {
 	return a
 }
 
-// codeDecoders are the searches of runtime code that find data a binary
-// without symbols does not name.
-type codeDecoders struct {
+// archRuntime is what differs between the runtimes of two architectures:
+// where they keep g, and the searches of runtime code that find data a
+// binary without symbols does not name.
+type archRuntime struct {
+	// tlsSym is the TLS symbol the runtime addresses g by, gCodeFunc the
+	// function whose code does (runtime.cgocallback on amd64,
+	// runtime.save_g on arm64), and gSlot derives the slot from them.
+	tlsSym, gCodeFunc string
+	gSlot             func(tls *elf.Prog, sym *elf.Symbol, cgo bool, code []byte) (GSlot, error)
+	// callbackSPOff is where runtime.cgocallback's frame on g0 keeps the
+	// system stack pointer of the C caller (asm_amd64.s: 0(SP);
+	// asm_arm64.s: 16(RSP)).
+	callbackSPOff uint64
 	// waitReasons returns the length of runtime.waitReasonStrings and the
 	// addresses it may be at, from runtime.waitReason.String's code.
 	waitReasons func(code []byte, pc uint64) (int, []uint64)
@@ -43,9 +53,11 @@ type codeDecoders struct {
 	atomicStores func(code []byte, pc uint64) []uint64
 }
 
-var decoders = map[*arch.Arch]codeDecoders{
-	arch.AMD64: {waitReasons: waitReasonsAMD64, atomicStores: atomicStoresAMD64},
-	arch.ARM64: {waitReasons: waitReasonsARM64, atomicStores: atomicStoresARM64},
+var runtimes = map[*arch.Arch]archRuntime{
+	arch.AMD64: {tlsSym: "runtime.tlsg", gCodeFunc: "runtime.cgocallback", gSlot: gSlotAMD64, callbackSPOff: 0,
+		waitReasons: waitReasonsAMD64, atomicStores: atomicStoresAMD64},
+	arch.ARM64: {tlsSym: "runtime.tls_g", gCodeFunc: "runtime.save_g", gSlot: gSlotARM64, callbackSPOff: 16,
+		waitReasons: waitReasonsARM64, atomicStores: atomicStoresARM64},
 }
 
 // Runtime reads goroutines of one live Go process.
@@ -56,7 +68,11 @@ type Runtime struct {
 	// AllGLen and AllGPtr are the live addresses of runtime.allglen and
 	// runtime.allgptr.
 	AllGLen, AllGPtr uint64
+	// GSlot is where a thread keeps the g it runs (see ThreadG).
+	GSlot GSlot
 
+	gSlotErr    error
+	arch        *arch.Arch
 	waitReasons []string
 }
 
@@ -113,7 +129,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 	if err := Supported(b); err != nil {
 		return nil, err
 	}
-	r := &Runtime{}
+	r := &Runtime{arch: b.arch()}
 	if d, err := b.ELF.DWARF(); err == nil {
 		if l, err := LayoutFromDWARF(d); err == nil {
 			r.Layout, r.FromDWARF = l, true
@@ -138,6 +154,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 			wrs = s
 		}
 	}
+	r.GSlot, r.gSlotErr = gSlot(b.ELF, syms, usesCgo(b, syms), gCode(b, mem))
 	if r.AllGLen == 0 || r.AllGPtr == 0 {
 		if err := r.findAllGs(b, mem); err != nil {
 			return nil, err
@@ -149,6 +166,54 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 		r.waitReasons = readStrings(mem, addr, n)
 	}
 	return r, nil
+}
+
+// gCode reads the runtime code gSlot checks the TLS slot of g with.
+func gCode(b Binary, mem io.ReaderAt) []byte {
+	rt, ok := runtimes[b.arch()]
+	if !ok {
+		return nil
+	}
+	return funcCode(b, mem, rt.gCodeFunc)
+}
+
+// funcCode reads the live code of the first of the named functions the
+// binary's function table has (nil when none, or longer than 2 KiB).
+func funcCode(b Binary, mem io.ReaderAt, names ...string) []byte {
+	if b.Funcs == nil {
+		return nil
+	}
+	for _, name := range names {
+		for _, f := range b.Funcs.Funcs() {
+			if f.Name != name || f.End-f.Entry > 2048 {
+				continue
+			}
+			code := make([]byte, f.End-f.Entry)
+			if _, err := mem.ReadAt(code, int64(f.Entry+b.Bias)); err == nil {
+				return code
+			}
+		}
+	}
+	return nil
+}
+
+// usesCgo reports whether the binary links runtime/cgo (whose crosscall2
+// is in every cgo binary's function table; the runtime's own _cgo_init
+// variables exist in every binary).
+func usesCgo(b Binary, syms []elf.Symbol) bool {
+	for _, s := range syms {
+		if s.Name == "crosscall2" {
+			return true
+		}
+	}
+	if b.Funcs != nil {
+		for _, f := range b.Funcs.Funcs() {
+			if f.Name == "crosscall2" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // findWaitReasons locates runtime.waitReasonStrings without symbols, from
@@ -178,7 +243,7 @@ func findWaitReasons(b Binary, mem io.ReaderAt) (addr uint64, n int, ok bool) {
 	if _, err := mem.ReadAt(code, int64(pc)); err != nil {
 		return 0, 0, false
 	}
-	dec, ok := decoders[b.arch()]
+	dec, ok := runtimes[b.arch()]
 	if !ok {
 		return 0, 0, false
 	}
@@ -320,7 +385,7 @@ func (r *Runtime) findAllGs(b Binary, mem io.ReaderAt) error {
 	}
 	// allglen and allgptr are the words allgadd stores atomically (XCHG on
 	// amd64, STLR on arm64); the allgs slice header is stored plainly.
-	dec, ok := decoders[b.arch()]
+	dec, ok := runtimes[b.arch()]
 	if !ok {
 		return fmt.Errorf("goruntime: %w: no decoder for %v", ErrNotFound, b.ELF.Machine)
 	}
@@ -452,6 +517,9 @@ type G struct {
 	// Current reports whether the g is its m's current user goroutine
 	// (m.curg == g).
 	Current bool
+	// LockedM is the m the g is locked to (0: none); a goroutine inside a
+	// cgo callback is locked to the m whose thread called it.
+	LockedM uint64
 }
 
 // Goroutine statuses (runtime/runtime2.go).
@@ -562,6 +630,26 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 	return gs, nil
 }
 
+// G0 returns the address of m's g0 (its system-stack goroutine).
+func (r *Runtime) G0(mem io.ReaderAt, m uint64) (uint64, error) {
+	return readWord(mem, m+uint64(r.Layout.MG0))
+}
+
+// CallbackSavedSP reads the system stack pointer runtime.cgocallback saved
+// in its frame on g0 (at sp, g0's saved stack pointer while the callback
+// runs): where g0's stack was before C called back, which the runtime's
+// unwindm restores (asm_amd64.s: 0(SP); asm_arm64.s: 16(RSP)).
+func (r *Runtime) CallbackSavedSP(mem io.ReaderAt, sp uint64) (uint64, error) {
+	rt, ok := runtimes[r.arch]
+	if !ok {
+		return 0, fmt.Errorf("goruntime: cgocallback's frame on %v is not known", r.arch)
+	}
+	return readWord(mem, sp+rt.callbackSPOff)
+}
+
+// ReadG reads the g at addr (a thread's g0, say).
+func (r *Runtime) ReadG(mem io.ReaderAt, addr uint64) (G, error) { return r.readG(mem, addr) }
+
 func (r *Runtime) readG(mem io.ReaderAt, addr uint64) (G, error) {
 	b := make([]byte, r.Layout.GSize)
 	if _, err := mem.ReadAt(b, int64(addr)); err != nil {
@@ -587,6 +675,7 @@ func (r *Runtime) decodeG(addr uint64, b []byte) G {
 		SyscallSP:  w(l.GSyscallSP),
 		SyscallPC:  w(l.GSyscallPC),
 		M:          w(l.GM),
+		LockedM:    w(l.GLockedM),
 	}
 	if int(g.WaitReason) < len(r.waitReasons) {
 		g.Wait = r.waitReasons[g.WaitReason]

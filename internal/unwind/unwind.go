@@ -62,12 +62,17 @@ type Arch struct {
 	// (arm64 code built with -mbranch-protection signs LR before saving
 	// it); nil where there is none.
 	StripPAC func(uint64) uint64
+	// Handwritten recognizes a return address pc (with the stack pointer
+	// sp) inside assembly code that has no unwind tables but whose code is
+	// known, and returns the caller's registers (DWARF numbers, the pc at
+	// RAReg) and the frame's CFA; nil or false: not recognized.
+	Handwritten func(read func(addr uint64) (uint64, error), pc, sp uint64) (map[int]uint64, uint64, bool)
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
 var AMD64 = Arch{Target: arch.AMD64, PtrSize: arch.AMD64.PtrSize, SPReg: arch.AMD64.SP, RAReg: 16, FPReg: arch.AMD64.FP,
 	CalleeSaved:   []int{3, 6, 12, 13, 14, 15},
-	SignalContext: amd64SignalContext}
+	SignalContext: amd64SignalContext, Handwritten: amd64Crosscall1}
 
 // ForTarget returns the unwinder's description of a target architecture
 // (the zero Arch, which unwinds nothing, for one it does not know).
@@ -299,6 +304,16 @@ type Stack struct {
 	// g: a caller that walks every goroutine from its g may count such a
 	// thread's stack as complete.
 	SwitchedAt string
+	// Callbacks are the indexes of the runtime.cgocallback frames the walk
+	// went through, on a goroutine's stack, to the goroutine's frames
+	// before it called C (as the runtime's own traceback does). The C
+	// frames that called back are on the system stack of the goroutine's
+	// m: a caller that walks goroutines must add them.
+	Callbacks []int
+	// Root names the Go runtime function a reliable walk ended at
+	// (runtime.goexit, runtime.mstart, runtime.rt0_go, runtime.mcall), ""
+	// otherwise.
+	Root string
 }
 
 // Unwinder walks stacks of one process.
@@ -338,7 +353,17 @@ var goRoots = map[string]string{
 
 // Unwind walks from regs, which are indexed by DWARF register number and
 // include the pc at index Arch.RAReg, reading stack memory from mem.
-func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
+func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack { return u.walk(mem, regs, true) }
+
+// UnwindReturn is Unwind from a frame whose pc is a return address (a
+// frame a callee saved, not one the thread stopped in): its callee-saved
+// registers and link register are not known.
+func (u *Unwinder) UnwindReturn(mem io.ReaderAt, regs []uint64) Stack {
+	return u.walk(mem, regs, false)
+}
+
+func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
+	first := exact
 	a := u.Arch
 	n := max(len(regs), a.RAReg+1, a.SPReg+1, 34)
 	var curArr [34]uint64
@@ -373,8 +398,10 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		return binary.LittleEndian.Uint64(b[:]), nil
 	}
-	exact, injected := true, false
+	injected := false
 	for depth := 0; ; depth++ {
+		innermost := depth == 0 && first
+		topFrameToC := false
 		pc, sp := cur[a.RAReg], cur[a.SPReg]
 		if depth >= MaxFrames {
 			return unreliable("more than %d frames", MaxFrames)
@@ -401,7 +428,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		link := lookup - m.Bias
 		if goTab != nil {
-			if f, ok := goTab.FuncAt(link); ok {
+			if f, ok := goTab.FuncAt(link); ok && !f.External() {
 				if why, ok := goRoots[f.Name]; ok {
 					if f.Name == "runtime.mcall" && interrupted {
 						// Stopped inside mcall itself, not returned to by
@@ -415,8 +442,14 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 						s.SwitchedAt = f.Name
 						return unreliable("stopped inside runtime.mcall at %#x while it switches to the system stack", pc)
 					}
-					s.Reliable, s.Reason = true, why
-					return s
+					if f.Name != "runtime.mstart" || !u.returnsToC(goTab, m, f, link, sp, read) {
+						s.Reliable, s.Reason, s.Root = true, why, f.Name
+						return s
+					}
+					// A thread created through cgo: mstart returns
+					// into C (crosscall1, threadentry, start_thread)
+					// when its m exits, so those frames count.
+					topFrameToC = true
 				}
 				if f.Name == "runtime.sigtramp" {
 					lr := uint64(0) // arm64: the handler's LR, known here only in an interrupted frame
@@ -438,11 +471,20 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 					exact = true
 					continue
 				}
-				if f.Flag&gopcln.FlagSPWrite != 0 || f.Flag&gopcln.FlagTopFrame != 0 {
+				spWrite := f.Flag&gopcln.FlagSPWrite != 0
+				if f.Name == "runtime.cgocallback" && !interrupted {
+					// Like the runtime's traceback: cgocallback
+					// switched stacks, but keeps a frame valid for
+					// unwinding on both (on the goroutine's stack its
+					// return address is where the goroutine called C).
+					spWrite = false
+					s.Callbacks = append(s.Callbacks, len(s.Frames)-1)
+				}
+				if spWrite || f.Flag&gopcln.FlagTopFrame != 0 && !topFrameToC {
 					s.SwitchedAt = f.Name
 					return unreliable("%s switches stacks (the goroutine's frames continue on another stack)", f.Name)
 				}
-				lrKnown := depth == 0 || interrupted // a signal frame restored every register
+				lrKnown := innermost || interrupted // a signal frame restored every register
 				if a.LinkRegister && injected {
 					// Above asyncPreempt or sigpanic: the signal handler
 					// pushed the interrupted LR in a 16-byte slot below the
@@ -523,6 +565,23 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 			exact = true
 			continue
 		}
+		if !interrupted && a.Handwritten != nil {
+			// Assembly without unwind tables whose code we know
+			// (runtime/cgo's crosscall1 on amd64).
+			if regs, cfa, ok := a.Handwritten(read, pc, sp); ok {
+				fr.CFA, fr.Method = cfa, "handwritten"
+				for i := range valid {
+					cur[i], valid[i] = 0, false
+				}
+				for r, v := range regs {
+					cur[r], valid[r] = v, true
+				}
+				if cur[a.RAReg] == 0 {
+					return unreliable("return address unknown above %#x in %s", pc, m.Name)
+				}
+				continue
+			}
+		}
 		if cfiTab == nil && a.LinkRegister && m.leafAt(a, link) {
 			// Leaf code (the arm64 vDSO has no unwind tables): the
 			// caller's pc is in LR, known in the innermost or an
@@ -546,14 +605,22 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 			cur[a.RAReg], valid[a.RAReg] = ra, true
 			continue
 		}
-		if cfiTab == nil {
-			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
-		}
-		row, ok, err := cfiTab.RowAt(link)
-		if err != nil {
-			return unreliable("CFI of %s at %#x: %v", m.Name, pc, err)
+		var row cfi.Row
+		ok := false
+		if cfiTab != nil {
+			if row, ok, err = cfiTab.RowAt(link); err != nil {
+				return unreliable("CFI of %s at %#x: %v", m.Name, pc, err)
+			}
 		}
 		if !ok {
+			if len(s.Frames) > 1 && s.Frames[len(s.Frames)-2].Method == "handwritten" {
+				// runtime/cgo's thread start routine, which called
+				// crosscall1, in a binary the Go linker linked itself:
+				// it keeps no unwind tables for C code, so the walk
+				// ends here, as the runtime's does at mstart.
+				s.Reliable, s.Reason, s.Root = true, fmt.Sprintf("ends at the C caller of crosscall1 at %#x (thread start of a cgo binary without unwind tables for C)", pc), "crosscall1"
+				return s
+			}
 			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)
 		}
 		// Expressions read this frame's registers and the process's memory.
@@ -590,7 +657,7 @@ func (u *Unwinder) Unwind(mem io.ReaderAt, regs []uint64) Stack {
 		}
 		raRule, hasRA := row.Regs[row.RA]
 		inLR := false
-		if !hasRA && a.LinkRegister && row.RA == a.LRReg && (depth == 0 || interrupted) && valid[a.LRReg] {
+		if !hasRA && a.LinkRegister && row.RA == a.LRReg && (innermost || interrupted) && valid[a.LRReg] {
 			// No rule for the link register: it still holds the return
 			// address (function entry, leaf functions). Only the innermost
 			// frame's LR, or that of a frame a signal interrupted, is
@@ -736,4 +803,22 @@ func (u *Unwinder) moduleAt(pc uint64) *Module {
 		}
 	}
 	return nil
+}
+
+// GoFunc returns the name of the Go function (by the pclntab) at pc, and
+// false for code that is not Go's (C code of a cgo binary, libraries).
+func (u *Unwinder) GoFunc(pc uint64) (string, bool) {
+	m := u.moduleAt(pc)
+	if m == nil {
+		return "", false
+	}
+	goTab, _, _ := m.tables(u.Arch)
+	if goTab == nil {
+		return "", false
+	}
+	f, ok := goTab.FuncAt(pc - m.Bias)
+	if !ok || f.External() {
+		return "", false
+	}
+	return f.Name, true
 }

@@ -20,3 +20,12 @@ func UseDlopen(names ...string) func() {
 	dlopenFuncs = names
 	return func() { dlopenFuncs = old }
 }
+
+// OnLibChecked runs f between the pin check of a patch library and its
+// load into the target (to replace the file meanwhile); the returned func
+// undoes it.
+func OnLibChecked(f func(path string)) func() {
+	old := testHookLibChecked
+	testHookLibChecked = f
+	return func() { testHookLibChecked = old }
+}

@@ -323,6 +323,16 @@ func TestLookupErrors(t *testing.T) {
 	_, err = tab.Lookup("other.so:exported_add")
 	require.ErrorIs(t, err, ErrUnknownSymbol)
 
+	// LookupIn names the module by identity (copies of a patch library
+	// loaded from memfds share one path).
+	s, err := tab.LookupIn(tab.Modules[0], "exported_add")
+	require.NoError(t, err)
+	assert.Same(t, tab.Modules[0], s.Module)
+	_, err = tab.LookupIn(&Module{Path: tab.Modules[0].Path}, "exported_add")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	_, err = tab.LookupIn(tab.Modules[0], "no_such_function")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+
 	assert.NotEmpty(t, tab.Search("tiny"))
 	for _, s := range tab.Search("_") {
 		assert.Contains(t, s.Name, "_")

@@ -178,6 +178,22 @@ func (t *Table) Lookup(name string) (Symbol, error) {
 	return Symbol{}, t.unknown(name, "")
 }
 
+// LookupIn resolves name among the symbols of module m (one of
+// t.Modules) only: a module several copies of which share one path (patch
+// libraries loaded from memfds, all "/memfd:NAME") is named by identity.
+func (t *Table) LookupIn(m *Module, name string) (Symbol, error) {
+	var idx []int
+	for _, j := range t.byName[name] {
+		if t.syms[j].Module == m {
+			idx = append(idx, j)
+		}
+	}
+	if len(idx) == 0 {
+		return Symbol{}, t.unknown(name, m.Path)
+	}
+	return t.pick(name, idx)
+}
+
 // pick chooses among the definitions of one name.
 func (t *Table) pick(name string, idx []int) (Symbol, error) {
 	if len(idx) == 1 {

@@ -1,6 +1,7 @@
 package elfsym
 
 import (
+	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 	"github.com/stretchr/testify/assert"
@@ -323,6 +326,16 @@ func TestLookupErrors(t *testing.T) {
 	_, err = tab.Lookup("other.so:exported_add")
 	require.ErrorIs(t, err, ErrUnknownSymbol)
 
+	// LookupIn names the module by identity (copies of a patch library
+	// loaded from memfds share one path).
+	s, err := tab.LookupIn(tab.Modules[0], "exported_add")
+	require.NoError(t, err)
+	assert.Same(t, tab.Modules[0], s.Module)
+	_, err = tab.LookupIn(&Module{Path: tab.Modules[0].Path}, "exported_add")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	_, err = tab.LookupIn(tab.Modules[0], "no_such_function")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+
 	assert.NotEmpty(t, tab.Search("tiny"))
 	for _, s := range tab.Search("_") {
 		assert.Contains(t, s.Name, "_")
@@ -513,6 +526,63 @@ func TestLiveReplacedBinary(t *testing.T) {
 	exe := tab.Modules[0]
 	assert.Equal(t, bin, exe.Path)
 	checkAgainstNM(t, tab, exe, want, base, "exported_add", "tiny")
+}
+
+// TestLiveMemfd checks that a library mapped from a memfd (maps show
+// "/memfd:NAME (deleted)", as for a patch library) is read, also by a
+// tracer that may not open /proc/PID/map_files, through the descriptor
+// the process holds.
+func TestLiveMemfd(t *testing.T) {
+	lib := buildC(t, t.TempDir(), "libhpa.so", cLibSrc, "-shared", "-fPIC")
+	want := nm(t, false, lib)
+	data, err := os.ReadFile(lib)
+	require.NoError(t, err)
+	fd, err := unix.MemfdCreate("libhpa.so", unix.MFD_CLOEXEC)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	_, err = unix.Write(fd, data)
+	require.NoError(t, err)
+	// Map the executable segment, as the loader would.
+	ef, err := elf.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+	var text *elf.Prog
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X != 0 {
+			text = p
+		}
+	}
+	require.NotNil(t, text)
+	page := uint64(os.Getpagesize())
+	off := text.Off &^ (page - 1)
+	mem, err := unix.Mmap(fd, int64(off), int(text.Off+text.Filesz-off), unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE)
+	require.NoError(t, err)
+	defer unix.Munmap(mem)
+	ms, err := ReadMappings(os.Getpid())
+	require.NoError(t, err)
+	var start uint64
+	for _, m := range ms {
+		if m.Path == "/memfd:libhpa.so" && m.Deleted && m.exec() {
+			start = m.Start
+		}
+	}
+	require.NotZero(t, start, "the memfd is mapped")
+	bias := start - (text.Vaddr - (text.Off - off))
+
+	for _, noMapFiles := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noMapFiles=%v", noMapFiles), func(t *testing.T) {
+			testNoMapFiles = noMapFiles
+			defer func() { testNoMapFiles = false }()
+			tab, err := Load(os.Getpid(), nil)
+			require.NoError(t, err)
+			mod, ok := tab.ModuleAt(start)
+			require.True(t, ok, "the memfd's module is loaded: %v", tab.Warnings)
+			require.Equal(t, "/memfd:libhpa.so", mod.Path)
+			require.Equal(t, bias, mod.Bias)
+			s, err := tab.LookupIn(mod, "hp_dup")
+			require.NoError(t, err)
+			require.Equal(t, want["hp_dup"][0].addr+bias, s.Addr)
+		})
+	}
 }
 
 func TestAmbiguousError(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Load builds the table of a live process from /proc/PID/maps, opening each
@@ -143,6 +145,10 @@ func loadObject(pid int, maps []Mapping) (mods []*Module, warn error, err error)
 	var src string
 	var errs []error
 	for _, m := range maps {
+		if testNoMapFiles {
+			errs = append(errs, fmt.Errorf("%w (test)", os.ErrPermission))
+			break
+		}
 		p := fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End)
 		if f, err = os.Open(p); err == nil {
 			src = p
@@ -150,10 +156,14 @@ func loadObject(pid int, maps []Mapping) (mods []*Module, warn error, err error)
 		}
 		errs = append(errs, err)
 	}
-	if f == nil {
-		if maps[0].Deleted {
-			return nil, warn, fmt.Errorf("elfsym: %s was deleted or replaced on disk and /proc/%d/map_files is not readable (%w); it is left out", path, pid, errors.Join(errs...))
+	if f == nil && maps[0].Deleted {
+		// map_files needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE); a
+		// descriptor the target holds open needs only ptrace access.
+		if f, src = openHeld(pid, maps[0]); f == nil {
+			return nil, warn, fmt.Errorf("elfsym: %s was deleted or replaced on disk (or is a memfd), /proc/%d/map_files is not readable (%w) and the target holds no descriptor of it; it is left out", path, pid, errors.Join(errs...))
 		}
+	}
+	if f == nil {
 		p := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), path)
 		if f, err = os.Open(p); err != nil {
 			return nil, warn, fmt.Errorf("elfsym: opening %s: %w", path, err)
@@ -215,6 +225,47 @@ func loadObject(pid int, maps []Mapping) (mods []*Module, warn error, err error)
 		return nil, warn, fmt.Errorf("elfsym: %s: no executable mapping matches a PT_LOAD segment", path)
 	}
 	return mods, warn, nil
+}
+
+// testNoMapFiles, set by tests, makes /proc/PID/map_files unreadable, as
+// it is for a tracer without CAP_SYS_ADMIN.
+var testNoMapFiles bool
+
+// openHeld opens the file mapped at m through a descriptor the process
+// holds open (/proc/PID/fd/N), if any: the way to a deleted file or a
+// memfd when /proc/PID/map_files is not readable.
+func openHeld(pid int, m Mapping) (*os.File, string) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, ""
+	}
+	for _, e := range ents {
+		// Stat first: opening a FIFO or a device could block or act.
+		p := filepath.Join(dir, e.Name())
+		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() || !sameFile(st, m) {
+			continue
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if st, err := f.Stat(); err == nil && sameFile(st, m) {
+			return f, p
+		}
+		f.Close()
+	}
+	return nil, ""
+}
+
+// sameFile reports whether st is the file of mapping m (its device and
+// inode as the maps file shows them).
+func sameFile(st os.FileInfo, m Mapping) bool {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || sys.Ino != m.Inode {
+		return false
+	}
+	return fmt.Sprintf("%02x:%02x", unix.Major(sys.Dev), unix.Minor(sys.Dev)) == m.Dev
 }
 
 // mappingBias computes the load bias from a mapping whose file offset lies

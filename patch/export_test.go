@@ -28,3 +28,12 @@ func HoldInStub(retries int) func() {
 	holdInStub, stubRetries = true, retries
 	return func() { holdInStub, stubRetries = false, old }
 }
+
+// OnLibChecked runs f between the pin check of a patch library and its
+// load into the target (to replace the file meanwhile); the returned func
+// undoes it.
+func OnLibChecked(f func(path string)) func() {
+	old := testHookLibChecked
+	testHookLibChecked = f
+	return func() { testHookLibChecked = old }
+}

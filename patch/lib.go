@@ -2,6 +2,7 @@ package patch
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,14 +47,15 @@ var dlopenFuncs = []string{"dlopen", "__libc_dlopen_mode"}
 
 // loadedLib is a patch library loaded into the target for an Apply.
 type loadedLib struct {
-	path   string // as given to dlopen (absolute, symlinks resolved)
+	path   string // the library file, as given (absolute, symlinks resolved)
 	handle uint64
-	mod    *elfsym.Module // nil if not found in the maps (should not happen)
+	mod    *elfsym.Module // the module mapped from the library's memfd
 }
 
-// prepareLib resolves the functions to replace, checks the library's pins
-// against the modules that hold them, then loads the library into the target
-// (remote dlopen) and reloads the target's symbols. With no library it
+// prepareLib resolves the functions to replace, reads the library's bytes
+// once and checks their pins against the modules that hold them, then
+// loads exactly those bytes into the target (through a sealed memfd and a
+// remote dlopen) and reloads the target's symbols. With no library it
 // returns nil and changes nothing.
 func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfsym.Symbol, *loadedLib, error) {
 	if o.Lib == "" {
@@ -66,7 +68,11 @@ func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfs
 	if err != nil {
 		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: fmt.Errorf("%w: patch library %s: %w", ErrBadRequest, o.Lib, err)}
 	}
-	pins, err := ReadPins(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: fmt.Errorf("%w: patch library: %w", ErrBadRequest, err)}
+	}
+	pins, err := pinsOf(path, data)
 	if err != nil {
 		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: err, Hint: "give a shared object built with -shared -fPIC"}
 	}
@@ -93,12 +99,20 @@ func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfs
 				Err: &BuildIDError{Lib: path, Pins: pins, Module: old.Module.Path, Func: rep.Old, Actual: old.Module.BuildID}}
 		}
 	}
-	lib, err := t.dlopen(path)
+	if testHookLibChecked != nil {
+		testHookLibChecked(path)
+	}
+	lib, err := t.dlopen(path, data)
 	if err != nil {
 		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: err}
 	}
 	return olds, lib, nil
 }
+
+// testHookLibChecked, when set (by tests), runs between the pin check of a
+// patch library and its load, with the library's path (the file may change
+// meanwhile: what is loaded is the bytes checked).
+var testHookLibChecked func(path string)
 
 // lookupOld returns a function to replace, as resolved before the library
 // was loaded (a replacement may have the same name).
@@ -113,7 +127,7 @@ func (t *Target) lookupOld(name string, olds map[string]elfsym.Symbol) (elfsym.S
 // whole target.
 func (t *Target) lookupNew(name string, lib *loadedLib) (elfsym.Symbol, error) {
 	if lib != nil && lib.mod != nil && !strings.Contains(name, ":") {
-		if s, err := t.syms.Lookup(lib.mod.Path + ":" + name); err == nil {
+		if s, err := t.syms.LookupIn(lib.mod, name); err == nil {
 			return s, nil
 		}
 	}
@@ -138,44 +152,97 @@ func (t *Target) libcFunc(names ...string) (elfsym.Symbol, string, error) {
 	return elfsym.Symbol{}, "", fmt.Errorf("%w: the target has no %s (is it linked with glibc?)", firstErr, strings.Join(names, " or "))
 }
 
-// dlopen loads the library at path into the target by a remote call of
-// dlopen (or __libc_dlopen_mode), on a thread borrowed while the others
-// keep running (the loader takes locks other threads may hold), and
+// dlopen loads data, the bytes of the library at path, into the target:
+// it puts them into a sealed memfd of the target (see stageLib), then
+// calls dlopen (or __libc_dlopen_mode) remotely on /proc/self/fd/N, on a
+// thread borrowed while the others keep running (the loader takes locks
+// other threads may hold), closes the memfd (the mappings keep it) and
 // reloads the target's symbols so that the library's functions resolve.
-func (t *Target) dlopen(path string) (*loadedLib, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("%w: patch library: %w", ErrBadRequest, err)
-	}
+// Each load is a file of its own, so the loader maps these bytes even
+// when the same path or the same bytes were loaded before. On failure the
+// target is left as it was.
+func (t *Target) dlopen(path string, data []byte) (*loadedLib, error) {
 	fn, via, err := t.libcFunc(dlopenFuncs...)
 	if err != nil {
 		return nil, err
 	}
-	// The path string goes into patch memory of our own.
-	size := roundUp(uint64(len(path)+1), pageSize)
-	scratch, err := t.proc.Mmap(0, size, tracee.ProtRead|tracee.ProtWrite, tracee.MapPrivate|tracee.MapAnonymous)
+	// The strings go into patch memory of our own: the memfd's name,
+	// then the path given to dlopen.
+	scratch, err := t.proc.Mmap(0, pageSize, tracee.ProtRead|tracee.ProtWrite, tracee.MapPrivate|tracee.MapAnonymous)
 	if err != nil {
-		return nil, fmt.Errorf("map memory for the library path: %w", err)
+		return nil, fmt.Errorf("map memory for the library's name: %w", err)
 	}
 	defer func() {
-		if err := t.proc.Munmap(scratch, size); err != nil {
-			t.log.Warn("could not unmap the library path", "err", err)
+		if err := t.proc.Munmap(scratch, pageSize); err != nil {
+			t.log.Warn("could not unmap the library's name", "err", err)
 		}
 	}()
-	if err := t.proc.WriteMem(scratch, append([]byte(path), 0)); err != nil {
+	if err := t.proc.WriteMem(scratch, append([]byte(memfdName(path)), 0)); err != nil {
 		return nil, err
 	}
+	lc, err := t.stageLib(scratch, path, data)
+	if err != nil {
+		return nil, err
+	}
+	defer t.closeFd(lc.fd)
+	return t.dlopenCopy(path, lc, fn.Addr, via, scratch+pageSize/2)
+}
+
+// dlopenCopy loads the library at path from its copy lc by a remote call
+// of the loader fn (named via) on /proc/self/fd/N, written at address at
+// (pageSize/2 bytes of the target's memory), and reloads the target's
+// symbols. On failure the library is unloaded again.
+func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at uint64) (*loadedLib, error) {
+	// glibc hands back an object loaded earlier under the same name, and
+	// the descriptor number of an earlier load may be ours now: a name
+	// taken shows as our memfd not being mapped, and is skipped. Of n+1
+	// names, at most n are taken by the n memfds mapped; name n is free
+	// unless some were unmapped since (patch libraries stay loaded).
+	n := t.memfdFiles()
+	for try := n; try <= 2*n; try++ {
+		name := lc.procPath(try)
+		if len(name) >= pageSize/2 {
+			return nil, fmt.Errorf("%s: %d memfds are mapped in the target: too many patch libraries loaded to name one more", path, n)
+		}
+		if err := t.proc.WriteMem(at, append([]byte(name), 0)); err != nil {
+			return nil, err
+		}
+		lib, err := t.callDlopen(path, fn, via, at)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.reloadSymbols(); err != nil {
+			t.dlclose(lib)
+			return nil, err
+		}
+		mod, mapped := t.mappedModule(lc)
+		if mod != nil {
+			lib.mod = mod
+			t.log.Debug("loaded patch library", "path", path, "as", name, "handle", fmt.Sprintf("%#x", lib.handle))
+			return lib, nil
+		}
+		t.dlclose(lib)
+		if mapped {
+			return nil, fmt.Errorf("%s was loaded but its symbols could not be read from the target's memfd (%w); the target is unchanged", path, errors.Join(t.syms.Warnings...))
+		}
+	}
+	return nil, fmt.Errorf("%s was loaded but no mapping of its memfd is in /proc/%d/maps; the target is unchanged", path, t.pid)
+}
+
+// callDlopen calls the loader fn (named via) on the path at address at in
+// the target, and on failure dlerror, on one thread: the error text is
+// thread-local. A NULL handle is a *LoadError naming lib.
+func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*loadedLib, error) {
 	mode := uint64(rtldNow)
 	if via == "__libc_dlopen_mode" {
 		mode |= rtldDlopen
 	}
 	dlerr, _, dlerrErr := t.libcFunc("dlerror")
-	// dlopen, and dlerror after a failure, on one thread: the error text is
-	// thread-local.
 	var handle, msg uint64
-	err = t.proc.Borrow(0, func(th *tracee.Thread) error {
+	err := t.proc.Borrow(0, func(th *tracee.Thread) error {
 		var err error
-		if handle, err = th.Call(via, fn.Addr, scratch, mode); err != nil {
-			return fmt.Errorf("remote %s(%q): %w", via, path, err)
+		if handle, err = th.Call(via, fn, at, mode); err != nil {
+			return fmt.Errorf("remote %s(%q): %w", via, t.readCString(at, 4096), err)
 		}
 		if handle == 0 && dlerrErr == nil && via == "dlopen" {
 			msg, _ = th.Call("dlerror", dlerr.Addr)
@@ -186,28 +253,13 @@ func (t *Target) dlopen(path string) (*loadedLib, error) {
 		return nil, err
 	}
 	if handle == 0 {
-		le := &LoadError{Lib: path, Via: via}
+		le := &LoadError{Lib: lib, Via: via}
 		if msg != 0 {
 			le.Dlerror = t.readCString(msg, 4096)
 		}
 		return nil, le
 	}
-	lib := &loadedLib{path: path, handle: handle}
-	if err := t.reloadSymbols(); err != nil {
-		t.dlclose(lib)
-		return nil, err
-	}
-	for _, m := range t.syms.Modules {
-		if m.Path == path {
-			lib.mod = m
-		}
-	}
-	if lib.mod == nil {
-		t.dlclose(lib)
-		return nil, fmt.Errorf("%s was loaded but is not in /proc/%d/maps under that path", path, t.pid)
-	}
-	t.log.Debug("loaded patch library", "path", path, "handle", fmt.Sprintf("%#x", handle))
-	return lib, nil
+	return &loadedLib{path: lib, handle: handle}, nil
 }
 
 // dlclose unloads a library loaded for an Apply that was then refused, so

@@ -53,6 +53,13 @@ var served = regexp.MustCompile(`^served (\d+) price=(\d+)$`)
 // with the old or the new price.
 func checkServed(t *testing.T, p *fixture.Proc) {
 	t.Helper()
+	checkServedPrices(t, p, "71", "145")
+}
+
+// checkServedPrices asserts the service served every request in order,
+// each with one of prices.
+func checkServedPrices(t *testing.T, p *fixture.Proc, prices ...string) {
+	t.Helper()
 	last := int64(-1)
 	for _, l := range p.Lines() {
 		m := served.FindStringSubmatch(l)
@@ -64,7 +71,7 @@ func checkServed(t *testing.T, p *fixture.Proc) {
 			require.Equal(t, last+1, seq, "a request was lost")
 		}
 		last = seq
-		require.Contains(t, []string{"71", "145"}, m[2])
+		require.Contains(t, prices, m[2], l)
 	}
 }
 
@@ -96,7 +103,7 @@ func testApplyLib(t *testing.T, flags ...string) {
 		require.Len(t, res.Functions, 1)
 		mod, ok := tg.Symbols().ModuleAt(res.Functions[0].NewAddr)
 		require.True(t, ok)
-		require.Equal(t, mustEval(t, lib), mod.Path, "NEW resolved in the library")
+		require.Equal(t, "/memfd:"+filepath.Base(lib), mod.Path, "NEW resolved in the library, loaded from a memfd")
 		p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=145$`), 5*time.Second)
 		m = p.Mark()
 		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
@@ -184,6 +191,7 @@ func TestApplyLibRefused(t *testing.T) {
 			}
 			require.Equal(t, before, mapsOf(t, p.Pid)+codeOf(t, tg, p.Pid, "price", "base_price"), "target changed")
 			require.NotContains(t, mapsOf(t, p.Pid), "libfixprice")
+			require.Empty(t, memfdsOpen(t, p.Pid), "the library's memfd is closed")
 			m := p.Mark()
 			p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=71$`), 5*time.Second)
 		})
@@ -195,6 +203,7 @@ func TestApplyLibRefused(t *testing.T) {
 		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "price", New: "no_such_fix"}}, patch.ApplyOptions{Lib: fixLib(t, pin(id))})
 		require.ErrorIs(t, err, patch.ErrUnknownSymbol)
 		require.NotContains(t, mapsOf(t, p.Pid), "libfixprice", "dlclose'd")
+		require.Empty(t, memfdsOpen(t, p.Pid), "the library's memfd is closed")
 		require.Equal(t, before, mapsOf(t, p.Pid)+codeOf(t, tg, p.Pid, "price"), "target changed")
 	})
 	// --unpinned accepts the unpinned library.

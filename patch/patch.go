@@ -147,13 +147,18 @@ type ApplyOptions struct {
 	// Progress, when set, is called after every pause of a transition.
 	Progress func(Progress)
 	// Lib is a shared object holding the replacement functions (C
-	// targets). Apply loads it into the target with a remote dlopen before
-	// the pause, then resolves each New in it first, then in the whole
-	// target; the replacement may call any function the target exports.
+	// targets). Apply reads it once, checks its pins, and loads exactly
+	// the bytes checked into the target before the pause: through a sealed
+	// memfd (maps show /memfd:NAME) and a remote dlopen of
+	// /proc/self/fd/N, never the path itself, which the target may
+	// resolve to another file. Then it resolves each New in it first, then
+	// in the whole target; the replacement may call any function the
+	// target exports.
 	// The library must be pinned with HOTPATCH_PIN (patch/include/hotpatch.h)
 	// to the build ID of each module holding an Old, unless Unpinned is set.
 	// If the Apply is refused the library is unloaded (dlclose); after a
-	// successful Apply it stays loaded, also after Revert.
+	// successful Apply it stays loaded, also after Revert. Each Apply
+	// loads a copy of its own, also of bytes loaded before.
 	Lib string
 	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
 	Unpinned bool

@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -16,16 +17,24 @@ const PinSection = ".hotpatch.pin"
 // ReadPins returns the build IDs (lower-case hex) a patch shared object is
 // pinned to; none when it declares no pin.
 func ReadPins(path string) ([]string, error) {
-	f, err := elf.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read pins of %s: %w", path, err)
 	}
-	defer f.Close()
+	return pinsOf(path, data)
+}
+
+// pinsOf is ReadPins of the bytes data of the shared object at path.
+func pinsOf(path string, data []byte) ([]string, error) {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("read pins of %s: %w", path, err)
+	}
 	s := f.Section(PinSection)
 	if s == nil {
 		return nil, nil
 	}
-	data, err := s.Data()
+	data, err = s.Data()
 	if err != nil {
 		return nil, fmt.Errorf("read pins of %s: section %s: %w", path, PinSection, err)
 	}

@@ -76,7 +76,4 @@ func TestLibNotExistKept(t *testing.T) {
 	_, _, err := tg.prepareLib(nil, ApplyOptions{Lib: missing})
 	require.ErrorIs(t, err, ErrBadRequest)
 	require.ErrorIs(t, err, fs.ErrNotExist)
-	_, err = tg.dlopen(missing)
-	require.ErrorIs(t, err, ErrBadRequest)
-	require.ErrorIs(t, err, fs.ErrNotExist)
 }

@@ -40,6 +40,10 @@ const (
 	sysMmap     = unix.SYS_MMAP
 	sysMprotect = unix.SYS_MPROTECT
 	sysMunmap   = unix.SYS_MUNMAP
+
+	sysMemfdCreate = unix.SYS_MEMFD_CREATE
+	sysFcntl       = unix.SYS_FCNTL
+	sysClose       = unix.SYS_CLOSE
 )
 
 func getRegs(tid int, r *Regs) error { return unix.PtraceGetRegs(tid, &r.PtraceRegs) }

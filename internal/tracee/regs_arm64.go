@@ -57,6 +57,10 @@ const (
 	sysMmap     = unix.SYS_MMAP
 	sysMprotect = unix.SYS_MPROTECT
 	sysMunmap   = unix.SYS_MUNMAP
+
+	sysMemfdCreate = unix.SYS_MEMFD_CREATE
+	sysFcntl       = unix.SYS_FCNTL
+	sysClose       = unix.SYS_CLOSE
 )
 
 // pstateSS is PSTATE.SS (software step): the kernel shows it set while a

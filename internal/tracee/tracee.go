@@ -297,6 +297,26 @@ func (p *Process) Mprotect(addr, length uint64, prot int) error {
 	return err
 }
 
+// MemfdCreate creates an anonymous file in the target (memfd_create(2))
+// and returns its descriptor there. name is the address of its
+// NUL-terminated name in the target's memory (maps show "/memfd:NAME").
+func (p *Process) MemfdCreate(name uint64, flags int) (int, error) {
+	fd, err := p.Syscall("memfd_create", sysMemfdCreate, name, uint64(flags))
+	return int(fd), err
+}
+
+// Fcntl runs fcntl(2) on a descriptor of the target (F_ADD_SEALS, say) and
+// returns its result.
+func (p *Process) Fcntl(fd, cmd int, arg uint64) (uint64, error) {
+	return p.Syscall("fcntl", sysFcntl, uint64(fd), uint64(cmd), arg)
+}
+
+// CloseFd closes a descriptor of the target.
+func (p *Process) CloseFd(fd int) error {
+	_, err := p.Syscall("close", sysClose, uint64(fd))
+	return err
+}
+
 // Protection and mapping flags, re-exported so that callers need not import
 // x/sys/unix.
 const (

@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 )
 
@@ -252,6 +254,41 @@ func TestSyscallErrors(t *testing.T) {
 	_, err = p.GetRegs(tg.pid)
 	require.ErrorIs(t, err, ErrNotStopped)
 	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+}
+
+// A memfd created in the target, written and sealed from here, then
+// closed: its name shows in the target's descriptors, the seals hold, and
+// the descriptor is gone after CloseFd.
+func TestMemfd(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	name, err := p.Mmap(0, 4096, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Munmap(name, 4096)) }()
+	require.NoError(t, p.WriteMem(name, []byte("hp-test.so\x00")))
+	fd, err := p.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	require.NoError(t, err)
+	link := fmt.Sprintf("/proc/%d/fd/%d", tg.pid, fd)
+	l, err := os.Readlink(link)
+	require.NoError(t, err)
+	require.Equal(t, "/memfd:hp-test.so (deleted)", l)
+	require.NoError(t, os.WriteFile(link, []byte("hello"), 0))
+	seals := uint64(unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE)
+	_, err = p.Fcntl(fd, unix.F_ADD_SEALS, seals)
+	require.NoError(t, err)
+	got, err := p.Fcntl(fd, unix.F_GET_SEALS, 0)
+	require.NoError(t, err)
+	require.Equal(t, seals, got)
+	require.Error(t, os.WriteFile(link, []byte("other"), 0), "sealed")
+	b, err := os.ReadFile(link)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(b))
+	require.NoError(t, p.CloseFd(fd))
+	_, err = os.Lstat(link)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	require.ErrorIs(t, p.CloseFd(fd), syscall.EBADF)
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+	assert.Empty(t, tg.errs())
 }
 
 func TestMemory(t *testing.T) {

@@ -1,0 +1,151 @@
+package patch_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// Prices cserve serves: unpatched, with fixprice, with fixprice -DV2.
+const (
+	priceOld = "71"
+	priceV1  = "145"
+	priceV2  = "212"
+)
+
+var fixReps = []patch.Replacement{{Old: "price", New: "price_fixed"}}
+
+// installLib puts a copy of src at dst the way a build or a package
+// manager does: a new file renamed over the old one.
+func installLib(t testing.TB, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	require.NoError(t, err)
+	tmp := dst + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, b, 0o755))
+	require.NoError(t, os.Rename(tmp, dst))
+}
+
+// expectPrice waits for the first request served after mark with a price
+// other than the unpatched one, and requires it is want.
+func expectPrice(t *testing.T, p *fixture.Proc, mark int, want string) {
+	t.Helper()
+	l, _ := p.WaitLine(t, mark, "a patched price", func(l string) bool {
+		m := served.FindStringSubmatch(l)
+		return m != nil && m[2] != priceOld
+	}, 5*time.Second)
+	require.Equal(t, want, served.FindStringSubmatch(l)[2], "the code the target runs: %s", l)
+}
+
+// applyRevert applies the fix from lib, requires the service serves want,
+// reverts, and requires it serves the old price again.
+func applyRevert(t *testing.T, tg *patch.Target, p *fixture.Proc, lib, want string) {
+	t.Helper()
+	m := p.Mark()
+	res, err := tg.Apply(context.Background(), fixReps, patch.ApplyOptions{Lib: lib})
+	require.NoError(t, err)
+	expectPrice(t, p, m, want)
+	require.Empty(t, memfdsOpen(t, p.Pid), "the target keeps no descriptor of the library")
+	m = p.Mark()
+	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
+	p.ExpectAfter(t, m, regexp.MustCompile(`^served \d+ price=`+priceOld+`$`), 5*time.Second)
+}
+
+// memfdsOpen lists the target's open descriptors of memfds.
+func memfdsOpen(t testing.TB, pid int) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var out []string
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, "/memfd:") {
+			out = append(out, e.Name()+" -> "+l)
+		}
+	}
+	return out
+}
+
+// The library file is replaced (by another, unpinned library) after its
+// pins were checked and before the target loads it: the target runs the
+// code that was checked.
+func TestApplyLibSwappedAfterCheck(t *testing.T) {
+	p, bin := serve(t, 2)
+	lib := filepath.Join(t.TempDir(), "libfixprice.so")
+	installLib(t, fixLib(t, pin(buildID(t, bin))), lib)
+	other := fixLib(t, "-DV2")
+	swaps := 0
+	defer patch.OnLibChecked(func(path string) {
+		installLib(t, other, path)
+		swaps++
+	})()
+	tg := attach(t, p.Pid)
+	applyRevert(t, tg, p, lib, priceV1)
+	require.Equal(t, 1, swaps, "the hook swapped the file")
+	checkServedPrices(t, p, priceOld, priceV1)
+}
+
+// A library rebuilt at the same path after a revert (the old one stays
+// loaded) runs its new code; the same bytes applied again run them too,
+// as does the first version put back.
+func TestApplyLibRebuiltSamePath(t *testing.T) {
+	p, bin := serve(t, 2)
+	id := buildID(t, bin)
+	lib := filepath.Join(t.TempDir(), "libfixprice.so")
+	tg := attach(t, p.Pid)
+	for _, v := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{pin(id)}, priceV1},
+		{[]string{pin(id), "-DV2"}, priceV2},
+		{[]string{pin(id), "-DV2"}, priceV2},
+		{[]string{pin(id)}, priceV1},
+	} {
+		installLib(t, fixLib(t, v.flags...), lib)
+		applyRevert(t, tg, p, lib, v.want)
+	}
+	require.Contains(t, mapsOf(t, p.Pid), "/memfd:libfixprice.so", "the library's name is visible in the maps")
+	checkServedPrices(t, p, priceOld, priceV1, priceV2)
+}
+
+// The target lives in a mount namespace of its own where the library's
+// path holds another library: the tool's file, the one checked, is what
+// the target loads.
+func TestApplyLibOtherMountNamespace(t *testing.T) {
+	bin := fixture.BuildC(t, "cserve", "-O2", "-fomit-frame-pointer", "-rdynamic")
+	dir := t.TempDir()
+	lib := filepath.Join(dir, "libfixprice.so")
+	installLib(t, fixLib(t, pin(buildID(t, bin))), lib)
+	other := fixLib(t, "-DV2")
+	// In a mount namespace of its own, a tmpfs over dir holds the other
+	// library at lib's path; then the service.
+	script := `d=$1 o=$2; shift 2; mount -t tmpfs hotpatch-test "$d" && cp "$o" "$d/libfixprice.so" && exec "$@"`
+	probe := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dir, other, "true")
+	if out, err := probe.CombinedOutput(); err != nil {
+		t.Skipf("cannot start a process in a mount namespace of its own with a tmpfs (unshare --mount and mount need util-linux and CAP_SYS_ADMIN): %v: %s", err, out)
+	}
+	p := fixture.StartCmd(t, exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dir, other, bin, "2"))
+	p.Expect(t, regexp.MustCompile(`^served \d+ price=`+priceOld+`$`), 10*time.Second)
+	theirs, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s", p.Pid, lib))
+	require.NoError(t, err)
+	ours, err := os.ReadFile(lib)
+	require.NoError(t, err)
+	require.NotEqual(t, ours, theirs, "the target sees other bytes at the library's path")
+
+	tg := attach(t, p.Pid)
+	applyRevert(t, tg, p, lib, priceV1)
+	checkServedPrices(t, p, priceOld, priceV1)
+}

@@ -17,6 +17,16 @@ import (
 var (
 	// ErrNoProcess: the PID does not exist, or the process exited.
 	ErrNoProcess = tracee.ErrNoProcess
+	// ErrPIDReused: the process exited and its PID now names another
+	// process, which was not touched. errors.Is(ErrPIDReused, ErrNoProcess)
+	// is true.
+	ErrPIDReused = tracee.ErrPIDReused
+	// ErrKernelThread: the PID is a kernel thread, with no user-space code.
+	ErrKernelThread = tracee.ErrKernelThread
+	// ErrBusy: another Target (in this or another program) holds the
+	// process until Options.LockWait ran out; operations on one process are
+	// serialised (matched by *tracee.BusyError, which names the holder).
+	ErrBusy = tracee.ErrBusy
 	// ErrPermission: we may not trace the process (the message says why:
 	// ptrace_scope, not dumpable, other user).
 	ErrPermission = tracee.ErrPermission

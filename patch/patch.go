@@ -37,7 +37,15 @@ import (
 type Options struct {
 	// Logger receives progress at debug level (nil: discard).
 	Logger *slog.Logger
+	// LockWait is how long Attach waits while another Target, in this or
+	// another program, holds the process (0: DefaultLockWait; negative: do
+	// not wait). Every operation on a process is serialised by that lock,
+	// which the kernel drops when its holder exits, however it exits.
+	LockWait time.Duration
 }
+
+// DefaultLockWait is Options.LockWait when unset.
+const DefaultLockWait = 10 * time.Second
 
 // Target is a process attached for patching.
 type Target struct {
@@ -68,7 +76,11 @@ func Attach(pid int, opts *Options) (*Target, error) {
 	if pid <= 0 {
 		return nil, &Error{Op: "attach", Pid: pid, Err: ErrBadRequest, Hint: "give the PID of a running process"}
 	}
-	proc, err := tracee.Open(pid)
+	wait := opts.LockWait
+	if wait == 0 {
+		wait = DefaultLockWait
+	}
+	proc, err := tracee.Open(pid, tracee.LockWait(max(wait, 0)))
 	if err != nil {
 		return nil, &Error{Op: "attach", Pid: pid, Err: err}
 	}
@@ -221,7 +233,10 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	patched := map[uint64]string{}
 	for _, r := range records {
-		if r.State == "reverted" {
+		if r.State == "reverted" || r.State == "prepared" {
+			// Nothing jumps there: leftovers of a patcher that died
+			// before its switch or after its revert (a live one would
+			// hold the process's lock, which we hold).
 			continue
 		}
 		for _, f := range r.Functions {

@@ -183,6 +183,7 @@ func errorCode(err error) string {
 	}{
 		// A cancelled wait also wraps what it waited for: it goes first.
 		{context.Canceled, "canceled"},
+		{patch.ErrPIDReused, "pid_reused"}, {patch.ErrKernelThread, "kernel_thread"}, {patch.ErrBusy, "busy"},
 		{patch.ErrNoProcess, "no_process"}, {patch.ErrPermission, "permission"},
 		{patch.ErrUnknownSymbol, "unknown_symbol"}, {patch.ErrAmbiguous, "ambiguous_symbol"},
 		{patch.ErrTooShort, "too_short"}, {patch.ErrBranchIntoPatch, "branch_into_patch"},

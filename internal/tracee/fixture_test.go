@@ -37,8 +37,13 @@ func startTarget(tb testing.TB, cmd *exec.Cmd) *target {
 // number of sleeper threads.
 func startFixture(tb testing.TB, sleepers int) *target {
 	tb.Helper()
-	bin := fixture.BuildC(tb, "tracee", "-O2")
-	return startTarget(tb, exec.Command(bin, strconv.Itoa(sleepers)))
+	return startTarget(tb, exec.Command(fixtureBin(tb), strconv.Itoa(sleepers)))
+}
+
+// fixtureBin builds testdata/tracee.c of internal/fixture.
+func fixtureBin(tb testing.TB) string {
+	tb.Helper()
+	return fixture.BuildC(tb, "tracee", "-O2")
 }
 
 // safety is the time after which a test that waits for a line gives up: a

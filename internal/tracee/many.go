@@ -23,6 +23,15 @@ const (
 // cannot read wholly is read region by region with ReadAt, whose error
 // (naming the address) is returned.
 func (p *Process) ReadMany(addrs []uint64, bufs [][]byte) error {
+	if err := p.readMany(addrs, bufs); err != nil {
+		return err
+	}
+	// process_vm_readv names the process by PID: what it read is the
+	// process's own only if that one has not exited since.
+	return p.id.same(p.pid)
+}
+
+func (p *Process) readMany(addrs []uint64, bufs [][]byte) error {
 	idx := make([]int, 0, len(addrs))
 	for i := range addrs {
 		if len(bufs[i]) > 0 {

@@ -77,6 +77,9 @@ func checkAccess(pid int) (int, error) {
 		return -1, fmt.Errorf("tracee: pid %d: %w", pid, err)
 	}
 	st := parseStatus(status)
+	if err := userProcess(pid, st); err != nil {
+		return -1, err
+	}
 	if tgid, ok := st["Tgid"]; ok && tgid != strconv.Itoa(pid) {
 		return -1, fmt.Errorf("tracee: %d is a thread of process %s, not a process: %w", pid, tgid, ErrNoProcess)
 	}
@@ -145,4 +148,28 @@ func isDescendant(pid, ancestor int) bool {
 		pid = pp
 	}
 	return false
+}
+
+// pfKthread is PF_KTHREAD in the flags of /proc/PID/stat.
+const pfKthread = 0x00200000
+
+// userProcess refuses what has no user-space code to patch: a kernel thread
+// (kthreadd, kworkers: no address space) and a zombie (exited, waiting for
+// its parent to reap it).
+func userProcess(pid int, status map[string]string) error {
+	name := status["Name"]
+	if strings.HasPrefix(status["State"], "Z") || strings.HasPrefix(status["State"], "X") {
+		return fmt.Errorf("tracee: pid %d (%s) is a zombie: it has exited and waits for its parent to reap it: %w", pid, name, ErrExited)
+	}
+	if status["Kthread"] == "1" {
+		return fmt.Errorf("tracee: pid %d (%s): %w", pid, name, ErrKernelThread)
+	}
+	fs, err := readStat(pid)
+	if err != nil {
+		return err
+	}
+	if flags, err := strconv.ParseUint(fs[6], 10, 64); err == nil && flags&pfKthread != 0 {
+		return fmt.Errorf("tracee: pid %d (%s): %w", pid, name, ErrKernelThread)
+	}
+	return nil
 }

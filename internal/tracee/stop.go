@@ -14,6 +14,9 @@ func (p *Process) stopAll() error {
 	if p.stopped {
 		return nil
 	}
+	if err := p.id.same(p.pid); err != nil {
+		return err
+	}
 	p.threads = map[int]*thread{}
 	p.order = nil
 	dead := map[int]bool{} // tids that vanished while we tried to seize them
@@ -52,6 +55,12 @@ func (p *Process) stopAll() error {
 	}
 	if len(p.threads) == 0 {
 		return p.exited()
+	}
+	// The threads seized are the process's own only if it did not exit
+	// (and its PID go to another) since the check above.
+	if err := p.id.same(p.pid); err != nil {
+		p.abandon()
+		return err
 	}
 	p.order = p.order[:0]
 	for tid := range p.threads {

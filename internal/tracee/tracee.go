@@ -69,7 +69,8 @@ type Process struct {
 	pid   int
 	reqs  chan func()
 	quit  chan struct{}
-	memfd int // /proc/PID/mem, O_RDWR; -1 after Close
+	memfd int // /proc/PID/mem, O_RDWR, flock'ed; -1 after Close
+	id    identity
 
 	// Everything below is owned by the ptrace goroutine.
 	closed   bool
@@ -104,15 +105,49 @@ type pendingSignal struct {
 }
 
 // Open checks that the caller may trace pid (existence, Yama ptrace_scope,
-// dumpable, uid) without attaching. It returns ErrNoProcess or a
-// *PermissionError when not.
-func Open(pid int) (*Process, error) {
-	memfd, err := checkAccess(pid)
+// dumpable, uid) without attaching. It returns ErrNoProcess,
+// ErrKernelThread or a *PermissionError when not.
+//
+// The Process is bound to the process pid names now: if that one exits and
+// another takes its PID, every stop and batched read fails with
+// ErrPIDReused instead of touching the other (memory goes through the
+// /proc/PID/mem opened here, which never reaches another process).
+//
+// It also takes the process's lock, held until Close (or the death of this
+// program): a second Open of the same process, here or in another program,
+// waits for it as long as LockWait says (default: not at all), then returns
+// a *BusyError.
+func Open(pid int, opts ...Option) (*Process, error) {
+	var c openConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("tracee: pid %d: %w", pid, ErrNoProcess)
+	}
+	id, err := newIdentity(pid)
 	if err != nil {
+		return nil, err
+	}
+	memfd, err := checkAccess(pid)
+	if err == nil {
+		// /proc/PID/mem was opened on the process the identity pins.
+		if err = id.same(pid); err != nil {
+			unix.Close(memfd)
+		}
+	}
+	if err == nil {
+		if err = lock(pid, memfd, c.lockWait); err != nil {
+			unix.Close(memfd)
+		}
+	}
+	if err != nil {
+		id.close()
 		return nil, err
 	}
 	p := &Process{
 		pid:     pid,
+		id:      id,
 		reqs:    make(chan func()),
 		quit:    make(chan struct{}),
 		memfd:   memfd,
@@ -201,9 +236,10 @@ func (p *Process) Close() error {
 		err := p.resumeAll()
 		p.closed = true
 		if p.memfd >= 0 {
-			unix.Close(p.memfd)
+			unix.Close(p.memfd) // drops the lock
 			p.memfd = -1
 		}
+		p.id.close()
 		close(p.quit)
 		return err
 	})

@@ -9,9 +9,10 @@ func DieAfterWrites(n int) { faultCountdown = n }
 // IsInjectedDeath reports a panic value raised by DieAfterWrites.
 func IsInjectedDeath(v any) bool { return v == errInjectedDeath }
 
-// Abandon detaches from a target left stopped by an injected death, as the
-// kernel does when the tracer dies.
-func Abandon(t *Target) error { return t.proc.Resume() }
+// Abandon detaches from a target left stopped by an injected death and
+// lets go of it, as the kernel does when the tracer dies (which drops the
+// process's lock too).
+func Abandon(t *Target) error { return t.proc.Close() }
 
 // UseDlopen makes Apply load libraries through the named loader functions
 // only (to test the __libc_dlopen_mode fallback); the returned func undoes it.

@@ -127,7 +127,7 @@ const MaxReported = 10
 
 func (e *BlockedError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v after %d attempts: %d blocking task(s); retry later, raise --timeout, or patch functions that are not in use:", ErrBlocked, e.Attempts, len(e.Blockers))
+	fmt.Fprintf(&b, "%v after %d attempts: %d blocking task(s); retry later, allow a longer timeout, or patch functions that are not in use:", ErrBlocked, e.Attempts, len(e.Blockers))
 	for i, bl := range e.Blockers {
 		if i == MaxReported {
 			break

@@ -244,10 +244,6 @@ func (t *Table) pick(name string, idx []int) (Symbol, error) {
 }
 
 func (t *Table) unknown(name, mod string) error {
-	pid := "PID"
-	if t.pid > 0 {
-		pid = fmt.Sprint(t.pid)
-	}
 	where := ""
 	if mod != "" {
 		where = " in module " + mod
@@ -272,7 +268,7 @@ func (t *Table) unknown(name, mod string) error {
 		}
 		hint = "; similar: " + strings.Join(names, ", ")
 	}
-	return fmt.Errorf("elfsym: %w %q%s; list candidates with `hotpatch syms --pid %s %s`%s", ErrUnknownSymbol, name, where, pid, sub, hint)
+	return fmt.Errorf("elfsym: %w %q%s%s", ErrUnknownSymbol, name, where, hint)
 }
 
 // Search returns the functions whose name contains substr, sorted by address.

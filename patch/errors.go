@@ -142,7 +142,7 @@ func (e *InlinedError) Error() string {
 		return fmt.Sprintf("%v? %s: %s; if so, a patch of its out-of-line copy changes nothing. Mark it //go:noinline in the source, or opt in to patching only the out-of-line copy (ApplyOptions.AllowInlined)",
 			ErrInlined, e.Func, e.Reason)
 	}
-	return fmt.Sprintf("%v into %s; those copies would keep the old code. Patch the callers too, or opt in to patching only the out-of-line copy (--allow-inlined, ApplyOptions.AllowInlined)",
+	return fmt.Sprintf("%v into %s; those copies would keep the old code. Patch the callers too, or opt in to patching only the out-of-line copy (ApplyOptions.AllowInlined)",
 		ErrInlined, FormatInlineSites(e.Sites))
 }
 

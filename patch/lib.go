@@ -86,7 +86,7 @@ func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfs
 		if len(pins) == 0 {
 			if !o.Unpinned {
 				return nil, nil, &Error{Op: "apply", Pid: t.pid, Func: rep.Old, Err: ErrUnpinned,
-					Hint: fmt.Sprintf("declare HOTPATCH_PIN(\"%s\"); in the patch (patch/include/hotpatch.h), or pass --unpinned", old.Module.BuildID)}
+					Hint: fmt.Sprintf("declare HOTPATCH_PIN(\"%s\"); in the patch (patch/include/hotpatch.h), or accept an unpinned library (ApplyOptions.Unpinned)", old.Module.BuildID)}
 			}
 			continue
 		}

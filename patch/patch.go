@@ -285,7 +285,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		seen[old.Addr] = rep.Old
 		if id, ok := patched[old.Addr]; ok {
-			return fail(rep.Old, ErrAlreadyApplied, fmt.Sprintf("patch %s already replaces it; revert it first (hotpatch revert --pid %d --id %s)", id, t.pid, id))
+			return fail(rep.Old, ErrAlreadyApplied, fmt.Sprintf("patch %s already replaces it; revert it first", id))
 		}
 		sites, err := t.syms.InlineSites(old)
 		if err != nil {
@@ -309,8 +309,8 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 
 	for _, r := range records {
 		if r.State == "transition" || r.State == "reverting" {
-			return fail("", ErrInTransition, fmt.Sprintf("patch %s is in a gradual %s with %d task(s) pending; finish it (hotpatch apply --pid %d --resume --id %s) or revert it first",
-				r.ID, r.State, r.Pending, t.pid, r.ID))
+			return fail("", ErrInTransition, fmt.Sprintf("patch %s is in a gradual %s with %d task(s) pending; finish it (Resume) or revert it first",
+				r.ID, r.State, r.Pending))
 		}
 	}
 	mode := o.Mode
@@ -329,7 +329,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		canDispatch = false
 	}
 	if mode == ModeGradual && !canDispatch {
-		return fail("", trampoline.ErrUnsupportedArch, "gradual transitions need dispatch stubs, not built for this architecture yet; use --mode stop")
+		return fail("", trampoline.ErrUnsupportedArch, "gradual transitions need dispatch stubs, not built for this architecture yet; use stop mode")
 	}
 
 	// Prepare: map patch memory near the code, write the record, the

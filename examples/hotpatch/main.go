@@ -147,6 +147,7 @@ func (c *common) fail(stdout io.Writer, err error) error {
 // the target was left in: as "id", "state" and "pending" with --json, and
 // in words with what to do when a transition is left unfinished.
 func (c *common) failAt(stdout io.Writer, err error, res *patch.Result) error {
+	err = withHint(c.pid, err)
 	if c.json {
 		writeJSON(stdout, errorFields(err, res))
 	}
@@ -203,15 +204,25 @@ func errorCode(err error) string {
 	return "error"
 }
 
-// withHint adds the flag that overrides a refusal, when one does.
-func withHint(err error) error {
-	hint := ""
-	var ie *patch.InlinedError
+// withHint adds the flag or command that helps with a refusal, when one
+// does (the library's errors name its options, never the CLI's).
+func withHint(pid int, err error) error {
+	var hint string
 	switch {
 	case errors.Is(err, patch.ErrSignature):
 		hint = "--skip-signature-check applies it anyway"
-	case errors.As(err, &ie) && len(ie.Sites) == 0:
+	case errors.Is(err, patch.ErrInlined):
 		hint = "--allow-inlined patches the out-of-line copy anyway"
+	case errors.Is(err, patch.ErrUnpinned):
+		hint = "--unpinned accepts it"
+	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled):
+		hint = "raise --timeout, or --mode gradual keeps the busy tasks on the old code"
+	case errors.Is(err, patch.ErrUnknownSymbol):
+		hint = fmt.Sprintf("hotpatch syms --pid %d SUBSTRING lists the functions", pid)
+	case errors.Is(err, patch.ErrAlreadyApplied):
+		hint = fmt.Sprintf("hotpatch status --pid %d lists the patches, hotpatch revert --pid %d --id ID reverts one", pid, pid)
+	case errors.Is(err, patch.ErrInTransition):
+		hint = fmt.Sprintf("hotpatch apply --pid %d --resume finishes it", pid)
 	default:
 		return err
 	}
@@ -267,8 +278,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = t.Apply(ctx, reps, opts)
 	}
 	if err != nil {
-		err = withHint(err)
 		if streaming {
+			err = withHint(c.pid, err)
 			ev := errorFields(err, res)
 			ev["event"] = "error"
 			writeLine(stdout, ev)

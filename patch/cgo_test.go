@@ -121,7 +121,9 @@ func TestCgoThreadEntry(t *testing.T) {
 		command(t, p, "busy 2", regexp.MustCompile(`^busy 2$`))
 		tg := attach(t, p.Pid)
 		untouched := code(t, tg, p.Pid, "threadentry")
-		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "threadentry", New: "c_value_fixed"}}, patch.ApplyOptions{Timeout: 200 * time.Millisecond})
+		_, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "threadentry", New: "c_value_fixed"}},
+			// Another signature: the refusal under test is the threads'.
+			patch.ApplyOptions{Timeout: 200 * time.Millisecond, SkipSignatureCheck: true})
 		require.ErrorIs(t, err, patch.ErrBlocked, "threads return into threadentry")
 		require.Equal(t, untouched, code(t, tg, p.Pid, "threadentry"))
 		var be *consistency.BlockedError

@@ -172,7 +172,7 @@ func TestApplyLibRefused(t *testing.T) {
 	}{
 		{"other build", fixLib(t, pin("0123456789abcdef0123456789abcdef01234567")), patch.ErrBuildIDMismatch,
 			[]string{"0123456789abcdef0123456789abcdef01234567", id}},
-		{"unpinned", fixLib(t), patch.ErrUnpinned, []string{"--unpinned", id}},
+		{"unpinned", fixLib(t), patch.ErrUnpinned, []string{"ApplyOptions.Unpinned", id}},
 		{"missing dependency", fixLib(t, pin(id), "-DMISSING", "-L"+missing, "-lhpmissing"), patch.ErrLoadLibrary,
 			[]string{"libhpmissing.so: cannot open shared object file"}},
 	} {

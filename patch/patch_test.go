@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,13 +63,29 @@ func services() []service {
 	}
 }
 
+// attach attaches to pid as a new tool would. A tool holds its target
+// until it exits, and the next one waits for it: the target attached to pid
+// before is closed first, as that tool's exit would.
 func attach(t testing.TB, pid int) *patch.Target {
 	t.Helper()
+	attachedMu.Lock()
+	if prev := attached[pid]; prev != nil {
+		prev.Close()
+	}
+	attachedMu.Unlock()
 	tg, err := patch.Attach(pid, nil)
 	require.NoError(t, err)
+	attachedMu.Lock()
+	attached[pid] = tg
+	attachedMu.Unlock()
 	t.Cleanup(func() { tg.Close() })
 	return tg
 }
+
+var (
+	attachedMu sync.Mutex
+	attached   = map[int]*patch.Target{}
+)
 
 // snapshot captures what "untouched" means: the file-backed and executable
 // mappings (patch memory is anonymous and executable; the heaps of the

@@ -114,8 +114,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		stopLoad()
 		return err
 	}
-	defer t.Close()
 	res, err := t.Apply(ctx, []patch.Replacement{{Old: "main.greeting", New: "main.greetingFixed"}}, patch.ApplyOptions{Timeout: 10 * time.Second})
+	t.Close() // as the apply command exits: one tool holds a target at a time
 	if err != nil {
 		stopLoad()
 		return err
@@ -145,6 +145,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	say("")
 
 	say("5. hotpatch revert --pid %d --id %s", pid, res.ID)
+	if t, err = patch.Attach(pid, nil); err != nil {
+		stopLoad()
+		return err
+	}
+	defer t.Close()
 	rr, err := t.Revert(ctx, res.ID, patch.ApplyOptions{Timeout: 10 * time.Second})
 	if err != nil {
 		stopLoad()

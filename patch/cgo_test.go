@@ -214,7 +214,7 @@ func TestCgoDifferential(t *testing.T) {
 		vs := differential(t, tg, stackCommand(t, p), func(class string) bool {
 			// Internally linked, the C code has no unwind tables: the
 			// callbacks' stacks stay unreliable (they block every patch).
-			return mode == "internal" && class == "unreliable, match"
+			return mode == "internal" && unreliableMatch(class)
 		})
 		compared, _, line := tally(vs)
 		t.Logf("%s: %s", mode, line)

@@ -267,6 +267,16 @@ func classify(sy symbolizer, task *consistency.Task, rt goStack) string {
 	return class
 }
 
+// isMatch reports whether class is a match.
+func isMatch(class string) bool { return class == classMatch || class == classWrappers }
+
+// unreliableMatch reports whether class is the match of a stack we call
+// unreliable.
+func unreliableMatch(class string) bool {
+	rest, ok := strings.CutPrefix(class, "unreliable, ")
+	return ok && isMatch(rest)
+}
+
 // verdict is one goroutine's class.
 type verdict struct {
 	id    int
@@ -309,7 +319,7 @@ func differential(t *testing.T, tg *patch.Target, dump func() []string, ok func(
 			class = classify(sy, tasks[id], b)
 		}
 		out = append(out, verdict{id: id, class: class, rt: b})
-		if class != classMatch && class != classWrappers && counted(class) && !ok(class) {
+		if !isMatch(class) && counted(class) && !ok(class) {
 			var ours []string
 			if tasks[id] != nil {
 				ours = frameNames(tg, *tasks[id])
@@ -414,7 +424,7 @@ func TestGoDifferential(t *testing.T) {
 func matchedIn(vs []verdict, funcs ...string) int {
 	n := 0
 	for _, v := range vs {
-		if (v.class == classMatch || v.class == classWrappers) && slices.ContainsFunc(v.rt.funcs(), func(f string) bool {
+		if isMatch(v.class) && slices.ContainsFunc(v.rt.funcs(), func(f string) bool {
 			return slices.ContainsFunc(funcs, func(p string) bool { return strings.HasPrefix(f, p) })
 		}) {
 			n++

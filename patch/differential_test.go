@@ -26,23 +26,6 @@ import (
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
-// The differential tests compare our snapshot of a Go target with the Go
-// runtime's own traceback of the same goroutines (runtime.Stack of every
-// goroutine, printed by the target on demand).
-//
-// The runtime cannot print the very moment our tracer froze: the target
-// must run to print. So the target prints twice, once before and once
-// after the snapshot (taken while every thread is stopped), and only the
-// goroutines the two dumps show identically (state, every frame, argument
-// and pc offset) and parked (not running or runnable) are compared: they
-// sat where both dumps saw them — a goroutine that woke up and went back
-// to the same place in between is seen by us elsewhere or in another
-// state, and that only passes for the states that wake by themselves
-// (periodicStates). Per goroutine: its state and wait reason, the
-// runtime's functions in order among our frames, each at the same pc
-// (entry + the "+0x" offset the runtime prints, by our symbol table), and
-// our frames outside the runtime exactly the runtime's.
-
 // rtFrame is one frame of the runtime's traceback.
 type rtFrame struct {
 	name    string
@@ -236,7 +219,7 @@ var periodicStates = map[string]bool{
 // Classes of goroutines the differential tests count but do not compare.
 const (
 	classChanged = "changed between the dumps"
-	classRunning = "running in the dumps"
+	classRunning = "running or runnable in the dumps"
 	classWoke    = "woke up between the dumps (periodic)"
 	classMatch   = "match"
 	// A match but for frames of wrappers (a promoted method's, say) that
@@ -290,9 +273,25 @@ func counted(class string) bool {
 	return class != classChanged && class != classRunning && class != classWoke
 }
 
-// differential takes our snapshot of tg between two runtime dumps (dump
-// returns the lines of one) and classifies every goroutine of the first;
-// ok says which classes other than a match pass.
+// differential compares our snapshot of tg with the Go runtime's own
+// traceback of the same goroutines (runtime.Stack of every goroutine,
+// printed by the target on demand: dump returns the lines of one), and
+// returns the class of every goroutine of the dump; ok says which classes
+// other than a match pass, every other one fails the test.
+//
+// The runtime cannot print the very moment our tracer froze: the target
+// must run to print. So the target prints twice, once before and once
+// after our snapshot (taken while every thread is stopped), and only the
+// goroutines the two dumps show identically (state, every frame, argument
+// and pc offset) and parked (not running or runnable) are compared: they
+// sat where both dumps saw them. One that woke up and came back to the
+// same place in between is seen by us elsewhere or in another state,
+// which passes only for the states that wake by themselves
+// (periodicStates). Per goroutine (classify, compareStacks): its state and
+// wait reason, the runtime's functions in order among our frames, each at
+// the same pc (entry + the "+0x" offset the runtime prints, by our symbol
+// table), and our frames outside the runtime exactly the runtime's, but
+// for wrappers it elides.
 func differential(t *testing.T, tg *patch.Target, dump func() []string, ok func(class string) bool) []verdict {
 	t.Helper()
 	sy := newSymbolizer(t, tg)
@@ -374,7 +373,8 @@ func stackCommand(t *testing.T, p *fixture.Proc) func() []string {
 }
 
 // TestGoDifferential compares our snapshot with the Go runtime's own
-// traceback (see differential) for targets built by every supported
+// traceback of the same goroutines (see differential: a dump before and
+// one after our snapshot, the goroutines that stayed put compared) for targets built by every supported
 // toolchain, with DWARF and stripped, without cgo: gotasks with goroutines
 // waiting forever in every state (main.block*: channels, select, locks, a
 // wait group, a condition, sleep, the poller, a blocking read(2)) and

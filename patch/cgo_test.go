@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -202,81 +201,10 @@ func TestCgoCallbacks(t *testing.T) {
 	})
 }
 
-// runtimeStacks parses a runtime.Stack(all) dump: goroutine ID → its
-// state and function names, innermost first (inlined frames, printed with
-// "(...)", are marked with a leading "~").
-func runtimeStacks(lines []string) map[int]goStack {
-	out := map[int]goStack{}
-	header := regexp.MustCompile(`^goroutine (\d+) \[([^\]]*)\]:$`)
-	frame := regexp.MustCompile(`^(\S+)\((.*)\)$`)
-	cur := -1
-	for _, l := range lines {
-		if m := header.FindStringSubmatch(l); m != nil {
-			fmt.Sscan(m[1], &cur)
-			out[cur] = goStack{state: m[2]}
-			continue
-		}
-		if cur < 0 || strings.HasPrefix(l, "\t") || strings.HasPrefix(l, "created by ") {
-			continue
-		}
-		if m := frame.FindStringSubmatch(l); m != nil {
-			name := m[1]
-			if m[2] == "..." {
-				name = "~" + name
-			}
-			s := out[cur]
-			s.funcs = append(s.funcs, name)
-			out[cur] = s
-		}
-	}
-	return out
-}
-
-var gowrap = regexp.MustCompile(`\.gowrap\d+$`)
-
-type goStack struct {
-	state string
-	funcs []string
-}
-
-// compareStacks classifies our frames of one goroutine against the
-// runtime's: "match" when the runtime's functions are, in order, among
-// ours and our main.* frames are exactly its non-inlined ones.
-func compareStacks(ours []string, rt goStack) string {
-	i := 0
-	var rtUser []string
-	for _, f := range rt.funcs {
-		if strings.HasPrefix(f, "~") {
-			continue // inlined: no frame of its own
-		}
-		if strings.HasPrefix(f, "main.") {
-			rtUser = append(rtUser, f)
-		}
-		for i < len(ours) && ours[i] != f {
-			i++
-		}
-		if i == len(ours) {
-			return "missing " + f
-		}
-	}
-	var ourUser []string
-	for _, f := range ours {
-		// The runtime elides a go statement's wrapper (main.main.gowrap1)
-		// and prints "created by" instead.
-		if strings.HasPrefix(f, "main.") && !gowrap.MatchString(f) {
-			ourUser = append(ourUser, f)
-		}
-	}
-	if !slices.Equal(ourUser, rtUser) {
-		return fmt.Sprintf("extra main frames %v (runtime: %v)", ourUser, rtUser)
-	}
-	return "match"
-}
-
 // TestCgoDifferential compares our snapshot with the Go runtime's own
-// traceback (runtime.Stack of every goroutine): goroutines parked in C,
-// in callbacks from goroutines and from C threads, and the runtime's own,
-// held still between the dump and the snapshot.
+// traceback (runtime.Stack of every goroutine; see differential):
+// goroutines parked in C, in callbacks from goroutines and from C threads,
+// and the runtime's own.
 func TestCgoDifferential(t *testing.T) {
 	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
 		command(t, p, "busy 3", regexp.MustCompile(`^busy 3$`))
@@ -284,42 +212,14 @@ func TestCgoDifferential(t *testing.T) {
 		command(t, p, "crelease", regexp.MustCompile(`^callbacks 2$`))
 		command(t, p, "gocall 3", regexp.MustCompile(`^callbacks 5$`))
 		defer command(t, p, "cbrelease", regexp.MustCompile(`^cbreleased$`))
-		mark := p.Mark()
-		command(t, p, "stack", regexp.MustCompile(`^stack end$`))
-		var dump []string
-		in := false
-		for _, l := range p.Lines()[mark:] {
-			switch {
-			case l == "stack begin":
-				in = true
-			case l == "stack end":
-				in = false
-			case in:
-				dump = append(dump, l)
-			}
-		}
-		rt := runtimeStacks(dump)
 		tg := attach(t, p.Pid)
-		snap, err := tg.Threads()
-		require.NoError(t, err)
-		counts := map[string]int{}
-		compared := 0
-		for _, task := range snap.Tasks {
-			r, ok := rt[task.ID]
-			if task.Kind != "goroutine" || !ok || strings.HasPrefix(r.state, "running") {
-				continue
-			}
-			compared++
-			class := compareStacks(frameNames(tg, task), r)
-			if !task.Stack.Reliable {
-				class = "unreliable, " + class
-			}
-			counts[class]++
-			if class != "match" && !(mode == "internal" && strings.HasPrefix(class, "unreliable, match")) {
-				t.Errorf("%s: %s\n  ours:    %v\n  runtime: %v", task, class, frameNames(tg, task), r.funcs)
-			}
-		}
-		t.Logf("%s: %d goroutines in the dump, %d compared: %v", mode, len(rt), compared, counts)
+		vs := differential(t, tg, stackCommand(t, p), func(class string) bool {
+			// Internally linked, the C code has no unwind tables: the
+			// callbacks' stacks stay unreliable (they block every patch).
+			return mode == "internal" && unreliableMatch(class)
+		})
+		compared, _, line := tally(vs)
+		t.Logf("%s: %s", mode, line)
 		require.GreaterOrEqual(t, compared, 8, "3 in C, 5 in callbacks")
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -392,7 +393,14 @@ func TestCLIInterrupted(t *testing.T) {
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	require.NoError(t, cmd.Start())
-	time.Sleep(300 * time.Millisecond)
+	// Interrupt it once it has stopped the target for an attempt (on a
+	// slow machine, 300 ms may pass before the first).
+	deadline := time.Now().Add(30 * time.Second)
+	for tracerPid(t, p.Pid) == 0 {
+		require.True(t, time.Now().Before(deadline), "the revert never stopped the target")
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	err := cmd.Wait()
@@ -410,4 +418,18 @@ func TestCLIInterrupted(t *testing.T) {
 	require.Equal(t, applied.ID, res.ID)
 	require.Equal(t, "applied", res.State)
 	require.Contains(t, e.String(), "blocking task(s)", "the cause is named")
+}
+
+// tracerPid reads the TracerPid of a process (0: not traced now).
+func tracerPid(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			require.NoError(t, err)
+			return n
+		}
+	}
+	return 0
 }

@@ -130,7 +130,7 @@ func TestLoadCycles(t *testing.T) {
 		cycles = 50
 	}
 	t.Run("c-tcp", func(t *testing.T) {
-		p := fixture.Start(t, fixture.BuildC(t, "ctcp", "-O2", "-fomit-frame-pointer"), "8")
+		p := fixture.Start(t, fixture.BuildC(t, "ctcp", "-O2", "-fomit-frame-pointer"), "12") // 8 load clients and the probe
 		port := p.ExpectAfter(t, 0, regexp.MustCompile(`^listen (\d+)$`), 10*time.Second)[1]
 		p.ExpectAfter(t, 0, regexp.MustCompile(`^ready$`), 10*time.Second)
 		newReq := func() loadRequest {

@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 )
@@ -85,4 +88,24 @@ func hotpatchMappings(t *testing.T, pid int) []string {
 		}
 	}
 	return out
+}
+
+// TestCLIAlreadyTraced: a target under another tracer (a debugger, strace)
+// is refused with "permission", naming the tracer, and left as it was.
+func TestCLIAlreadyTraced(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2"))
+	pid := fmt.Sprint(p.Pid)
+	before := hotpatchMappings(t, p.Pid)
+	runtime.LockOSThread() // ptrace requests come from the tracer's thread
+	defer runtime.UnlockOSThread()
+	require.NoError(t, unix.PtraceSeize(p.Pid))
+	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--replace", "compute=compute_fixed", "--json")
+	require.Equal(t, 1, code, errOut)
+	var e struct{ Code, Error string }
+	require.NoError(t, json.Unmarshal([]byte(out), &e), out)
+	require.Equal(t, "permission", e.Code)
+	require.Contains(t, e.Error, fmt.Sprintf("already traced by pid %d", os.Getpid()))
+	require.Equal(t, before, hotpatchMappings(t, p.Pid))
+	m := p.Mark()
+	p.ExpectAfter(t, m, regexp.MustCompile(`^result 2`), 10*time.Second) // still serving, unpatched
 }

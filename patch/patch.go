@@ -356,6 +356,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
 	}
+	step("apply:mapped")
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
 	unmap := func() { t.unmapUnused(rec) }
 	if canDispatch {
@@ -419,6 +420,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		unmap()
 		return fail("", err, "")
 	}
+	step("apply:record-written")
 
 	// Pause: stop, check, verify, write, resume.
 	var regions []consistency.Region
@@ -444,6 +446,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			step("apply:paused")
 			if canDispatch {
 				// Through the stubs, so that the set switches with one
 				// write whatever happens to us meanwhile.
@@ -468,6 +471,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		return fail(fn, err, "")
 	}
+	step("apply:done")
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
 }
@@ -549,6 +553,9 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 		}
 	}
 	for i, w := range ws {
+		if i > 0 {
+			step("write:entry-written")
+		}
 		if err := t.writeMem(w.addr, w.new); err != nil {
 			for _, u := range ws[:i] {
 				if uerr := t.writeMem(u.addr, u.old); uerr != nil {
@@ -735,6 +742,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			step("revert:paused")
 			if rec.Table != 0 && rec.State == "applied" {
 				return t.stopBackward(rec)
 			}
@@ -744,10 +752,12 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	if err != nil {
 		return fail(err)
 	}
+	step("revert:restored")
 	// Nothing jumps into the patch memory any more.
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", id, "err", err)
 	}
+	step("revert:unmapped")
 	if err := t.readBack(rec, out, 0); err != nil {
 		return out, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err}
 	}
@@ -773,6 +783,7 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 		}
 	}
+	step("revert:discard-checked")
 	// Nothing jumps there any more: no task can enter it after the check.
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
@@ -782,8 +793,12 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 
 // RevertAll reverts every applied patch, newest first, and removes the
 // memory of patches whose patcher died before switching them or after
-// reverting them.
+// reverting them, and what a patcher killed part-way left without a
+// record (see Leftovers; stubs in padding too).
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, error) {
+	if _, err := t.cleanup(ctx, o); err != nil {
+		return nil, err
+	}
 	records, err := t.Status()
 	if err != nil {
 		return nil, err

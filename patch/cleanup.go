@@ -3,10 +3,12 @@ package patch
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
 // Leftover is memory a tool killed part-way left in the target that no
@@ -30,7 +32,8 @@ const (
 // Leftovers lists the memory hotpatch mapped in the target that no record
 // accounts for (see Leftover): every such mapping bears a mark from the
 // moment it exists.
-func (t *Target) Leftovers() ([]Leftover, error) {
+func (t *Target) Leftovers() (_ []Leftover, err error) {
+	defer t.explain(&err)
 	maps, err := elfsym.ReadMappings(t.pid)
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
@@ -110,4 +113,24 @@ func (t *Target) cleanup(ctx context.Context, o ApplyOptions) (int, error) {
 		t.log.Debug("removed leftover", "kind", l.Kind, "addr", fmt.Sprintf("%#x", l.Addr), "size", l.Size)
 	}
 	return pads + orphans + len(left), nil
+}
+
+// explain makes an error of a target that exited meanwhile say so (match
+// ErrNoProcess): whatever failed first — a file under /proc gone, a read
+// of its memory — the cause is the exit.
+func (t *Target) explain(errp *error) {
+	err := *errp
+	if err == nil || errors.Is(err, tracee.ErrExited) {
+		return
+	}
+	gone := t.proc.Alive()
+	if gone == nil || !errors.Is(gone, tracee.ErrExited) {
+		return
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		e.Err = fmt.Errorf("%w (%w)", gone, e.Err)
+		return
+	}
+	*errp = fmt.Errorf("%w (%w)", gone, err)
 }

@@ -241,10 +241,13 @@ func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*load
 	}
 	dlerr, _, dlerrErr := t.libcFunc("dlerror")
 	var handle, msg uint64
+	// Read before: the function Borrow runs may not use the Process (it
+	// runs on the ptrace thread, which a read would wait for).
+	arg := t.readCString(at, 4096)
 	err := t.proc.Borrow(0, func(th *tracee.Thread) error {
 		var err error
 		if handle, err = th.Call(via, fn, at, mode); err != nil {
-			return fmt.Errorf("remote %s(%q): %w", via, t.readCString(at, 4096), err)
+			return fmt.Errorf("remote %s(%q): %w", via, arg, err)
 		}
 		if handle == 0 && dlerrErr == nil && via == "dlopen" {
 			msg, _ = th.Call("dlerror", dlerr.Addr)

@@ -773,9 +773,14 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 
 // Resume drives the transition of patch id (left by a tool that stopped or
 // died, or by OnTimeoutStay) to its end: "transition" toward applied,
-// "reverting" toward reverted.
-func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
+// "reverting" toward reverted. What a killed tool left without a record
+// goes first (see Leftovers).
+func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
+	defer t.explain(&err)
 	o = o.withDefaults()
+	if _, err := t.cleanup(ctx, o); err != nil {
+		return nil, err
+	}
 	rec, err := t.record(id)
 	if err != nil {
 		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}

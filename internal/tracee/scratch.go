@@ -4,7 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Memory a tool maps in a target is never left where no later tool can
@@ -246,4 +251,54 @@ func intentsIn(b []byte) [][7]uint64 {
 		off += i + intentSize
 	}
 	return out
+}
+
+// Alive returns nil while the process is the one opened, else an error
+// matching ErrExited (ErrPIDReused too when its PID now names another). A
+// process whose every thread is a zombie or has SIGKILL pending (it is
+// being torn down) has exited, even while a tracer has yet to reap them.
+func (p *Process) Alive() error {
+	err := p.do(func() error {
+		if err := p.id.same(p.pid); err != nil {
+			return err
+		}
+		tids, err := listTasks(p.pid)
+		if err != nil {
+			return p.exited()
+		}
+		for _, tid := range tids {
+			if !taskDying(p.pid, tid) {
+				return nil
+			}
+		}
+		return p.exited()
+	})
+	if err == ErrClosed {
+		return nil // closed by us: nothing to say about it
+	}
+	return err
+}
+
+// taskDying reports a thread that is a zombie, gone, or has SIGKILL
+// pending (the kernel queues it on every thread of a process it kills).
+func taskDying(pid, tid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+	if err != nil {
+		return true
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "State":
+			if strings.HasPrefix(v, "Z") || strings.HasPrefix(v, "X") {
+				return true
+			}
+		case "SigPnd":
+			if m, err := strconv.ParseUint(v, 16, 64); err == nil && m&(1<<(unix.SIGKILL-1)) != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -270,6 +270,7 @@ func TestCallInRestartSyscall(t *testing.T) {
 // the sleep itself: on arm64 rt_sigreturn resets the restart block).
 func TestCallTracerKilled(t *testing.T) {
 	c := startCall(t)
+	require.NoError(t, c.p.Close()) // the helpers need the process's lock
 	for _, how := range []struct{ mode, thread string }{
 		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
 		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
@@ -314,6 +315,7 @@ func TestCallTracerKilled(t *testing.T) {
 // through restart_syscall.
 func TestSyscallTracerKilled(t *testing.T) {
 	c := startCall(t)
+	require.NoError(t, c.p.Close()) // the helpers need the process's lock
 	helper := func(mode, thread string, killAt int) *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=syscaller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),

@@ -27,6 +27,9 @@ const (
 	// LeftoverUnmarked: a mapping a killed tool's system call made after
 	// the tool died, which the intent it left in padding names.
 	LeftoverUnmarked = "unmarked mapping"
+	// LeftoverStub: padding of an executable mapping that differs from
+	// the object's file: a killed tool's system call stub.
+	LeftoverStub = "system call stub in padding"
 )
 
 // Leftovers lists the memory hotpatch mapped in the target that no record
@@ -54,12 +57,15 @@ func (t *Target) Leftovers() (_ []Leftover, err error) {
 			out = append(out, Leftover{Kind: LeftoverScratch, Addr: addr, Size: size})
 		}
 	}
-	orphans, err := t.proc.Orphans()
+	stubs, orphans, err := t.proc.Leftovers()
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
 	}
 	for _, r := range orphans {
 		out = append(out, Leftover{Kind: LeftoverUnmarked, Addr: r[0], Size: r[1] - r[0]})
+	}
+	for _, r := range stubs {
+		out = append(out, Leftover{Kind: LeftoverStub, Addr: r[0], Size: r[1] - r[0]})
 	}
 	return out, nil
 }
@@ -104,8 +110,8 @@ func (t *Target) cleanup(ctx context.Context, o ApplyOptions) (int, error) {
 		}
 	}
 	for _, l := range left {
-		if l.Kind == LeftoverUnmarked {
-			continue // Recover did (a stub still ran: it stays listed)
+		if l.Kind == LeftoverUnmarked || l.Kind == LeftoverStub {
+			continue // Recover did (a stub still running: it stays listed)
 		}
 		if err := t.proc.Munmap(l.Addr, l.Size); err != nil {
 			return fail(fmt.Errorf("unmap %s at %#x: %w", l.Kind, l.Addr, err))

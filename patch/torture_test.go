@@ -219,11 +219,29 @@ func mappingSet(t testing.TB, pid int) []string {
 // padding.
 func textMatchesFiles(t testing.TB, pid int, what string) {
 	t.Helper()
+	if d := textDiffs(t, pid); len(d) > 0 {
+		t.Fatalf("%s: %s", what, d[0].what)
+	}
+}
+
+// textDiff is a byte of an executable file mapping that differs from the
+// file.
+type textDiff struct {
+	addr uint64
+	what string
+}
+
+// textDiffs returns the first differing byte of each run of bytes of the
+// target's private executable file mappings (but the patch libraries)
+// that differ from their files.
+func textDiffs(t testing.TB, pid int) []textDiff {
+	t.Helper()
 	ms, err := elfsym.ReadMappings(pid)
 	require.NoError(t, err)
 	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 	require.NoError(t, err)
 	defer mem.Close()
+	var out []textDiff
 	for _, m := range ms {
 		if !strings.HasPrefix(m.Path, "/") || m.Perms != "r-xp" {
 			continue
@@ -239,10 +257,20 @@ func textMatchesFiles(t testing.TB, pid int, what string) {
 		got := make([]byte, len(want))
 		_, err = mem.ReadAt(got, int64(m.Start))
 		require.NoError(t, err)
-		if i := firstDiff(got, want); i >= 0 {
-			t.Fatalf("%s: %s at %#x (offset %#x) differs from its file: % x, file % x", what, m.Path, m.Start+uint64(i), i, got[i:min(i+16, len(got))], want[i:min(i+16, len(want))])
+		for off := 0; off < len(got); {
+			i := firstDiff(got[off:], want[off:])
+			if i < 0 {
+				break
+			}
+			i += off
+			out = append(out, textDiff{m.Start + uint64(i), fmt.Sprintf("%s at %#x (offset %#x) differs from its file: % x, file % x",
+				m.Path, m.Start+uint64(i), i, got[i:min(i+16, len(got))], want[i:min(i+16, len(want))])})
+			for off = i; off < len(got) && got[off] != want[off]; off++ {
+			}
+			off += 32 // one run: a stub or a jump holds bytes equal to the file's
 		}
 	}
+	return out
 }
 
 func firstDiff(a, b []byte) int {
@@ -319,12 +347,26 @@ func tortureAfterKill(t *testing.T, tt *tortureTarget, before []string, at strin
 	left, err := tg.Leftovers()
 	require.NoError(t, err)
 	accounted := map[uint64]bool{}
+	var changed [][2]uint64 // code a record or a leftover accounts for
 	for _, r := range recs {
 		require.NotEqual(t, "partial", r.State, "killed at %s", at)
 		accounted[r.Region] = true
+		for _, f := range r.Functions {
+			changed = append(changed, [2]uint64{f.PatchAddr, f.PatchAddr + uint64(len(f.Jump))})
+		}
 	}
 	for _, l := range left {
 		accounted[l.Addr] = true
+		changed = append(changed, [2]uint64{l.Addr, l.Addr + l.Size})
+	}
+diffs:
+	for _, d := range textDiffs(t, tt.p.Pid) {
+		for _, c := range changed {
+			if d.addr >= c[0] && d.addr < c[1] {
+				continue diffs
+			}
+		}
+		t.Fatalf("killed at %s: %s, and neither a record nor a leftover Status shows says why", at, d.what)
 	}
 	old := map[string]bool{}
 	for _, m := range before {

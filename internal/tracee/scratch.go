@@ -165,7 +165,7 @@ func (p *Process) freeAddr(size uint64) (uint64, error) {
 
 // Recover puts back the padding a system call stub was left in (see
 // restorePads), and unmaps the memory a marked mmap of a killed tool made
-// that was never marked (see Orphans). It returns how many of each it put
+// that was never marked (see Leftovers). It returns how many of each it put
 // right.
 func (p *Process) Recover() (pads, orphans int, err error) {
 	intents, pads, err := p.restorePads()
@@ -189,24 +189,26 @@ func (p *Process) Recover() (pads, orphans int, err error) {
 	return pads, orphans, nil
 }
 
-// Orphans returns the mappings [start, end) that the marked mmap of a
-// killed tool made and never marked: an intent in padding names each,
-// exactly, and it is untouched (all zero).
-func (p *Process) Orphans() ([][2]uint64, error) {
-	var out [][2]uint64
-	err := p.do(func() error {
+// Leftovers returns what a killed tool left that Recover puts right, as
+// [start, end) ranges: runs of padding that differ from the object's file
+// (a system call stub), and the mappings that the marked mmap of a killed
+// tool made and never marked (an intent in padding names each, exactly,
+// and it is untouched: all zero).
+func (p *Process) Leftovers() (stubs, orphans [][2]uint64, err error) {
+	err = p.do(func() error {
 		maps, err := readMaps(p.pid)
 		if err != nil {
 			return p.exited()
 		}
 		var intents [][7]uint64
 		for _, d := range p.dirtyPads(maps) {
+			stubs = append(stubs, [2]uint64{d.addr, d.addr + d.size})
 			intents = append(intents, intentsIn(d.live)...)
 		}
-		out, err = p.orphans(intents)
+		orphans, err = p.orphans(intents)
 		return err
 	})
-	return out, err
+	return stubs, orphans, err
 }
 
 // orphans returns the mappings of intents that exist, unmarked.

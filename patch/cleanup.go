@@ -36,7 +36,7 @@ const (
 // accounts for (see Leftover): every such mapping bears a mark from the
 // moment it exists.
 func (t *Target) Leftovers() (_ []Leftover, err error) {
-	defer t.explain(&err)
+	defer t.explain("", &err)
 	maps, err := elfsym.ReadMappings(t.pid)
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
@@ -123,14 +123,20 @@ func (t *Target) cleanup(ctx context.Context, o ApplyOptions) (int, error) {
 
 // explain makes an error of a target that exited meanwhile say so (match
 // ErrNoProcess): whatever failed first — a file under /proc gone, a read
-// of its memory — the cause is the exit.
-func (t *Target) explain(errp *error) {
+// of its memory — the cause is the exit. An operation that seemed to
+// succeed (op, not "") on a target that exited meanwhile fails with
+// ErrNoProcess: its writes went into memory on its way out.
+func (t *Target) explain(op string, errp *error) {
 	err := *errp
-	if err == nil || errors.Is(err, tracee.ErrExited) {
+	if errors.Is(err, tracee.ErrExited) || (err == nil && op == "") {
 		return
 	}
 	gone := t.proc.Alive()
 	if gone == nil || !errors.Is(gone, tracee.ErrExited) {
+		return
+	}
+	if err == nil {
+		*errp = &Error{Op: op, Pid: t.pid, Err: gone, Hint: "the process exited while the tool worked on it"}
 		return
 	}
 	var e *Error

@@ -215,7 +215,7 @@ type planned struct {
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
 func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) (_ *Result, applyErr error) {
-	defer t.explain(&applyErr)
+	defer t.explain("apply", &applyErr)
 	fail := func(fn string, err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "apply", Pid: t.pid, Func: fn, Err: err, Hint: hint}
 	}
@@ -574,7 +574,7 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 // Status lists the patches recorded in the target, oldest first. A record's
 // State is checked against the code bytes.
 func (t *Target) Status() (_ []Record, err error) {
-	defer t.explain(&err)
+	defer t.explain("", &err)
 	maps, err := elfsym.ReadMappings(t.pid)
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
@@ -673,7 +673,7 @@ func liveState(mem readerAt, rec *Record, state uint32) (string, error) {
 // pause, after checking that no thread is executing in the replacement
 // functions.
 func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
-	defer t.explain(&err)
+	defer t.explain("revert", &err)
 	fail := func(err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
 	}
@@ -799,7 +799,7 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 // reverting them, and what a patcher killed part-way left without a
 // record (see Leftovers; stubs in padding too).
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, err error) {
-	defer t.explain(&err)
+	defer t.explain("revert", &err)
 	if _, err := t.cleanup(ctx, o); err != nil {
 		return nil, err
 	}

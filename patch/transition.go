@@ -776,7 +776,7 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 // "reverting" toward reverted. What a killed tool left without a record
 // goes first (see Leftovers).
 func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
-	defer t.explain(&err)
+	defer t.explain("resume", &err)
 	o = o.withDefaults()
 	if _, err := t.cleanup(ctx, o); err != nil {
 		return nil, err

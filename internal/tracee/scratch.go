@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -257,23 +258,33 @@ func intentsIn(b []byte) [][7]uint64 {
 
 // Alive returns nil while the process is the one opened, else an error
 // matching ErrExited (ErrPIDReused too when its PID now names another). A
-// process whose every thread is a zombie or has SIGKILL pending (it is
-// being torn down) has exited, even while a tracer has yet to reap them.
+// process whose every thread is being torn down (see taskDying) has
+// exited, even while a tracer has yet to reap them; while only some are,
+// it looks again for a moment (an exit in progress).
 func (p *Process) Alive() error {
 	err := p.do(func() error {
-		if err := p.id.same(p.pid); err != nil {
-			return err
-		}
-		tids, err := listTasks(p.pid)
-		if err != nil {
-			return p.exited()
-		}
-		for _, tid := range tids {
-			if !taskDying(p.pid, tid) {
+		for try := 0; ; try++ {
+			if err := p.id.same(p.pid); err != nil {
+				return err
+			}
+			tids, err := listTasks(p.pid)
+			if err != nil {
+				return p.exited()
+			}
+			dying := 0
+			for _, tid := range tids {
+				if taskDying(p.pid, tid) {
+					dying++
+				}
+			}
+			switch {
+			case dying == len(tids):
+				return p.exited()
+			case dying == 0 || try == 10:
 				return nil
 			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		return p.exited()
 	})
 	if err == ErrClosed {
 		return nil // closed by us: nothing to say about it
@@ -281,11 +292,15 @@ func (p *Process) Alive() error {
 	return err
 }
 
-// taskDying reports a thread that is a zombie, gone, or has SIGKILL
-// pending (the kernel queues it on every thread of a process it kills).
+// taskDying reports a thread that is a zombie, gone, has SIGKILL pending
+// (the kernel queues it on every thread of a process it kills) or has let
+// go of its memory (no VmSize: a user thread past exit_mm).
 func taskDying(pid, tid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
 	if err != nil {
+		return true
+	}
+	if !strings.Contains(string(b), "\nVmSize:") {
 		return true
 	}
 	for _, l := range strings.Split(string(b), "\n") {

@@ -161,6 +161,7 @@ func (p *Process) runSyscallMarked(t *thread, nr uint64, args []uint64, mark fun
 		return 0, err
 	}
 	if mark != nil {
+		step("syscall:returned")
 		if e := int64(res); e >= 0 || e < -4095 {
 			err = mark(res)
 		}

@@ -402,11 +402,13 @@ func TestTortureKillTarget(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			steps := tortureSteps(t, startTortureTarget(t, kind))
 			start := time.Now()
+			var slowest time.Duration
 			for _, at := range steps {
 				tt := startTortureTarget(t, kind)
 				t0 := time.Now()
 				lines, _ := tt.patcher(at, "target", 15*time.Second)
 				took := time.Since(t0)
+				slowest = max(slowest, took)
 				if at == steps[len(steps)-1] && hasLine(lines, "done") {
 					continue // killed after the last thing the tool did
 				}
@@ -414,7 +416,7 @@ func TestTortureKillTarget(t *testing.T) {
 				require.Less(t, took, 10*time.Second, "target killed at %s", at)
 				tt.p.Kill()
 			}
-			t.Logf("%s: killed the target at %d steps in %v", kind, len(steps), time.Since(start).Round(time.Millisecond))
+			t.Logf("%s: killed the target at %d steps in %v; the slowest patcher ended %v after it started", kind, len(steps), time.Since(start).Round(time.Millisecond), slowest.Round(time.Millisecond))
 		})
 	}
 }

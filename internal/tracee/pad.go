@@ -329,10 +329,16 @@ type dirtyPad struct {
 }
 
 // dirtyPads returns the runs of padding whose bytes differ from the
-// object's file.
+// object's file, each once (a segment's tail may also be a section gap).
 func (p *Process) dirtyPads(maps []mapping) []dirtyPad {
 	var out []dirtyPad
+	seen := map[[2]uint64]bool{}
 	for _, pd := range p.findPads(maps, 1) {
+		r := [2]uint64{pd.addr, pd.size}
+		if seen[r] {
+			continue
+		}
+		seen[r] = true
 		orig := p.padOriginal(maps, pd)
 		if orig == nil {
 			continue

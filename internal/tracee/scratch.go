@@ -219,11 +219,13 @@ func (p *Process) orphans(intents [][7]uint64) ([][2]uint64, error) {
 		return nil, p.exited()
 	}
 	var out [][2]uint64
+	seen := map[uint64]bool{}
 	for _, in := range intents {
 		nr, addr, size := in[0], in[1], in[2]
-		if nr != sysMmap || in[4]&MapFixedNoreplace == 0 {
+		if nr != sysMmap || in[4]&MapFixedNoreplace == 0 || seen[addr] {
 			continue
 		}
+		seen[addr] = true
 		for _, m := range maps {
 			if m.start != addr || m.end != addr+size || m.path != "" {
 				continue

@@ -304,7 +304,8 @@ func tortureSteps(t *testing.T, tt *tortureTarget) []string {
 // library and in a Go service in a gradual transition under load. After
 // each kill the target serves correct answers; a new tool's Status shows
 // no "partial" and accounts for every mapping the patch added (records and
-// Leftovers); RevertAll leaves the target's executable and hotpatch
+// Leftovers); Resume finishes a transition left behind, and cleans up too;
+// RevertAll leaves the target's executable and hotpatch
 // mappings as before the first patch and every text mapping equal to its
 // file (no stub left in padding).
 func TestTortureKillPatcher(t *testing.T) {
@@ -324,20 +325,21 @@ func TestTortureKillPatcher(t *testing.T) {
 				require.Contains(t, steps, want)
 			}
 			start := time.Now()
+			resumed := 0
 			for _, at := range steps {
 				lines, _ := tt.patcher(at, "self", 30*time.Second)
 				require.Equal(t, "step "+at, lines[len(lines)-1], "killed at %s:\n%s", at, strings.Join(lines, "\n"))
 				tt.serving("killed at " + at)
-				tortureAfterKill(t, tt, before, at)
+				resumed += tortureAfterKill(t, tt, before, at)
 			}
-			t.Logf("%s: killed the patcher at %d steps in %v: %s", kind, len(steps), time.Since(start).Round(time.Millisecond), strings.Join(steps, " "))
+			t.Logf("%s: killed the patcher at %d steps in %v (%d transitions left, resumed): %s", kind, len(steps), time.Since(start).Round(time.Millisecond), resumed, strings.Join(steps, " "))
 		})
 	}
 }
 
 // tortureAfterKill checks what a new tool sees after a kill at step at,
 // and that RevertAll ends clean.
-func tortureAfterKill(t *testing.T, tt *tortureTarget, before []string, at string) {
+func tortureAfterKill(t *testing.T, tt *tortureTarget, before []string, at string) (resumed int) {
 	t.Helper()
 	tg, err := patch.Attach(tt.p.Pid, nil)
 	require.NoError(t, err)
@@ -368,6 +370,20 @@ diffs:
 		}
 		t.Fatalf("killed at %s: %s, and neither a record nor a leftover Status shows says why", at, d.what)
 	}
+	// A transition left by the kill: Resume finishes it, and cleans up.
+	for _, r := range recs {
+		if r.State != "transition" && r.State != "reverting" {
+			continue
+		}
+		res, err := tg.Resume(context.Background(), r.ID, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
+		require.NoError(t, err, "killed at %s: resume %s", at, r.ID)
+		require.Contains(t, []string{"applied", "reverted"}, res.State)
+		left, err := tg.Leftovers()
+		require.NoError(t, err)
+		require.Empty(t, left, "killed at %s: after resume", at)
+		tt.serving("resumed after a kill at " + at)
+		resumed++
+	}
 	old := map[string]bool{}
 	for _, m := range before {
 		old[m] = true
@@ -392,6 +408,7 @@ diffs:
 	require.Equal(t, before, mappingSet(t, tt.p.Pid), "killed at %s: the mappings are not as before", at)
 	textMatchesFiles(t, tt.p.Pid, "killed at "+at)
 	tt.serving("reverted after a kill at " + at)
+	return resumed
 }
 
 // TestTortureKillTarget SIGKILLs the target at every step of an apply and a

@@ -287,6 +287,17 @@ func (p *Process) readSections(base mapping, o *object, exe string) [][2]uint64 
 // for it if it is not. It returns the intent records (see intentRecord)
 // of the runs it restored, and their number.
 func (p *Process) restorePads() ([][7]uint64, int, error) {
+	var dirty bool
+	if err := p.do(func() error {
+		maps, err := readMaps(p.pid)
+		if err != nil {
+			return p.exited()
+		}
+		dirty = len(p.dirtyPads(maps)) > 0
+		return nil
+	}); err != nil || !dirty {
+		return nil, 0, err // nothing to put back: no pause
+	}
 	if !p.Stopped() {
 		if err := p.Stop(); err != nil {
 			return nil, 0, err

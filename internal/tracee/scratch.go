@@ -269,6 +269,9 @@ func (p *Process) Alive() error {
 			if err := p.id.same(p.pid); err != nil {
 				return err
 			}
+			if !taskDying(p.pid, p.pid) {
+				return nil // the common case: one file read
+			}
 			tids, err := listTasks(p.pid)
 			if err != nil {
 				return p.exited()

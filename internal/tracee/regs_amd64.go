@@ -44,7 +44,6 @@ const (
 	sysMemfdCreate = unix.SYS_MEMFD_CREATE
 	sysFcntl       = unix.SYS_FCNTL
 	sysClose       = unix.SYS_CLOSE
-	sysPrctl       = unix.SYS_PRCTL
 )
 
 func getRegs(tid int, r *Regs) error { return unix.PtraceGetRegs(tid, &r.PtraceRegs) }

@@ -61,7 +61,6 @@ const (
 	sysMemfdCreate = unix.SYS_MEMFD_CREATE
 	sysFcntl       = unix.SYS_FCNTL
 	sysClose       = unix.SYS_CLOSE
-	sysPrctl       = unix.SYS_PRCTL
 )
 
 // pstateSS is PSTATE.SS (software step): the kernel shows it set while a

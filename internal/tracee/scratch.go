@@ -147,7 +147,8 @@ func (p *Process) mmapMarked(t *thread, addr, size uint64, prot int, mark func(u
 }
 
 // freeAddr returns the address of size free bytes with a free page on
-// either side, in the highest gap between two mappings.
+// either side, in the highest gap between two mappings — but never the gap
+// below the main stack, which it grows down into.
 func (p *Process) freeAddr(size uint64) (uint64, error) {
 	maps, err := readMaps(p.pid)
 	if err != nil {
@@ -156,7 +157,7 @@ func (p *Process) freeAddr(size uint64) (uint64, error) {
 	sort.Slice(maps, func(i, j int) bool { return maps[i].start < maps[j].start })
 	for i := len(maps) - 1; i > 0; i-- {
 		lo, hi := maps[i-1].end, maps[i].start
-		if maps[i].start >= 1<<56 || lo < 1<<20 || hi < lo+size+2*pageSize {
+		if maps[i].start >= 1<<56 || maps[i].path == "[stack]" || lo < 1<<20 || hi < lo+size+2*pageSize {
 			continue
 		}
 		return (hi - pageSize - size) &^ (pageSize - 1), nil

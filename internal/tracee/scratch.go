@@ -3,6 +3,7 @@ package tracee
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -122,14 +123,27 @@ func (p *Process) mmapScratch(t *thread, size uint64, prot int) (uint64, error) 
 }
 
 // mmapMarked is MmapMarked on the stopped thread t; mark gives the mark
-// for the mapping's address.
+// for the mapping's address. An address it chose that the target took
+// meanwhile (EEXIST) is chosen again, a few times.
 func (p *Process) mmapMarked(t *thread, addr, size uint64, prot int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
-	if addr == 0 {
-		var err error
-		if addr, err = p.freeAddr(size); err != nil {
+	if addr != 0 {
+		return p.mmapMarkedAt(t, addr, size, prot, mark, markOff)
+	}
+	for try := 0; ; try++ {
+		at, err := p.freeAddr(size)
+		if err != nil {
 			return 0, err
 		}
+		res, err := p.mmapMarkedAt(t, at, size, prot, mark, markOff)
+		var se *SyscallError
+		if try < 3 && errors.As(err, &se) && se.Errno == uint64(unix.EEXIST) {
+			continue
+		}
+		return res, err
 	}
+}
+
+func (p *Process) mmapMarkedAt(t *thread, addr, size uint64, prot int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
 	args := []uint64{addr, size, uint64(prot), MapPrivate | MapAnonymous | MapFixedNoreplace, ^uint64(0), 0}
 	res, err := p.runSyscallMarked(t, sysMmap, args, func(res uint64) error {
 		return p.writeMem(res+markOff, mark(res))

@@ -1,5 +1,7 @@
 package patch
 
+import "github.com/hotpatch-dev/hotpatch/internal/tracee"
+
 // Test hooks.
 
 // DieAfterWrites makes the n-th next write of target memory panic, as if the
@@ -37,4 +39,13 @@ func OnLibChecked(f func(path string)) func() {
 	old := testHookLibChecked
 	testHookLibChecked = f
 	return func() { testHookLibChecked = old }
+}
+
+// OnStep calls f with the name of each numbered step of apply, transition,
+// finalize, revert, library loading and remote calls as the tool passes
+// it; the returned func undoes it.
+func OnStep(f func(step string)) func() {
+	old, oldT := testHookStep, tracee.StepHook
+	testHookStep, tracee.StepHook = f, f
+	return func() { testHookStep, tracee.StepHook = old, oldT }
 }

@@ -168,10 +168,11 @@ func (t *Target) dlopen(path string, data []byte) (*loadedLib, error) {
 	}
 	// The strings go into patch memory of our own: the memfd's name,
 	// then the path given to dlopen.
-	scratch, err := t.proc.Mmap(0, pageSize, tracee.ProtRead|tracee.ProtWrite, tracee.MapPrivate|tracee.MapAnonymous)
+	scratch, err := t.proc.MmapScratch(pageSize, tracee.ProtRead|tracee.ProtWrite)
 	if err != nil {
 		return nil, fmt.Errorf("map memory for the library's name: %w", err)
 	}
+	step("lib:scratch-mapped")
 	defer func() {
 		if err := t.proc.Munmap(scratch, pageSize); err != nil {
 			t.log.Warn("could not unmap the library's name", "err", err)
@@ -190,7 +191,7 @@ func (t *Target) dlopen(path string, data []byte) (*loadedLib, error) {
 
 // dlopenCopy loads the library at path from its copy lc by a remote call
 // of the loader fn (named via) on /proc/self/fd/N, written at address at
-// (pageSize/2 bytes of the target's memory), and reloads the target's
+// (pageSize/2 bytes of the target's memory, less a scratch footer), and reloads the target's
 // symbols. On failure the library is unloaded again.
 func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at uint64) (*loadedLib, error) {
 	// glibc hands back an object loaded earlier under the same name, and
@@ -201,7 +202,7 @@ func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at u
 	n := t.memfdFiles()
 	for try := n; try <= 2*n; try++ {
 		name := lc.procPath(try)
-		if len(name) >= pageSize/2 {
+		if len(name) >= pageSize/2-tracee.ScratchFooterSize {
 			return nil, fmt.Errorf("%s: %d memfds are mapped in the target: too many patch libraries loaded to name one more", path, n)
 		}
 		if err := t.proc.WriteMem(at, append([]byte(name), 0)); err != nil {
@@ -211,6 +212,7 @@ func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at u
 		if err != nil {
 			return nil, err
 		}
+		step("lib:dlopened")
 		if err := t.reloadSymbols(); err != nil {
 			t.dlclose(lib)
 			return nil, err
@@ -239,10 +241,13 @@ func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*load
 	}
 	dlerr, _, dlerrErr := t.libcFunc("dlerror")
 	var handle, msg uint64
+	// Read before: the function Borrow runs may not use the Process (it
+	// runs on the ptrace thread, which a read would wait for).
+	arg := t.readCString(at, 4096)
 	err := t.proc.Borrow(0, func(th *tracee.Thread) error {
 		var err error
 		if handle, err = th.Call(via, fn, at, mode); err != nil {
-			return fmt.Errorf("remote %s(%q): %w", via, t.readCString(at, 4096), err)
+			return fmt.Errorf("remote %s(%q): %w", via, arg, err)
 		}
 		if handle == 0 && dlerrErr == nil && via == "dlopen" {
 			msg, _ = th.Call("dlerror", dlerr.Addr)

@@ -70,6 +70,7 @@ func (t *Target) stageLib(nameAddr uint64, path string, data []byte) (_ libCopy,
 			t.closeFd(fd)
 		}
 	}()
+	step("lib:memfd-created")
 	link := fmt.Sprintf("/proc/%d/fd/%d", t.pid, fd)
 	c := libCopy{fd: fd}
 	if c.dev, c.ino, err = writeFresh(link, data); err != nil {
@@ -78,6 +79,7 @@ func (t *Target) stageLib(nameAddr uint64, path string, data []byte) (_ libCopy,
 	if _, err := t.proc.Fcntl(fd, unix.F_ADD_SEALS, memfdSeals); err != nil {
 		return libCopy{}, fmt.Errorf("patch library %s: seal the target's memfd %d: %w", path, fd, err)
 	}
+	step("lib:memfd-sealed")
 	if err := checkCopy(link, c, data); err != nil {
 		return libCopy{}, fmt.Errorf("patch library %s: the target's memfd %d: %w", path, fd, err)
 	}

@@ -1,6 +1,7 @@
 package patch
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -28,7 +29,7 @@ func (t *Target) mapNear(addr, size uint64) (uint64, error) {
 	}
 	const prot = tracee.ProtRead | tracee.ProtExec
 	for _, cand := range nearGaps(maps, addr, size, t.tarch.JumpReach-t.tarch.JumpReach/nearMargin) {
-		got, err := t.proc.Mmap(cand, size, prot, tracee.MapPrivate|tracee.MapAnonymous|tracee.MapFixedNoreplace)
+		got, err := t.proc.MmapMarked(cand, size, prot, mappedHeader(size), 0)
 		if err == nil {
 			return got, nil
 		}
@@ -38,12 +39,23 @@ func (t *Target) mapNear(addr, size uint64) (uint64, error) {
 		}
 	}
 	// No gap within reach (or MAP_FIXED_NOREPLACE unsupported): take any
-	// address; the jumps will use the long form.
-	got, err := t.proc.Mmap(0, size, prot, tracee.MapPrivate|tracee.MapAnonymous)
+	// free address; the jumps will use the long form.
+	got, err := t.proc.MmapMarked(0, size, prot, mappedHeader(size), 0)
 	if err != nil {
 		return 0, fmt.Errorf("map %d bytes of patch memory in the target: %w", size, err)
 	}
 	return got, nil
+}
+
+// mappedMagic starts patch memory between its mapping and its record: the
+// mark written while the mapping is made (tracee.MmapMarked), so that a
+// tool killed before it wrote the record leaves memory the next one finds
+// (see Leftovers). The record overwrites it.
+const mappedMagic = "hotpatch-mapped\x00"
+
+// mappedHeader is the mark of fresh patch memory of size bytes: magic, size.
+func mappedHeader(size uint64) []byte {
+	return binary.LittleEndian.AppendUint64([]byte(mappedMagic), size)
 }
 
 // nearGaps returns candidate page-aligned addresses for a mapping of size

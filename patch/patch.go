@@ -215,6 +215,7 @@ type planned struct {
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
 func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) (_ *Result, applyErr error) {
+	defer t.explain("apply", &applyErr)
 	fail := func(fn string, err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "apply", Pid: t.pid, Func: fn, Err: err, Hint: hint}
 	}
@@ -356,6 +357,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err != nil {
 		return fail(ps[0].rep.Old, err, "")
 	}
+	step("apply:mapped")
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
 	unmap := func() { t.unmapUnused(rec) }
 	if canDispatch {
@@ -419,6 +421,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		unmap()
 		return fail("", err, "")
 	}
+	step("apply:record-written")
 
 	// Pause: stop, check, verify, write, resume.
 	var regions []consistency.Region
@@ -444,6 +447,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			step("apply:paused")
 			if canDispatch {
 				// Through the stubs, so that the set switches with one
 				// write whatever happens to us meanwhile.
@@ -468,6 +472,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		return fail(fn, err, "")
 	}
+	step("apply:done")
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
 }
@@ -549,6 +554,9 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 		}
 	}
 	for i, w := range ws {
+		if i > 0 {
+			step("write:entry-written")
+		}
 		if err := t.writeMem(w.addr, w.new); err != nil {
 			for _, u := range ws[:i] {
 				if uerr := t.writeMem(u.addr, u.old); uerr != nil {
@@ -565,7 +573,8 @@ func (t *Target) writeAll(region uint64, ws []write, state uint32) error {
 
 // Status lists the patches recorded in the target, oldest first. A record's
 // State is checked against the code bytes.
-func (t *Target) Status() ([]Record, error) {
+func (t *Target) Status() (_ []Record, err error) {
+	defer t.explain("", &err)
 	maps, err := elfsym.ReadMappings(t.pid)
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
@@ -663,7 +672,8 @@ func liveState(mem readerAt, rec *Record, state uint32) (string, error) {
 // Revert restores the original code of the functions of patch id, in one
 // pause, after checking that no thread is executing in the replacement
 // functions.
-func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
+func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
+	defer t.explain("revert", &err)
 	fail := func(err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
 	}
@@ -735,6 +745,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
+			step("revert:paused")
 			if rec.Table != 0 && rec.State == "applied" {
 				return t.stopBackward(rec)
 			}
@@ -744,10 +755,12 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	if err != nil {
 		return fail(err)
 	}
+	step("revert:restored")
 	// Nothing jumps into the patch memory any more.
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", id, "err", err)
 	}
+	step("revert:unmapped")
 	if err := t.readBack(rec, out, 0); err != nil {
 		return out, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err}
 	}
@@ -773,6 +786,7 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 			return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 		}
 	}
+	step("revert:discard-checked")
 	// Nothing jumps there any more: no task can enter it after the check.
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		return &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
@@ -782,8 +796,13 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 
 // RevertAll reverts every applied patch, newest first, and removes the
 // memory of patches whose patcher died before switching them or after
-// reverting them.
-func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) ([]*Result, error) {
+// reverting them, and what a patcher killed part-way left without a
+// record (see Leftovers; stubs in padding too).
+func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, err error) {
+	defer t.explain("revert", &err)
+	if _, err := t.cleanup(ctx, o); err != nil {
+		return nil, err
+	}
 	records, err := t.Status()
 	if err != nil {
 		return nil, err

@@ -218,12 +218,18 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 		if err := t.writeMem(next+uint64(lo), b[lo:hi]); err != nil {
 			return err
 		}
+		step("transition:table-slots")
 	}
 	if err := t.writeMem(next, b[:trampoline.TableHeaderSize]); err != nil {
 		return err
 	}
+	step("transition:table-written")
 	binary.LittleEndian.PutUint64(w[:], next)
-	return t.writeMem(rec.Table, w[:])
+	if err := t.writeMem(rec.Table, w[:]); err != nil {
+		return err
+	}
+	step("transition:table-switched")
+	return nil
 }
 
 // entriesTo rewrites every entry whose bytes are one of from into to
@@ -251,7 +257,10 @@ func (t *Target) entriesTo(rec *Record, to func(Function) []byte, from ...func(F
 		}
 		ws = append(ws, write{name: f.Old, addr: f.PatchAddr, old: live, new: want})
 	}
-	for _, w := range ws {
+	for i, w := range ws {
+		if i > 0 {
+			step("entries:first-written")
+		}
 		if err := t.writeMem(w.addr, w.new); err != nil {
 			return err
 		}
@@ -266,7 +275,11 @@ func stubJump(f Function) []byte { return f.StubJump }
 func (t *Target) setState(rec *Record, state uint32) error {
 	var st [4]byte
 	binary.LittleEndian.PutUint32(st[:], state)
-	return t.writeMem(rec.Region+stateOffset, st[:])
+	if err := t.writeMem(rec.Region+stateOffset, st[:]); err != nil {
+		return err
+	}
+	step("state:" + stateName(state))
+	return nil
 }
 
 // entries turns blocked tasks into table entries, sorted by ID.
@@ -300,6 +313,7 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 		if 2*len(old) > rec.TableCapacity {
 			return nil, fmt.Errorf("%d tasks are busy in the functions, more than the universe table holds (%d)", len(old), rec.TableCapacity/2)
 		}
+		step("apply:paused")
 		return old, t.startForward(rec, old)
 	})
 	if err != nil {
@@ -651,6 +665,7 @@ func (t *Target) finish(rec *Record, dir direction, snap consistency.Snapshot) (
 		if err := t.entriesTo(rec, jump, stubJump); err != nil {
 			return nil, err
 		}
+		step("finalize:jumps")
 		return nil, t.setState(rec, stateApplied)
 	}
 	rs := transitionRegions(rec, backward)
@@ -696,9 +711,11 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 	if err != nil || res.State != "reverted" {
 		return res, err
 	}
+	step("revert:restored")
 	if err := t.proc.Munmap(rec.Region, rec.RegionSize); err != nil {
 		t.log.Warn("could not unmap patch memory", "id", rec.ID, "err", err)
 	}
+	step("revert:unmapped")
 	if err := t.readBack(rec, res, 0); err != nil {
 		return res, &Error{Op: "revert", Pid: t.pid, ID: rec.ID, Err: err}
 	}
@@ -756,9 +773,14 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 
 // Resume drives the transition of patch id (left by a tool that stopped or
 // died, or by OnTimeoutStay) to its end: "transition" toward applied,
-// "reverting" toward reverted.
-func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
+// "reverting" toward reverted. What a killed tool left without a record
+// goes first (see Leftovers).
+func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
+	defer t.explain("resume", &err)
 	o = o.withDefaults()
+	if _, err := t.cleanup(ctx, o); err != nil {
+		return nil, err
+	}
 	rec, err := t.record(id)
 	if err != nil {
 		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
@@ -851,4 +873,16 @@ func (t *Target) writeMem(addr uint64, b []byte) error {
 		}
 	}
 	return t.proc.WriteMem(addr, b)
+}
+
+// testHookStep, when set (by tests), is called with the name of each
+// numbered step of apply, transition, finalize, revert and library loading
+// as the tool passes it (see docs/reliability.md), so that a test can kill
+// the tool there.
+var testHookStep func(step string)
+
+func step(name string) {
+	if testHookStep != nil {
+		testHookStep(name)
+	}
 }

@@ -264,6 +264,9 @@ func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
 	require.Zero(t, mix, "death before write %d: a task saw a mix", n)
 	require.Equal(t, busy+5, v1+v2)
 
+	if !died {
+		require.NoError(t, tg.Close()) // the new tool needs the process's lock
+	}
 	// A new tool finds a state it understands, and reverts it all.
 	tg2 := attach(t, p.Pid)
 	recs, err := tg2.Status()

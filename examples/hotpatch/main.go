@@ -366,7 +366,7 @@ func writeLine(w io.Writer, v any) {
 func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := newFlags("revert", stderr, true, true)
 	id := c.fs.String("id", "", "ID of the patch to revert")
-	all := c.fs.Bool("all", false, "revert every applied patch, newest first")
+	all := c.fs.Bool("all", false, "revert every applied patch, newest first, and remove what a killed hotpatch left")
 	mode := c.fs.String("mode", patch.ModeStop, "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)")
 	onTimeout := c.fs.String("on-timeout", patch.OnTimeoutStay, "what a gradual revert does when --timeout passes with tasks pending (stay: the target stays in a consistent transition)")
 	if err := c.parse(args); err != nil {
@@ -445,12 +445,23 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return c.fail(stdout, err)
 	}
+	left, err := t.Leftovers()
+	if err != nil {
+		return c.fail(stdout, err)
+	}
 	if c.json {
 		if recs == nil {
 			recs = []patch.Record{}
 		}
-		writeJSON(stdout, map[string]any{"pid": c.pid, "patches": recs})
+		out := map[string]any{"pid": c.pid, "patches": recs}
+		if len(left) > 0 {
+			out["leftovers"] = left
+		}
+		writeJSON(stdout, out)
 		return nil
+	}
+	for _, l := range left {
+		fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, c.pid)
 	}
 	if len(recs) == 0 {
 		fmt.Fprintf(stdout, "no patches in pid %d\n", c.pid)

@@ -221,12 +221,15 @@ func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uin
 		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, err)
 	}
 	data := ctxData(s)
-	dataSize := (uint64(len(data)) + pageSize - 1) &^ (pageSize - 1)
-	dataAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, dataSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	dataSize := (uint64(len(data)) + ScratchFooterSize + pageSize - 1) &^ (pageSize - 1)
+	// Scratch: a tool killed before it unmaps them leaves pages a later
+	// one finds (and removes once no task runs in them).
+	dataAddr, err := p.mmapScratch(t, dataSize, ProtRead|ProtWrite)
 	if err != nil {
 		return 0, err
 	}
-	codeAddr, err := p.runSyscallErr(t, "mmap", sysMmap, 0, pageSize, ProtRead|ProtExec, MapPrivate|MapAnonymous, ^uint64(0), 0)
+	step("call:data-mapped")
+	codeAddr, err := p.mmapScratch(t, pageSize, ProtRead|ProtExec)
 	if err != nil {
 		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
 		return 0, err
@@ -257,7 +260,9 @@ func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uin
 		free()
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
+	step("call:set-up")
 	res, cerr := p.waitCall(t, name, fn, s, dataAddr, codeAddr, uint64(len(stub)))
+	step("call:returned")
 	if p.threads[t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
 	}

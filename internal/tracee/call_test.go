@@ -427,3 +427,74 @@ func countPrefix(lines []string, prefix string) int {
 	}
 	return n
 }
+
+// The tracer is killed at each step of a marked mmap (MmapScratch): with
+// its thread on the stub (the thread then makes the mapping by itself),
+// after the mmap returned, and after the mark. A new tracer's Leftovers
+// names the stub left in padding and the unmarked mapping its intent
+// names, ScratchAt finds the marked one, and Recover puts the padding back
+// and unmaps the unmarked mapping; the target runs on.
+func TestMarkedMmapTracerKilled(t *testing.T) {
+	for _, bin := range []string{
+		fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"),
+		fixture.BuildGo(t, "gotasks", ""),
+	} {
+		for _, tc := range []struct {
+			step    string
+			orphans int
+		}{{"syscall:on-stub", 1}, {"syscall:returned", 1}, {"syscall:marked", 0}} {
+			fp := fixture.Start(t, bin)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), helperEnv+"=marker", fmt.Sprintf("TRACEE_TEST_PID=%d", fp.Pid),
+				"TRACEE_TEST_MODE=running", "TRACEE_TEST_STEP="+tc.step)
+			h := startTarget(t, cmd)
+			h.Wait()
+			require.Empty(t, h.errs(), tc.step)
+			require.Equal(t, "signal: killed", cmd.ProcessState.String(), tc.step)
+			time.Sleep(100 * time.Millisecond) // the thread runs the stub by itself
+
+			p := openT(t, fp.Pid)
+			stubs, orphans, err := p.Leftovers()
+			require.NoError(t, err)
+			require.Len(t, stubs, 1, "%s: the stub is left in padding", tc.step)
+			require.Len(t, orphans, tc.orphans, tc.step)
+			before := orphans
+			maps, err := readMaps(fp.Pid)
+			require.NoError(t, err)
+			var scratch []uint64
+			for _, m := range maps {
+				if addr, size, ok := p.ScratchAt(m.end); ok {
+					require.Equal(t, uint64(pageSize), size)
+					scratch = append(scratch, addr)
+				}
+			}
+			require.Len(t, scratch, 1-tc.orphans, "%s: the marked mapping is found by its footer", tc.step)
+
+			pads, unmapped, err := p.Recover()
+			require.NoError(t, err)
+			require.Equal(t, [2]int{1, tc.orphans}, [2]int{pads, unmapped}, tc.step)
+			stubs, orphans, err = p.Leftovers()
+			require.NoError(t, err)
+			require.Empty(t, stubs, tc.step)
+			require.Empty(t, orphans, tc.step)
+			maps, err = readMaps(fp.Pid)
+			require.NoError(t, err)
+			for _, m := range maps {
+				for _, o := range orphansBefore(before) {
+					require.NotEqual(t, o, m.start, "%s: the unmarked mapping is gone", tc.step)
+				}
+			}
+			require.NoError(t, p.Close())
+			require.NoError(t, syscall.Kill(fp.Pid, 0), "%s: the target runs on", tc.step)
+			fp.Kill()
+		}
+	}
+}
+
+func orphansBefore(rs [][2]uint64) []uint64 {
+	var out []uint64
+	for _, r := range rs {
+		out = append(out, r[0])
+	}
+	return out
+}

@@ -145,6 +145,9 @@ func TestMain(m *testing.M) {
 	case "syscaller":
 		syscallerChild()
 		os.Exit(0)
+	case "marker":
+		markerChild()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -341,4 +344,25 @@ func syscallerChild() {
 	for {
 		mmap()
 	}
+}
+
+// markerChild maps a page of scratch memory in TRACEE_TEST_PID (running)
+// and SIGKILLs itself at the first pass of step TRACEE_TEST_STEP
+// (StepHook).
+func markerChild() {
+	at := os.Getenv("TRACEE_TEST_STEP")
+	StepHook = func(s string) {
+		if s == at {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	p, _ := childTarget()
+	fmt.Println("ready marker")
+	if _, err := p.MmapScratch(pageSize, ProtRead|ProtWrite); err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("mapped")
+	p.Close()
 }

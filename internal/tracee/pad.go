@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -275,5 +277,137 @@ func (p *Process) readSections(base mapping, o *object, exe string) [][2]uint64 
 		return nil // no section headers (sstrip)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out
+}
+
+// restorePads puts the bytes of the object's file back into every run of
+// padding (see findPads) whose bytes differ from it: the system call stub
+// of a tool killed before it put the padding back. Runs that a thread's pc
+// lies in are left alone (a stub still running). The process is stopped
+// for it if it is not. It returns the intent records (see intentRecord)
+// of the runs it restored, and their number.
+func (p *Process) restorePads() ([][7]uint64, int, error) {
+	var dirty bool
+	if err := p.do(func() error {
+		maps, err := readMaps(p.pid)
+		if err != nil {
+			return p.exited()
+		}
+		dirty = len(p.dirtyPads(maps)) > 0
+		return nil
+	}); err != nil || !dirty {
+		return nil, 0, err // nothing to put back: no pause
+	}
+	if !p.Stopped() {
+		if err := p.Stop(); err != nil {
+			return nil, 0, err
+		}
+		defer p.Resume()
+	}
+	regs, err := p.AllRegs()
+	if err != nil {
+		return nil, 0, err
+	}
+	n := 0
+	var intents [][7]uint64
+	err = p.do(func() error {
+		maps, err := readMaps(p.pid)
+		if err != nil {
+			return p.exited()
+		}
+	pads:
+		for _, d := range p.dirtyPads(maps) {
+			for _, r := range regs {
+				if pc := r.PC(); pc >= d.addr && pc < d.addr+d.size {
+					continue pads
+				}
+			}
+			if err := p.writeMem(d.addr, d.orig); err != nil {
+				return err
+			}
+			intents = append(intents, intentsIn(d.live)...)
+			n++
+		}
+		return nil
+	})
+	return intents, n, err
+}
+
+// dirtyPad is a run of padding whose bytes differ from its file's.
+type dirtyPad struct {
+	pad
+	live, orig []byte
+}
+
+// dirtyPads returns the runs of padding whose bytes differ from the
+// object's file, each once (a segment's tail may also be a section gap).
+func (p *Process) dirtyPads(maps []mapping) []dirtyPad {
+	var out []dirtyPad
+	seen := map[[2]uint64]bool{}
+	for _, pd := range p.findPads(maps, 1) {
+		r := [2]uint64{pd.addr, pd.size}
+		if seen[r] {
+			continue
+		}
+		seen[r] = true
+		orig := p.padOriginal(maps, pd)
+		if orig == nil {
+			continue
+		}
+		live := make([]byte, pd.size)
+		if k, _ := p.readMem(live, pd.addr); k != len(live) || bytes.Equal(live, orig) {
+			continue
+		}
+		out = append(out, dirtyPad{pd, live, orig})
+	}
+	return out
+}
+
+// padOriginal returns the bytes run pd holds in the object's file (the
+// vDSO: in our own, the same kernel's), or nil when unknown.
+func (p *Process) padOriginal(maps []mapping, pd pad) []byte {
+	var m *mapping
+	for i := range maps {
+		if maps[i].start <= pd.addr && pd.addr+pd.size <= maps[i].end {
+			m = &maps[i]
+		}
+	}
+	if m == nil {
+		return nil
+	}
+	out := make([]byte, pd.size)
+	if m.path == "[vdso]" {
+		own, err := readMaps(os.Getpid())
+		if err != nil {
+			return nil
+		}
+		for _, o := range own {
+			if o.path == "[vdso]" && o.end-o.start == m.end-m.start {
+				f, err := os.Open("/proc/self/mem")
+				if err != nil {
+					return nil
+				}
+				defer f.Close()
+				if k, _ := f.ReadAt(out, int64(o.start+pd.addr-m.start)); k != len(out) {
+					return nil
+				}
+				return out
+			}
+		}
+		return nil
+	}
+	name := fmt.Sprintf("/proc/%d/map_files/%x-%x", p.pid, m.start, m.end)
+	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid)); exe == m.path {
+		name = fmt.Sprintf("/proc/%d/exe", p.pid)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	// Past the end of the file, the page is zero.
+	if _, err := f.ReadAt(out, int64(m.off+pd.addr-m.start)); err != nil && !errors.Is(err, io.EOF) {
+		return nil
+	}
 	return out
 }

@@ -119,12 +119,26 @@ func (p *Process) stopOne(sleeper bool) (*thread, error) {
 // waits for one, the kernel's attempt to send that "signal" to the thread
 // fails harmlessly, where a plain SIGTRAP would kill it.
 func (p *Process) runSyscall(t *thread, nr uint64, args []uint64) (uint64, error) {
+	return p.runSyscallMarked(t, nr, args, nil)
+}
+
+// runSyscallMarked is runSyscall for a call whose effect must never go
+// unrecorded (a mapping): the stub carries an intent record after its code
+// (see intentRecord), and mark runs with the call's result while the
+// thread is still stopped in the kernel, before the stub is put back. A
+// tool killed at any step leaves the intent in padding (see Recover) or
+// what mark wrote.
+func (p *Process) runSyscallMarked(t *thread, nr uint64, args []uint64, mark func(res uint64) error) (uint64, error) {
 	var saved Regs
 	if err := getRegs(t.tid, &saved); err != nil {
 		return 0, p.threadErr(t.tid, "get registers", err)
 	}
 	resume := saved.resumeState()
-	at, orig, err := p.placeSyscallStub(&resume)
+	var intent []byte
+	if mark != nil {
+		intent = intentRecord(nr, args)
+	}
+	at, orig, err := p.placeSyscallStub(&resume, intent)
 	if err != nil {
 		return 0, err
 	}
@@ -137,6 +151,7 @@ func (p *Process) runSyscall(t *thread, nr uint64, args []uint64) (uint64, error
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
 	syscallStep()
+	step("syscall:on-stub")
 	res, err := p.traceSyscall(t)
 	if err != nil {
 		if p.threads[t.tid] != nil && setRegs(t.tid, &saved) == nil {
@@ -145,27 +160,38 @@ func (p *Process) runSyscall(t *thread, nr uint64, args []uint64) (uint64, error
 		}
 		return 0, err
 	}
+	if mark != nil {
+		step("syscall:returned")
+		if e := int64(res); e >= 0 || e < -4095 {
+			err = mark(res)
+		}
+		step("syscall:marked")
+	}
 	if err := setRegs(t.tid, &saved); err != nil {
 		return 0, p.threadErr(t.tid, "restore registers", err)
 	}
 	syscallStep()
 	putBack()
 	syscallStep()
-	return res, nil
+	return res, err
 }
 
 // placeSyscallStub writes the stub of a system call that returns to resume
 // into padding, and returns its address and the bytes it replaced.
-func (p *Process) placeSyscallStub(resume *Regs) (uint64, []byte, error) {
+func (p *Process) placeSyscallStub(resume *Regs, intent []byte) (uint64, []byte, error) {
 	maps, err := readMaps(p.pid)
 	if err != nil {
 		return 0, nil, p.exited()
 	}
 	pc := resume.PC()
-	for _, pd := range p.findPads(maps, syscallStubSize) {
+	size := uint64(syscallStubSize)
+	if intent != nil {
+		size = (size+7)&^7 + uint64(len(intent))
+	}
+	for _, pd := range p.findPads(maps, size) {
 		if stubReach != 0 {
 			// Where the stub's last instruction may branch from.
-			lo, hi := pd.addr, pd.addr+pd.size-syscallStubSize
+			lo, hi := pd.addr, pd.addr+pd.size-size
 			at := min(max(pc&^7, lo), hi) &^ 7
 			if at < lo || max(at, pc)-min(at, pc) > stubReach {
 				continue
@@ -173,6 +199,10 @@ func (p *Process) placeSyscallStub(resume *Regs) (uint64, []byte, error) {
 			pd.addr = at
 		}
 		stub := syscallStub(pd.addr, resume)
+		if intent != nil {
+			stub = append(stub, make([]byte, (len(stub)+7)&^7-len(stub))...)
+			stub = append(stub, intent...)
+		}
 		orig := make([]byte, len(stub))
 		if n, _ := p.readMem(orig, pd.addr); n != len(orig) {
 			continue
@@ -184,9 +214,9 @@ func (p *Process) placeSyscallStub(resume *Regs) (uint64, []byte, error) {
 		return pd.addr, orig, nil
 	}
 	if stubReach != 0 {
-		return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping within %d MiB of pc %#x for a system call stub", p.pid, syscallStubSize, stubReach>>20, pc)
+		return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping within %d MiB of pc %#x for a system call stub", p.pid, size, stubReach>>20, pc)
 	}
-	return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping for a system call stub", p.pid, syscallStubSize)
+	return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping for a system call stub", p.pid, size)
 }
 
 // syscallStop is the stop signal of a syscall-entry or -exit stop

@@ -5,12 +5,33 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo test-arm64 test-arm64-user
+.PHONY: test deps vet unit demo fuzz test-arm64 test-arm64-user
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-arm64-user
 	$(MAKE) --no-print-directory test-arm64
+
+# fuzz runs every fuzz target briefly (go test -fuzz takes one package and
+# one target per run). Their seed corpora and the regression inputs under
+# testdata/fuzz/ already run in the plain go test; this looks for new
+# inputs. A failure is a real bug: go test writes the input to
+# testdata/fuzz/<target>/, where it stays as the regression test of the fix.
+FUZZTIME ?= 2s
+FUZZ_TARGETS = \
+	./trampoline:FuzzParseTable ./trampoline:FuzzBuildTable ./trampoline:FuzzPlan ./trampoline:FuzzPlanARM64 \
+	./patch:FuzzReadRecord ./patch:FuzzParsePins ./elfsym:FuzzParseMappings ./internal/arch:FuzzFillerRun \
+	./internal/gopcln:FuzzParse ./internal/gopcln:FuzzParseMutated \
+	./internal/cfi:FuzzParse ./internal/cfi:FuzzParseMutated ./internal/cfi:FuzzParseWithHdr ./internal/cfi:FuzzEval \
+	./internal/goruntime:FuzzGoroutines ./internal/goruntime:FuzzReadStrings ./internal/goruntime:FuzzCodeDecoders \
+	./internal/unwind:FuzzUnwindGo ./internal/unwind:FuzzUnwindLibc
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
+	done
 
 # test-arm64 is the arm64 VM lane (internal/armvm): it installs qemu, the
 # aarch64 cross compiler and a Debian arm64 kernel when missing, runs the

@@ -90,7 +90,12 @@ func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, e
 	return b, nil
 }
 
-// ParseTable returns the entries of a table (in slot order) and its Sel.
+// ParseTable returns the entries of a table (in slot order) and its Sel. A
+// table is refused unless it is what BuildTable lays out and the stubs can
+// search: a power-of-two number of slots that fits b, at most half of them
+// used (so every probe ends at an empty slot), distinct keys, each
+// reachable by the stubs' probe from its first slot, as many as the header
+// counts. Anything else would list tasks the stubs do not see as listed.
 func ParseTable(b []byte) (entries []TableEntry, unlistedNew bool, err error) {
 	if len(b) < TableHeaderSize {
 		return nil, false, fmt.Errorf("trampoline: universe table of %d bytes is truncated", len(b))
@@ -98,20 +103,44 @@ func ParseTable(b []byte) (entries []TableEntry, unlistedNew bool, err error) {
 	unlistedNew = binary.LittleEndian.Uint64(b[16:]) != 0
 	mask := binary.LittleEndian.Uint64(b)
 	n := binary.LittleEndian.Uint64(b[8:])
-	if mask%TableSlotSize != 0 || TableHeaderSize+mask+TableSlotSize > uint64(len(b)) {
-		return nil, false, fmt.Errorf("trampoline: universe table mask %#x does not fit its %d bytes", mask, len(b))
+	slots := mask/TableSlotSize + 1
+	if mask%TableSlotSize != 0 || slots&(slots-1) != 0 || slots > uint64(len(b)-TableHeaderSize)/TableSlotSize {
+		return nil, false, fmt.Errorf("trampoline: universe table mask %#x is not a power-of-two number of slots within its %d bytes", mask, len(b))
+	}
+	if n > slots/2 {
+		// A full table would make a stub probe forever for an unlisted task.
+		return nil, false, fmt.Errorf("trampoline: universe table says %d keys in %d slots (at most half full)", n, slots)
 	}
 	var out []TableEntry
 	for off := uint64(0); off <= mask; off += TableSlotSize {
 		slot := b[TableHeaderSize+off:]
-		if k := binary.LittleEndian.Uint64(slot); k != 0 {
-			out = append(out, TableEntry{Key: k, ID: binary.LittleEndian.Uint64(slot[8:])})
+		k := binary.LittleEndian.Uint64(slot)
+		if k == 0 {
+			continue
 		}
+		if found := probe(b, mask, k); found != off {
+			return nil, false, fmt.Errorf("trampoline: universe table key %#x in slot %d is not where the stubs' probe finds it (slot %d): the table is corrupt", k, off/TableSlotSize, int64(found)/TableSlotSize)
+		}
+		out = append(out, TableEntry{Key: k, ID: binary.LittleEndian.Uint64(slot[8:])})
 	}
 	if uint64(len(out)) != n {
 		return nil, false, fmt.Errorf("trampoline: universe table says %d keys but holds %d", n, len(out))
 	}
 	return out, unlistedNew, nil
+}
+
+// probe returns the offset of the slot the stubs' linear probe stops at for
+// key (the key's, or an empty one), ^0 when it visits every slot.
+func probe(b []byte, mask, key uint64) uint64 {
+	off := key & mask
+	for range mask/TableSlotSize + 1 {
+		k := binary.LittleEndian.Uint64(b[TableHeaderSize+off:])
+		if k == key || k == 0 {
+			return off
+		}
+		off = (off + TableSlotSize) & mask
+	}
+	return ^uint64(0)
 }
 
 // Stub is a dispatch stub: code that a patched function's entry jumps to

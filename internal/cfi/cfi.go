@@ -128,10 +128,16 @@ func (r *reader) fail(msg string) {
 	}
 }
 
+// bytes returns the next n bytes. Past the end it fails, and returns zeros
+// for the fixed-size reads (n <= 8) and nil for a length the data gave:
+// never an allocation of what a corrupt length says.
 func (r *reader) bytes(n int) []byte {
-	if r.err != nil || n < 0 || r.off+n > len(r.d) {
+	if r.err != nil || n < 0 || n > len(r.d)-r.off {
 		r.fail("truncated")
-		return make([]byte, max(n, 0))
+		if n < 0 || n > 8 {
+			return nil
+		}
+		return make([]byte, n)
 	}
 	b := r.d[r.off : r.off+n]
 	r.off += n
@@ -315,6 +321,9 @@ func parseCIE(r *reader) (*cie, error) {
 	if len(aug) > 0 && aug[0] == 'z' {
 		c.aug = true
 		n := r.uleb()
+		if n > uint64(len(r.d)-r.off) {
+			return nil, &FormatError{r.off, fmt.Sprintf("CIE augmentation data of %d bytes beyond the entry", n)}
+		}
 		augEnd := r.off + int(n)
 		for _, a := range aug[1:] {
 			switch a {

@@ -179,6 +179,11 @@ func Parse(pclntab []byte, textStart uint64) (*Table, error) {
 		entry, _ := u32(pcln, i*8)
 		funcOff, _ := u32(pcln, i*8+4)
 		next, _ := u32(pcln, (i+1)*8)
+		if next < entry {
+			// FuncAt's binary search, and every function's End, need
+			// the table sorted, as the runtime's own lookup does.
+			return nil, &FormatError{int(pclnOff + (i+1)*8), fmt.Sprintf("function table not sorted: entry %d at %#x follows %#x", i+1, next, entry)}
+		}
 		// _func: entryOff u32, nameOff i32, args, deferreturn, pcsp, pcfile,
 		// pcln, npcdata, cuOffset u32, startLine i32, funcID, flag u8, ...
 		if uint64(funcOff)+44 > uint64(len(pcln)) {

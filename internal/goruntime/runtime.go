@@ -582,27 +582,13 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 	if err != nil {
 		return nil, fmt.Errorf("goruntime: read runtime.allgptr: %w", err)
 	}
-	ptrs := make([]byte, 8*n)
-	if _, err := mem.ReadAt(ptrs, int64(p)); err != nil {
-		return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", p, err)
+	gs, err := r.readGs(mem, p, int(n))
+	if err != nil {
+		return nil, err
 	}
-	addrs := make([]uint64, n)
-	for i := range addrs {
-		addrs[i] = binary.LittleEndian.Uint64(ptrs[8*i:])
-	}
-	raw := make([][]byte, n)
-	arena := make([]byte, int(n)*r.Layout.GSize)
-	for i := range raw {
-		raw[i], arena = arena[:r.Layout.GSize:r.Layout.GSize], arena[r.Layout.GSize:]
-	}
-	if err := readMany(mem, addrs, raw); err != nil {
-		return nil, fmt.Errorf("goruntime: read g: %w", err)
-	}
-	gs := make([]G, n)
 	var ms []uint64
 	mIdx := map[uint64]int{}
 	for i := range gs {
-		gs[i] = r.decodeG(addrs[i], raw[i])
 		if m := gs[i].M; m != 0 && gs[i].Live() {
 			if _, ok := mIdx[m]; !ok {
 				mIdx[m] = len(ms)
@@ -625,6 +611,39 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 				gs[i].Thread = int(binary.LittleEndian.Uint64(mraw[j][l.MProcID:]))
 				gs[i].Current = binary.LittleEndian.Uint64(mraw[j][l.MCurG:]) == gs[i].Addr
 			}
+		}
+	}
+	return gs, nil
+}
+
+// gChunk is how many g's Goroutines reads at a time: buffers grow with
+// what the target's memory really holds, never with a count read from it.
+const gChunk = 4096
+
+// readGs reads the n g's of the allgs array at p, a chunk at a time.
+func (r *Runtime) readGs(mem io.ReaderAt, p uint64, n int) ([]G, error) {
+	var gs []G
+	for start := 0; start < n; start += gChunk {
+		k := min(gChunk, n-start)
+		ptrs := make([]byte, 8*k)
+		at := p + 8*uint64(start)
+		if _, err := mem.ReadAt(ptrs, int64(at)); err != nil {
+			return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", at, err)
+		}
+		addrs := make([]uint64, k)
+		for i := range addrs {
+			addrs[i] = binary.LittleEndian.Uint64(ptrs[8*i:])
+		}
+		raw := make([][]byte, k)
+		arena := make([]byte, k*r.Layout.GSize)
+		for i := range raw {
+			raw[i], arena = arena[:r.Layout.GSize:r.Layout.GSize], arena[r.Layout.GSize:]
+		}
+		if err := readMany(mem, addrs, raw); err != nil {
+			return nil, fmt.Errorf("goruntime: read g: %w", err)
+		}
+		for i := range raw {
+			gs = append(gs, r.decodeG(addrs[i], raw[i]))
 		}
 	}
 	return gs, nil

@@ -23,7 +23,7 @@ func goBinaryFor(t *testing.T, goarch string) (*Unwinder, *gopcln.Table) {
 	return u, tab
 }
 
-func goBinaryOf(t *testing.T, bin string) (*Unwinder, *gopcln.Table, elf.Machine) {
+func goBinaryOf(t testing.TB, bin string) (*Unwinder, *gopcln.Table, elf.Machine) {
 	t.Helper()
 	f, err := elf.Open(bin)
 	if err != nil {
@@ -49,7 +49,7 @@ func goBinaryOf(t *testing.T, bin string) (*Unwinder, *gopcln.Table, elf.Machine
 	return u, tab, f.Machine
 }
 
-func fn(t *testing.T, tab *gopcln.Table, name string) *gopcln.Func {
+func fn(t testing.TB, tab *gopcln.Table, name string) *gopcln.Func {
 	for i := range tab.Funcs() {
 		if f := &tab.Funcs()[i]; f.Name == name {
 			return f
@@ -61,7 +61,7 @@ func fn(t *testing.T, tab *gopcln.Table, name string) *gopcln.Func {
 
 // framed returns the first pc of f with the largest sp delta (inside the
 // body, after the prologue) and that delta.
-func framed(t *testing.T, tab *gopcln.Table, f *gopcln.Func) (uint64, int64) {
+func framed(t testing.TB, tab *gopcln.Table, f *gopcln.Func) (uint64, int64) {
 	var best uint64
 	var max int64
 	for pc := f.Entry; pc < f.End; pc++ {

@@ -14,7 +14,7 @@ import (
 
 // libcModule returns the machine's libc.so.6 as a module at bias 0, with
 // its .eh_frame and .eh_frame_hdr.
-func libcModule(t *testing.T) (*Module, *cfi.Table) {
+func libcModule(t testing.TB) (*Module, *cfi.Table) {
 	t.Helper()
 	out, err := exec.Command("gcc", "-print-file-name=libc.so.6").Output()
 	require.NoError(t, err)
@@ -44,7 +44,7 @@ func libcModule(t *testing.T) (*Module, *cfi.Table) {
 }
 
 // findFDE returns the first FDE of tab whose entry row satisfies pred.
-func findFDE(t *testing.T, tab *cfi.Table, pred func(cfi.Row) bool) [2]uint64 {
+func findFDE(t testing.TB, tab *cfi.Table, pred func(cfi.Row) bool) [2]uint64 {
 	t.Helper()
 	for _, r := range tab.FuncRanges() {
 		row, ok, err := tab.RowAt(r[0])
@@ -58,7 +58,7 @@ func findFDE(t *testing.T, tab *cfi.Table, pred func(cfi.Row) bool) [2]uint64 {
 
 // normalFunc returns the start of a libc function whose entry row is the
 // plain CFA=rsp+8, RA at CFA-8, after skip such functions.
-func normalFunc(t *testing.T, tab *cfi.Table, skip int) uint64 {
+func normalFunc(t testing.TB, tab *cfi.Table, skip int) uint64 {
 	r := findFDE(t, tab, func(row cfi.Row) bool {
 		ra := row.Regs[16]
 		if row.CFA.Expr == nil && row.CFA.Reg == 7 && row.CFA.Offset == 8 && ra.Kind == cfi.RuleOffset && ra.Offset == -8 && !row.Signal {

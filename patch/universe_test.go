@@ -471,6 +471,10 @@ func TestRevertCancelledKeepsCause(t *testing.T) {
 	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{})
 	require.NoError(t, err)
 	command(t, p, "start 3", regexp.MustCompile(`^batch 0 started 3$`))
+	// Once they have served a round they wait inside serveFixed (before,
+	// a goroutine not yet started has no new code on its stack).
+	_, v2, _ := round(t, p)
+	require.Equal(t, 3, v2)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	start := time.Now()

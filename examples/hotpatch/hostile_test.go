@@ -104,7 +104,7 @@ func TestCLIAlreadyTraced(t *testing.T) {
 	var e struct{ Code, Error string }
 	require.NoError(t, json.Unmarshal([]byte(out), &e), out)
 	require.Equal(t, "permission", e.Code)
-	require.Contains(t, e.Error, fmt.Sprintf("already traced by pid %d", os.Getpid()))
+	require.Contains(t, e.Error, fmt.Sprintf("already traced by pid %d", unix.Gettid())) // the tracing thread
 	require.Equal(t, before, hotpatchMappings(t, p.Pid))
 	m := p.Mark()
 	p.ExpectAfter(t, m, regexp.MustCompile(`^result 2`), 10*time.Second) // still serving, unpatched

@@ -388,6 +388,11 @@ func TestCLIInterrupted(t *testing.T) {
 	m := p.Mark()
 	fmt.Fprintln(p.Stdin, "start 3")
 	p.ExpectAfter(t, m, regexp.MustCompile(`^batch 0 started 3$`), 30*time.Second)
+	// After a round they wait inside serveFixed (a goroutine not started
+	// yet has no new code on its stack, and would not block the revert).
+	m = p.Mark()
+	fmt.Fprintln(p.Stdin, "round")
+	p.ExpectAfter(t, m, regexp.MustCompile(`^round v1=0 v2=3 mix=0$`), 30*time.Second)
 
 	cmd := exec.Command(hotpatchBin, "revert", "--pid", pid, "--id", applied.ID, "--timeout", "1m", "--json")
 	var o, e bytes.Buffer

@@ -406,8 +406,14 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 		return binary.LittleEndian.Uint64(b[:]), nil
 	}
 	injected := false
+	// crosscall1 is set after a step over Arch.Handwritten code (crosscall1),
+	// whose caller is a thread's start routine; not after crosscall2, whose
+	// caller is any C code that calls back into Go.
+	crosscall1 := false
 	for depth := 0; ; depth++ {
 		innermost := depth == 0 && first
+		afterCrosscall1 := crosscall1
+		crosscall1 = false
 		topFrameToC := false
 		pc, sp := cur[a.RAReg], cur[a.SPReg]
 		if depth >= MaxFrames {
@@ -609,6 +615,7 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 				if cur[a.RAReg] == 0 {
 					return unreliable("return address unknown above %#x in %s", pc, m.Name)
 				}
+				crosscall1 = true
 				continue
 			}
 		}
@@ -643,7 +650,7 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 			}
 		}
 		if !ok {
-			if len(s.Frames) > 1 && s.Frames[len(s.Frames)-2].Method == "handwritten" {
+			if afterCrosscall1 {
 				// runtime/cgo's thread start routine, which called
 				// crosscall1, in a binary the Go linker linked itself:
 				// it keeps no unwind tables for C code, so the walk

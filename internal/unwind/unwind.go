@@ -67,6 +67,10 @@ type Arch struct {
 	// known, and returns the caller's registers (DWARF numbers, the pc at
 	// RAReg) and the frame's CFA; nil or false: not recognized.
 	Handwritten func(read func(addr uint64) (uint64, error), pc, sp uint64) (map[int]uint64, uint64, bool)
+	// GoHandwritten is Handwritten for Go assembly function name (live
+	// entry address entry) that the pclntab lists but whose frame it does
+	// not describe for unwinding.
+	GoHandwritten func(read func(addr uint64) (uint64, error), name string, entry, pc, sp uint64) (map[int]uint64, uint64, bool)
 }
 
 // AMD64 is the x86-64 description (System V psABI register numbers).
@@ -114,6 +118,7 @@ var ARM64 = Arch{Target: arch.ARM64, PtrSize: arch.ARM64.PtrSize, SPReg: arch.AR
 	SigframeContext: arm64SigframeContext,
 	LeafOnly:        arm64LeafOnly,
 	StripPAC:        arm64StripPAC,
+	GoHandwritten:   arm64Crosscall2,
 }
 
 // arm64StripPAC clears the pointer authentication code of a user-space
@@ -185,6 +190,8 @@ type Module struct {
 	// at the same few return addresses.
 	deltasMu sync.RWMutex
 	deltas   map[uint64]int64
+	// frames memoizes goFrame by function entry (arm64).
+	frames map[uint64]goFrame
 }
 
 func (m *Module) spDelta(t *gopcln.Table, f *gopcln.Func, pc uint64) (int64, error) {
@@ -399,8 +406,14 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 		return binary.LittleEndian.Uint64(b[:]), nil
 	}
 	injected := false
+	// crosscall1 is set after a step over Arch.Handwritten code (crosscall1),
+	// whose caller is a thread's start routine; not after crosscall2, whose
+	// caller is any C code that calls back into Go.
+	crosscall1 := false
 	for depth := 0; ; depth++ {
 		innermost := depth == 0 && first
+		afterCrosscall1 := crosscall1
+		crosscall1 = false
 		topFrameToC := false
 		pc, sp := cur[a.RAReg], cur[a.SPReg]
 		if depth >= MaxFrames {
@@ -471,6 +484,23 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 					exact = true
 					continue
 				}
+				if !interrupted && a.GoHandwritten != nil {
+					// Go assembly whose frame the pclntab does not
+					// describe for unwinding (crosscall2 on arm64).
+					if regs, cfa, ok := a.GoHandwritten(read, f.Name, f.Entry+m.Bias, pc, sp); ok {
+						fr.CFA, fr.Method = cfa, "handwritten"
+						for i := range valid {
+							cur[i], valid[i] = 0, false
+						}
+						for r, v := range regs {
+							cur[r], valid[r] = v, true
+						}
+						if cur[a.RAReg] == 0 {
+							return unreliable("%s has a zero return address", f.Name)
+						}
+						continue
+					}
+				}
 				spWrite := f.Flag&gopcln.FlagSPWrite != 0
 				if f.Name == "runtime.cgocallback" && !interrupted {
 					// Like the runtime's traceback: cgocallback
@@ -534,6 +564,12 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 				}
 				cur[a.SPReg], valid[a.SPReg] = cfa, true
 				cur[a.RAReg], valid[a.RAReg] = ra, true
+				// arm64: the caller's frame pointer, which C code above
+				// a Go frame (crosscall1, a cgo callback's caller) may
+				// define its CFA by.
+				if fp, ok := u.goCallerFP(m, f, link, sp, delta, read); ok {
+					cur[a.FPReg], valid[a.FPReg] = fp, true
+				}
 				if ra == 0 {
 					return unreliable("%s has a zero return address", f.Name)
 				}
@@ -579,6 +615,7 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 				if cur[a.RAReg] == 0 {
 					return unreliable("return address unknown above %#x in %s", pc, m.Name)
 				}
+				crosscall1 = true
 				continue
 			}
 		}
@@ -613,7 +650,7 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 			}
 		}
 		if !ok {
-			if len(s.Frames) > 1 && s.Frames[len(s.Frames)-2].Method == "handwritten" {
+			if afterCrosscall1 {
 				// runtime/cgo's thread start routine, which called
 				// crosscall1, in a binary the Go linker linked itself:
 				// it keeps no unwind tables for C code, so the walk

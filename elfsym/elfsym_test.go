@@ -320,6 +320,11 @@ func TestLookupErrors(t *testing.T) {
 	_, err = tab.Lookup("exported")
 	require.ErrorIs(t, err, ErrUnknownSymbol)
 	assert.Contains(t, err.Error(), "exported_add", "suggests a similar name")
+	for _, typo := range []string{"exproted_add", "exported_ad", "prog:exportedadd"} {
+		_, err = tab.Lookup(typo)
+		require.ErrorIs(t, err, ErrUnknownSymbol)
+		assert.Contains(t, err.Error(), "similar: prog:exported_add", "a name a typo away is suggested: %s", typo)
+	}
 
 	_, err = tab.Lookup("prog:exported_add")
 	require.NoError(t, err)

@@ -244,6 +244,9 @@ func (t *Table) pick(name string, idx []int) (Symbol, error) {
 }
 
 func (t *Table) unknown(name, mod string) error {
+	if sites := t.onlyInlined(name, mod); len(sites) > 0 {
+		return &OnlyInlinedError{Name: name, Sites: sites}
+	}
 	where := ""
 	if mod != "" {
 		where = " in module " + mod

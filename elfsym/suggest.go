@@ -1,6 +1,9 @@
 package elfsym
 
 import (
+	"errors"
+	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -75,4 +78,54 @@ func editDistance(a, b string, limit int) int {
 		prev2, prev, cur = prev, cur, prev2
 	}
 	return min(prev[len(b)], limit+1)
+}
+
+// ErrOnlyInlined is matched (besides ErrUnknownSymbol) by a lookup of a
+// function that has no out-of-line copy: the compiler inlined it into
+// every caller, and only those copies run.
+var ErrOnlyInlined = errors.New("function exists only inlined into its callers")
+
+// OnlyInlinedError names where a function without an out-of-line copy was
+// inlined.
+type OnlyInlinedError struct {
+	Name  string
+	Sites []InlineSite
+}
+
+func (e *OnlyInlinedError) Error() string {
+	var callers []string
+	for _, s := range e.Sites {
+		if !slices.Contains(callers, s.Caller) {
+			callers = append(callers, s.Caller)
+		}
+	}
+	more := ""
+	if len(callers) > 10 {
+		more = fmt.Sprintf(" and %d more", len(callers)-10)
+		callers = callers[:10]
+	}
+	return fmt.Sprintf("elfsym: %q has no out-of-line copy: it was inlined into %s%s; patch those callers instead",
+		e.Name, strings.Join(callers, ", "), more)
+}
+
+// Is matches ErrOnlyInlined and ErrUnknownSymbol (there is no symbol).
+func (e *OnlyInlinedError) Is(target error) bool {
+	return target == ErrOnlyInlined || target == ErrUnknownSymbol
+}
+
+// onlyInlined returns the inline sites of a name no symbol has, in the
+// modules mod names ("" for every module); nil when it was never inlined
+// either (or the inline records cannot be read).
+func (t *Table) onlyInlined(name, mod string) []InlineSite {
+	var sites []InlineSite
+	for _, m := range t.Modules {
+		if mod != "" && !m.matches(mod) {
+			continue
+		}
+		m.inlineOnce.Do(func() { m.inlines, m.inlineErr = m.loadInlines() })
+		if m.inlineErr == nil {
+			sites = append(sites, m.inlines[name]...)
+		}
+	}
+	return sites
 }

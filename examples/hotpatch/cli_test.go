@@ -313,3 +313,37 @@ func TestDemoSignals(t *testing.T) {
 		})
 	}
 }
+
+// TestCLINames: in a Go target, a function that exists only inlined is
+// named with its callers (code "inlined"), a replacement the linker
+// dropped is explained with how to keep it, a typo gets the near names.
+func TestCLINames(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
+	pid := fmt.Sprint(p.Pid)
+	tests := []struct {
+		name, replace, code string
+		inStderr            []string
+		notInStderr         []string
+	}{
+		{"only inlined", "runtime.isNaN=main.computeFixed", "inlined",
+			[]string{`"runtime.isNaN" has no out-of-line copy: it was inlined into runtime.`, "hotpatch syms --pid " + pid + " CALLER"},
+			[]string{"unknown symbol", "--allow-inlined"}},
+		{"dropped by the linker", "main.compute=main.computeGone", "unknown_symbol",
+			[]string{"main.computeGone is not in the binary. The Go linker drops a function nothing references", "var fixes = []any{computeGone}"}, nil},
+		{"typo", "main.compte=main.computeFixed", "unknown_symbol",
+			[]string{":main.compute"}, []string{"Go linker"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--replace", tt.replace, "--json")
+			require.Equal(t, 1, code, errOut)
+			require.Contains(t, out, `"code": "`+tt.code+`"`)
+			for _, s := range tt.inStderr {
+				require.Contains(t, errOut, s)
+			}
+			for _, s := range tt.notInStderr {
+				require.NotContains(t, errOut, s)
+			}
+		})
+	}
+}

@@ -72,14 +72,10 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		res, err = t.Apply(ctx, reps, opts)
 	}
 	if err != nil {
-		if streaming {
-			err = withHint(c.pid, err)
-			ev := errorFields(err, res)
-			ev["event"] = "error"
-			writeLine(stdout, ev)
-			return leftIn(c.pid, err, res)
+		if hint := droppedGo(t, reps, *lib, err); hint != "" {
+			return fmt.Errorf("%w\n%s", c.applyFailed(stdout, err, res, streaming), hint)
 		}
-		return c.failAt(stdout, err, res)
+		return c.applyFailed(stdout, err, res, streaming)
 	}
 	warnApplied(stderr, res)
 	switch {
@@ -97,6 +93,19 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return quietError{exitTransition}
 	}
 	return nil
+}
+
+// applyFailed reports a failed apply or resume: as the last JSON event
+// when streaming.
+func (c *common) applyFailed(stdout io.Writer, err error, res *patch.Result, streaming bool) error {
+	if !streaming {
+		return c.failAt(stdout, err, res)
+	}
+	err = withHint(c.pid, err)
+	ev := errorFields(err, res)
+	ev["event"] = "error"
+	writeLine(stdout, ev)
+	return leftIn(c.pid, err, res)
 }
 
 // warnApplied names what an applied patch leaves on the old code.

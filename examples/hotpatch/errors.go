@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
@@ -64,6 +66,8 @@ func errorCode(err error) string {
 		{context.Canceled, "canceled"},
 		{patch.ErrPIDReused, "pid_reused"}, {patch.ErrKernelThread, "kernel_thread"}, {patch.ErrBusy, "busy"},
 		{patch.ErrNoProcess, "no_process"}, {patch.ErrPermission, "permission"},
+		// A function that exists only inlined is also an unknown symbol.
+		{elfsym.ErrOnlyInlined, "inlined"},
 		{patch.ErrUnknownSymbol, "unknown_symbol"}, {patch.ErrAmbiguous, "ambiguous_symbol"},
 		{patch.ErrTooShort, "too_short"}, {patch.ErrBranchIntoPatch, "branch_into_patch"},
 		{patch.ErrCannotRelocate, "cannot_relocate"}, {patch.ErrBlocked, "blocked"},
@@ -87,6 +91,8 @@ func errorCode(err error) string {
 func withHint(pid int, err error) error {
 	var hint string
 	switch {
+	case errors.Is(err, elfsym.ErrOnlyInlined):
+		hint = fmt.Sprintf("hotpatch syms --pid %d CALLER shows each caller", pid)
 	case errors.Is(err, patch.ErrSignature):
 		hint = "--skip-signature-check applies it anyway"
 	case errors.Is(err, patch.ErrInlined):
@@ -118,4 +124,31 @@ func writeJSON(w io.Writer, v any) {
 func writeLine(w io.Writer, v any) {
 	b, _ := json.Marshal(v)
 	fmt.Fprintf(w, "%s\n", b)
+}
+
+// droppedGo explains an unknown NEW in a Go target: the linker drops a
+// function nothing references, so a fix compiled in "for later" is not in
+// the binary unless something keeps it reachable.
+func droppedGo(t *patch.Target, reps []patch.Replacement, lib string, err error) string {
+	if lib != "" || !errors.Is(err, patch.ErrUnknownSymbol) || errors.Is(err, elfsym.ErrOnlyInlined) {
+		return ""
+	}
+	for _, r := range reps {
+		old, oerr := t.Symbols().Lookup(r.Old)
+		if _, nerr := t.Symbols().Lookup(r.New); oerr != nil || nerr == nil || !old.Module.IsGo {
+			continue
+		}
+		return fmt.Sprintf("hotpatch: %s is not in the binary. The Go linker drops a function nothing references: "+
+			"keep the fix reachable, e.g. var fixes = []any{%s} and a use of fixes the compiler cannot prove dead "+
+			"(README, pitfalls), then rebuild and redeploy", r.New, shortName(r.New))
+	}
+	return ""
+}
+
+// shortName is a Go function name without its package path ("main.f" → "f").
+func shortName(name string) string {
+	if i := strings.LastIndexByte(name, '.'); i >= 0 && !strings.Contains(name[i:], ")") {
+		return name[i+1:]
+	}
+	return name
 }

@@ -347,3 +347,27 @@ func TestCLINames(t *testing.T) {
 		})
 	}
 }
+
+// TestCLIStopRetryProgress: a stop-mode apply that keeps finding tasks in
+// the functions reports its retries (off a terminal, at most a line a
+// second) with the oldest blocker, and its refusal suggests --mode
+// gradual; a gradual one that times out does not suggest gradual again.
+func TestCLIStopRetryProgress(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
+	pid := fmt.Sprint(p.Pid)
+	m := p.Mark()
+	fmt.Fprintln(p.Stdin, "start 2")
+	p.ExpectAfter(t, m, regexp.MustCompile(`^batch 0 started 2$`), 30*time.Second)
+	replace := []string{"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed"}
+
+	out, errOut, code := hotpatch(t, append([]string{"apply", "--pid", pid, "--timeout", "2500ms"}, replace...)...)
+	require.Equal(t, 1, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	require.Regexp(t, `retry \d+(\.\d+)?m?s/2\.5s: 2 task\(s\) pending, 0 moved so far \(pause \d+ us\), oldest goroutine \d+`, errOut)
+	require.LessOrEqual(t, strings.Count(errOut, " retry "), 4, errOut)
+	require.Contains(t, errOut, "--mode gradual keeps the busy tasks on the old code")
+
+	_, errOut, code = hotpatch(t, append([]string{"apply", "--pid", pid, "--mode", "gradual", "--timeout", "300ms"}, replace...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "blocking task(s)")
+	require.NotContains(t, errOut, "--mode gradual keeps")
+}

@@ -45,6 +45,10 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := c.parse(args); err != nil {
 		return err
 	}
+	c.mode = *mode
+	if *resume {
+		c.mode = patch.ModeGradual // a transition already runs
+	}
 	switch {
 	case *resume && len(reps) > 0:
 		return fmt.Errorf("%w: --resume takes no --replace", errUsage)
@@ -101,7 +105,7 @@ func (c *common) applyFailed(stdout io.Writer, err error, res *patch.Result, str
 	if !streaming {
 		return c.failAt(stdout, err, res)
 	}
-	err = withHint(c.pid, err)
+	err = c.withHint(err)
 	ev := errorFields(err, res)
 	ev["event"] = "error"
 	writeLine(stdout, ev)
@@ -146,6 +150,7 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := c.parse(args); err != nil {
 		return err
 	}
+	c.mode = *mode
 	if (*id == "") == !*all {
 		return fmt.Errorf("%w: give exactly one of --id ID or --all", errUsage)
 	}
@@ -196,7 +201,7 @@ func (c *common) revertFailed(stdout io.Writer, err error, results []*patch.Resu
 	if !all {
 		return c.failAt(stdout, err, last)
 	}
-	err = withHint(c.pid, err)
+	err = c.withHint(err)
 	if c.json {
 		m := errorFields(err, nil)
 		if results == nil {

@@ -21,7 +21,7 @@ func (c *common) fail(stdout io.Writer, err error) error {
 // the target was left in: as "id", "state" and "pending" with --json, and
 // in words with what to do when a transition is left unfinished.
 func (c *common) failAt(stdout io.Writer, err error, res *patch.Result) error {
-	err = withHint(c.pid, err)
+	err = c.withHint(err)
 	if c.json {
 		writeJSON(stdout, errorFields(err, res))
 	}
@@ -88,7 +88,8 @@ func errorCode(err error) string {
 
 // withHint adds the flag or command that helps with a refusal, when one
 // does (the library's errors name its options, never the CLI's).
-func withHint(pid int, err error) error {
+func (c *common) withHint(err error) error {
+	pid := c.pid
 	var hint string
 	switch {
 	case errors.Is(err, elfsym.ErrOnlyInlined):
@@ -99,8 +100,10 @@ func withHint(pid int, err error) error {
 		hint = "--allow-inlined patches the out-of-line copy anyway"
 	case errors.Is(err, patch.ErrUnpinned):
 		hint = "--unpinned accepts it"
-	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled):
+	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled) && c.mode == patch.ModeStop:
 		hint = "raise --timeout, or --mode gradual keeps the busy tasks on the old code"
+	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled):
+		hint = "raise --timeout, or --on-timeout stay leaves the transition running, consistent, for apply --resume"
 	case errors.Is(err, patch.ErrUnknownSymbol):
 		hint = fmt.Sprintf("hotpatch syms --pid %d SUBSTRING lists the functions", pid)
 	case errors.Is(err, patch.ErrAlreadyApplied):

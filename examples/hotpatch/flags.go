@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
 // errUsage marks errors that deserve exit status 2.
@@ -22,6 +24,8 @@ type common struct {
 	pid     int
 	json    bool
 	timeout time.Duration
+	// mode is the --mode given (stop unless the command has another).
+	mode string
 	// maxArgs is how many positional words the command takes.
 	maxArgs int
 	args    []string
@@ -30,7 +34,7 @@ type common struct {
 // newFlags starts the flag set of command name; withPID adds --pid,
 // withJSON --json, withTimeout --timeout.
 func newFlags(name string, stdout io.Writer, withPID, withJSON, withTimeout bool) *common {
-	c := &common{cmd: lookupCommand(name), fs: flag.NewFlagSet("hotpatch "+name, flag.ContinueOnError), stdout: stdout}
+	c := &common{cmd: lookupCommand(name), fs: flag.NewFlagSet("hotpatch "+name, flag.ContinueOnError), stdout: stdout, mode: patch.ModeStop}
 	// The flag package would print its own error and the flag list: the
 	// error is ours to print, once, and the list is for help.
 	c.fs.SetOutput(io.Discard)

@@ -52,7 +52,7 @@ func (p *progress) report(ev patch.Progress) {
 			line += " in " + ev.Oldest[0].Stack[0]
 		}
 	}
-	routine := ev.Event == "progress"
+	routine := ev.Event == "progress" || ev.Event == "retry"
 	if p.tty && routine {
 		fmt.Fprintf(p.stderr, "\r\033[K%s", line)
 		return

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -370,4 +371,30 @@ func TestCLIStopRetryProgress(t *testing.T) {
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "blocking task(s)")
 	require.NotContains(t, errOut, "--mode gradual keeps")
+}
+
+// TestBuildVersion: the commit comes from the VCS stamp, else from a
+// pseudo-version (go install MODULE@VERSION stamps none).
+func TestBuildVersion(t *testing.T) {
+	tests := []struct {
+		name                   string
+		bi                     debug.BuildInfo
+		version, goVer, commit string
+	}{
+		{"checkout", debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "(devel)"},
+			Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "3a9341d0c0de1234"}}}, "(devel)", "go1.26.0", "3a9341d0c0de1234"},
+		{"modified", debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "(devel)"},
+			Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc"}, {Key: "vcs.modified", Value: "true"}}}, "(devel)", "go1.26.0", "abc (modified)"},
+		{"pseudo-version", debug.BuildInfo{GoVersion: "go1.26.1", Main: debug.Module{Version: "v0.0.0-20261201163500-3a9341d0c0de"}},
+			"v0.0.0-20261201163500-3a9341d0c0de", "go1.26.1", "3a9341d0c0de"},
+		{"pre-release pseudo-version", debug.BuildInfo{GoVersion: "go1.26.1", Main: debug.Module{Version: "v1.2.4-0.20261201163500-3a9341d0c0de"}},
+			"v1.2.4-0.20261201163500-3a9341d0c0de", "go1.26.1", "3a9341d0c0de"},
+		{"release", debug.BuildInfo{GoVersion: "go1.26.1", Main: debug.Module{Version: "v1.2.3"}}, "v1.2.3", "go1.26.1", "(unknown)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, g, c := buildVersion(&tt.bi)
+			require.Equal(t, []string{tt.version, tt.goVer, tt.commit}, []string{v, g, c})
+		})
+	}
 }

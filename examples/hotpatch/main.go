@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -240,22 +241,45 @@ func cmdVersion(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	version, goVersion, commit := "(unknown)", runtime.Version(), "(unknown)"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		version, goVersion = bi.Main.Version, bi.GoVersion
-		dirty := false
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				commit = s.Value
-			case "vcs.modified":
-				dirty = s.Value == "true"
-			}
-		}
-		if dirty {
-			commit += " (modified)"
-		}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		bi = &debug.BuildInfo{GoVersion: runtime.Version()}
 	}
+	version, goVersion, commit := buildVersion(bi)
 	fmt.Fprintf(stdout, "hotpatch %s\ngo %s\ncommit %s\n", version, goVersion, commit)
 	return nil
+}
+
+// pseudoVersion matches a Go pseudo-version's commit suffix
+// (v0.0.0-20261201163500-3a9341d0c0de): a binary installed with go
+// install MODULE@VERSION has no VCS stamp, its version names the commit.
+var pseudoVersion = regexp.MustCompile(`-(?:0\.)?\d{14}-([0-9a-f]{12})(?:\+incompatible)?$`)
+
+// buildVersion reads the module version, Go release and commit from the
+// build information: the VCS stamp of a build in a checkout, else the
+// commit of a pseudo-version, else "(unknown)".
+func buildVersion(bi *debug.BuildInfo) (version, goVersion, commit string) {
+	version, goVersion, commit = bi.Main.Version, bi.GoVersion, ""
+	if version == "" {
+		version = "(unknown)"
+	}
+	dirty := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			commit = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if m := pseudoVersion.FindStringSubmatch(version); commit == "" && m != nil {
+		commit = m[1]
+	}
+	switch {
+	case commit == "":
+		commit = "(unknown)"
+	case dirty:
+		commit += " (modified)"
+	}
+	return version, goVersion, commit
 }

@@ -28,7 +28,9 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
 	require.NoError(t, err)
 	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
-	require.NoError(t, err)
+	if err != nil {
+		t.Skipf("no pseudo-terminal (is devpts mounted?): %v", err)
+	}
 	return m, s
 }
 

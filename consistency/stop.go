@@ -14,6 +14,9 @@ type Policy struct {
 	// Backoff is the first wait between attempts; it doubles up to
 	// MaxBackoff.
 	Backoff, MaxBackoff time.Duration
+	// Retry, when set, is called after each refused attempt that another
+	// follows, with the attempt's number, its pause and its blockers.
+	Retry func(attempt int, pause time.Duration, blockers []Blocker)
 }
 
 // Result describes a successful StopAndCheck.
@@ -74,6 +77,9 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		}
 		if time.Now().Add(wait).After(deadline) {
 			return res, &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize}
+		}
+		if pol.Retry != nil {
+			pol.Retry(res.Attempts, res.Pause, blockers)
 		}
 		select {
 		case <-ctx.Done():

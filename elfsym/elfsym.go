@@ -244,28 +244,15 @@ func (t *Table) pick(name string, idx []int) (Symbol, error) {
 }
 
 func (t *Table) unknown(name, mod string) error {
+	if sites := t.onlyInlined(name, mod); len(sites) > 0 {
+		return &OnlyInlinedError{Name: name, Sites: sites}
+	}
 	where := ""
 	if mod != "" {
 		where = " in module " + mod
 	}
-	sub := name
-	if i := strings.LastIndexAny(sub, "./"); i >= 0 && i+1 < len(sub) {
-		sub = sub[i+1:]
-	}
 	hint := ""
-	if cands := t.Search(sub); len(cands) > 0 {
-		var names []string
-		seen := map[string]bool{}
-		for _, c := range cands {
-			n := c.Module.Name() + ":" + c.Name
-			if !seen[n] {
-				seen[n] = true
-				names = append(names, n)
-			}
-			if len(names) == 5 {
-				break
-			}
-		}
+	if names := t.similar(name, 5); len(names) > 0 {
 		hint = "; similar: " + strings.Join(names, ", ")
 	}
 	return fmt.Errorf("elfsym: %w %q%s%s", ErrUnknownSymbol, name, where, hint)

@@ -18,6 +18,8 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 )
 
 func TestParseMappings(t *testing.T) {
@@ -320,6 +322,11 @@ func TestLookupErrors(t *testing.T) {
 	_, err = tab.Lookup("exported")
 	require.ErrorIs(t, err, ErrUnknownSymbol)
 	assert.Contains(t, err.Error(), "exported_add", "suggests a similar name")
+	for _, typo := range []string{"exproted_add", "exported_ad", "prog:exportedadd"} {
+		_, err = tab.Lookup(typo)
+		require.ErrorIs(t, err, ErrUnknownSymbol)
+		assert.Contains(t, err.Error(), "similar: prog:exported_add", "a name a typo away is suggested: %s", typo)
+	}
 
 	_, err = tab.Lookup("prog:exported_add")
 	require.NoError(t, err)
@@ -642,4 +649,24 @@ func hostMachine(t *testing.T) elf.Machine {
 	}
 	t.Skipf("no ELF machine known for %s", runtime.GOARCH)
 	return 0
+}
+
+// TestLookupOnlyInlined: a Go function the compiler inlined into every
+// caller (and the linker then dropped) is not "unknown": the error names
+// the callers, and matches both ErrOnlyInlined and ErrUnknownSymbol.
+func TestLookupOnlyInlined(t *testing.T) {
+	tab, err := LoadFile(fixture.BuildGo(t, "gotasks", ""))
+	require.NoError(t, err)
+	_, err = tab.Lookup("runtime.isNaN")
+	require.ErrorIs(t, err, ErrOnlyInlined)
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	var oe *OnlyInlinedError
+	require.ErrorAs(t, err, &oe)
+	require.NotEmpty(t, oe.Sites)
+	assert.Contains(t, err.Error(), "inlined into runtime.")
+	assert.NotContains(t, err.Error(), "unknown symbol")
+
+	_, err = tab.Lookup("runtime.noSuchFunctionAnywhere")
+	require.ErrorIs(t, err, ErrUnknownSymbol)
+	require.NotErrorIs(t, err, ErrOnlyInlined)
 }

@@ -440,7 +440,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if mode == ModeGradual {
 		return t.gradualApply(ctx, rec, o)
 	}
-	pol := consistency.Policy{Timeout: o.Timeout}
+	pol := consistency.Policy{Timeout: o.Timeout, Retry: t.retryReport(o, id)}
 	if mode == ModeAuto && canDispatch {
 		// A few quick tries; then the tasks that stay get their universe.
 		pol.Timeout = min(o.Timeout, autoStopTries)
@@ -743,7 +743,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 		return fail(err)
 	}
 	res, err := consistency.StopAndCheck(ctx, src, regions,
-		consistency.Policy{Timeout: timeout}, t.syms.Symbolize,
+		consistency.Policy{Timeout: timeout, Retry: t.retryReport(o, rec.ID)}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			step("revert:paused")
 			if rec.Table != 0 && rec.State == "applied" {

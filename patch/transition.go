@@ -33,7 +33,9 @@ const autoStopTries = 50 * time.Millisecond
 type Progress struct {
 	ID string `json:"id"`
 	// Event is "transition" (the first pause: universes assigned),
-	// "progress", "forced", "applied", "reverting", "reverted" or "timeout".
+	// "progress", "forced", "applied", "reverting", "reverted" or "timeout";
+	// in stop mode "retry" (a pause found tasks in the functions: nothing
+	// was written, another pause follows).
 	Event string `json:"event"`
 	// Pending is the number of tasks the transition still waits for.
 	Pending int `json:"pending"`
@@ -825,18 +827,40 @@ func (t *Target) report(o ApplyOptions, rec *Record, event string, pending, move
 		if i == 5 {
 			break
 		}
-		task := keep[e.Key]
-		var frames []string
-		for j, f := range task.Stack.Frames {
-			pc := f.PC
-			if j > 0 {
-				pc--
-			}
-			frames = append(frames, t.syms.Symbolize(pc))
-		}
-		p.Oldest = append(p.Oldest, TaskReport{Task: task.String(), Stack: frames})
+		p.Oldest = append(p.Oldest, t.taskReport(keep[e.Key]))
 	}
 	o.Progress(p)
+}
+
+// taskReport is a task with its symbolized stack.
+func (t *Target) taskReport(task consistency.Task) TaskReport {
+	var frames []string
+	for j, f := range task.Stack.Frames {
+		pc := f.PC
+		if j > 0 {
+			pc--
+		}
+		frames = append(frames, t.syms.Symbolize(pc))
+	}
+	return TaskReport{Task: task.String(), Stack: frames}
+}
+
+// retryReport reports the refused pauses of stop mode as "retry" events
+// (nil without a Progress callback).
+func (t *Target) retryReport(o ApplyOptions, id string) func(int, time.Duration, []consistency.Blocker) {
+	if o.Progress == nil {
+		return nil
+	}
+	return func(_ int, pause time.Duration, blockers []consistency.Blocker) {
+		p := Progress{ID: id, Event: "retry", Pending: len(blockers), Pause: pause, PauseMicros: pause.Microseconds()}
+		for i, b := range blockers {
+			if i == 5 {
+				break
+			}
+			p.Oldest = append(p.Oldest, t.taskReport(b.Task))
+		}
+		o.Progress(p)
+	}
 }
 
 func joinErr(a, b error) error {

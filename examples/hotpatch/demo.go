@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -26,11 +27,31 @@ var demoSource []byte
 // cmdDemo builds the bundled greeter service, starts it, fixes its typo live
 // while clients keep calling it, shows the patch from a second process, and
 // reverts it.
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 {
-		return fmt.Errorf("%w: demo takes no arguments", errUsage)
+//
+// It aborts cleanly on Ctrl-C, SIGTERM and a closed output pipe: the
+// service is killed and the temporary directory removed.
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	c := newFlags("demo", stdout, false, false, false)
+	if err := c.parse(args); err != nil {
+		return err
 	}
-	say := func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// A write to a closed pipe returns EPIPE instead of killing the demo
+	// before it cleans up; the failed write ends the demo.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+	say := func(format string, a ...any) {
+		if _, err := fmt.Fprintf(stdout, format+"\n", a...); err != nil {
+			cancel(fmt.Errorf("demo: output closed: %w", err))
+		}
+	}
+	defer func() {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("demo: stopped (%w); the service was killed and its files removed", context.Cause(ctx))
+		}
+	}()
 	dir, err := os.MkdirTemp("", "hotpatch-demo-")
 	if err != nil {
 		return err
@@ -41,12 +62,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	say("")
 	say("1. Building the demo service (examples/hotpatch/demosvc): an HTTP greeter that")
 	say("   shipped with a typo in main.greeting; main.greetingFixed is the fix.")
-	bin, err := buildDemo(dir)
+	bin, err := buildDemo(ctx, dir)
 	if err != nil {
 		return err
 	}
 	svc := exec.Command(bin)
 	svc.Stderr = stderr
+	// Should the demo itself be killed (SIGKILL), the service goes too.
+	svc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := svc.StdoutPipe()
 	if err != nil {
 		return err
@@ -62,8 +85,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	pid, url := svc.Process.Pid, "http://"+m[2]+"/hello?name=operator"
 	say("   started: pid %d, serving %s", pid, url)
+	client := &http.Client{Timeout: 5 * time.Second}
 	hello := func() string {
-		resp, err := http.Get(url)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return "error: " + err.Error()
 		}
@@ -78,13 +106,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var ok, failed, fixed atomic.Int64
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	client := &http.Client{Timeout: 5 * time.Second}
+	defer func() { stopLoad(); wg.Wait() }()
 	for i := 0; i < 4; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for loadCtx.Err() == nil {
-				resp, err := client.Get(url)
+				req, _ := http.NewRequestWithContext(loadCtx, http.MethodGet, url, nil)
+				resp, err := client.Do(req)
 				if err != nil {
 					if loadCtx.Err() == nil {
 						failed.Add(1)
@@ -104,7 +133,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	sleep(ctx, 300*time.Millisecond)
 	say("   %d requests served so far, %d failed", ok.Load(), failed.Load())
 	say("")
 
@@ -130,7 +159,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	self, err := os.Executable()
 	if err == nil {
 		var buf strings.Builder
-		st := exec.Command(self, "status", "--pid", fmt.Sprint(pid))
+		st := exec.CommandContext(ctx, self, "status", "--pid", fmt.Sprint(pid))
 		st.Stdout, st.Stderr = &buf, stderr
 		err = st.Run()
 		for _, l := range strings.Split(strings.TrimRight(buf.String(), "\n"), "\n") {
@@ -141,8 +170,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		stopLoad()
 		return fmt.Errorf("demo: status: %w", err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	sleep(ctx, 300*time.Millisecond)
 	say("")
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 
 	say("5. hotpatch revert --pid %d --id %s", pid, res.ID)
 	if t, err = patch.Attach(pid, nil); err != nil {
@@ -157,13 +189,16 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("   reverted %s in a pause of %d us; the original bytes are back.", rr.ID, rr.PauseMicros)
 	say("   GET -> %q   <- the original code again", hello())
-	time.Sleep(200 * time.Millisecond)
+	sleep(ctx, 200*time.Millisecond)
 	stopLoad()
 	wg.Wait()
 	say("")
 	say("6. Under load throughout: %d requests served (%d of them by the fix), %d failed.", ok.Load(), fixed.Load(), failed.Load())
 	if svc.Process.Signal(syscall.Signal(0)) != nil {
 		return fmt.Errorf("demo: the service died")
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	if failed.Load() > 0 {
 		return fmt.Errorf("demo: %d requests failed", failed.Load())
@@ -176,7 +211,15 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // for a machine without a Go toolchain (the arm64 VM lane).
 const envDemoService = "HOTPATCH_DEMO_SERVICE"
 
-func buildDemo(dir string) (string, error) {
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func buildDemo(ctx context.Context, dir string) (string, error) {
 	if bin := os.Getenv(envDemoService); bin != "" {
 		return bin, nil
 	}
@@ -191,7 +234,7 @@ func buildDemo(dir string) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "demosvc")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
 	if out, err := cmd.CombinedOutput(); err != nil {

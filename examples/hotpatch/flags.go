@@ -1,0 +1,214 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// errUsage marks errors that deserve exit status 2.
+var errUsage = errors.New("usage")
+
+// common holds a command's flag set and the flags every target command
+// takes.
+type common struct {
+	cmd     *command
+	fs      *flag.FlagSet
+	stdout  io.Writer
+	pid     int
+	json    bool
+	timeout time.Duration
+	// mode is the --mode given (stop unless the command has another).
+	mode string
+	// maxArgs is how many positional words the command takes.
+	maxArgs int
+	args    []string
+}
+
+// newFlags starts the flag set of command name; withPID adds --pid,
+// withJSON --json, withTimeout --timeout.
+func newFlags(name string, stdout io.Writer, withPID, withJSON, withTimeout bool) *common {
+	c := &common{cmd: lookupCommand(name), fs: flag.NewFlagSet("hotpatch "+name, flag.ContinueOnError), stdout: stdout, mode: patch.ModeStop}
+	// The flag package would print its own error and the flag list: the
+	// error is ours to print, once, and the list is for help.
+	c.fs.SetOutput(io.Discard)
+	c.fs.Usage = func() {}
+	if withPID {
+		c.fs.IntVar(&c.pid, "pid", 0, "the target's process ID (`PID`, required)")
+	}
+	if withJSON {
+		c.fs.BoolVar(&c.json, "json", false, "print JSON on stdout (the shapes are in the README)")
+	}
+	if withTimeout {
+		c.fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "how long to retry while tasks are inside the functions")
+	}
+	return c
+}
+
+// parse reads args: flags may come before or after the positional words
+// ("syms price --pid P"); "--" ends the flags. -h and --help print the
+// command's help and return flag.ErrHelp; every other mistake is a usage
+// error found before the target is touched.
+func (c *common) parse(args []string) error {
+	for {
+		err := c.fs.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			c.cmd.help(c.stdout, c.fs)
+			return err
+		}
+		if err != nil {
+			return c.usageError(err)
+		}
+		rest := c.fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			c.args = append(c.args, rest...)
+			break
+		}
+		c.args, args = append(c.args, rest[0]), rest[1:]
+	}
+	if len(c.args) > c.maxArgs {
+		extra := c.args[c.maxArgs:]
+		if c.maxArgs == 0 {
+			return fmt.Errorf("%w: %s takes no arguments, got %q", errUsage, c.cmd.name, strings.Join(extra, " "))
+		}
+		return fmt.Errorf("%w: unexpected %q (%s takes at most %d argument)", errUsage, strings.Join(extra, " "), c.cmd.name, c.maxArgs)
+	}
+	if c.fs.Lookup("pid") != nil && c.pid <= 0 {
+		if c.pidSet() {
+			return fmt.Errorf("%w: --pid must be a process ID above 0, got %d", errUsage, c.pid)
+		}
+		return fmt.Errorf("%w: --pid is required", errUsage)
+	}
+	if c.fs.Lookup("timeout") != nil && c.timeout <= 0 {
+		return fmt.Errorf("%w: --timeout must be above 0, got %v", errUsage, c.timeout)
+	}
+	return nil
+}
+
+func (c *common) pidSet() bool {
+	set := false
+	c.fs.Visit(func(f *flag.Flag) { set = set || f.Name == "pid" })
+	return set
+}
+
+// arg returns positional word i, or "".
+func (c *common) arg(i int) string {
+	if i < len(c.args) {
+		return c.args[i]
+	}
+	return ""
+}
+
+// usageError rewrites an error of the flag package with the long flag
+// spelling and, for an unknown flag, the nearest one.
+func (c *common) usageError(err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: "); ok {
+		name = strings.TrimLeft(name, "-")
+		var names []string
+		c.fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+		msg = fmt.Sprintf("unknown flag --%s%s", name, didYouMean("--", name, names))
+	} else {
+		msg = strings.Replace(msg, " for flag -", " for flag --", 1)
+		msg = strings.Replace(msg, "flag needs an argument: -", "flag needs an argument: --", 1)
+	}
+	return fmt.Errorf("%w: %s", errUsage, msg)
+}
+
+// choice is a string flag that takes one of a fixed set of values.
+type choice struct {
+	val     *string
+	allowed []string
+}
+
+func (c *common) choice(name, def, usage string, allowed ...string) *string {
+	v := def
+	c.fs.Var(choice{&v, allowed}, name, usage)
+	return &v
+}
+
+func (c choice) String() string {
+	if c.val == nil {
+		return ""
+	}
+	return *c.val
+}
+
+func (c choice) Set(s string) error {
+	for _, a := range c.allowed {
+		if s == a {
+			*c.val = s
+			return nil
+		}
+	}
+	return fmt.Errorf("want %s%s", strings.Join(c.allowed, ", "), didYouMean("", s, c.allowed))
+}
+
+// didYouMean names the candidate nearest to s, if one is near enough to
+// be a typo: "; did you mean --mode?".
+func didYouMean(prefix, s string, candidates []string) string {
+	if near := nearest(s, candidates, 3); len(near) > 0 {
+		return fmt.Sprintf(" (did you mean %s%s?)", prefix, near[0])
+	}
+	return ""
+}
+
+// nearest returns up to n candidates within a typo's edit distance of s,
+// nearest first.
+func nearest(s string, candidates []string, n int) []string {
+	type cand struct {
+		name string
+		d    int
+	}
+	var cs []cand
+	for _, c := range candidates {
+		max := 2
+		if len(s) > 8 {
+			max = 3
+		}
+		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d <= max || strings.HasPrefix(c, s) && len(s) >= 3 {
+			cs = append(cs, cand{c, d})
+		}
+	}
+	sort.SliceStable(cs, func(i, j int) bool { return cs[i].d < cs[j].d })
+	var out []string
+	for i := 0; i < len(cs) && i < n; i++ {
+		out = append(out, cs[i].name)
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes), with a
+// transposition of two neighbours counting as one edit.
+func editDistance(a, b string) int {
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
+}

@@ -9,6 +9,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(GO) test $(GOTEST_FLAGS) -race -run 'TestFuncUnderLoad' ./patch
 	$(MAKE) --no-print-directory test-arm64-user
 	$(MAKE) --no-print-directory test-arm64
 

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"time"
 
@@ -76,6 +77,10 @@ func Attach(pid int, opts *Options) (*Target, error) {
 	if pid <= 0 {
 		return nil, &Error{Op: "attach", Pid: pid, Err: ErrBadRequest, Hint: "give the PID of a running process"}
 	}
+	if pid == os.Getpid() {
+		return nil, &Error{Op: "attach", Pid: pid, Err: ErrBadRequest,
+			Hint: "a process cannot trace itself; patch the calling process with Func (or FuncWith, FuncByName), which patches it through a helper process"}
+	}
 	wait := opts.LockWait
 	if wait == 0 {
 		wait = DefaultLockWait
@@ -124,6 +129,13 @@ func (t *Target) Symbols() *elfsym.Table { return t.syms }
 // names in the target ("MODULE:NAME" selects a module).
 type Replacement struct {
 	Old, New string
+
+	// Set by the self-patching path (Func), where the caller knows the
+	// addresses: the names must resolve to exactly these entries, and a
+	// non-zero closure is the funcval New is entered with (its captured
+	// variables), loaded into the closure context register by a
+	// trampoline.ClosureEntry in the patch memory.
+	oldAddr, newAddr, closure uint64
 }
 
 // ApplyOptions tune Apply.
@@ -277,6 +289,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if err != nil {
 			return fail(rep.New, err, "")
 		}
+		if err := checkAddrs(rep, old, nw); err != nil {
+			return fail(rep.Old, err, "")
+		}
 		if old.Addr == nw.Addr {
 			return fail(rep.Old, ErrBadRequest, fmt.Sprintf("%s and %s are the same function", rep.Old, rep.New))
 		}
@@ -338,7 +353,8 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
 	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
-	stubOff := thunkOff + slot*uint64(len(ps))
+	entryOff := thunkOff + slot*uint64(len(ps)) // closure entries
+	stubOff := entryOff + trampoline.ClosureEntrySize*uint64(len(ps))
 	stubSlot, capacity, tableOff := uint64(0), 0, roundUp(stubOff, pageSize)
 	key := trampoline.KeyThread
 	if canDispatch {
@@ -367,7 +383,17 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	image := make([]byte, tableOff+tableCtlSize+trampoline.TableHeaderSize)
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
-		plan, err := t.arch.Plan(p.fn(), p.new.Addr, thunk)
+		entry := p.new.Addr
+		if p.rep.closure != 0 {
+			entry = region + entryOff + uint64(i)*trampoline.ClosureEntrySize
+			code, err := trampoline.ClosureEntry(t.arch.Machine(), entry, p.rep.closure, p.new.Addr)
+			if err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
+			copy(image[entry-region:], code)
+		}
+		plan, err := t.arch.Plan(p.fn(), entry, thunk)
 		if err != nil {
 			unmap()
 			return fail(p.rep.Old, err, "")
@@ -382,7 +408,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		if canDispatch {
 			at := region + stubOff + uint64(i)*stubSlot
-			stub, err := disp.Stub(key, at, rec.Table, thunk, p.new.Addr)
+			stub, err := disp.Stub(key, at, rec.Table, thunk, entry)
 			if err != nil {
 				unmap()
 				return fail(p.rep.Old, err, "")
@@ -470,6 +496,20 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
+}
+
+// checkAddrs checks that the names of a self-patch resolved to the very
+// functions the caller holds.
+func checkAddrs(rep Replacement, old, nw elfsym.Symbol) error {
+	for _, c := range []struct {
+		name      string
+		want, got uint64
+	}{{rep.Old, rep.oldAddr, old.Addr}, {rep.New, rep.newAddr, nw.Addr}} {
+		if c.want != 0 && c.want != c.got {
+			return fmt.Errorf("%w: %s resolves to %#x, but the function value is at %#x", ErrAmbiguous, c.name, c.got, c.want)
+		}
+	}
+	return nil
 }
 
 // padJump pads a jump with the target's trap instruction to n bytes (nil

@@ -1,0 +1,42 @@
+package patch
+
+import (
+	"errors"
+	"time"
+)
+
+// Modes of Apply (ApplyOptions.Mode, FuncOptions.Mode).
+const (
+	ModeStop    = "stop"
+	ModeGradual = "gradual"
+	ModeAuto    = "auto"
+)
+
+// What a gradual transition does at its timeout (ApplyOptions.OnTimeout,
+// FuncOptions.OnTimeout).
+const (
+	OnTimeoutRevert = "revert"
+	OnTimeoutStay   = "stay"
+)
+
+// ErrNotSupported: patching is available on Linux only, on x86-64 and
+// arm64. Elsewhere every entry point of the self-patching API (Func,
+// FuncWith, FuncByName, and package patchtest) returns it, so that code and
+// tests that use them still build on every developer machine.
+var ErrNotSupported = errors.New("hotpatch supports Linux on x86-64 and arm64 only")
+
+// FuncOptions tune Func. The zero value is a stop-mode patch with the
+// default timeout.
+type FuncOptions struct {
+	// Mode is ModeStop (default: one pause in which no goroutine may be
+	// inside the function), ModeGradual (goroutines inside it keep the old
+	// code until they leave it) or ModeAuto.
+	Mode string
+	// Timeout bounds how long the patch waits for goroutines to leave the
+	// function (default 5s).
+	Timeout time.Duration
+	// OnTimeout is what a gradual patch does at Timeout with goroutines
+	// still on the old code: OnTimeoutRevert (default) or OnTimeoutStay
+	// (the Handle is returned in transition; Handle.Resume finishes it).
+	OnTimeout string
+}

@@ -1,0 +1,113 @@
+//go:build linux
+
+package patch_test
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+//go:noinline
+func answer() int { return 1 }
+
+//go:noinline
+func otherAnswer() int { return 2 }
+
+// hammer runs n goroutines calling answer in a tight loop until stop is
+// closed; every result other than 1 or 2 is counted as bad, and each
+// result's count is kept.
+type hammer struct {
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	ones, two atomic.Int64
+	bad       atomic.Int64
+}
+
+func startHammer(n int) *hammer {
+	h := &hammer{stop: make(chan struct{})}
+	for range n {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			for {
+				select {
+				case <-h.stop:
+					return
+				default:
+				}
+				for range 1000 {
+					switch answer() {
+					case 1:
+						h.ones.Add(1)
+					case 2:
+						h.two.Add(1)
+					default:
+						h.bad.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	return h
+}
+
+// sees waits until the hammering goroutines have returned result v again
+// (counted from now), a few times each.
+func (h *hammer) sees(t *testing.T, v int) {
+	t.Helper()
+	c := &h.ones
+	if v == 2 {
+		c = &h.two
+	}
+	start := c.Load()
+	require.Eventually(t, func() bool { return c.Load() > start+100000 }, 10*time.Second, time.Millisecond,
+		"the goroutines never returned %d", v)
+}
+
+// TestFuncUnderLoad patches a function while 100 goroutines call it in a
+// tight loop, and reverts it likewise: every call returns the old or the new
+// result, never anything else, and nothing crashes. The patch goes through
+// the helper process and the same pause and transition as any Apply.
+func TestFuncUnderLoad(t *testing.T) {
+	h := startHammer(100)
+	defer func() { close(h.stop); h.wg.Wait() }()
+	h.sees(t, 1)
+
+	// Stop mode alone rarely finds all 100 outside: on a few cores most of
+	// them wait, preempted, and some inside answer. Auto mode gives those
+	// the old code until they leave it.
+	p, err := patch.FuncWith(answer, otherAnswer, patch.FuncOptions{Mode: patch.ModeAuto, Timeout: 20 * time.Second})
+	require.NoError(t, err)
+	require.Equal(t, "applied", p.Result().State)
+	t.Logf("apply: pause %v, %d attempt(s)", p.Result().Pause, p.Result().Attempts)
+	require.Equal(t, 2, answer())
+	h.sees(t, 2)
+
+	require.NoError(t, p.Revert())
+	require.Equal(t, "reverted", p.Result().State)
+	t.Logf("revert: pause %v, %d attempt(s)", p.Result().Pause, p.Result().Attempts)
+	require.Equal(t, 1, answer())
+	twos := h.two.Load()
+	h.sees(t, 1)
+	require.Zero(t, h.bad.Load(), "calls returned neither the old nor the new result")
+	// Once reverted, nobody gets the new result any more.
+	time.Sleep(10 * time.Millisecond)
+	require.LessOrEqual(t, h.two.Load(), twos)
+	require.ErrorIs(t, p.Revert(), patch.ErrNotApplied)
+}
+
+// TestAttachSelfRefused: a process cannot ptrace itself; Attach says so at
+// once and names the way that works, instead of failing later with a
+// permission error.
+func TestAttachSelfRefused(t *testing.T) {
+	_, err := patch.Attach(os.Getpid(), nil)
+	require.ErrorIs(t, err, patch.ErrBadRequest)
+	require.ErrorContains(t, err, "Func")
+}

@@ -111,3 +111,46 @@ func TestAttachSelfRefused(t *testing.T) {
 	require.ErrorIs(t, err, patch.ErrBadRequest)
 	require.ErrorContains(t, err, "Func")
 }
+
+// TestFuncClosureTimeNow replaces time.Now, a standard-library function, by
+// a closure that captures a variable (the common test case): the patched
+// time.Now returns what the closure computes from its captures, including
+// later changes to them, and the real clock is back after Revert.
+func TestFuncClosureTimeNow(t *testing.T) {
+	fixed := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	p, err := patch.Func(time.Now, func() time.Time { return fixed })
+	require.NoError(t, err)
+	require.True(t, time.Now().Equal(fixed), "time.Now() = %v", time.Now())
+	fixed = fixed.Add(time.Hour)
+	require.True(t, time.Now().Equal(fixed), "time.Now() = %v", time.Now())
+	require.NoError(t, p.Revert())
+	require.Greater(t, time.Now().Year(), 2020)
+}
+
+// TestFuncClosureCounter: a closure replacement with captures of several
+// kinds (a counter it writes, a value it reads), called from many
+// goroutines.
+func TestFuncClosureCounter(t *testing.T) {
+	var calls atomic.Int64
+	base := 40
+	p, err := patch.Func(answer, func() int { calls.Add(1); return base + 2 })
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 1000 {
+				if v := answer(); v != 42 {
+					t.Errorf("answer() = %d", v)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int64(8000), calls.Load())
+	require.NoError(t, p.Revert())
+	require.Equal(t, 1, answer())
+	require.Equal(t, int64(8000), calls.Load())
+}

@@ -154,3 +154,62 @@ func TestFuncClosureCounter(t *testing.T) {
 	require.Equal(t, 1, answer())
 	require.Equal(t, int64(8000), calls.Load())
 }
+
+//go:noinline
+func parked(ch chan int) int { return <-ch + 100 }
+
+//go:noinline
+func parkedNew(ch chan int) int { return <-ch + 200 }
+
+// TestFuncParkedGoroutine: a goroutine parked inside the function blocks
+// the self-patch in stop mode (the same check as any Apply: the helper sees
+// this process's goroutines), and in gradual mode it keeps the old code
+// while every other goroutine gets the new code; Resume finishes once it
+// left.
+func TestFuncParkedGoroutine(t *testing.T) {
+	ch := make(chan int)
+	got := make(chan int)
+	go func() { got <- parked(ch) }()
+	time.Sleep(20 * time.Millisecond) // let it park in the receive
+
+	_, err := patch.FuncWith(parked, parkedNew, patch.FuncOptions{Timeout: 300 * time.Millisecond})
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.ErrorContains(t, err, "parked")
+
+	p, err := patch.FuncWith(parked, parkedNew, patch.FuncOptions{
+		Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
+	require.NoError(t, err)
+	require.Equal(t, "transition", p.Result().State)
+	require.Equal(t, 1, p.Result().Pending)
+
+	ch2 := make(chan int, 1)
+	ch2 <- 1
+	require.Equal(t, 201, parked(ch2), "a new call gets the new code")
+	ch <- 1
+	require.Equal(t, 101, <-got, "the parked goroutine kept the old code")
+
+	require.NoError(t, p.Resume())
+	require.Equal(t, "applied", p.Result().State)
+	ch2 <- 1
+	require.Equal(t, 201, parked(ch2))
+	require.NoError(t, p.Revert())
+	ch2 <- 1
+	require.Equal(t, 101, parked(ch2))
+}
+
+//go:noinline
+func patchesItself() error {
+	_, err := patch.Func(patchesItself, func() error { return nil })
+	return err
+}
+
+// TestFuncCallerInside: the calling goroutine is known; patching a function
+// it is executing is refused at once, with that reason, not after the
+// timeout.
+func TestFuncCallerInside(t *testing.T) {
+	start := time.Now()
+	err := patchesItself()
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.ErrorContains(t, err, "calling goroutine")
+	require.Less(t, time.Since(start), time.Second)
+}

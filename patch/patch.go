@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package patch replaces functions inside a running process and puts them
 // back. Attach to a process, Apply a set of replacements (each an existing
 // function of the target redirected to another function of the target), and

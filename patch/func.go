@@ -25,6 +25,13 @@ const (
 // tests that use them still build on every developer machine.
 var ErrNotSupported = errors.New("hotpatch supports Linux on x86-64 and arm64 only")
 
+// ErrNotPatchable: Func was given a function value whose code is not the
+// function callers run: an instantiation of a generic function (its code is
+// a shape function shared by instantiations, called with a dictionary), the
+// compiler's wrapper of a value-receiver method ((*T).M for func (T) M), or
+// a method value (x.M). The error says what to patch instead.
+var ErrNotPatchable = errors.New("not a patchable function")
+
 // FuncOptions tune Func. The zero value is a stop-mode patch with the
 // default timeout.
 type FuncOptions struct {

@@ -24,3 +24,15 @@ func (h *Handle) Revert() error { return ErrNotSupported }
 
 // Resume returns ErrNotSupported.
 func (h *Handle) Resume() error { return ErrNotSupported }
+
+// FuncByName replaces the function named name; here it returns
+// ErrNotSupported.
+func FuncByName[F any](name string, replacement F) (*Handle, error) {
+	return nil, ErrNotSupported
+}
+
+// FuncByNameWith is FuncByName with options; here it returns
+// ErrNotSupported.
+func FuncByNameWith[F any](name string, replacement F, o FuncOptions) (*Handle, error) {
+	return nil, ErrNotSupported
+}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 )
 
 // A process cannot ptrace its own threads, so the tracer of the calling
@@ -94,7 +96,7 @@ var wireSentinels = []error{
 	ErrBlocked, ErrAlreadyApplied, ErrNotApplied, ErrCodeChanged, ErrBadRequest,
 	ErrInTransition, ErrNoTransition, ErrInlined, ErrABI, ErrSignature,
 	ErrGradualNotGo, ErrNoTaskKey, context.DeadlineExceeded, context.Canceled,
-	ErrNotSupported, ErrSelfHelper,
+	ErrNotSupported, ErrSelfHelper, ErrNotPatchable,
 }
 
 func toWire(err error) *wireError {
@@ -196,7 +198,7 @@ func runHelper(v string) int {
 
 func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}
-	if req.Op == "hello" {
+	if req.Op == "hello" || (req.Op == "lookup" && len(req.Reps) != 1) {
 		return resp
 	}
 	if *tgt == nil {
@@ -217,6 +219,13 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure}
 		}
 		resp.Result, err = (*tgt).Apply(ctx, reps, o)
+	case "lookup":
+		var sym elfsym.Symbol
+		if sym, err = (*tgt).Symbols().Lookup(req.Reps[0].Old); err == nil {
+			resp.Result = &Result{Functions: []Function{{Old: req.Reps[0].Old, OldAddr: sym.Addr, OldSize: sym.Size}}}
+		} else {
+			err = &Error{Op: "apply", Pid: ppid, Func: req.Reps[0].Old, Err: err}
+		}
 	case "revert":
 		resp.Result, err = (*tgt).Revert(ctx, req.ID, o)
 	case "resume":

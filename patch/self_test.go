@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/hotpatch-dev/hotpatch/patch"
+	"github.com/hotpatch-dev/hotpatch/patch/internal/selffix"
 )
 
 //go:noinline
@@ -212,4 +213,66 @@ func TestFuncCallerInside(t *testing.T) {
 	require.ErrorIs(t, err, patch.ErrBlocked)
 	require.ErrorContains(t, err, "calling goroutine")
 	require.Less(t, time.Since(start), time.Second)
+}
+
+const scaleName = "github.com/hotpatch-dev/hotpatch/patch/internal/selffix.scale"
+
+// TestFuncByName patches an unexported function of another package by its
+// name; the replacement's signature is checked against the function table.
+func TestFuncByName(t *testing.T) {
+	p, err := patch.FuncByName(scaleName, func(x int) int { return -x })
+	require.NoError(t, err)
+	require.Equal(t, -3, selffix.Scale(3))
+	require.NoError(t, p.Revert())
+	require.Equal(t, 30, selffix.Scale(3))
+
+	_, err = patch.FuncByName(scaleName, func(x, y int) (int, int) { return x, y })
+	require.ErrorIs(t, err, patch.ErrSignature)
+	var se *patch.SignatureError
+	require.ErrorAs(t, err, &se, "the typed error crosses from the helper")
+	_, err = patch.FuncByName(scaleName+"Nope", func(x int) int { return x })
+	require.ErrorIs(t, err, patch.ErrUnknownSymbol)
+	require.Equal(t, 30, selffix.Scale(3))
+}
+
+// TestFuncMethodExpressions patches methods through method expressions,
+// pointer and value receivers, and refuses the function values whose code
+// callers do not run, saying what to patch instead.
+func TestFuncMethodExpressions(t *testing.T) {
+	c := &selffix.Counter{}
+	p, err := patch.Func((*selffix.Counter).Add, func(c *selffix.Counter, x int) int { c.N -= x; return c.N })
+	require.NoError(t, err)
+	require.Equal(t, -5, c.Add(5))
+	require.NoError(t, p.Revert())
+	require.Equal(t, 0, c.Add(5))
+
+	p, err = patch.Func(selffix.Money.Double, func(m selffix.Money) selffix.Money { return 3 * m })
+	require.NoError(t, err)
+	require.Equal(t, selffix.Money(21), selffix.Money(7).Double())
+	require.NoError(t, p.Revert())
+	require.Equal(t, selffix.Money(14), selffix.Money(7).Double())
+
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"pointer wrapper of a value method", func() error {
+			_, err := patch.Func((*selffix.Money).Double, func(*selffix.Money) selffix.Money { return 0 })
+			return err
+		}(), "T.M"},
+		{"generic", func() error {
+			_, err := patch.Func(selffix.Ident[int], func(x int) int { return x })
+			return err
+		}(), "generic"},
+		{"method value", func() error {
+			_, err := patch.Func(c.Add, func(int) int { return 0 })
+			return err
+		}(), "method expression"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.ErrorIs(t, tc.err, patch.ErrNotPatchable)
+			require.ErrorContains(t, tc.err, tc.want)
+		})
+	}
 }

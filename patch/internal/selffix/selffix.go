@@ -1,0 +1,32 @@
+// Package selffix holds functions that the self-patching tests patch from
+// another package: unexported ones (by name) and methods.
+package selffix
+
+//go:noinline
+func scale(x int) int { return 10 * x }
+
+// Scale returns scale(x), an unexported function.
+//
+//go:noinline
+func Scale(x int) int { return scale(x) }
+
+// Counter counts.
+type Counter struct{ N int }
+
+// Add adds x and returns the sum (a pointer-receiver method).
+//
+//go:noinline
+func (c *Counter) Add(x int) int { c.N += x; return c.N }
+
+// Money is an amount.
+type Money int
+
+// Double doubles m (a value-receiver method).
+//
+//go:noinline
+func (m Money) Double() Money { return 2 * m }
+
+// Ident returns x (a generic function).
+//
+//go:noinline
+func Ident[X any](x X) X { return x }

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Func replaces the function target with replacement in this process, for
@@ -44,7 +45,41 @@ func FuncWith[F any](target, replacement F, o FuncOptions) (*Handle, error) {
 	if err != nil {
 		return nil, err
 	}
-	return applyFunc(old, nw, replacement, o)
+	return applyFunc(old, nw, replacement, o, nil)
+}
+
+// Wrap replaces target with the function wrap returns, which it builds from
+// original: a function of target's type that runs target's original code,
+// so that the replacement can log, count or adjust around it. original may
+// be called any number of times, also recursively and from other
+// goroutines; a call of original that must grow its stack (deep recursion)
+// or yield to the scheduler resumes in the original code, never in the
+// replacement again. Before the patch and after Revert, original is target
+// itself. x86-64 only for now (elsewhere the error wraps ErrUnsupportedArch).
+func Wrap[F any](target F, wrap func(original F) F) (*Handle, error) {
+	return WrapWith(target, wrap, FuncOptions{})
+}
+
+// WrapWith is Wrap with options.
+func WrapWith[F any](target F, wrap func(original F) F, o FuncOptions) (*Handle, error) {
+	old, err := funcOf("target", target)
+	if err != nil {
+		return nil, err
+	}
+	if err := patchable(old); err != nil {
+		return nil, err
+	}
+	fv := &origFuncval{fn: old.entry}
+	replacement := wrap(funcFromFuncval[F](fv))
+	nw, err := funcOf("replacement", replacement)
+	if err != nil {
+		return nil, err
+	}
+	h, err := applyFunc(old, nw, replacement, o, fv)
+	if h == nil {
+		atomic.StoreUintptr(&fv.fn, old.entry)
+	}
+	return h, err
 }
 
 // goFunc is a Go function of this process.
@@ -99,7 +134,7 @@ func FuncByNameWith[F any](name string, replacement F, o FuncOptions) (*Handle, 
 	if err := patchable(old); err != nil {
 		return nil, err
 	}
-	return applyFunc(old, nw, replacement, o)
+	return applyFunc(old, nw, replacement, o, nil)
 }
 
 // patchable refuses the function values whose code is not what callers
@@ -127,6 +162,7 @@ type Handle struct {
 	mu       sync.Mutex
 	old, new goFunc
 	keep     any // the replacement, reachable while applied
+	orig     *origFuncval
 	opts     FuncOptions
 	res      *Result
 	done     bool
@@ -139,7 +175,7 @@ var live = struct {
 	m map[string]*Handle
 }{m: map[string]*Handle{}}
 
-func applyFunc(old, nw goFunc, keep any, o FuncOptions) (*Handle, error) {
+func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Handle, error) {
 	if old.entry == nw.entry {
 		return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: old.name, Err: ErrBadRequest, Hint: "the target and the replacement are the same function"}
 	}
@@ -148,7 +184,10 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions) (*Handle, error) {
 	}
 	req := selfRequest{Op: "apply", Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout},
 		Reps: []selfRep{{Old: old.name, New: nw.name, OldAddr: uint64(old.entry), NewAddr: uint64(nw.entry), Closure: uint64(nw.funcval)}}}
-	h := &Handle{old: old, new: nw, keep: keep, opts: o}
+	if orig != nil {
+		req.Reps[0].OriginalSlot = uint64(fnSlot(orig))
+	}
+	h := &Handle{old: old, new: nw, keep: keep, opts: o, orig: orig}
 	// Reachable before any code can jump to it.
 	live.Lock()
 	live.m[fmt.Sprintf("pending %p", h)] = h
@@ -257,6 +296,9 @@ func (h *Handle) op(op string) error {
 		delete(live.m, res.ID)
 		live.Unlock()
 		h.keep = nil
+		if h.orig != nil {
+			atomic.StoreUintptr(&h.orig.fn, h.old.entry)
+		}
 	}
 	return err
 }

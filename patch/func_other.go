@@ -36,3 +36,14 @@ func FuncByName[F any](name string, replacement F) (*Handle, error) {
 func FuncByNameWith[F any](name string, replacement F, o FuncOptions) (*Handle, error) {
 	return nil, ErrNotSupported
 }
+
+// Wrap replaces target with the function wrap builds from its original;
+// here it returns ErrNotSupported.
+func Wrap[F any](target F, wrap func(original F) F) (*Handle, error) {
+	return nil, ErrNotSupported
+}
+
+// WrapWith is Wrap with options; here it returns ErrNotSupported.
+func WrapWith[F any](target F, wrap func(original F) F, o FuncOptions) (*Handle, error) {
+	return nil, ErrNotSupported
+}

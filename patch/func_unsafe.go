@@ -9,3 +9,21 @@ import "unsafe"
 func funcvalOf(f any) uintptr {
 	return uintptr((*[2]unsafe.Pointer)(unsafe.Pointer(&f))[1])
 }
+
+// origFuncval is the funcval of the func value Wrap hands to its wrap
+// function: fn is the entry it calls, rewritten by the helper (through
+// /proc/PID/mem) to the original's entry before the patch switches, and
+// set back to the function itself once it is reverted.
+type origFuncval struct {
+	fn uintptr
+}
+
+// funcFromFuncval returns a func value of type F calling through fv.
+func funcFromFuncval[F any](fv *origFuncval) F {
+	var f F
+	*(*unsafe.Pointer)(unsafe.Pointer(&f)) = unsafe.Pointer(fv)
+	return f
+}
+
+// fnSlot is the address of fv.fn.
+func fnSlot(fv *origFuncval) uintptr { return uintptr(unsafe.Pointer(&fv.fn)) }

@@ -138,6 +138,11 @@ type Replacement struct {
 	// variables), loaded into the closure context register by a
 	// trampoline.ClosureEntry in the patch memory.
 	oldAddr, newAddr, closure uint64
+	// originalSlot, when set, is the address in the target of a word that
+	// receives, before the switch, the entry of the function's original
+	// (what the replacement calls to run the old code; see
+	// trampoline.GoOriginal).
+	originalSlot uint64
 }
 
 // ApplyOptions tune Apply.
@@ -355,8 +360,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
 	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
-	entryOff := thunkOff + slot*uint64(len(ps)) // closure entries
-	stubOff := entryOff + trampoline.ClosureEntrySize*uint64(len(ps))
+	entryOff := thunkOff + slot*uint64(len(ps))                          // closure entries
+	origOff := entryOff + trampoline.GoOriginalEntrySize*uint64(len(ps)) // originals
+	stubOff := origOff + trampoline.GoOriginalMaxSize*uint64(len(ps))
 	stubSlot, capacity, tableOff := uint64(0), 0, roundUp(stubOff, pageSize)
 	key := trampoline.KeyThread
 	if canDispatch {
@@ -383,22 +389,30 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	// The tables' pages stay untouched (zero) but for the control word and
 	// the first table's header.
 	image := make([]byte, tableOff+tableCtlSize+trampoline.TableHeaderSize)
+	var origSlots [][2]uint64 // {slot, original's entry}
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
 		entry := p.new.Addr
 		if p.rep.closure != 0 {
-			entry = region + entryOff + uint64(i)*trampoline.ClosureEntrySize
-			code, err := trampoline.ClosureEntry(t.arch.Machine(), entry, p.rep.closure, p.new.Addr)
-			if err != nil {
-				unmap()
-				return fail(p.rep.Old, err, "")
-			}
-			copy(image[entry-region:], code)
+			entry = region + entryOff + uint64(i)*trampoline.GoOriginalEntrySize
 		}
 		plan, err := t.arch.Plan(p.fn(), entry, thunk)
 		if err != nil {
 			unmap()
 			return fail(p.rep.Old, err, "")
+		}
+		if p.rep.closure != 0 {
+			orig := region + origOff + uint64(i)*trampoline.GoOriginalMaxSize
+			code, origCode, origAddr, err := t.closureEntry(p, plan, entry, orig, thunk)
+			if err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
+			copy(image[entry-region:], code)
+			copy(image[orig-region:], origCode)
+			if origAddr != 0 {
+				origSlots = append(origSlots, [2]uint64{p.rep.originalSlot, origAddr})
+			}
 		}
 		p.plan = plan
 		copy(image[thunk-region:], plan.Thunk)
@@ -442,6 +456,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err == nil {
 		copy(image, hdr)
 		err = t.writeMem(region, image)
+	}
+	for _, o := range origSlots {
+		if err == nil {
+			err = t.writeMem(o[0], binary.LittleEndian.AppendUint64(nil, o[1]))
+		}
 	}
 	if err != nil {
 		unmap()

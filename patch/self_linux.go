@@ -56,6 +56,7 @@ type selfRequest struct {
 type selfRep struct {
 	Old, New                  string
 	OldAddr, NewAddr, Closure uint64
+	OriginalSlot              uint64
 }
 
 type selfOpts struct {
@@ -216,7 +217,7 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	case "apply":
 		reps := make([]Replacement, len(req.Reps))
 		for i, r := range req.Reps {
-			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure}
+			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot}
 		}
 		resp.Result, err = (*tgt).Apply(ctx, reps, o)
 	case "lookup":

@@ -276,3 +276,49 @@ func TestFuncMethodExpressions(t *testing.T) {
 		})
 	}
 }
+
+// sumTo recurses with a large frame, so that a deep call grows the stack
+// many times.
+//
+//go:noinline
+func sumTo(n int) int {
+	var pad [512]byte
+	pad[n&511] = byte(n)
+	if n == 0 {
+		return int(pad[0])
+	}
+	return n + sumTo(n-1) + int(pad[n&511]) - int(byte(n))
+}
+
+// TestWrapDeepRecursion: a replacement that wraps the original, counting
+// calls, on a recursion deep enough that the original's stack check fails
+// hundreds of times (and goroutines are asked to yield through it). Every
+// call is counted once: a stack growth in the original resumes in the
+// original, not in the wrapper.
+func TestWrapDeepRecursion(t *testing.T) {
+	const n = 20000
+	var calls atomic.Int64
+	p, err := patch.Wrap(sumTo, func(orig func(int) int) func(int) int {
+		return func(x int) int { calls.Add(1); return orig(x) }
+	})
+	require.NoError(t, err)
+	for _, g := range []int{1, 4} {
+		calls.Store(0)
+		var wg sync.WaitGroup
+		for range g {
+			wg.Add(1)
+			go func() { // a fresh goroutine starts on a small stack
+				defer wg.Done()
+				if got := sumTo(n); got != n*(n+1)/2 {
+					t.Errorf("sumTo(%d) = %d", n, got)
+				}
+			}()
+		}
+		wg.Wait()
+		require.Equal(t, int64(g*(n+1)), calls.Load(), "%d goroutine(s): every call counted exactly once", g)
+	}
+	require.NoError(t, p.Revert())
+	calls.Store(0)
+	require.Equal(t, 55, sumTo(10))
+	require.Zero(t, calls.Load())
+}

@@ -322,3 +322,18 @@ func TestWrapDeepRecursion(t *testing.T) {
 	require.Equal(t, 55, sumTo(10))
 	require.Zero(t, calls.Load())
 }
+
+// TestFuncInlinedRefused: a function the compiler inlined into callers is
+// refused, the callers named, with the fix spelled out (the inlined copies
+// would keep the old code: the silent no-op of other patchers).
+func TestFuncInlinedRefused(t *testing.T) {
+	_, err := patch.Func(selffix.Small, func(x int) int { return 0 })
+	require.ErrorIs(t, err, patch.ErrInlined)
+	var ie *patch.InlinedError
+	require.ErrorAs(t, err, &ie)
+	require.ErrorContains(t, err, "selffix.Inlines")
+	require.ErrorContains(t, err, "//go:noinline")
+	require.ErrorContains(t, err, "-gcflags=all=-l")
+	t.Log(err)
+	require.Equal(t, 14, selffix.Inlines(0))
+}

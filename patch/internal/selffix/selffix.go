@@ -30,3 +30,22 @@ func (m Money) Double() Money { return 2 * m }
 //
 //go:noinline
 func Ident[X any](x X) X { return x }
+
+// small is inlined into Inlines. Its call of panic keeps a trace of the
+// inlining in the caller's inline tree (a body the compiler merges entirely
+// into the caller's instructions leaves none).
+func small(x int) int {
+	if x > 1000 {
+		panic("small: too big")
+	}
+	return x + 7
+}
+
+// Small is small, which callers outside this package can take the value
+// of (the compiler keeps an out-of-line copy for that).
+var Small = small
+
+// Inlines calls small, which the compiler inlines here.
+//
+//go:noinline
+func Inlines(x int) int { return small(x) * 2 }

@@ -265,28 +265,43 @@ func selfCall(req selfRequest) (*Result, error) {
 		default:
 		}
 	}
-	if self.h == nil {
-		h, err := startHelper()
-		if err != nil {
-			return nil, err
+	for try := 0; ; try++ {
+		fresh := self.h == nil
+		if fresh {
+			h, err := startHelper()
+			if err != nil {
+				return nil, err
+			}
+			self.h = h
 		}
-		self.h = h
-	}
-	var resp selfResponse
-	err := self.h.enc.Encode(req)
-	if err == nil {
-		err = self.h.dec.Decode(&resp)
-	}
-	if err != nil {
+		res, err := self.h.call(req)
+		if err == nil {
+			return res.Result, res.Err.err()
+		}
 		self.h.conn.Close()
 		self.h = nil
+		// A helper that died before it read the request (killed while
+		// idle, not yet reaped) refuses it: the request never ran, so a
+		// new helper may take it. One that read it and died says EOF.
+		if !fresh && try == 0 && (errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET)) {
+			continue
+		}
 		if errors.Is(err, io.EOF) {
 			err = errors.New("it exited")
 		}
 		return nil, &Error{Op: req.Op, Pid: os.Getpid(), Err: fmt.Errorf("%w: %w", ErrSelfHelper, err),
 			Hint: "the helper died during the request (killed?); the patch may or may not be applied — Status on this process tells"}
 	}
-	return resp.Result, resp.Err.err()
+}
+
+// call sends one request and reads the answer.
+func (h *helper) call(req selfRequest) (selfResponse, error) {
+	var resp selfResponse
+	err := h.enc.Encode(req)
+	if err == nil {
+		err = h.dec.Decode(&resp)
+	}
+	return resp, err
 }
 
 // ErrSelfHelper: the helper process that patches this process could not be

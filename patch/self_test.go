@@ -3,10 +3,14 @@
 package patch_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -340,4 +344,56 @@ func TestFuncInlinedRefused(t *testing.T) {
 	require.ErrorContains(t, err, "-gcflags=all=-l")
 	t.Log(err)
 	require.Equal(t, 14, selffix.Inlines(0))
+}
+
+// TestSelfHelperLifecycle: the helper stays warm between patches, is
+// restarted after it died (killed here), and dies with its parent (a child
+// test process that patched itself and exited leaves no helper behind).
+func TestSelfHelperLifecycle(t *testing.T) {
+	if os.Getenv("HOTPATCH_TEST_CHILD") == "1" {
+		p, err := patch.Func(answer, otherAnswer)
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("helper=%d answer=%d\n", patch.SelfHelperPid(), answer())
+		_ = p
+		os.Exit(0) // still applied, helper still attached
+	}
+	p, err := patch.Func(answer, otherAnswer)
+	require.NoError(t, err)
+	pid := patch.SelfHelperPid()
+	require.NotZero(t, pid)
+	require.NoError(t, p.Revert())
+	require.Equal(t, pid, patch.SelfHelperPid(), "kept warm")
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !alive(pid) }, 5*time.Second, 10*time.Millisecond)
+	p, err = patch.Func(answer, otherAnswer)
+	require.NoError(t, err, "a new helper replaces the dead one")
+	require.NotEqual(t, pid, patch.SelfHelperPid())
+	require.Equal(t, 2, answer())
+	require.NoError(t, p.Revert())
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSelfHelperLifecycle$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "HOTPATCH_TEST_CHILD=1")
+	cmd.Stderr = os.Stderr // not a pipe the child's helper would hold open
+	out, err := cmd.Output()
+	require.NoError(t, err, "%s", out)
+	var child, got int
+	_, err = fmt.Sscanf(string(out), "helper=%d answer=%d", &child, &got)
+	require.NoError(t, err, "%s", out)
+	require.Equal(t, 2, got)
+	require.Eventually(t, func() bool { return !alive(child) }, 5*time.Second, 10*time.Millisecond,
+		"the child's helper %d outlived it", child)
+}
+
+// alive reports whether pid is a live process (not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }

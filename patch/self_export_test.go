@@ -1,0 +1,13 @@
+//go:build linux
+
+package patch
+
+// SelfHelperPid returns the PID of the running self-patch helper (0: none).
+func SelfHelperPid() int {
+	self.mu.Lock()
+	defer self.mu.Unlock()
+	if self.h == nil {
+		return 0
+	}
+	return self.h.pid
+}

@@ -28,11 +28,12 @@ import (
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
-// owners maps a patched function's entry to the test that patched it.
+// owners maps a patched function's name (as the Go function table spells
+// it) to the test that patched it.
 var owners = struct {
 	sync.Mutex
-	m map[uintptr]string
-}{m: map[uintptr]string{}}
+	m map[string]string
+}{m: map[string]string{}}
 
 // Func replaces target with replacement until the test (or subtest) t
 // ends. It fails the test with a message that says why when the patch
@@ -44,11 +45,37 @@ func Func[F any](t testing.TB, target, replacement F) *patch.Handle {
 // FuncWith is Func with options.
 func FuncWith[F any](t testing.TB, target, replacement F, o patch.FuncOptions) *patch.Handle {
 	t.Helper()
-	name, entry := describe(target)
+	name, typ := describe(target)
+	return apply(t, name, typ, func() (*patch.Handle, error) { return patch.FuncWith(target, replacement, o) })
+}
+
+// Wrap replaces target, until t ends, with the function wrap builds from
+// target's original (see patch.Wrap).
+func Wrap[F any](t testing.TB, target F, wrap func(original F) F) *patch.Handle {
+	t.Helper()
+	name, typ := describe(target)
+	return apply(t, name, typ, func() (*patch.Handle, error) { return patch.Wrap(target, wrap) })
+}
+
+// FuncByName replaces the function named name (unexported ones too; see
+// patch.FuncByName) until t ends.
+func FuncByName[F any](t testing.TB, name string, replacement F) *patch.Handle {
+	t.Helper()
+	return apply(t, name, "", func() (*patch.Handle, error) { return patch.FuncByName(name, replacement) })
+}
+
+// apply claims the function name (typ names a target that is not one),
+// applies the patch and registers its revert.
+func apply(t testing.TB, name, typ string, do func() (*patch.Handle, error)) *patch.Handle {
+	t.Helper()
+	entry := name
+	if name == "" {
+		name = typ
+	}
 	if !claim(t, name, entry) {
 		return nil
 	}
-	h, err := patch.FuncWith(target, replacement, o)
+	h, err := do()
 	if err != nil {
 		release(entry)
 		if errors.Is(err, patch.ErrNotSupported) {
@@ -69,11 +96,11 @@ func FuncWith[F any](t testing.TB, target, replacement F, o patch.FuncOptions) *
 
 // claim records that t patches the function at entry, or fails t when
 // another test holds it.
-func claim(t testing.TB, name string, entry uintptr) bool {
+func claim(t testing.TB, name string, entry string) bool {
 	t.Helper()
 	owners.Lock()
 	defer owners.Unlock()
-	if entry == 0 {
+	if entry == "" {
 		return true // not a function: patch.Func says why
 	}
 	if other, ok := owners.m[entry]; ok {
@@ -89,22 +116,19 @@ func claim(t testing.TB, name string, entry uintptr) bool {
 	return true
 }
 
-func release(entry uintptr) {
+func release(entry string) {
 	owners.Lock()
 	defer owners.Unlock()
 	delete(owners.m, entry)
 }
 
-// describe names a function value (and gives its code address, 0 for
-// something else).
-func describe(f any) (string, uintptr) {
+// describe names a function value ("" and its type for something else).
+func describe(f any) (string, string) {
 	v := reflect.ValueOf(f)
-	if v.Kind() != reflect.Func || v.IsNil() {
-		return reflect.TypeOf(f).String(), 0
+	if v.Kind() == reflect.Func && !v.IsNil() {
+		if fn := runtime.FuncForPC(v.Pointer()); fn != nil {
+			return fn.Name(), ""
+		}
 	}
-	pc := v.Pointer()
-	if fn := runtime.FuncForPC(pc); fn != nil {
-		return fn.Name(), pc
-	}
-	return reflect.TypeOf(f).String(), pc
+	return "", reflect.TypeOf(f).String()
 }

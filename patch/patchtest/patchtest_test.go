@@ -2,6 +2,7 @@ package patchtest_test
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -119,4 +120,28 @@ func TestFuncFailsClearly(t *testing.T) {
 	patchtest.Func(r, nilFunc, greeting)
 	require.Len(t, r.fatals, 1)
 	require.Contains(t, r.fatals[0], "nil function")
+}
+
+// TestWrapCountsCalls wraps farewell, calling the original, for this test.
+func TestWrapCountsCalls(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skipf("Wrap is implemented on x86-64 only; this is %s", runtime.GOARCH)
+	}
+	calls := 0
+	patchtest.Wrap(t, farewell, func(orig func() string) func() string {
+		return func() string { calls++; return orig() + "!" }
+	})
+	require.Equal(t, "bye!", farewell())
+	require.Equal(t, 1, calls)
+}
+
+// TestFuncByName patches a function by its name for this test.
+func TestFuncByName(t *testing.T) {
+	patchtest.FuncByName(t, "github.com/hotpatch-dev/hotpatch/patch/patchtest_test.farewell", func() string { return "ciao" })
+	require.Equal(t, "ciao", farewell())
+}
+
+// TestFuncByNameCleanedUp runs after the two tests above: farewell is back.
+func TestFuncByNameCleanedUp(t *testing.T) {
+	require.Equal(t, "bye", farewell())
 }

@@ -11,3 +11,14 @@ func SelfHelperPid() int {
 	}
 	return self.h.pid
 }
+
+// StopSelfHelper ends the helper, if any (the next request starts one).
+func StopSelfHelper() {
+	self.mu.Lock()
+	defer self.mu.Unlock()
+	if self.h != nil {
+		self.h.conn.Close()
+		<-self.h.done
+		self.h = nil
+	}
+}

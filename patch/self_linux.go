@@ -31,9 +31,10 @@ import (
 //
 // The helper attaches to its parent with the same Attach, Apply and Revert
 // as any other tracer (one path, one safety check), keeps the Target open
-// between requests (warm: the symbols are loaded once; it also holds the
-// process's lock, so another tool cannot attach to this process meanwhile),
-// and dies with its parent (PR_SET_PDEATHSIG, and the socket's end of file).
+// between requests that follow each other (the symbols are loaded once; it
+// holds the process's lock meanwhile, so another tool waits) and closes it
+// after selfIdle without one, stays running for the next request, and dies
+// with its parent (PR_SET_PDEATHSIG, and the socket's end of file).
 const selfEnv = "HOTPATCH_SELF_HELPER"
 
 // selfFD is the helper's end of the socket.
@@ -177,25 +178,58 @@ func runHelper(v string) int {
 	if os.Getppid() != ppid {
 		return 0
 	}
+	if d, err := time.ParseDuration(os.Getenv(selfIdleEnv)); err == nil && d > 0 {
+		selfIdle = d
+	}
 	conn := os.NewFile(selfFD, "hotpatch-self")
 	dec, enc := gob.NewDecoder(conn), gob.NewEncoder(conn)
+	reqs := make(chan selfRequest)
+	go func() {
+		defer close(reqs)
+		for {
+			var req selfRequest
+			if err := dec.Decode(&req); err != nil {
+				return // the parent closed the socket, or died
+			}
+			reqs <- req
+		}
+	}()
 	var tgt *Target
 	defer func() {
 		if tgt != nil {
 			tgt.Close()
 		}
 	}()
+	idle := time.NewTimer(selfIdle)
 	for {
-		var req selfRequest
-		if err := dec.Decode(&req); err != nil {
-			return 0 // the parent closed the socket, or died
-		}
-		resp := serveSelf(&tgt, ppid, req)
-		if err := enc.Encode(resp); err != nil {
-			return 0
+		select {
+		case <-idle.C:
+			// Let go of the process (and its lock, which another tool
+			// may want) when no patch came for a while; the process
+			// itself stays warm.
+			if tgt != nil {
+				tgt.Close()
+				tgt = nil
+			}
+		case req, ok := <-reqs:
+			if !ok {
+				return 0
+			}
+			resp := serveSelf(&tgt, ppid, req)
+			if err := enc.Encode(resp); err != nil {
+				return 0
+			}
+			idle.Reset(selfIdle)
 		}
 	}
 }
+
+// selfIdle is how long the helper keeps its Target (symbols loaded, the
+// process's lock held) without a request.
+// The helper reads it from selfIdleEnv when set (tests).
+var selfIdle = 5 * time.Second
+
+const selfIdleEnv = "HOTPATCH_SELF_IDLE"
 
 func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}

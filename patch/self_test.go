@@ -397,3 +397,38 @@ func alive(pid int) bool {
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
+
+// TestSelfHelperLetsGo: after a while without requests the helper closes
+// its Target, releasing the process's lock (its /proc/PID/mem) for other
+// tools, and attaches again for the next patch.
+func TestSelfHelperLetsGo(t *testing.T) {
+	t.Setenv("HOTPATCH_SELF_IDLE", "300ms")
+	patch.StopSelfHelper() // the next one reads the setting
+	p, err := patch.Func(answer, otherAnswer)
+	require.NoError(t, err)
+	require.NoError(t, p.Revert())
+	helper := patch.SelfHelperPid()
+	require.True(t, holdsMem(t, helper), "attached while requests come")
+	require.Eventually(t, func() bool { return !holdsMem(t, helper) }, 5*time.Second, 50*time.Millisecond,
+		"the idle helper keeps /proc/%d/mem open", os.Getpid())
+	p, err = patch.Func(answer, otherAnswer)
+	require.NoError(t, err)
+	require.Equal(t, helper, patch.SelfHelperPid())
+	require.Equal(t, 2, answer())
+	require.NoError(t, p.Revert())
+}
+
+// holdsMem reports whether process pid has this process's /proc/PID/mem
+// open.
+func holdsMem(t *testing.T, pid int) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	want := fmt.Sprintf("/proc/%d/mem", os.Getpid())
+	for _, e := range ents {
+		if l, err := os.Readlink(dir + "/" + e.Name()); err == nil && l == want {
+			return true
+		}
+	}
+	return false
+}

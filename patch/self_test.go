@@ -432,3 +432,20 @@ func holdsMem(t *testing.T, pid int) bool {
 	}
 	return false
 }
+
+// BenchmarkFuncApplyRevert: one self-patch and its revert, through the warm
+// helper (the pause itself is in Result().Pause).
+func BenchmarkFuncApplyRevert(b *testing.B) {
+	var pause time.Duration
+	for b.Loop() {
+		p, err := patch.Func(answer, otherAnswer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pause += p.Result().Pause
+		if err := p.Revert(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(pause.Microseconds())/float64(b.N), "pause-µs/op")
+}

@@ -32,6 +32,10 @@ var ErrNotSupported = errors.New("hotpatch supports Linux on x86-64 and arm64 on
 // a method value (x.M). The error says what to patch instead.
 var ErrNotPatchable = errors.New("not a patchable function")
 
+// ErrSelfHelper: the helper process that patches this process could not be
+// started, or stopped answering.
+var ErrSelfHelper = errors.New("self-patch helper process failed")
+
 // FuncOptions tune Func. The zero value is a stop-mode patch with the
 // default timeout.
 type FuncOptions struct {

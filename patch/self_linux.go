@@ -338,10 +338,6 @@ func (h *helper) call(req selfRequest) (selfResponse, error) {
 	return resp, err
 }
 
-// ErrSelfHelper: the helper process that patches this process could not be
-// started or stopped answering.
-var ErrSelfHelper = errors.New("self-patch helper process failed")
-
 // startHelper starts the helper and checks that it answers as one.
 func startHelper() (*helper, error) {
 	fail := func(err error, hint string) (*helper, error) {

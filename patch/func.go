@@ -36,12 +36,14 @@ var ErrNotPatchable = errors.New("not a patchable function")
 // started, or stopped answering.
 var ErrSelfHelper = errors.New("self-patch helper process failed")
 
-// FuncOptions tune Func. The zero value is a stop-mode patch with the
+// FuncOptions tune Func. The zero value is an auto-mode patch with the
 // default timeout.
 type FuncOptions struct {
-	// Mode is ModeStop (default: one pause in which no goroutine may be
-	// inside the function), ModeGradual (goroutines inside it keep the old
-	// code until they leave it) or ModeAuto.
+	// Mode is ModeAuto (the default: a few stop-and-check pauses, then the
+	// goroutines still inside the function keep the old code until they
+	// leave it; Func returns when every goroutine runs the new code),
+	// ModeStop (only pauses in which no goroutine is inside the function)
+	// or ModeGradual.
 	Mode string
 	// Timeout bounds how long the patch waits for goroutines to leave the
 	// function (default 5s).

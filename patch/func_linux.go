@@ -184,6 +184,9 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 	if err := notOnOwnStack("apply", old); err != nil {
 		return nil, err
 	}
+	if o.Mode == "" {
+		o.Mode = ModeAuto
+	}
 	req := selfRequest{Op: "apply", Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout},
 		Reps: []selfRep{{Old: old.name, New: nw.name, OldAddr: uint64(old.entry), NewAddr: uint64(nw.entry), Closure: uint64(nw.funcval)}}}
 	if orig != nil {

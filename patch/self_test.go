@@ -87,9 +87,9 @@ func TestFuncUnderLoad(t *testing.T) {
 	h.sees(t, 1)
 
 	// Stop mode alone rarely finds all 100 outside: on a few cores most of
-	// them wait, preempted, and some inside answer. Auto mode gives those
-	// the old code until they leave it.
-	p, err := patch.FuncWith(answer, otherAnswer, patch.FuncOptions{Mode: patch.ModeAuto, Timeout: 20 * time.Second})
+	// them wait, preempted, and some inside answer. Auto mode (Func's
+	// default) gives those the old code until they leave it.
+	p, err := patch.FuncWith(answer, otherAnswer, patch.FuncOptions{Timeout: 20 * time.Second})
 	require.NoError(t, err)
 	require.Equal(t, "applied", p.Result().State)
 	t.Logf("apply: pause %v, %d attempt(s)", p.Result().Pause, p.Result().Attempts)
@@ -178,7 +178,7 @@ func TestFuncParkedGoroutine(t *testing.T) {
 	go func() { got <- parked(ch) }()
 	time.Sleep(20 * time.Millisecond) // let it park in the receive
 
-	_, err := patch.FuncWith(parked, parkedNew, patch.FuncOptions{Timeout: 300 * time.Millisecond})
+	_, err := patch.FuncWith(parked, parkedNew, patch.FuncOptions{Mode: patch.ModeStop, Timeout: 300 * time.Millisecond})
 	require.ErrorIs(t, err, patch.ErrBlocked)
 	require.ErrorContains(t, err, "parked")
 

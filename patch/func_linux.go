@@ -56,8 +56,7 @@ func FuncWith[F any](target, replacement F, o FuncOptions) (*Handle, error) {
 // or yield to the scheduler resumes in the original code, never in the
 // replacement again. Before the patch and after Revert, original is target
 // itself. Until Wrap returns, call original only from the replacement: the
-// helper rewrites it while the patch is prepared. x86-64 only for now (on arm64 Wrap fails with an error that says
-// so).
+// helper rewrites it while the patch is prepared.
 func Wrap[F any](target F, wrap func(original F) F) (*Handle, error) {
 	return WrapWith(target, wrap, FuncOptions{})
 }

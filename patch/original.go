@@ -20,9 +20,9 @@ func (t *Target) closureEntry(p *planned, plan *trampoline.Plan, entry, orig, th
 		code, err := trampoline.ClosureEntry(t.arch.Machine(), entry, p.rep.closure, p.new.Addr)
 		return code, nil, 0, err
 	}
-	a, ok := t.arch.(trampoline.AMD64)
+	a, ok := t.arch.(trampoline.GoOriginaler)
 	if !ok {
-		return nil, nil, 0, fmt.Errorf("%w: calling the original of a patched Go function is implemented on x86-64 only so far", trampoline.ErrUnsupportedArch)
+		return nil, nil, 0, fmt.Errorf("%w: calling the original of a patched Go function is not implemented for %v", trampoline.ErrUnsupportedArch, t.arch.Machine())
 	}
 	ms, err := t.runtimeFunc("runtime.morestack")
 	if err != nil {

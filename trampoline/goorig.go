@@ -35,7 +35,7 @@ import (
 const GoOriginalMaxSize = 256
 
 // GoOriginalEntrySize bounds len(GoOriginalEntry(...)).
-const GoOriginalEntrySize = 64
+const GoOriginalEntrySize = 80
 
 // ErrNoStackCheck: the function does not begin with Go's stack check
 // (a NOSPLIT function): its Plan.Thunk is its original already.

@@ -9,6 +9,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(GO) test $(GOTEST_FLAGS) -race -run 'TestFuncUnderLoad' ./patch
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-arm64-user
 	$(MAKE) --no-print-directory test-arm64
@@ -43,6 +44,10 @@ test-arm64:
 vet:
 	$(GO) vet ./...
 	GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./...
+	@# The self-patching API and patchtest build (and return ErrNotSupported)
+	@# on developer machines that are not Linux.
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./patch/...
+	GOOS=windows GOARCH=amd64 CGO_ENABLED=0 $(GO) vet ./patch/...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # The Go releases the goroutine tests build targets with (patch/go_test.go,

@@ -1,3 +1,5 @@
+//go:build linux
+
 package patch
 
 // notGo returns the first function of the set that is not Go code in a Go

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package patch replaces functions inside a running process and puts them
 // back. Attach to a process, Apply a set of replacements (each an existing
 // function of the target redirected to another function of the target), and
@@ -20,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"time"
 
@@ -76,6 +79,10 @@ func Attach(pid int, opts *Options) (*Target, error) {
 	if pid <= 0 {
 		return nil, &Error{Op: "attach", Pid: pid, Err: ErrBadRequest, Hint: "give the PID of a running process"}
 	}
+	if pid == os.Getpid() {
+		return nil, &Error{Op: "attach", Pid: pid, Err: ErrBadRequest,
+			Hint: "a process cannot trace itself; patch the calling process with Func (or FuncWith, FuncByName), which patches it through a helper process"}
+	}
 	wait := opts.LockWait
 	if wait == 0 {
 		wait = DefaultLockWait
@@ -124,6 +131,18 @@ func (t *Target) Symbols() *elfsym.Table { return t.syms }
 // names in the target ("MODULE:NAME" selects a module).
 type Replacement struct {
 	Old, New string
+
+	// Set by the self-patching path (Func), where the caller knows the
+	// addresses: the names must resolve to exactly these entries, and a
+	// non-zero closure is the funcval New is entered with (its captured
+	// variables), loaded into the closure context register by a
+	// trampoline.ClosureEntry in the patch memory.
+	oldAddr, newAddr, closure uint64
+	// originalSlot, when set, is the address in the target of a word that
+	// receives, before the switch, the entry of the function's original
+	// (what the replacement calls to run the old code; see
+	// trampoline.GoOriginal).
+	originalSlot uint64
 }
 
 // ApplyOptions tune Apply.
@@ -278,6 +297,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if err != nil {
 			return fail(rep.New, err, "")
 		}
+		if err := checkAddrs(rep, old, nw); err != nil {
+			return fail(rep.Old, err, "")
+		}
 		if old.Addr == nw.Addr {
 			return fail(rep.Old, ErrBadRequest, fmt.Sprintf("%s and %s are the same function", rep.Old, rep.New))
 		}
@@ -339,7 +361,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
 	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
-	stubOff := thunkOff + slot*uint64(len(ps))
+	entryOff := thunkOff + slot*uint64(len(ps))                          // closure entries
+	origOff := entryOff + trampoline.GoOriginalEntrySize*uint64(len(ps)) // originals
+	stubOff := origOff + trampoline.GoOriginalMaxSize*uint64(len(ps))
 	stubSlot, capacity, tableOff := uint64(0), 0, roundUp(stubOff, pageSize)
 	key := trampoline.KeyThread
 	if canDispatch {
@@ -367,12 +391,30 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	// The tables' pages stay untouched (zero) but for the control word and
 	// the first table's header.
 	image := make([]byte, tableOff+tableCtlSize+trampoline.TableHeaderSize)
+	var origSlots [][2]uint64 // {slot, original's entry}
 	for i, p := range ps {
 		thunk := region + thunkOff + uint64(i)*slot
-		plan, err := t.arch.Plan(p.fn(), p.new.Addr, thunk)
+		entry := p.new.Addr
+		if p.rep.closure != 0 {
+			entry = region + entryOff + uint64(i)*trampoline.GoOriginalEntrySize
+		}
+		plan, err := t.arch.Plan(p.fn(), entry, thunk)
 		if err != nil {
 			unmap()
 			return fail(p.rep.Old, err, "")
+		}
+		if p.rep.closure != 0 {
+			orig := region + origOff + uint64(i)*trampoline.GoOriginalMaxSize
+			code, origCode, origAddr, err := t.closureEntry(p, plan, entry, orig, thunk)
+			if err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
+			copy(image[entry-region:], code)
+			copy(image[orig-region:], origCode)
+			if origAddr != 0 {
+				origSlots = append(origSlots, [2]uint64{p.rep.originalSlot, origAddr})
+			}
 		}
 		p.plan = plan
 		copy(image[thunk-region:], plan.Thunk)
@@ -384,7 +426,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		if canDispatch {
 			at := region + stubOff + uint64(i)*stubSlot
-			stub, err := disp.Stub(key, at, rec.Table, thunk, p.new.Addr)
+			stub, err := disp.Stub(key, at, rec.Table, thunk, entry)
 			if err != nil {
 				unmap()
 				return fail(p.rep.Old, err, "")
@@ -416,6 +458,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err == nil {
 		copy(image, hdr)
 		err = t.writeMem(region, image)
+	}
+	for _, o := range origSlots {
+		if err == nil {
+			err = t.writeMem(o[0], binary.LittleEndian.AppendUint64(nil, o[1]))
+		}
 	}
 	if err != nil {
 		unmap()
@@ -475,6 +522,20 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	step("apply:done")
 	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
 	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
+}
+
+// checkAddrs checks that the names of a self-patch resolved to the very
+// functions the caller holds.
+func checkAddrs(rep Replacement, old, nw elfsym.Symbol) error {
+	for _, c := range []struct {
+		name      string
+		want, got uint64
+	}{{rep.Old, rep.oldAddr, old.Addr}, {rep.New, rep.newAddr, nw.Addr}} {
+		if c.want != 0 && c.want != c.got {
+			return fmt.Errorf("%w: %s resolves to %#x, but the function value is at %#x", ErrAmbiguous, c.name, c.got, c.want)
+		}
+	}
+	return nil
 }
 
 // padJump pads a jump with the target's trap instruction to n bytes (nil

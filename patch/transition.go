@@ -1,3 +1,5 @@
+//go:build linux
+
 package patch
 
 import (
@@ -11,19 +13,6 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
-)
-
-// Modes of Apply (ApplyOptions.Mode).
-const (
-	ModeStop    = "stop"
-	ModeGradual = "gradual"
-	ModeAuto    = "auto"
-)
-
-// What a gradual transition does at its timeout (ApplyOptions.OnTimeout).
-const (
-	OnTimeoutRevert = "revert"
-	OnTimeoutStay   = "stay"
 )
 
 // autoStopTries bounds the stop-and-check attempts of ModeAuto.

@@ -67,6 +67,8 @@ var Packages = []Package{
 	// Process-level patches of the C and Go services on arm64.
 	// Every test of the package; Example compiles its target with gcc.
 	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 10 * time.Minute},
+	// Tests that patch themselves through the self-patch helper.
+	{Path: "patch/patchtest"},
 }
 
 const marker = "@@hotpatch-vm"

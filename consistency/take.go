@@ -29,7 +29,12 @@ const stackPrefetch = 2 << 10
 // is walked from the registers its g saved. A thread whose walk ended where
 // it switched from a goroutine's stack to its system stack is complete then,
 // since that goroutine is walked from its g.
-func (src Source) Take() (Snapshot, error) {
+func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
+
+// TakeAfter is Take reusing, for each goroutine whose inputs have not changed
+// since, the walk prior recorded before the stop (see Walks); nil prior
+// walks everything.
+func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	p, u := src.Proc, src.Unwinder
 	var s Snapshot
 	s.Tasks = make([]Task, 0, len(p.Threads()))
@@ -63,7 +68,7 @@ func (src Source) Take() (Snapshot, error) {
 	if src.Go == nil {
 		return s, nil
 	}
-	gs, err := src.Go.Goroutines(p)
+	gs, err := src.Go.Goroutines(parallelReader{p})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
@@ -104,41 +109,8 @@ func (src Source) Take() (Snapshot, error) {
 		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
 		walk = append(walk, g)
 	}
-	// Read the live part of every parked goroutine's stack in one batch.
-	addrs := make([]uint64, len(walk))
-	bufs := make([][]byte, len(walk))
-	total := uint64(0)
-	for _, g := range walk {
-		if g.SP >= g.StackLo && g.SP < g.StackHi {
-			total += min(g.StackHi-g.SP, stackPrefetch)
-		}
-	}
-	arena := make([]byte, total)
-	for i, g := range walk {
-		if g.SP >= g.StackLo && g.SP < g.StackHi {
-			addrs[i] = g.SP
-			n := min(g.StackHi-g.SP, stackPrefetch)
-			bufs[i], arena = arena[:n:n], arena[n:]
-		}
-	}
-	if err := p.ReadMany(addrs, bufs); err != nil {
-		return Snapshot{}, fmt.Errorf("consistency: goroutine stacks: %w", err)
-	}
-	for i, j := range walkOf {
-		if j < 0 {
-			continue
-		}
-		t, g := &goTasks[i], walk[j]
-		if g.SP < g.StackLo || g.SP >= g.StackHi {
-			t.Stack = unwind.Stack{Reason: fmt.Sprintf("saved sp %#x is outside its stack [%#x, %#x)", g.SP, g.StackLo, g.StackHi)}
-			continue
-		}
-		regs := make([]uint64, u.Arch.RAReg+1)
-		regs[u.Arch.RAReg], regs[u.Arch.SPReg], regs[u.Arch.FPReg] = g.PC, g.SP, g.BP
-		if u.Arch.LinkRegister && u.Arch.LRReg < len(regs) {
-			regs[u.Arch.LRReg] = g.LR
-		}
-		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j], hi: g.StackHi}, regs)
+	if err := src.walkFromG(goTasks, walkOf, walk, prior); err != nil {
+		return Snapshot{}, err
 	}
 	for i := range goTasks {
 		if len(goTasks[i].Stack.Callbacks) > 0 {
@@ -195,4 +167,44 @@ func (m *prefetched) ReadAt(b []byte, off int64) (int, error) {
 		}
 	}
 	return m.base.ReadAt(b, off)
+}
+
+// walkFromG sets the stack of goTasks[i] for every walkOf[i] >= 0 by walking
+// walk[walkOf[i]] from its g, reusing prior's walks where their inputs are
+// unchanged.
+func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, prior *Walks) error {
+	stacks, reused := prior.reuse(src, walk)
+	var again []goruntime.G
+	var at []int
+	for j, g := range walk {
+		if !reused[j] && g.SP >= g.StackLo && g.SP < g.StackHi {
+			again, at = append(again, g), append(at, j)
+		}
+	}
+	walked, _, err := src.walkGs(again, false)
+	if err != nil {
+		return err
+	}
+	for k, j := range at {
+		stacks[j] = walked[k]
+	}
+	if prior != nil {
+		prior.Reused, prior.Rewalked = 0, len(again)
+		for _, ok := range reused {
+			if ok {
+				prior.Reused++
+			}
+		}
+	}
+	for i, j := range walkOf {
+		if j < 0 {
+			continue
+		}
+		if g := walk[j]; g.SP < g.StackLo || g.SP >= g.StackHi {
+			goTasks[i].Stack = unwind.Stack{Reason: fmt.Sprintf("saved sp %#x is outside its stack [%#x, %#x)", g.SP, g.StackLo, g.StackHi)}
+			continue
+		}
+		goTasks[i].Stack = stacks[j]
+	}
+	return nil
 }

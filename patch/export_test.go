@@ -1,5 +1,7 @@
 package patch
 
+import "github.com/hotpatch-dev/hotpatch/consistency"
+
 // Test hooks.
 
 // DieAfterWrites makes the n-th next write of target memory panic, as if the
@@ -38,3 +40,6 @@ func OnLibChecked(f func(path string)) func() {
 	testHookLibChecked = f
 	return func() { testHookLibChecked = old }
 }
+
+// SourceOf returns where the pauses of t take their snapshots from.
+func SourceOf(t *Target) (consistency.Source, error) { return t.source() }

@@ -18,8 +18,9 @@ import (
 
 // BenchmarkPause measures, side by side in one run, the pause of an apply
 // and its floor: interrupting, waiting for and resuming the same threads,
-// already attached (tracee's Stop and Resume). Each iteration measures the
-// floor, then applies and reverts; for Go targets it also measures the
+// already attached (attachedFloor), and what stopping costs as tracee does it
+// today (Stop and Resume: seize, interrupt, wait, detach). Each iteration
+// measures both, then applies and reverts; for Go targets it also measures the
 // snapshot alone, walking every goroutine in the stop ("take-full", what the
 // pause did before goroutines were walked ahead) and walking again only
 // those whose inputs changed ("take-incremental"). Medians (µs) are
@@ -59,9 +60,14 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 		b.Fatal(err)
 	}
 	proc := src.Proc
-	var floor, apply, revert, full, incr []time.Duration
+	var attached, floor, apply, revert, full, incr []time.Duration
 	threads, tasks := 0, 0
 	for i := 0; i < b.N; i++ {
+		d, err := attachedFloor(proc.Pid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		attached = append(attached, d)
 		start := time.Now()
 		if err := proc.Stop(); err != nil {
 			b.Fatal(err)
@@ -92,7 +98,8 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 		apply, revert = append(apply, res.Pause), append(revert, rr.Pause)
 	}
 	b.StopTimer()
-	reportPauses(b, "floor", floor)
+	reportPauses(b, "floor", attached)
+	reportPauses(b, "seize-stop-detach", floor)
 	reportPauses(b, "apply-pause", apply)
 	reportPauses(b, "revert-pause", revert)
 	if goTarget {

@@ -55,6 +55,7 @@ func plot(rows []pauseRow) string {
 		{"floor, sleeping", "#d62728", true, line(sleep, c.xs, "floor-median-us")},
 		{"apply, busy", "#1f77b4", false, line(busy, c.xs, "apply-pause-median-us")},
 		{"floor, busy", "#1f77b4", true, line(busy, c.xs, "floor-median-us")},
+		{"seize…detach, sleeping", "#9467bd", true, line(sleep, c.xs, "seize-stop-detach-median-us")},
 	}
 	gos := pick("go", "")
 	for _, r := range gos {
@@ -65,6 +66,7 @@ func plot(rows []pauseRow) string {
 		{"walk all in the stop", "#ff7f0e", false, line(gos, g.xs, "take-full-median-us")},
 		{"incremental walk", "#2ca02c", false, line(gos, g.xs, "take-incremental-median-us")},
 		{"floor", "#7f7f7f", true, line(gos, g.xs, "floor-median-us")},
+		{"seize…detach", "#9467bd", true, line(gos, g.xs, "seize-stop-detach-median-us")},
 	}
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, p := range []panel{c, g} {
@@ -81,7 +83,7 @@ func plot(rows []pauseRow) string {
 	}
 	lo, hi = math.Pow(10, math.Floor(math.Log10(lo))), math.Pow(10, math.Ceil(math.Log10(hi)))
 	var b strings.Builder
-	const W, H = 960, 420
+	const W, H = 960, 440
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", W, H)
 	fmt.Fprintf(&b, `<text x="%d" y="20" text-anchor="middle" font-size="14">Pause (ms, median, log scale) against threads and goroutines</text>`+"\n", W/2)
@@ -126,8 +128,8 @@ func drawPanel(b *strings.Builder, p panel, x0, y0, w, h int, lo, hi float64) {
 		if len(pts) > 1 {
 			fmt.Fprintf(b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>`+"\n", strings.Join(pts, " "), s.color, dash)
 		}
-		ly := y0 + h + 50 + 14*(k%2)
-		lx := x0 + (k/2)*200
+		ly := y0 + h + 50 + 14*(k%3)
+		lx := x0 + (k/3)*200
 		fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"%s/>`, lx, ly-4, lx+24, ly-4, s.color, dash)
 		fmt.Fprintf(b, `<text x="%d" y="%d">%s</text>`+"\n", lx+30, ly, s.name)
 	}

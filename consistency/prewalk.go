@@ -266,7 +266,7 @@ func (src Source) walkGs(walk []goruntime.G, record bool) ([]unwind.Stack, []*re
 	if record {
 		recs = make([]*recorder, len(walk))
 	}
-	parallel(len(walk), func(i int) {
+	parallel(len(walk), parallelGs, func(i int) {
 		g := walk[i]
 		regs := make([]uint64, u.Arch.RAReg+1)
 		regs[u.Arch.RAReg], regs[u.Arch.SPReg], regs[u.Arch.FPReg] = g.PC, g.SP, g.BP
@@ -283,12 +283,13 @@ func (src Source) walkGs(walk []goruntime.G, record bool) ([]unwind.Stack, []*re
 	return stacks, recs, nil
 }
 
-// parallelMin is the fewest walks worth handing to another core.
-const parallelMin = 64
+// parallelGs is the fewest goroutine walks worth handing to another core.
+const parallelGs = 64
 
-// parallel calls f(0) … f(n-1), spread over the machine's cores.
-func parallel(n int, f func(int)) {
-	workers := min(runtime.GOMAXPROCS(0), n/parallelMin)
+// parallel calls f(0) … f(n-1), spread over the machine's cores, each
+// given at least least calls.
+func parallel(n, least int, f func(int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/least)
 	if workers <= 1 {
 		for i := 0; i < n; i++ {
 			f(i)

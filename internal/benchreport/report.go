@@ -109,6 +109,7 @@ func report(all []result, mach, raw string) string {
 			r.m["take-full-median-us"]/r.m["take-incremental-median-us"])
 	}
 	w("\n![pause against threads and goroutines](pause.svg)\n\n")
+	w("What limits the pause, with profiles: [pause-limits.md](pause-limits.md).\n\n")
 
 	w("## 2. The cost of a call to a patched function\n\n")
 	w("trampoline's BenchmarkDispatch: a loop calling a function directly, through a finalized\n")

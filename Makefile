@@ -64,7 +64,8 @@ demo:
 	$(GO) run ./examples/hotpatch demo
 
 # bench measures the pause against its floor (C and Go targets), the cost of
-# a call through a patch, and writes docs/performance.md and docs/pause.svg
+# a call through a patch, a hot patch against a restart of the demo service
+# under load, and writes docs/performance.md and docs/pause.svg
 # (rewritten each run, with the machine the figures came from). BENCH_N is
 # the iterations per target (the medians are of these).
 BENCH_N ?= 20
@@ -72,5 +73,6 @@ bench: deps
 	@set -e; dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
 	$(GO) test ./patch -run '^$$' -bench '^BenchmarkPause$$' -benchtime $(BENCH_N)x -count 1 -timeout 60m | tee $$dir/pause.txt; \
 	$(GO) test ./trampoline -run '^$$' -bench '^BenchmarkDispatch$$' -count 5 | tee $$dir/dispatch.txt; \
-	$(GO) run ./internal/benchreport -out docs $$dir/pause.txt $$dir/dispatch.txt
+	$(GO) test ./examples/hotpatch -run '^$$' -bench '^BenchmarkHotpatchVsRestart$$' -benchtime 1x -count 5 | tee $$dir/restart.txt; \
+	$(GO) run ./internal/benchreport -out docs $$dir/pause.txt $$dir/dispatch.txt $$dir/restart.txt
 	@echo "wrote docs/performance.md and docs/pause.svg"

@@ -5,7 +5,7 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo fuzz test-arm64 test-arm64-user
+.PHONY: test deps vet unit demo fuzz test-arm64 test-arm64-user bench
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -88,3 +88,17 @@ test-arm64-user: deps
 
 demo:
 	$(GO) run ./examples/hotpatch demo
+
+# bench measures the pause against its floor (C and Go targets), the cost of
+# a call through a patch, a hot patch against a restart of the demo service
+# under load, and writes docs/performance.md and docs/pause.svg
+# (rewritten each run, with the machine the figures came from). BENCH_N is
+# the iterations per target (the medians are of these).
+BENCH_N ?= 20
+bench: deps
+	@set -e; dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
+	$(GO) test ./patch -run '^$$' -bench '^BenchmarkPause$$' -benchtime $(BENCH_N)x -count 1 -timeout 60m | tee $$dir/pause.txt; \
+	$(GO) test ./trampoline -run '^$$' -bench '^BenchmarkDispatch$$' -count 5 | tee $$dir/dispatch.txt; \
+	$(GO) test ./examples/hotpatch -run '^$$' -bench '^BenchmarkHotpatchVsRestart$$' -benchtime 1x -count 5 | tee $$dir/restart.txt; \
+	$(GO) run ./internal/benchreport -out docs $$dir/pause.txt $$dir/dispatch.txt $$dir/restart.txt
+	@echo "wrote docs/performance.md and docs/pause.svg"

@@ -51,12 +51,16 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 			return res, fmt.Errorf("consistency: %w before attempt %d", err, res.Attempts+1)
 		}
 		res.Attempts++
+		// Goroutines are walked while the target runs; the stop walks
+		// again only those whose inputs changed. A failed walk here
+		// only means everything is walked in the stop.
+		prior, _ := src.Prewalk()
 		start := time.Now()
 		p := src.Proc
 		if err := p.Stop(); err != nil {
 			return res, err
 		}
-		snap, err := src.Take()
+		snap, err := src.TakeAfter(prior)
 		var blockers []Blocker
 		if err == nil {
 			blockers = Check(snap, regions)

@@ -3,6 +3,7 @@ package consistency
 import (
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
@@ -29,41 +30,41 @@ const stackPrefetch = 2 << 10
 // is walked from the registers its g saved. A thread whose walk ended where
 // it switched from a goroutine's stack to its system stack is complete then,
 // since that goroutine is walked from its g.
-func (src Source) Take() (Snapshot, error) {
-	p, u := src.Proc, src.Unwinder
+func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
+
+// TakeAfter is Take reusing, for each goroutine whose inputs have not changed
+// since, the walk prior recorded before the stop (see Walks); nil prior
+// walks everything.
+func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
+	p := src.Proc
 	var s Snapshot
-	s.Tasks = make([]Task, 0, len(p.Threads()))
 	threads := map[int]int{} // tid → index in s.Tasks
 	all, err := p.AllRegs()  // one hand-off to the ptrace thread, not one per thread
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: registers: %w", err)
 	}
-	for _, tid := range p.Threads() {
-		regs, ok := all[tid]
-		if !ok {
+	tids := p.Threads()
+	for _, tid := range tids {
+		if _, ok := all[tid]; !ok {
 			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
 		}
-		threads[tid] = len(s.Tasks)
-		key := regs.ThreadPointer()
-		if src.Go != nil {
-			// The g the thread runs, where the runtime keeps it (a TLS
-			// slot; R14 only holds it in Go code). Unknown: 0, and such
-			// a task cannot be listed in a universe table.
-			_, goCode := u.GoFunc(regs.PC())
-			if key, err = src.Go.ThreadG(p, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
-				key = 0
-			}
-		}
-		st := u.Unwind(unwind.NewPageCache(p), regs.DWARF())
-		if src.Go != nil && st.Reliable && st.Root == "runtime.mcall" {
-			st = src.g0Frames(st, key)
-		}
-		s.Tasks = append(s.Tasks, Task{Kind: "thread", ID: tid, Key: key, Stack: st})
+	}
+	// The walks share one cache of the stopped target's pages (threads
+	// run the same code, which a walk reads), seeded with the page each
+	// thread's stack pointer is in, read in one batch; the walks,
+	// independent, spread over cores.
+	pages := stackPages(p, tids, all)
+	s.Tasks = make([]Task, len(tids))
+	parallel(len(tids), parallelThreads, func(i int) {
+		s.Tasks[i] = src.thread(tids[i], all[tids[i]], pages)
+	})
+	for i, tid := range tids {
+		threads[tid] = i
 	}
 	if src.Go == nil {
 		return s, nil
 	}
-	gs, err := src.Go.Goroutines(p)
+	gs, err := src.Go.Goroutines(parallelReader{p})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
@@ -104,41 +105,8 @@ func (src Source) Take() (Snapshot, error) {
 		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
 		walk = append(walk, g)
 	}
-	// Read the live part of every parked goroutine's stack in one batch.
-	addrs := make([]uint64, len(walk))
-	bufs := make([][]byte, len(walk))
-	total := uint64(0)
-	for _, g := range walk {
-		if g.SP >= g.StackLo && g.SP < g.StackHi {
-			total += min(g.StackHi-g.SP, stackPrefetch)
-		}
-	}
-	arena := make([]byte, total)
-	for i, g := range walk {
-		if g.SP >= g.StackLo && g.SP < g.StackHi {
-			addrs[i] = g.SP
-			n := min(g.StackHi-g.SP, stackPrefetch)
-			bufs[i], arena = arena[:n:n], arena[n:]
-		}
-	}
-	if err := p.ReadMany(addrs, bufs); err != nil {
-		return Snapshot{}, fmt.Errorf("consistency: goroutine stacks: %w", err)
-	}
-	for i, j := range walkOf {
-		if j < 0 {
-			continue
-		}
-		t, g := &goTasks[i], walk[j]
-		if g.SP < g.StackLo || g.SP >= g.StackHi {
-			t.Stack = unwind.Stack{Reason: fmt.Sprintf("saved sp %#x is outside its stack [%#x, %#x)", g.SP, g.StackLo, g.StackHi)}
-			continue
-		}
-		regs := make([]uint64, u.Arch.RAReg+1)
-		regs[u.Arch.RAReg], regs[u.Arch.SPReg], regs[u.Arch.FPReg] = g.PC, g.SP, g.BP
-		if u.Arch.LinkRegister && u.Arch.LRReg < len(regs) {
-			regs[u.Arch.LRReg] = g.LR
-		}
-		t.Stack = u.Unwind(&prefetched{base: p, addr: addrs[j], buf: bufs[j], hi: g.StackHi}, regs)
+	if err := src.walkFromG(goTasks, walkOf, walk, prior); err != nil {
+		return Snapshot{}, err
 	}
 	for i := range goTasks {
 		if len(goTasks[i].Stack.Callbacks) > 0 {
@@ -195,4 +163,130 @@ func (m *prefetched) ReadAt(b []byte, off int64) (int, error) {
 		}
 	}
 	return m.base.ReadAt(b, off)
+}
+
+// thread walks one stopped thread from its registers, reading the target
+// through pages.
+func (src Source) thread(tid int, regs tracee.Regs, pages *sharedPages) Task {
+	p, u := src.Proc, src.Unwinder
+	key := regs.ThreadPointer()
+	if src.Go != nil {
+		// The g the thread runs, where the runtime keeps it (a TLS
+		// slot; R14 only holds it in Go code). Unknown: 0, and such
+		// a task cannot be listed in a universe table.
+		_, goCode := u.GoFunc(regs.PC())
+		var err error
+		if key, err = src.Go.ThreadG(p, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
+			key = 0
+		}
+	}
+	st := u.Unwind(pages, regs.DWARF())
+	if src.Go != nil && st.Reliable && st.Root == "runtime.mcall" {
+		st = src.g0Frames(st, key)
+	}
+	return Task{Kind: "thread", ID: tid, Key: key, Stack: st}
+}
+
+// parallelThreads is the fewest thread walks worth handing to another core
+// (a thread's walk, by CFI through libc, costs more than a goroutine's).
+const parallelThreads = 8
+
+const pageSize = 4096
+
+// stackPages returns a cache of the stopped target's pages holding, read
+// in one batch, the page each thread's stack pointer is in (none when the
+// batch cannot be read: the walks then read them on their own).
+func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs) *sharedPages {
+	c := &sharedPages{mem: p, pages: map[uint64][]byte{}}
+	addrs := make([]uint64, 0, len(tids))
+	for _, tid := range tids {
+		regs := all[tid]
+		if a := regs.SP() &^ (pageSize - 1); c.pages[a] == nil {
+			c.pages[a] = make([]byte, pageSize)
+			addrs = append(addrs, a)
+		}
+	}
+	bufs := make([][]byte, len(addrs))
+	for i, a := range addrs {
+		bufs[i] = c.pages[a]
+	}
+	if err := p.ReadMany(addrs, bufs); err != nil {
+		clear(c.pages)
+	}
+	return c
+}
+
+// sharedPages reads a stopped target's memory a page at a time and keeps
+// the pages, for every walk of one snapshot (safe for concurrent use):
+// while the target is stopped its memory does not change.
+type sharedPages struct {
+	mem   io.ReaderAt
+	mu    sync.Mutex
+	pages map[uint64][]byte // page address → bytes (nil: unreadable)
+}
+
+// ReadAt serves reads that fit in one readable page from the cache, and
+// anything else from the underlying reader.
+func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
+	addr := uint64(off)
+	page := addr &^ (pageSize - 1)
+	if addr+uint64(len(b)) > page+pageSize {
+		return c.mem.ReadAt(b, off)
+	}
+	c.mu.Lock()
+	data, ok := c.pages[page]
+	c.mu.Unlock()
+	if !ok {
+		data = make([]byte, pageSize)
+		if n, err := c.mem.ReadAt(data, int64(page)); err != nil || n != pageSize {
+			data = nil
+		}
+		c.mu.Lock()
+		c.pages[page] = data
+		c.mu.Unlock()
+	}
+	if data == nil {
+		return c.mem.ReadAt(b, off)
+	}
+	return copy(b, data[addr-page:]), nil
+}
+
+// walkFromG sets the stack of goTasks[i] for every walkOf[i] >= 0 by walking
+// walk[walkOf[i]] from its g, reusing prior's walks where their inputs are
+// unchanged.
+func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, prior *Walks) error {
+	stacks, reused := prior.reuse(src, walk)
+	var again []goruntime.G
+	var at []int
+	for j, g := range walk {
+		if !reused[j] && g.SP >= g.StackLo && g.SP < g.StackHi {
+			again, at = append(again, g), append(at, j)
+		}
+	}
+	walked, _, err := src.walkGs(again, false)
+	if err != nil {
+		return err
+	}
+	for k, j := range at {
+		stacks[j] = walked[k]
+	}
+	if prior != nil {
+		prior.Reused, prior.Rewalked = 0, len(again)
+		for _, ok := range reused {
+			if ok {
+				prior.Reused++
+			}
+		}
+	}
+	for i, j := range walkOf {
+		if j < 0 {
+			continue
+		}
+		if g := walk[j]; g.SP < g.StackLo || g.SP >= g.StackHi {
+			goTasks[i].Stack = unwind.Stack{Reason: fmt.Sprintf("saved sp %#x is outside its stack [%#x, %#x)", g.SP, g.StackLo, g.StackHi)}
+			continue
+		}
+		goTasks[i].Stack = stacks[j]
+	}
+	return nil
 }

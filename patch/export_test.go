@@ -2,7 +2,10 @@
 
 package patch
 
-import "github.com/hotpatch-dev/hotpatch/internal/tracee"
+import (
+	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+)
 
 // Test hooks.
 
@@ -51,3 +54,6 @@ func OnStep(f func(step string)) func() {
 	testHookStep, tracee.StepHook = f, f
 	return func() { testHookStep, tracee.StepHook = old, oldT }
 }
+
+// SourceOf returns where the pauses of t take their snapshots from.
+func SourceOf(t *Target) (consistency.Source, error) { return t.source() }

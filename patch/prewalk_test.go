@@ -1,0 +1,89 @@
+//go:build linux
+
+package patch_test
+
+import (
+	"encoding/binary"
+	"regexp"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// The walk in the stop reuses the walk made before it exactly when nothing
+// it read changed: each word a parked goroutine's walk read is changed in
+// turn, in the stopped target, and the snapshot that reuses the walks made
+// before the stop must equal the one that walks everything again, with
+// that goroutine walked again (and the others reused).
+func TestPrewalkReusesOnlyUnchangedInputs(t *testing.T) {
+	p := startTasks(t, "")
+	command(t, p, "park 200", regexp.MustCompile(`^parked 200$`))
+	tg := attach(t, p.Pid)
+	src, err := patch.SourceOf(tg)
+	require.NoError(t, err)
+	prior, err := src.Prewalk()
+	require.NoError(t, err)
+
+	proc := src.Proc
+	require.NoError(t, proc.Stop())
+	defer func() { require.NoError(t, proc.Resume()) }()
+	full, err := src.Take()
+	require.NoError(t, err)
+	again, err := src.TakeAfter(prior)
+	require.NoError(t, err)
+	require.Equal(t, full, again)
+	require.Greater(t, prior.Reused, 200, "the parked goroutines did not move: their walks are reused")
+
+	// A parked goroutine, and the words its walk read.
+	var target consistency.Task
+	for _, task := range full.Tasks {
+		if task.Kind == "goroutine" && task.Stack.Reliable && len(prior.Reads(task.Key)) > 0 &&
+			len(task.Stack.Frames) > 2 {
+			target = task
+			break
+		}
+	}
+	require.NotZero(t, target.Key, "no parked goroutine with a recorded walk")
+	words := prior.Reads(target.Key)
+	changedWalk := false
+	for _, addr := range words {
+		var old [8]byte
+		_, err := proc.ReadAt(old[:], int64(addr))
+		require.NoError(t, err)
+		v := binary.LittleEndian.Uint64(old[:])
+		var new [8]byte
+		binary.LittleEndian.PutUint64(new[:], v^0x40)
+		require.NoError(t, proc.WriteMem(addr, new[:]))
+
+		full, ferr := src.Take()
+		again, aerr := src.TakeAfter(prior)
+		reused, rewalked := prior.Reused, prior.Rewalked
+		require.NoError(t, proc.WriteMem(addr, old[:]))
+		require.NoError(t, ferr)
+		require.NoError(t, aerr)
+		require.Equal(t, full, again, "word %#x changed", addr)
+		require.GreaterOrEqual(t, rewalked, 1, "word %#x changed: goroutine %d walked again", addr, target.ID)
+		require.Greater(t, reused, 200)
+		for _, task := range full.Tasks {
+			if task.Key == target.Key && task.Kind == "goroutine" {
+				changedWalk = changedWalk || !equalStacks(task, target)
+			}
+		}
+	}
+	require.True(t, changedWalk, "changing one of the words read changes the walk (%d words)", len(words))
+}
+
+func equalStacks(a, b consistency.Task) bool {
+	if a.Stack.Reliable != b.Stack.Reliable || a.Stack.Reason != b.Stack.Reason || len(a.Stack.Frames) != len(b.Stack.Frames) {
+		return false
+	}
+	for i := range a.Stack.Frames {
+		if a.Stack.Frames[i] != b.Stack.Frames[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -28,7 +28,7 @@ import (
 //
 //	go test ./examples/hotpatch -run '^$' -bench HotpatchVsRestart -benchtime 1x
 func BenchmarkHotpatchVsRestart(b *testing.B) {
-	bin, err := buildDemo(b.TempDir())
+	bin, err := buildDemo(context.Background(), b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

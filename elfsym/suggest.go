@@ -26,7 +26,7 @@ func (t *Table) similar(name string, n int) []string {
 	for _, s := range t.syms {
 		rank := -1
 		if d := len(s.Name) - len(name); d >= -limit && d <= limit {
-			if e := editDistance(name, s.Name, limit); e <= limit {
+			if e := EditDistance(name, s.Name, limit); e <= limit {
 				rank = e
 			}
 		}
@@ -48,10 +48,10 @@ func (t *Table) similar(name string, n int) []string {
 	return out
 }
 
-// editDistance is the Levenshtein distance of a and b (bytes), a swap of
+// EditDistance is the Levenshtein distance of a and b (bytes), a swap of
 // two neighbours counting as one edit; any distance above limit is
-// reported as limit+1.
-func editDistance(a, b string, limit int) int {
+// reported as limit+1. It ranks suggestions for mistyped names.
+func EditDistance(a, b string, limit int) int {
 	prev2 := make([]int, len(b)+1)
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
@@ -175,7 +176,7 @@ func nearest(s string, candidates []string, n int) []string {
 		if len(s) > 8 {
 			max = 3
 		}
-		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d <= max || strings.HasPrefix(c, s) && len(s) >= 3 {
+		if d := elfsym.EditDistance(strings.ToLower(s), strings.ToLower(c), max); d <= max || strings.HasPrefix(c, s) && len(s) >= 3 {
 			cs = append(cs, cand{c, d})
 		}
 	}
@@ -185,30 +186,4 @@ func nearest(s string, candidates []string, n int) []string {
 		out = append(out, cs[i].name)
 	}
 	return out
-}
-
-// editDistance is the Levenshtein distance of a and b (bytes), with a
-// transposition of two neighbours counting as one edit.
-func editDistance(a, b string) int {
-	prev2 := make([]int, len(b)+1)
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
-				cur[j] = min(cur[j], prev2[j-2]+1)
-			}
-		}
-		prev2, prev, cur = prev, cur, prev2
-	}
-	return prev[len(b)]
 }

@@ -102,6 +102,19 @@ func Check(s Snapshot, regions []Region) []Blocker {
 				}
 			}
 		}
+		for _, r := range regions {
+			if blocked {
+				break
+			}
+			for _, u := range t.Stack.Unwalked {
+				if r.Start < u.End && u.Start < r.End {
+					out = append(out, Blocker{Task: t, Func: r.Name, Frame: len(t.Stack.Frames),
+						Reason: fmt.Sprintf("%s may be on its stack above its last frame, which could not be walked further (%s): it may return into it", r.Name, t.Stack.Reason)})
+					blocked = true
+					break
+				}
+			}
+		}
 		if !t.Stack.Reliable && !blocked {
 			out = append(out, Blocker{Task: t, Frame: -1, Reason: "stack unreliable: " + t.Stack.Reason})
 		}

@@ -147,6 +147,32 @@ func TestCgoThreadEntry(t *testing.T) {
 	})
 }
 
+// TestCgoThreadStartInLibc: above threadentry, a cgo thread returns into
+// the C library's thread start (start_thread, clone3). Linked externally the
+// walk reaches it by CFI; linked by the Go linker, which keeps no unwind
+// tables for C, the walk ends at threadentry, and the C library's code
+// counts as on the stack: a patch of a libc function is refused there
+// (blocked), never applied on a guess.
+func TestCgoThreadStartInLibc(t *testing.T) {
+	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
+		// No thread in C code (which, without unwind tables, would block
+		// anyway): the Go runtime's threads, parked, all started in C.
+		tg := attach(t, p.Pid)
+		untouched := code(t, tg, p.Pid, "libc.so.6:getppid")
+		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "libc.so.6:getppid", New: "libc.so.6:getpid"}},
+			patch.ApplyOptions{Timeout: 200 * time.Millisecond})
+		if mode == "internal" {
+			require.ErrorIs(t, err, patch.ErrBlocked, "the threads' callers above threadentry are not walked")
+			require.Equal(t, untouched, code(t, tg, p.Pid, "libc.so.6:getppid"))
+			return
+		}
+		require.NoError(t, err, "linked externally, every thread is walked into libc's thread start")
+		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
+		require.NoError(t, err)
+		require.Equal(t, untouched, code(t, tg, p.Pid, "libc.so.6:getppid"))
+	})
+}
+
 // TestCgoCallbacks: goroutines parked inside cgo callbacks — called back
 // by C from goroutines and from threads C created — are walked through
 // the C frames back to their Go frames: they do not block a patch of an

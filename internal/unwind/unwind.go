@@ -321,7 +321,16 @@ type Stack struct {
 	// (runtime.goexit, runtime.mstart, runtime.rt0_go, runtime.mcall), ""
 	// otherwise.
 	Root string
+	// Unwalked are code ranges the frames above the last one may be in
+	// although the walk could not name them: a reliable stack that ends at
+	// the C thread start of a cgo binary without unwind tables for C still
+	// returns into the C library's thread start (start_thread, clone3).
+	// Code there counts as on the stack.
+	Unwalked []CodeSpan
 }
+
+// CodeSpan is a range of code addresses, [Start, End).
+type CodeSpan struct{ Start, End uint64 }
 
 // Unwinder walks stacks of one process.
 type Unwinder struct {
@@ -656,6 +665,13 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 				// it keeps no unwind tables for C code, so the walk
 				// ends here, as the runtime's does at mstart.
 				s.Reliable, s.Reason, s.Root = true, fmt.Sprintf("ends at the C caller of crosscall1 at %#x (thread start of a cgo binary without unwind tables for C)", pc), "crosscall1"
+				// What called it is not walked: the C library's
+				// thread start, in another module.
+				for _, o := range u.Modules {
+					if o != m {
+						s.Unwalked = append(s.Unwalked, CodeSpan{o.Start, o.End})
+					}
+				}
 				return s
 			}
 			return unreliable("no unwind info for pc %#x in %s", pc, m.Name)

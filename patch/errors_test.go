@@ -3,6 +3,7 @@
 package patch
 
 import (
+	"encoding/json"
 	"regexp"
 	"testing"
 
@@ -23,4 +24,17 @@ func TestLibraryErrorsNameNoCLI(t *testing.T) {
 	for _, err := range errs {
 		assert.NotRegexp(t, cli, err.Error())
 	}
+}
+
+// TestJSONEmptyLists: what scripts read has one shape; an empty list is [].
+func TestJSONEmptyLists(t *testing.T) {
+	for _, v := range []any{Result{}, &Result{}, Record{}, Function{}, Progress{}} {
+		b, err := json.Marshal(v)
+		assert.NoError(t, err)
+		assert.NotContains(t, string(b), "null", "%T: %s", v, b)
+	}
+	b, err := json.Marshal(Record{Functions: []Function{{Old: "f"}}})
+	assert.NoError(t, err)
+	assert.Contains(t, string(b), `"inlined_into":[]`)
+	assert.Contains(t, string(b), `"pending_tasks":[]`)
 }

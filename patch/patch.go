@@ -220,7 +220,7 @@ type Result struct {
 	Pending int    `json:"pending"`
 	// Forced lists the tasks a Force moved to the new code while they
 	// still had old code on their stacks.
-	Forced []string `json:"forced,omitempty"`
+	Forced []string `json:"forced"`
 }
 
 // planned is one function of an Apply being prepared.

@@ -99,7 +99,7 @@ type Function struct {
 	ThunkAddr uint64 `json:"thunk_addr"`
 	// InlinedInto lists the callers that hold inlined copies of Old, which
 	// this patch does not change (applied with AllowInlined).
-	InlinedInto []string `json:"inlined_into,omitempty"`
+	InlinedInto []string `json:"inlined_into"`
 	// StubAddr and StubSize locate the function's dispatch stub, and
 	// StubJump is the bytes at PatchAddr that jump to it. Every switch of
 	// the set goes through the stubs.
@@ -129,7 +129,7 @@ type Record struct {
 	// Pending counts the tasks a transition still waits for, and
 	// PendingTasks lists them (read from the table).
 	Pending      int           `json:"pending"`
-	PendingTasks []PendingTask `json:"pending_tasks,omitempty"`
+	PendingTasks []PendingTask `json:"pending_tasks"`
 }
 
 // PendingTask is a task a transition waits for.

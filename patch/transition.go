@@ -33,7 +33,7 @@ type Progress struct {
 	Pause       time.Duration `json:"-"`
 	PauseMicros int64         `json:"pause_us"`
 	// Oldest lists up to five pending tasks with their stacks.
-	Oldest []TaskReport `json:"oldest,omitempty"`
+	Oldest []TaskReport `json:"oldest"`
 }
 
 // TaskReport is a task and its symbolized stack, for progress reports.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -355,12 +356,10 @@ func startHelper() (*helper, error) {
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = []*os.File{child} // descriptor 3 == selfFD
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// PR_SET_PDEATHSIG fires when the forking *thread* exits: fork from a
-	// fresh goroutine, which runs on a thread the runtime keeps, never on
-	// a caller's thread locked with runtime.LockOSThread.
-	started := make(chan error, 1)
-	go func() { started <- cmd.Start() }()
-	if err := <-started; err != nil {
+	// PR_SET_PDEATHSIG fires when the forking *thread* exits: fork on a
+	// thread that lives as long as the process (a goroutine locked to it
+	// that never returns), never on one a goroutine may lock and end.
+	if err := forkOnLastingThread(cmd); err != nil {
 		parent.Close()
 		return fail(fmt.Errorf("re-execute /proc/self/exe: %w", err), "")
 	}
@@ -390,4 +389,31 @@ func startHelper() (*helper, error) {
 			"the binary re-executed as the helper did not serve requests: its package patch must be initialised before anything that reads stdin or blocks")
 	}
 	return h, nil
+}
+
+var (
+	forkOnce sync.Once
+	forkReqs chan forkReq
+)
+
+type forkReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// forkOnLastingThread starts cmd from a thread that never exits, so that a
+// PR_SET_PDEATHSIG the child asks for fires only when this process dies.
+func forkOnLastingThread(cmd *exec.Cmd) error {
+	forkOnce.Do(func() {
+		forkReqs = make(chan forkReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives on
+			for r := range forkReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	forkReqs <- forkReq{cmd, done}
+	return <-done
 }

@@ -68,8 +68,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	}
 	svc := exec.Command(bin)
 	svc.Stderr = stderr
-	// Should the demo itself be killed (SIGKILL), the service goes too.
-	svc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No PR_SET_PDEATHSIG here: it fires when the *thread* that forked
+	// exits, and the tracer's thread (runtime.LockOSThread, which exits
+	// with its Target) may be that thread: the service would die as soon
+	// as the apply's Target is closed. Every way the demo ends but SIGKILL
+	// kills the service below.
 	out, err := svc.StdoutPipe()
 	if err != nil {
 		return err

@@ -46,8 +46,14 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 	deadline := time.Now().Add(pol.Timeout)
 	wait := pol.Backoff
 	var res Result
+	var last []Blocker // the previous attempt's
 	for {
 		if err := ctx.Err(); err != nil {
+			if len(last) > 0 {
+				// Both causes stay matchable: the cancellation and the
+				// tasks that kept us waiting.
+				return res, fmt.Errorf("consistency: %w before attempt %d (last attempt: %w)", err, res.Attempts+1, &BlockedError{Blockers: last, Attempts: res.Attempts, Symbolize: symbolize})
+			}
 			return res, fmt.Errorf("consistency: %w before attempt %d", err, res.Attempts+1)
 		}
 		res.Attempts++
@@ -79,6 +85,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		if len(blockers) == 0 {
 			return res, nil
 		}
+		last = blockers
 		if time.Now().Add(wait).After(deadline) {
 			return res, &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize}
 		}

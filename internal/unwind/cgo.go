@@ -7,15 +7,13 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 )
 
-// returnsToC reports whether the Go frame of f at link-time pc (stack
-// pointer sp; not interrupted) returns into code that is not Go's: a
-// module's C code, as runtime.mstart does on a thread created through
-// cgo. A return address it cannot read, or one into Go code or into no
-// module, is not C.
-func (u *Unwinder) returnsToC(goTab *gopcln.Table, m *Module, f *gopcln.Func, link, sp uint64, read func(uint64) (uint64, error)) bool {
+// returnsToC reports whether runtime.mstart's frame (f at link, sp) returns
+// into C code (intoC: a thread created through cgo) and whether the walk can
+// step into it (walk: the C code has unwind tables, or is known code).
+func (u *Unwinder) returnsToC(goTab *gopcln.Table, m *Module, f *gopcln.Func, link, sp uint64, read func(uint64) (uint64, error)) (walk, intoC bool) {
 	delta, err := m.spDelta(goTab, f, link)
 	if err != nil {
-		return false
+		return false, false
 	}
 	var ra uint64
 	switch {
@@ -24,23 +22,22 @@ func (u *Unwinder) returnsToC(goTab *gopcln.Table, m *Module, f *gopcln.Func, li
 	case delta > 0:
 		ra, err = read(sp)
 	default:
-		return false // in the link register, unknown above the innermost frame
+		return false, false // in the link register, unknown above the innermost frame
 	}
 	if err != nil || ra == 0 {
-		return false
+		return false, false
 	}
 	rm := u.moduleAt(ra - 1)
 	if rm == nil {
-		return false
+		return false, false
 	}
 	if _, isGo := u.GoFunc(ra - 1); isGo {
-		return false
+		return false, false
 	}
 	// C code the walk can step over: with unwind tables, or known code.
-	// Otherwise the walk ends at mstart as the runtime's does.
 	if _, cfiTab, _ := rm.tables(u.Arch); cfiTab != nil {
 		if _, ok, err := cfiTab.RowAt(ra - 1 - rm.Bias); ok && err == nil {
-			return true
+			return true, true
 		}
 	}
 	callerSP := sp + uint64(delta)
@@ -51,7 +48,35 @@ func (u *Unwinder) returnsToC(goTab *gopcln.Table, m *Module, f *gopcln.Func, li
 	if u.Arch.Handwritten != nil {
 		_, _, known = u.Arch.Handwritten(read, ra, callerSP)
 	}
-	return known
+	return known, true
+}
+
+// cCode returns the code of every module that is not Go code: the whole
+// module, or, for a module with a Go function table, what lies before its
+// first Go function and after its last (where the Go linker puts the C code
+// it links). A stack that returns into C code it cannot walk may return
+// into any of it.
+func (u *Unwinder) cCode() []CodeSpan {
+	var out []CodeSpan
+	for _, m := range u.Modules {
+		goTab, _, _ := m.tables(u.Arch)
+		var fs []gopcln.Func
+		if goTab != nil {
+			fs = goTab.Funcs()
+		}
+		if len(fs) == 0 {
+			out = append(out, CodeSpan{m.Start, m.End})
+			continue
+		}
+		lo, hi := fs[0].Entry+m.Bias, fs[len(fs)-1].End+m.Bias
+		if m.Start < lo {
+			out = append(out, CodeSpan{m.Start, lo})
+		}
+		if hi < m.End {
+			out = append(out, CodeSpan{hi, m.End})
+		}
+	}
+	return out
 }
 
 // crosscall1AMD64 is the code of runtime/cgo's crosscall1 (gcc_amd64.S,

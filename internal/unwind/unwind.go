@@ -464,8 +464,20 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 						s.SwitchedAt = f.Name
 						return unreliable("stopped inside runtime.mcall at %#x while it switches to the system stack", pc)
 					}
-					if f.Name != "runtime.mstart" || !u.returnsToC(goTab, m, f, link, sp, read) {
+					walk, intoC := false, false
+					if f.Name == "runtime.mstart" {
+						walk, intoC = u.returnsToC(goTab, m, f, link, sp, read)
+					}
+					if !walk {
 						s.Reliable, s.Reason, s.Root = true, why, f.Name
+						if intoC {
+							// A thread created through cgo whose C
+							// frames above mstart cannot be walked
+							// (no unwind tables): it returns into C
+							// code, all of which counts as on its stack.
+							s.Reason += "; it returns into C code without unwind tables, which counts as on its stack"
+							s.Unwalked = u.cCode()
+						}
 						return s
 					}
 					// A thread created through cgo: mstart returns

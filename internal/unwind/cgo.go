@@ -51,32 +51,33 @@ func (u *Unwinder) returnsToC(goTab *gopcln.Table, m *Module, f *gopcln.Func, li
 	return known, true
 }
 
-// cCode returns the code of every module that is not Go code: the whole
-// module, or, for a module with a Go function table, what lies before its
-// first Go function and after its last (where the Go linker puts the C code
-// it links). A stack that returns into C code it cannot walk may return
-// into any of it.
+// cCode returns the code of every module that is not Go code: a module
+// without a Go function table whole, and, in one with a table, every range
+// no Go function covers (the C code the Go linker links lies before, among
+// or after the Go functions; alignment filler between them is included,
+// which only errs on the safe side). A stack that returns into C code it
+// cannot walk may return into any of it. Computed once.
 func (u *Unwinder) cCode() []CodeSpan {
-	var out []CodeSpan
-	for _, m := range u.Modules {
-		goTab, _, _ := m.tables(u.Arch)
-		var fs []gopcln.Func
-		if goTab != nil {
-			fs = goTab.Funcs()
+	u.cOnce.Do(func() {
+		for _, m := range u.Modules {
+			goTab, _, _ := m.tables(u.Arch)
+			var fs []gopcln.Func
+			if goTab != nil {
+				fs = goTab.Funcs()
+			}
+			at := m.Start
+			for _, f := range fs {
+				if e := f.Entry + m.Bias; e > at {
+					u.cSpans = append(u.cSpans, CodeSpan{at, min(e, m.End)})
+				}
+				at = max(at, f.End+m.Bias)
+			}
+			if at < m.End {
+				u.cSpans = append(u.cSpans, CodeSpan{at, m.End})
+			}
 		}
-		if len(fs) == 0 {
-			out = append(out, CodeSpan{m.Start, m.End})
-			continue
-		}
-		lo, hi := fs[0].Entry+m.Bias, fs[len(fs)-1].End+m.Bias
-		if m.Start < lo {
-			out = append(out, CodeSpan{m.Start, lo})
-		}
-		if hi < m.End {
-			out = append(out, CodeSpan{hi, m.End})
-		}
-	}
-	return out
+	})
+	return u.cSpans
 }
 
 // crosscall1AMD64 is the code of runtime/cgo's crosscall1 (gcc_amd64.S,

@@ -336,6 +336,9 @@ type CodeSpan struct{ Start, End uint64 }
 type Unwinder struct {
 	Arch    Arch
 	Modules []*Module // any order
+
+	cOnce  sync.Once
+	cSpans []CodeSpan // cCode
 }
 
 // Prepare parses every module's unwind tables now (they are otherwise parsed

@@ -84,7 +84,7 @@ func TestCgoThreadKeys(t *testing.T) {
 // (their threads could not be told apart by a dispatch stub): it is
 // refused, and stop mode waits for them.
 func TestCgoGradualCFunction(t *testing.T) {
-	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
+	eachCgo(t, func(t *testing.T, p *fixture.Proc) {
 		command(t, p, "busy 3", regexp.MustCompile(`^busy 3$`))
 		tg := attach(t, p.Pid)
 		untouched := code(t, tg, p.Pid, "c_busy")
@@ -106,14 +106,6 @@ func TestCgoGradualCFunction(t *testing.T) {
 		require.Equal(t, untouched, code(t, tg, p.Pid, "c_busy"))
 		command(t, p, "release", regexp.MustCompile(`^released$`))
 		res, err = tg.Apply(context.Background(), set, patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 5 * time.Second})
-		if runtime.GOARCH == "arm64" && mode == "internal" {
-			// Linked by the Go linker there is no unwind table for C,
-			// and on arm64 the cgo threads' walk stops at mstart, which
-			// returns into C: all C code counts as on their stacks.
-			require.ErrorIs(t, err, patch.ErrBlocked, "C code above mstart is not walked")
-			require.Equal(t, untouched, code(t, tg, p.Pid, "c_busy"))
-			return
-		}
 		require.NoError(t, err)
 		require.Equal(t, "applied", res.State)
 		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})

@@ -119,3 +119,22 @@ func (src Source) callbackFrames(st unwind.Stack, g goruntime.G) unwind.Stack {
 	}
 	return st
 }
+
+// startFrames walks the start frames of the thread that runs m, saved on
+// its g0 by mstart1; false for an m whose g0 holds none (an m C created
+// for a callback, whose C frames the callback's walk covers). An m whose g0
+// cannot be read gives an unreliable stack.
+func (src Source) startFrames(m uint64) (unwind.Stack, bool) {
+	if m == 0 {
+		return unwind.Stack{Reason: "the goroutine's m is unknown: its thread's start frames cannot be read"}, true
+	}
+	addr, err := src.Go.G0(src.Proc, m)
+	if err != nil || addr == 0 {
+		return unwind.Stack{Reason: fmt.Sprintf("the g0 of m %#x cannot be read: its thread's start frames are unknown", m)}, true
+	}
+	g0, err := src.Go.ReadG(src.Proc, addr)
+	if err != nil {
+		return unwind.Stack{Reason: fmt.Sprintf("g0 %#x of m %#x cannot be read: %v", addr, m, err)}, true
+	}
+	return src.mstartFrames(g0, g0.SP)
+}

@@ -68,7 +68,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
-	covered := map[int]bool{}
+	covered := map[int]goruntime.G{} // thread → the goroutine it runs, reported with its stack
 	walk := make([]goruntime.G, 0, len(gs))
 	goTasks := make([]Task, 0, len(gs))
 	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
@@ -85,7 +85,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		if i, ok := threads[g.Thread]; ok && (g.Status == goruntime.Running || g.Status == goruntime.Syscall) &&
 			onStack(s.Tasks[i].Stack, g) {
 			t.Stack = s.Tasks[i].Stack
-			covered[g.Thread] = true
+			covered[g.Thread] = g
 			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
 			continue
 		}
@@ -113,10 +113,17 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, gOf[i])
 		}
 	}
-	// A covered thread is reported as its goroutine.
+	// A covered thread is reported as its goroutine, and, apart, with the
+	// frames of its own start on its m's g0 (mstart and, for a thread
+	// created through cgo, the C code that mstart returns into when the m
+	// exits): those are on no goroutine's stack.
 	out := Snapshot{Tasks: make([]Task, 0, len(s.Tasks)+len(goTasks))}
 	for _, t := range s.Tasks {
-		if covered[t.ID] {
+		if g, ok := covered[t.ID]; ok {
+			if st, ok := src.startFrames(g.M); ok {
+				t.Stack = st
+				out.Tasks = append(out.Tasks, t)
+			}
 			continue
 		}
 		if !t.Stack.Reliable && t.Stack.SwitchedAt != "" {

@@ -173,6 +173,41 @@ func TestCgoThreadStartInLibc(t *testing.T) {
 	})
 }
 
+// TestCgoRunningThreadStart: a thread that runs a goroutine at the stop is
+// reported as that goroutine, and its own start frames — on its m's g0:
+// mstart, and for a thread created through cgo the C code mstart returns
+// into (threadentry) — are checked too, as a thread of its own.
+func TestCgoRunningThreadStart(t *testing.T) {
+	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
+		command(t, p, "spin 2", regexp.MustCompile(`^spinning 2$`))
+		tg := attach(t, p.Pid)
+		snap, err := tg.Threads()
+		require.NoError(t, err)
+		threads := map[int]string{}
+		for _, task := range snap.Tasks {
+			if task.Kind == "thread" {
+				threads[task.ID] = patch.FormatStack(tg, task.Stack)
+			}
+		}
+		running := 0
+		for _, task := range snap.Tasks {
+			if task.Kind != "goroutine" || task.Thread == 0 {
+				continue
+			}
+			running++
+			st, ok := threads[task.Thread]
+			require.True(t, ok, "thread %d runs %s: its start frames are not checked", task.Thread, task)
+			require.Contains(t, st, "runtime.mstart", "thread %d", task.Thread)
+			if task.Thread != p.Pid && mode == "external" {
+				// Created through cgo (the main thread is not): C
+				// called mstart, and the walk names that C code.
+				require.Contains(t, st, "threadentry", "thread %d", task.Thread)
+			}
+		}
+		require.NotZero(t, running, "no goroutine was running on a thread")
+	})
+}
+
 // TestCgoCallbacks: goroutines parked inside cgo callbacks — called back
 // by C from goroutines and from threads C created — are walked through
 // the C frames back to their Go frames: they do not block a patch of an

@@ -1,6 +1,7 @@
 package tracee
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 
@@ -35,7 +36,35 @@ func (p *Process) syscallOn(tid int, name string, nr uint64, args ...uint64) (ui
 	return res, err
 }
 
+// ErrNoPadding is returned when no unused executable bytes are within
+// reach of the borrowed thread for a system call stub.
+var ErrNoPadding = errors.New("no padding for a system call stub")
+
+// remoteSyscall runs the call on thread tid, or, with tid 0, on a thread of
+// the process's choosing and, should that one have no padding within reach
+// of its pc (arm64: a B reaches ±128 MiB), on each other thread in turn,
+// the process stopped meanwhile.
 func (p *Process) remoteSyscall(tid int, name string, nr uint64, args []uint64) (uint64, error) {
+	res, err := p.remoteSyscallOn(tid, name, nr, args)
+	if tid != 0 || !errors.Is(err, ErrNoPadding) {
+		return res, err
+	}
+	if !p.stopped {
+		if p.stopAll() != nil {
+			return res, err
+		}
+		defer p.resumeAll()
+	}
+	for _, other := range append([]int(nil), p.order...) {
+		r, e := p.remoteSyscallOn(other, name, nr, args)
+		if !errors.Is(e, ErrNoPadding) {
+			return r, e
+		}
+	}
+	return res, err
+}
+
+func (p *Process) remoteSyscallOn(tid int, name string, nr uint64, args []uint64) (uint64, error) {
 	var res uint64
 	err := p.borrow(tid, false, func(t *thread) error {
 		var err error
@@ -214,9 +243,9 @@ func (p *Process) placeSyscallStub(resume *Regs, intent []byte) (uint64, []byte,
 		return pd.addr, orig, nil
 	}
 	if stubReach != 0 {
-		return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping within %d MiB of pc %#x for a system call stub", p.pid, size, stubReach>>20, pc)
+		return 0, nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping within %d MiB of pc %#x", p.pid, ErrNoPadding, size, stubReach>>20, pc)
 	}
-	return 0, nil, fmt.Errorf("tracee: pid %d: no padding of %d bytes in an executable mapping for a system call stub", p.pid, size)
+	return 0, nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping", p.pid, ErrNoPadding, size)
 }
 
 // syscallStop is the stop signal of a syscall-entry or -exit stop

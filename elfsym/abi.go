@@ -3,7 +3,6 @@ package elfsym
 import (
 	"debug/elf"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
@@ -57,15 +56,11 @@ type Object struct {
 
 // ReadObject reads the ELF file at path without loading it anywhere.
 func ReadObject(path string) (*Object, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("elfsym: %w", err)
-	}
-	defer f.Close()
-	ef, err := elf.NewFile(f)
+	ef, err := elf.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("elfsym: %s: %w", path, err)
 	}
+	defer ef.Close()
 	o := &Object{Path: path, Funcs: map[string]bool{}}
 	syms, _ := ef.Symbols()
 	dyn, _ := ef.DynamicSymbols()

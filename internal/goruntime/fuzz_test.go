@@ -158,8 +158,8 @@ func FuzzCodeDecoders(f *testing.F) {
 				t.Fatalf("wait reason count %d", n)
 			}
 		}
-		for _, as := range []func([]byte, uint64) []uint64{atomicStoresAMD64, atomicStoresARM64} {
-			if a := as(code, pc); len(a) > len(code) {
+		for _, as := range []func([]byte, uint64, uint64) []uint64{atomicStoresAMD64, atomicStoresARM64} {
+			if a := as(code, pc, pc+16); len(a) > len(code) {
 				t.Fatalf("%d addresses from %d bytes", len(a), len(code))
 			}
 		}

@@ -200,29 +200,36 @@ func TestSupported(t *testing.T) {
 }
 
 // TestFindAllGsWithoutSymbols: the addresses found from runtime.allgadd's
-// code are the symbols' (non-PIE Go binaries: bias 0).
+// code are the symbols' (non-PIE Go binaries: bias 0), also when the target
+// was built without inlining (go test -gcflags=all=-l, what an inlined
+// function's refusal advises), where allgadd stores allgptr through a call
+// of runtime.atomicstorep instead of its own atomic instruction.
 func TestFindAllGsWithoutSymbols(t *testing.T) {
-	_, proc, b := live(t)
-	r, err := Load(b, proc)
-	require.NoError(t, err)
-	require.NotZero(t, r.AllGLen)
-	require.True(t, r.FromDWARF)
+	for _, flags := range [][]string{nil, {"-gcflags=all=-l"}} {
+		t.Run(fmt.Sprint(flags), func(t *testing.T) {
+			_, proc, b := live(t, flags...)
+			r, err := Load(b, proc)
+			require.NoError(t, err)
+			require.NotZero(t, r.AllGLen)
+			require.True(t, r.FromDWARF)
 
-	blind := &Runtime{Layout: r.Layout}
-	require.NoError(t, blind.findAllGs(b, proc))
-	require.Equal(t, r.AllGLen, blind.AllGLen, "allglen")
-	require.Equal(t, r.AllGPtr, blind.AllGPtr, "allgptr")
+			blind := &Runtime{Layout: r.Layout}
+			require.NoError(t, blind.findAllGs(b, proc))
+			require.Equal(t, r.AllGLen, blind.AllGLen, "allglen")
+			require.Equal(t, r.AllGPtr, blind.AllGPtr, "allgptr")
 
-	// The wait reasons' names are found without symbols too.
-	addr, n, ok := findWaitReasons(b, proc)
-	require.True(t, ok)
-	require.Equal(t, len(r.waitReasons), n)
-	require.Equal(t, r.waitReasons, readStrings(proc, addr, n))
-	require.Contains(t, r.waitReasons, "chan receive")
+			// The wait reasons' names are found without symbols too.
+			addr, n, ok := findWaitReasons(b, proc)
+			require.True(t, ok)
+			require.Equal(t, len(r.waitReasons), n)
+			require.Equal(t, r.waitReasons, readStrings(proc, addr, n))
+			require.Contains(t, r.waitReasons, "chan receive")
 
-	// Without a function table there is nothing to search.
-	b.Funcs = nil
-	require.ErrorIs(t, blind.findAllGs(b, proc), ErrNotFound)
+			// Without a function table there is nothing to search.
+			b.Funcs = nil
+			require.ErrorIs(t, blind.findAllGs(b, proc), ErrNotFound)
+		})
+	}
 }
 
 // TestGoroutines reads the goroutines of a live target while it is stopped:

@@ -49,8 +49,11 @@ type archRuntime struct {
 	// waitReasons returns the length of runtime.waitReasonStrings and the
 	// addresses it may be at, from runtime.waitReason.String's code.
 	waitReasons func(code []byte, pc uint64) (int, []uint64)
-	// atomicStores returns the addresses runtime.allgadd stores atomically.
-	atomicStores func(code []byte, pc uint64) []uint64
+	// atomicStores returns the addresses runtime.allgadd stores atomically:
+	// with its own atomic instruction, or by a call of storep (the address
+	// of runtime.atomicstorep, 0 if unknown) with the address as its first
+	// argument (a build without inlining).
+	atomicStores func(code []byte, pc, storep uint64) []uint64
 }
 
 var runtimes = map[*arch.Arch]archRuntime{
@@ -371,9 +374,13 @@ func (r *Runtime) findAllGs(b Binary, mem io.ReaderAt) error {
 		return fmt.Errorf("goruntime: %w: no symbols and no function table", ErrNotFound)
 	}
 	var fn *gopcln.Func
+	var storep uint64
 	for i := range b.Funcs.Funcs() {
-		if f := &b.Funcs.Funcs()[i]; f.Name == "runtime.allgadd" {
+		switch f := &b.Funcs.Funcs()[i]; f.Name {
+		case "runtime.allgadd":
 			fn = f
+		case "runtime.atomicstorep":
+			storep = f.Entry + b.Bias
 		}
 	}
 	if fn == nil {
@@ -389,7 +396,7 @@ func (r *Runtime) findAllGs(b Binary, mem io.ReaderAt) error {
 	if !ok {
 		return fmt.Errorf("goruntime: %w: no decoder for %v", ErrNotFound, b.ELF.Machine)
 	}
-	refs := dec.atomicStores(code, fn.Entry+b.Bias)
+	refs := dec.atomicStores(code, fn.Entry+b.Bias, storep)
 	var found [][2]uint64
 	for _, l := range refs {
 		for _, p := range refs {
@@ -425,8 +432,10 @@ func (r *Runtime) plausible(mem io.ReaderAt, lenAddr, ptrAddr uint64) bool {
 }
 
 // atomicStoresAMD64 returns the addresses code at pc stores to with XCHG,
-// directly RIP-relative or through a register loaded by a RIP-relative LEA.
-func atomicStoresAMD64(code []byte, pc uint64) []uint64 {
+// directly RIP-relative or through a register loaded by a RIP-relative LEA,
+// and the addresses in AX (the first argument of ABIInternal) at a CALL of
+// storep.
+func atomicStoresAMD64(code []byte, pc, storep uint64) []uint64 {
 	var out []uint64
 	lea := map[x86asm.Reg]uint64{}
 	for off := 0; off < len(code); {
@@ -444,6 +453,14 @@ func atomicStoresAMD64(code []byte, pc uint64) []uint64 {
 					lea[r] = uint64(int64(next) + m.Disp)
 				}
 			}
+			continue
+		case x86asm.CALL:
+			if rel, ok := in.Args[0].(x86asm.Rel); ok && storep != 0 && uint64(int64(next)+int64(rel)) == storep {
+				if addr, ok := lea[x86asm.RAX]; ok {
+					out = appendNew(out, addr)
+				}
+			}
+			clear(lea) // a call clobbers every register
 			continue
 		case x86asm.XCHG:
 			for _, a := range in.Args {
@@ -469,13 +486,23 @@ func atomicStoresAMD64(code []byte, pc uint64) []uint64 {
 }
 
 // atomicStoresARM64 returns the addresses code at pc stores to with STLR
-// through a register set by ADRP + ADD.
-func atomicStoresARM64(code []byte, pc uint64) []uint64 {
+// through a register set by ADRP + ADD, and the addresses in R0 (the first
+// argument of ABIInternal) at a BL to storep.
+func atomicStoresARM64(code []byte, pc, storep uint64) []uint64 {
 	var out []uint64
 	var regs arm64Addrs
 	for off := 0; off+4 <= len(code); off += 4 {
 		w := binary.LittleEndian.Uint32(code[off:])
-		regs.step(w, pc+uint64(off))
+		at := pc + uint64(off)
+		if w&0xfc000000 == 0x94000000 { // BL imm26
+			target := uint64(int64(at) + int64(int32(w<<6)>>4))
+			if addr, ok := regs.addr(0); ok && storep != 0 && target == storep {
+				out = appendNew(out, addr)
+			}
+			regs = nil // a call clobbers every register
+			continue
+		}
+		regs.step(w, at)
 		if w&0xbffffc00 == 0x889ffc00 { // STLR Wt|Xt, [Xn]
 			if addr, ok := regs.addr((w >> 5) & 31); ok {
 				out = appendNew(out, addr)

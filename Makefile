@@ -10,6 +10,9 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
 	$(GO) test $(GOTEST_FLAGS) -race -run 'TestFuncUnderLoad' ./patch
+	@# A test suite built without inlining, as an inlined function's refusal
+	@# advises (go test strips it too: allgs is found from the runtime's code).
+	$(GO) test $(GOTEST_FLAGS) -gcflags=all=-l ./patch/patchtest
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-arm64-user
 	$(MAKE) --no-print-directory test-arm64

@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/patch"
@@ -62,7 +62,7 @@ func TestCgoThreadKeys(t *testing.T) {
 		tg := attach(t, p.Pid)
 		l, err := goruntime.KnownLayout(tg.Symbols().Modules[0].GoVersion)
 		require.NoError(t, err)
-		snap, err := tg.Threads()
+		snap, err := patch.Snapshot(tg)
 		require.NoError(t, err)
 		threads := 0
 		for _, task := range snap.Tasks {
@@ -181,12 +181,12 @@ func TestCgoRunningThreadStart(t *testing.T) {
 	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
 		command(t, p, "spin 2", regexp.MustCompile(`^spinning 2$`))
 		tg := attach(t, p.Pid)
-		snap, err := tg.Threads()
+		snap, err := patch.Snapshot(tg)
 		require.NoError(t, err)
 		threads := map[int]string{}
 		for _, task := range snap.Tasks {
 			if task.Kind == "thread" {
-				threads[task.ID] = patch.FormatStack(tg, task.Stack)
+				threads[task.ID] = consistency.FormatStack(task.Stack, tg.Symbols().Symbolize, "\n    ")
 			}
 		}
 		running := 0

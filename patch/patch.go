@@ -26,9 +26,9 @@ import (
 	"sort"
 	"time"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
@@ -110,7 +110,7 @@ func Attach(pid int, opts *Options) (*Target, error) {
 		proc.Close()
 		return nil, &Error{Op: "attach", Pid: pid, Err: err}
 	}
-	unw := syms.Unwinder()
+	unw := unwind.ForTable(syms)
 	if err := unw.Prepare(); err != nil {
 		// Not fatal: stacks through such a module are unreliable and block.
 		log.Warn("unwind tables", "err", err)
@@ -906,7 +906,7 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // source returns where tasks come from: the threads, and for a Go target its
 // goroutines.
 func (t *Target) source() (consistency.Source, error) {
-	src := consistency.Source{Proc: t.proc, Unwinder: t.unw}
+	src := consistency.Source{Proc: t.proc, Unwinder: t.unw, Symbols: t.syms}
 	if !t.goRTOK {
 		t.goRTOK = true
 		t.goRT, t.goRTErr = t.loadGoRuntime()
@@ -945,9 +945,9 @@ func (t *Target) loadGoRuntime() (*goruntime.Runtime, error) {
 	return rt, nil
 }
 
-// Threads stops the target once, unwinds every thread (and every goroutine
-// of a Go target) and resumes it.
-func (t *Target) Threads() (consistency.Snapshot, error) {
+// snapshot stops the target once, unwinds every thread (and every
+// goroutine of a Go target) and resumes it (Threads names its frames).
+func (t *Target) snapshot() (consistency.Snapshot, error) {
 	src, err := t.source()
 	if err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
@@ -963,10 +963,4 @@ func (t *Target) Threads() (consistency.Snapshot, error) {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
 	return snap, nil
-}
-
-// FormatStack renders a stack of the target with symbol names, one frame
-// per line.
-func FormatStack(t *Target, s unwind.Stack) string {
-	return consistency.FormatStack(s, t.syms.Symbolize, "\n    ")
 }

@@ -11,7 +11,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
 )
 

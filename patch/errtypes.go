@@ -5,6 +5,9 @@ package patch
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/internal/consistency"
@@ -123,4 +126,51 @@ func (e *Error) As(target any) bool {
 		}
 	}
 	return false
+}
+
+// OptionError is an option with a value this package does not know (a
+// Mode or OnTimeout that is none of the constants). errors.Is(err,
+// ErrBadRequest) matches it.
+type OptionError struct {
+	Option string // "Mode", "OnTimeout"
+	Value  string
+	// Valid lists the values the option takes.
+	Valid []string
+}
+
+func (e *OptionError) Error() string {
+	q := make([]string, len(e.Valid))
+	for i, v := range e.Valid {
+		q[i] = strconv.Quote(v)
+	}
+	return fmt.Sprintf("%v: %s %q is unknown; want %s (or leave it empty for the default)", ErrBadRequest, e.Option, e.Value, strings.Join(q, ", "))
+}
+
+// Is reports target == ErrBadRequest.
+func (e *OptionError) Is(target error) bool { return target == ErrBadRequest }
+
+// checkEnum refuses a value of a named string type that is neither empty
+// (the default) nor one of valid.
+func checkEnum[T ~string](option string, v T, valid []T) error {
+	if v == "" || slices.Contains(valid, v) {
+		return nil
+	}
+	names := make([]string, len(valid))
+	for i, x := range valid {
+		names[i] = string(x)
+	}
+	return &OptionError{Option: option, Value: string(v), Valid: names}
+}
+
+// check refuses a Mode or OnTimeout the package does not know.
+func (o ApplyOptions) check() error {
+	if err := checkEnum("Mode", o.Mode, Modes); err != nil {
+		return err
+	}
+	return checkEnum("OnTimeout", o.OnTimeout, OnTimeouts)
+}
+
+// check refuses a Mode or OnTimeout the package does not know.
+func (o FuncOptions) check() error {
+	return ApplyOptions{Mode: o.Mode, OnTimeout: o.OnTimeout}.check()
 }

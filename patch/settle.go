@@ -108,7 +108,7 @@ func stateHint(res *Result) string {
 	case "reverting":
 		return fmt.Sprintf("the patch is reverting, %d task(s) pending; the target is consistent: Resume or Revert finish the revert once they leave", res.Pending)
 	case "applied", "reverted":
-		return "the patch is " + res.State
+		return "the patch is " + string(res.State)
 	}
 	return fmt.Sprintf("the patch is %s: read its state with Status before anything else", res.State)
 }

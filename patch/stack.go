@@ -12,15 +12,6 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
-// TaskKind says what a Task is.
-type TaskKind string
-
-// Kinds of Task (Task.Kind, PendingTask.Kind).
-const (
-	TaskThread    TaskKind = "thread"
-	TaskGoroutine TaskKind = "goroutine"
-)
-
 // Task is one schedulable unit of a stopped target, with its stack: a
 // thread, or in a Go target a goroutine (running or parked).
 type Task struct {

@@ -209,9 +209,9 @@ func TestUniverseC(t *testing.T) {
 // target runs on, no task ever sees a mix of versions, the record is never
 // "partial", and a new tool reverts everything to the original bytes.
 func TestDeathAtEveryWrite(t *testing.T) {
-	for _, mode := range []string{patch.ModeStop, patch.ModeGradual} {
+	for _, mode := range []patch.Mode{patch.ModeStop, patch.ModeGradual} {
 		for _, phase := range []string{"apply", "revert"} {
-			t.Run(mode+"-"+phase, func(t *testing.T) {
+			t.Run(string(mode)+"-"+phase, func(t *testing.T) {
 				for n := 1; n < 100; n++ {
 					if !deathCase(t, mode, phase, n) {
 						t.Logf("%s %s: survived a death before each of %d writes", mode, phase, n-1)
@@ -225,7 +225,7 @@ func TestDeathAtEveryWrite(t *testing.T) {
 }
 
 // deathCase dies before the n-th write; it reports whether it died.
-func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
+func deathCase(t *testing.T, mode patch.Mode, phase string, n int) (died bool) {
 	t.Helper()
 	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
 	defer p.Kill()

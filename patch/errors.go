@@ -62,7 +62,7 @@ var (
 	// another build of the module that holds the function (*BuildIDError).
 	ErrBuildIDMismatch = errors.New("build ID mismatch")
 	// ErrUnpinned: the patch library declares no HOTPATCH_PIN and
-	// ApplyOptions.Unpinned (--unpinned) was not given.
+	// ApplyOptions.Unpinned was not given.
 	ErrUnpinned = errors.New("patch library is not pinned to a build ID")
 	// ErrLoadLibrary: the target could not load the patch library
 	// (*LoadError carries the target's dlerror() text).

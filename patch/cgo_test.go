@@ -91,7 +91,7 @@ func TestCgoGradualCFunction(t *testing.T) {
 		set := []patch.Replacement{{Old: "c_busy", New: "c_busy_fixed"}}
 		res, err := tg.Apply(context.Background(), set, patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 		if err == nil {
-			require.NotEqual(t, "applied", res.State, "applied while 3 threads sleep inside c_busy (%d pending)", res.Pending)
+			require.NotEqual(t, patch.StateApplied, res.State, "applied while 3 threads sleep inside c_busy (%d pending)", res.Pending)
 			require.NotZero(t, res.Pending)
 			_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Force: true})
 			require.NoError(t, err)
@@ -107,7 +107,7 @@ func TestCgoGradualCFunction(t *testing.T) {
 		command(t, p, "release", regexp.MustCompile(`^released$`))
 		res, err = tg.Apply(context.Background(), set, patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 5 * time.Second})
 		require.NoError(t, err)
-		require.Equal(t, "applied", res.State)
+		require.Equal(t, patch.StateApplied, res.State)
 		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
 		require.NoError(t, err)
 		require.Equal(t, untouched, code(t, tg, p.Pid, "c_busy"))

@@ -91,6 +91,7 @@ type Module struct {
 	goText  uint64 // link-time text start the pclntab's entry offsets are relative to
 	goFunc  uint64 // link-time address of go:func.* (inline trees), 0 when unknown
 
+	lines      goLines // the Go line table, for LineAt
 	inlineOnce sync.Once
 	inlines    map[string][]InlineSite // callee name → where it was inlined
 	inlineErr  error

@@ -82,6 +82,10 @@ type Frame struct {
 	// Module is the path of the object whose code holds PC ("" when none
 	// does: code mapped at run time).
 	Module string
+	// File and Line are the source position of the Go code at PC (of the
+	// call, for a return address); "" and 0 for other code.
+	File string
+	Line int
 }
 
 // String names the frame's code: "main.compute+0x1e", or the module and
@@ -120,9 +124,14 @@ func publicTasks(syms *elfsym.Table, in []consistency.Task) []Task {
 // publicStack names the frames of an unwound stack.
 func publicStack(syms *elfsym.Table, s unwind.Stack) Stack {
 	out := Stack{Reliable: s.Reliable, Why: s.Reason, Frames: make([]Frame, 0, len(s.Frames))}
-	for _, f := range s.Frames {
+	for i, f := range s.Frames {
 		fr := Frame{PC: f.PC}
 		if syms != nil {
+			at := f.PC
+			if i > 0 && !s.Frames[i-1].Signal {
+				at-- // a return address: the call is before it
+			}
+			fr.File, fr.Line, _ = syms.LineAt(at)
 			if sym, ok := syms.SymbolAt(f.PC); ok {
 				fr.Func, fr.Offset = sym.Name, f.PC-sym.Addr
 			}

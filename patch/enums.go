@@ -17,8 +17,10 @@ const (
 	ModeAuto Mode = "auto"
 )
 
-// Modes lists the valid Modes.
-var Modes = []Mode{ModeStop, ModeGradual, ModeAuto}
+var modes = []Mode{ModeStop, ModeGradual, ModeAuto}
+
+// Modes returns the valid Modes.
+func Modes() []Mode { return append([]Mode(nil), modes...) }
 
 func (m Mode) String() string { return string(m) }
 
@@ -35,8 +37,10 @@ const (
 	OnTimeoutStay OnTimeout = "stay"
 )
 
-// OnTimeouts lists the valid OnTimeout values.
-var OnTimeouts = []OnTimeout{OnTimeoutRevert, OnTimeoutStay}
+var onTimeouts = []OnTimeout{OnTimeoutRevert, OnTimeoutStay}
+
+// OnTimeouts returns the valid OnTimeout values.
+func OnTimeouts() []OnTimeout { return append([]OnTimeout(nil), onTimeouts...) }
 
 func (o OnTimeout) String() string { return string(o) }
 

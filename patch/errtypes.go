@@ -164,10 +164,10 @@ func checkEnum[T ~string](option string, v T, valid []T) error {
 
 // check refuses a Mode or OnTimeout the package does not know.
 func (o ApplyOptions) check() error {
-	if err := checkEnum("Mode", o.Mode, Modes); err != nil {
+	if err := checkEnum("Mode", o.Mode, modes); err != nil {
 		return err
 	}
-	return checkEnum("OnTimeout", o.OnTimeout, OnTimeouts)
+	return checkEnum("OnTimeout", o.OnTimeout, onTimeouts)
 }
 
 // check refuses a Mode or OnTimeout the package does not know.

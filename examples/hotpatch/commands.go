@@ -27,8 +27,8 @@ func (r *replaceFlags) Set(s string) error {
 
 // modes and onTimeouts are the values of --mode and --on-timeout.
 var (
-	modes      = names(patch.Modes)
-	onTimeouts = names(patch.OnTimeouts)
+	modes      = names(patch.Modes())
+	onTimeouts = names(patch.OnTimeouts())
 )
 
 // names returns the text of named string values.

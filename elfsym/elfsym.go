@@ -18,7 +18,6 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
-	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
 // ErrUnknownSymbol is matched by lookups of names that are not defined.
@@ -27,10 +26,6 @@ var ErrUnknownSymbol = errors.New("unknown symbol")
 // ErrUnsupportedGo is matched by Module.GoUnsupported and by the errors of
 // whatever refuses a Go module built by a release hotpatch does not read.
 var ErrUnsupportedGo = goruntime.ErrUnknownRelease
-
-// GoReleaseError is the type of Module.GoUnsupported: it names the release
-// the module records and the supported range.
-type GoReleaseError = goruntime.ReleaseError
 
 // ErrAmbiguous is matched by *AmbiguousError.
 var ErrAmbiguous = errors.New("ambiguous symbol")
@@ -81,7 +76,8 @@ type Module struct {
 	GoVersion string
 	// GoUnsupported is set on a Go module built by a release hotpatch does
 	// not read (outside the supported range, or a development build that
-	// does not match a supported release): a *GoReleaseError. Its symbols
+	// does not match a supported release), matched by ErrUnsupportedGo; its
+	// text names the release and the supported range. Its symbols
 	// resolve, but its goroutines cannot be listed, its inline trees are not
 	// read and stacks through its code are unreliable.
 	GoUnsupported error
@@ -95,6 +91,7 @@ type Module struct {
 	goText  uint64 // link-time text start the pclntab's entry offsets are relative to
 	goFunc  uint64 // link-time address of go:func.* (inline trees), 0 when unknown
 
+	lines      goLines // the Go line table, for LineAt
 	inlineOnce sync.Once
 	inlines    map[string][]InlineSite // callee name → where it was inlined
 	inlineErr  error
@@ -393,44 +390,53 @@ func (m *Module) Open() (*elf.File, error) {
 	return ef, nil
 }
 
-// Unwinder returns the unwind tables of every module for package unwind.
-func (t *Table) Unwinder() *unwind.Unwinder {
-	u := &unwind.Unwinder{}
-	if len(t.Modules) > 0 && t.Modules[0].arch != nil {
-		u.Arch = unwind.ForTarget(t.Modules[0].arch)
-	}
-	for _, m := range t.Modules {
-		u.Modules = append(u.Modules, &unwind.Module{
-			Name:        m.Path,
-			Start:       m.TextStart,
-			End:         m.TextEnd,
-			Bias:        m.Bias,
-			Refused:     m.GoUnsupported,
-			Pclntab:     m.pclntab,
-			GoTextStart: m.goText,
-			EHFrame:     m.ehFrame,
-			EHFrameAddr: m.ehAddr,
+// UnwindTables are the tables of one module a stack walker reads, as
+// the file holds them (link-time addresses): the Go function table, the
+// .eh_frame call frame information and its .eh_frame_hdr search table.
+// A table the module does not have is nil.
+type UnwindTables struct {
+	Pclntab []byte
+	// GoTextStart is the link-time address the Go function table's entry
+	// offsets are relative to.
+	GoTextStart uint64
+	EHFrame     []byte
+	EHFrameAddr uint64
 
-			EHFrameHdr:     m.ehHdr,
-			EHFrameHdrAddr: m.ehHdrAddr,
-			Code:           m.frameless(),
-		})
+	EHFrameHdr     []byte
+	EHFrameHdrAddr uint64
+	// Frameless, for a module with neither table (the arm64 vDSO), is its
+	// code, for a walker to prove it holds only frameless leaf functions.
+	Frameless []Code
+}
+
+// Code is a module's code bytes at a link-time address.
+type Code struct {
+	Addr  uint64
+	Bytes []byte
+}
+
+// UnwindTables returns the module's unwind tables.
+func (m *Module) UnwindTables() UnwindTables {
+	return UnwindTables{
+		Pclntab: m.pclntab, GoTextStart: m.goText,
+		EHFrame: m.ehFrame, EHFrameAddr: m.ehAddr,
+		EHFrameHdr: m.ehHdr, EHFrameHdrAddr: m.ehHdrAddr,
+		Frameless: m.frameless(),
 	}
-	return u
 }
 
 // frameless returns the code of a module without unwind tables (the arm64
 // vDSO), for the unwinder to prove it holds only frameless leaf functions;
 // nil for every other module.
-func (m *Module) frameless() []unwind.CodeRange {
+func (m *Module) frameless() []Code {
 	if m.ehFrame != nil || m.pclntab != nil {
 		return nil
 	}
-	var out []unwind.CodeRange
+	var out []Code
 	for _, r := range m.textSect {
 		for _, s := range m.exec {
 			if r[0] >= s.vaddr && r[1] <= s.vaddr+uint64(len(s.data)) {
-				out = append(out, unwind.CodeRange{Addr: r[0], Bytes: s.data[r[0]-s.vaddr : r[1]-s.vaddr]})
+				out = append(out, Code{Addr: r[0], Bytes: s.data[r[0]-s.vaddr : r[1]-s.vaddr]})
 			}
 		}
 	}

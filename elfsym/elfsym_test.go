@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -440,22 +439,12 @@ func TestLiveC(t *testing.T) {
 			assert.Equal(t, fmt.Sprintf("%s+%#x", filepath.Base(bin), exe.TextEnd-1-exe.Bias), tab.Symbolize(exe.TextEnd-1))
 
 			// Unwind tables.
-			u := tab.Unwinder()
-			want := map[elf.Machine]unwind.Arch{elf.EM_X86_64: unwind.AMD64, elf.EM_AARCH64: unwind.ARM64}[hostMachine(t)]
-			assert.Equal(t, want.CalleeSaved, u.Arch.CalleeSaved)
-			assert.Equal(t, [4]int{want.PtrSize, want.SPReg, want.RAReg, want.LRReg}, [4]int{u.Arch.PtrSize, u.Arch.SPReg, u.Arch.RAReg, u.Arch.LRReg})
-			assert.Equal(t, want.SignalContext != nil, u.Arch.SignalContext != nil)
-			require.Len(t, u.Modules, len(tab.Modules))
-			for i, um := range u.Modules {
-				m := tab.Modules[i]
-				assert.Equal(t, m.Path, um.Name)
-				assert.Equal(t, m.Bias, um.Bias)
-				assert.Equal(t, m.TextStart, um.Start)
-				assert.Equal(t, m.TextEnd, um.End)
-				assert.Nil(t, um.Pclntab)
+			for _, m := range tab.Modules {
+				ut := m.UnwindTables()
+				assert.Nil(t, ut.Pclntab)
 				if m.Path != "[vdso]" {
-					assert.NotEmpty(t, um.EHFrame, m.Path)
-					assert.NotZero(t, um.EHFrameAddr, m.Path)
+					assert.NotEmpty(t, ut.EHFrame, m.Path)
+					assert.NotZero(t, ut.EHFrameAddr, m.Path)
 				}
 			}
 		})
@@ -508,10 +497,9 @@ func TestLiveGo(t *testing.T) {
 			assert.Equal(t, p.read(t, s.Addr, len(code)), code)
 			checkSymbolize(t, tab, s)
 
-			u := tab.Unwinder()
-			assert.Equal(t, exe.pclntab, u.Modules[0].Pclntab)
-			assert.NotEmpty(t, u.Modules[0].Pclntab)
-			assert.Equal(t, exe.TextStart, u.Modules[0].Start)
+			ut := exe.UnwindTables()
+			assert.Equal(t, exe.pclntab, ut.Pclntab)
+			assert.NotEmpty(t, ut.Pclntab)
 		})
 	}
 }

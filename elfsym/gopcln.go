@@ -46,7 +46,7 @@ func findPclntab(ef *elf.File, syms []elf.Symbol) ([]byte, uint64) {
 }
 
 // goSupported returns why hotpatch does not read the Go runtime of ef (a
-// *GoReleaseError, see goruntime.Supported), nil when it does. A release is
+// *goruntime.ReleaseError, see goruntime.Supported), nil when it does. A release is
 // judged by version; the function table is parsed only when that is not
 // enough (a development build), and its refusal is kept as the cause.
 func goSupported(ef *elf.File, version string, pcln []byte, text uint64) error {
@@ -60,7 +60,7 @@ func goSupported(ef *elf.File, version string, pcln []byte, text uint64) error {
 		b.Funcs = tab
 		return goruntime.Supported(b)
 	}
-	var re *GoReleaseError
+	var re *goruntime.ReleaseError
 	if errors.As(err, &re) && re.Err == nil {
 		re.Err = perr
 	}

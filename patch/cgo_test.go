@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/patch"
@@ -62,7 +62,7 @@ func TestCgoThreadKeys(t *testing.T) {
 		tg := attach(t, p.Pid)
 		l, err := goruntime.KnownLayout(tg.Symbols().Modules[0].GoVersion)
 		require.NoError(t, err)
-		snap, err := tg.Threads()
+		snap, err := patch.Snapshot(tg)
 		require.NoError(t, err)
 		threads := 0
 		for _, task := range snap.Tasks {
@@ -91,7 +91,7 @@ func TestCgoGradualCFunction(t *testing.T) {
 		set := []patch.Replacement{{Old: "c_busy", New: "c_busy_fixed"}}
 		res, err := tg.Apply(context.Background(), set, patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 		if err == nil {
-			require.NotEqual(t, "applied", res.State, "applied while 3 threads sleep inside c_busy (%d pending)", res.Pending)
+			require.NotEqual(t, patch.StateApplied, res.State, "applied while 3 threads sleep inside c_busy (%d pending)", res.Pending)
 			require.NotZero(t, res.Pending)
 			_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Force: true})
 			require.NoError(t, err)
@@ -107,7 +107,7 @@ func TestCgoGradualCFunction(t *testing.T) {
 		command(t, p, "release", regexp.MustCompile(`^released$`))
 		res, err = tg.Apply(context.Background(), set, patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 5 * time.Second})
 		require.NoError(t, err)
-		require.Equal(t, "applied", res.State)
+		require.Equal(t, patch.StateApplied, res.State)
 		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
 		require.NoError(t, err)
 		require.Equal(t, untouched, code(t, tg, p.Pid, "c_busy"))
@@ -181,12 +181,12 @@ func TestCgoRunningThreadStart(t *testing.T) {
 	eachCgoMode(t, func(t *testing.T, p *fixture.Proc, mode string) {
 		command(t, p, "spin 2", regexp.MustCompile(`^spinning 2$`))
 		tg := attach(t, p.Pid)
-		snap, err := tg.Threads()
+		snap, err := patch.Snapshot(tg)
 		require.NoError(t, err)
 		threads := map[int]string{}
 		for _, task := range snap.Tasks {
 			if task.Kind == "thread" {
-				threads[task.ID] = patch.FormatStack(tg, task.Stack)
+				threads[task.ID] = consistency.FormatStack(task.Stack, tg.Symbols().Symbolize, "\n    ")
 			}
 		}
 		running := 0

@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
@@ -17,21 +17,26 @@ import (
 // record accounts for: patch memory mapped before its record was written,
 // or the pages of a remote call or of a library's name ("scratch").
 type Leftover struct {
-	Kind string `json:"kind"`
-	Addr uint64 `json:"addr"`
-	Size uint64 `json:"size"`
+	Kind LeftoverKind `json:"kind"`
+	Addr uint64       `json:"addr"`
+	Size uint64       `json:"size"`
 }
+
+// LeftoverKind says what a Leftover is.
+type LeftoverKind string
+
+func (k LeftoverKind) String() string { return string(k) }
 
 // Kinds of Leftover.
 const (
-	LeftoverPatchMem = "unrecorded patch memory"
-	LeftoverScratch  = "scratch"
+	LeftoverPatchMem LeftoverKind = "unrecorded patch memory"
+	LeftoverScratch  LeftoverKind = "scratch"
 	// LeftoverUnmarked: a mapping a killed tool's system call made after
 	// the tool died, which the intent it left in padding names.
-	LeftoverUnmarked = "unmarked mapping"
+	LeftoverUnmarked LeftoverKind = "unmarked mapping"
 	// LeftoverStub: padding of an executable mapping that differs from
 	// the object's file: a killed tool's system call stub.
-	LeftoverStub = "system call stub in padding"
+	LeftoverStub LeftoverKind = "system call stub in padding"
 )
 
 // Leftovers lists the memory hotpatch mapped in the target that no record

@@ -23,7 +23,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -298,7 +298,7 @@ func differential(t *testing.T, tg *patch.Target, dump func() []string, ok func(
 	t.Helper()
 	sy := newSymbolizer(t, tg)
 	before := runtimeStacks(dump())
-	snap, err := tg.Threads()
+	snap, err := patch.Snapshot(tg)
 	require.NoError(t, err)
 	after := runtimeStacks(dump())
 	tasks := map[int]*consistency.Task{}

@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
 )
@@ -27,7 +27,7 @@ var (
 	ErrKernelThread = tracee.ErrKernelThread
 	// ErrBusy: another Target (in this or another program) holds the
 	// process until Options.LockWait ran out; operations on one process are
-	// serialised (matched by *tracee.BusyError, which names the holder).
+	// serialised (matched by *BusyError, which names the holder).
 	ErrBusy = tracee.ErrBusy
 	// ErrPermission: we may not trace the process (the message says why:
 	// ptrace_scope, not dumpable, other user).
@@ -43,8 +43,12 @@ var (
 	ErrBranchIntoPatch = trampoline.ErrBranchIntoPatch
 	// ErrCannotRelocate: an instruction the jump displaces cannot be moved.
 	ErrCannotRelocate = trampoline.ErrCannotRelocate
-	// ErrBlocked: tasks kept executing in the functions until the timeout.
+	// ErrBlocked: tasks kept executing in the functions until the timeout
+	// (matched by *BlockedError, which lists them).
 	ErrBlocked = consistency.ErrBlocked
+	// ErrUnsupportedGo: the Go target was built by a release hotpatch does
+	// not read (matched by *GoReleaseError).
+	ErrUnsupportedGo = elfsym.ErrUnsupportedGo
 	// ErrAlreadyApplied: a function of the set is already patched.
 	ErrAlreadyApplied = errors.New("already applied")
 	// ErrNotApplied: no applied patch has that ID.
@@ -58,7 +62,7 @@ var (
 	// another build of the module that holds the function (*BuildIDError).
 	ErrBuildIDMismatch = errors.New("build ID mismatch")
 	// ErrUnpinned: the patch library declares no HOTPATCH_PIN and
-	// ApplyOptions.Unpinned (--unpinned) was not given.
+	// ApplyOptions.Unpinned was not given.
 	ErrUnpinned = errors.New("patch library is not pinned to a build ID")
 	// ErrLoadLibrary: the target could not load the patch library
 	// (*LoadError carries the target's dlerror() text).

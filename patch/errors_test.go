@@ -9,8 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 )
 
 // TestLibraryErrorsNameNoCLI: the library's refusals say what to do in the

@@ -3,7 +3,7 @@
 package patch
 
 import (
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
@@ -57,3 +57,6 @@ func OnStep(f func(step string)) func() {
 
 // SourceOf returns where the pauses of t take their snapshots from.
 func SourceOf(t *Target) (consistency.Source, error) { return t.source() }
+
+// Snapshot is Threads with the stacks as the consistency check sees them.
+func Snapshot(t *Target) (consistency.Snapshot, error) { return t.snapshot() }

@@ -5,20 +5,6 @@ import (
 	"time"
 )
 
-// Modes of Apply (ApplyOptions.Mode, FuncOptions.Mode).
-const (
-	ModeStop    = "stop"
-	ModeGradual = "gradual"
-	ModeAuto    = "auto"
-)
-
-// What a gradual transition does at its timeout (ApplyOptions.OnTimeout,
-// FuncOptions.OnTimeout).
-const (
-	OnTimeoutRevert = "revert"
-	OnTimeoutStay   = "stay"
-)
-
 // ErrNotSupported: patching is available on Linux only, on x86-64 and
 // arm64. Elsewhere every entry point of the self-patching API (Func,
 // FuncWith, FuncByName, and package patchtest) returns it, so that code and
@@ -44,12 +30,12 @@ type FuncOptions struct {
 	// leave it; Func returns when every goroutine runs the new code),
 	// ModeStop (only pauses in which no goroutine is inside the function)
 	// or ModeGradual.
-	Mode string
+	Mode Mode
 	// Timeout bounds how long the patch waits for goroutines to leave the
 	// function (default 5s).
 	Timeout time.Duration
 	// OnTimeout is what a gradual patch does at Timeout with goroutines
 	// still on the old code: OnTimeoutRevert (default) or OnTimeoutStay
 	// (the Handle is returned in transition; Handle.Resume finishes it).
-	OnTimeout string
+	OnTimeout OnTimeout
 }

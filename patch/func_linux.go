@@ -183,6 +183,9 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 	if err := notOnOwnStack("apply", old); err != nil {
 		return nil, err
 	}
+	if err := o.check(); err != nil {
+		return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: old.name, Err: err}
+	}
 	if o.Mode == "" {
 		o.Mode = ModeAuto
 	}
@@ -199,12 +202,12 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 	res, err := selfCall(req)
 	live.Lock()
 	delete(live.m, fmt.Sprintf("pending %p", h))
-	if res != nil && res.ID != "" && res.State != "reverted" {
+	if res != nil && res.ID != "" && res.State != StateReverted {
 		live.m[res.ID] = h
 	}
 	live.Unlock()
 	if err != nil {
-		if res != nil && res.ID != "" && res.State != "reverted" {
+		if res != nil && res.ID != "" && res.State != StateReverted {
 			h.res = res // left in transition: the Handle can finish or revert it
 			return h, inlineHint(err, old.name)
 		}
@@ -294,7 +297,7 @@ func (h *Handle) op(op string) error {
 	if res != nil {
 		h.res = res
 	}
-	if res != nil && res.State == "reverted" {
+	if res != nil && res.State == StateReverted {
 		h.done = true
 		live.Lock()
 		delete(live.m, res.ID)

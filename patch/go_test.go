@@ -13,8 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
-	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -53,7 +52,7 @@ func stableSnapshot(t *testing.T, tg *patch.Target) consistency.Snapshot {
 	var snap consistency.Snapshot
 	for i := 0; i < 50; i++ {
 		var err error
-		snap, err = tg.Threads()
+		snap, err = patch.Snapshot(tg)
 		require.NoError(t, err)
 		if len(consistency.Check(snap, nil)) == 0 {
 			return snap
@@ -155,8 +154,8 @@ func TestGoToolchainsUnsupported(t *testing.T) {
 				tg := attach(t, p.Pid)
 				refused := func(err error) {
 					t.Helper()
-					require.ErrorIs(t, err, elfsym.ErrUnsupportedGo)
-					var re *elfsym.GoReleaseError
+					require.ErrorIs(t, err, patch.ErrUnsupportedGo)
+					var re *patch.GoReleaseError
 					require.ErrorAs(t, err, &re)
 					require.Equal(t, tc, re.Version)
 					require.ErrorContains(t, err, "go1.22–go1.26")
@@ -318,7 +317,7 @@ func TestGoSnapshotsUnderLoad(t *testing.T) {
 	tg := attach(t, p.Pid)
 	reliable, total, signal, switched := 0, 0, 0, 0
 	for i := 0; i < 100; i++ {
-		snap, err := tg.Threads()
+		snap, err := patch.Snapshot(tg)
 		require.NoError(t, err)
 		for _, task := range snap.Tasks {
 			total++
@@ -376,7 +375,7 @@ func BenchmarkApplyGo10k(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	tasks, err := tg.Threads()
+	tasks, err := patch.Snapshot(tg)
 	if err != nil {
 		b.Fatal(err)
 	}

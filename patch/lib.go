@@ -291,7 +291,7 @@ func (t *Target) reloadSymbols() error {
 	if err != nil {
 		return err
 	}
-	unw := syms.Unwinder()
+	unw := unwinderOf(syms)
 	if err := unw.Prepare(); err != nil {
 		t.log.Warn("unwind tables", "err", err)
 	}

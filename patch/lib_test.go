@@ -17,8 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -265,7 +265,7 @@ func BenchmarkApplyC64(b *testing.B) {
 	p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2", "-fomit-frame-pointer"), "62")
 	p.Expect(b, regexp.MustCompile(`^result`), 10*time.Second)
 	tg := attach(b, p.Pid)
-	snap, err := tg.Threads()
+	snap, err := patch.Snapshot(tg)
 	if err != nil {
 		b.Fatal(err)
 	}

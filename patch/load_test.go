@@ -224,7 +224,7 @@ func loadCycles(t *testing.T, p *fixture.Proc, cycles int, newReq func() loadReq
 		}
 		rr, err := tg.Revert(ctx, res.ID, patch.ApplyOptions{Timeout: 10 * time.Second})
 		require.NoError(t, err, "cycle %d", i)
-		require.Equal(t, "reverted", rr.State)
+		require.Equal(t, patch.StateReverted, rr.State)
 		pauses = append(pauses, rr.Pause)
 		if i%20 == 0 {
 			expect(2000, "reverted", i)

@@ -26,9 +26,9 @@ import (
 	"sort"
 	"time"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
@@ -110,7 +110,7 @@ func Attach(pid int, opts *Options) (*Target, error) {
 		proc.Close()
 		return nil, &Error{Op: "attach", Pid: pid, Err: err}
 	}
-	unw := syms.Unwinder()
+	unw := unwind.ForTable(syms)
 	if err := unw.Prepare(); err != nil {
 		// Not fatal: stacks through such a module are unreliable and block.
 		log.Warn("unwind tables", "err", err)
@@ -160,7 +160,7 @@ type ApplyOptions struct {
 	// the functions), ModeGradual (per-task universes: busy tasks keep the
 	// old code until their stacks are clean) or ModeAuto (stop-and-check
 	// first, gradual when tasks stay busy).
-	Mode string
+	Mode Mode
 	// OnTimeout says what a gradual transition that has tasks pending at
 	// Timeout does: OnTimeoutRevert (the default: go back, the same way,
 	// with Timeout again to do it; the error says whether that finished or
@@ -168,7 +168,7 @@ type ApplyOptions struct {
 	// target in transition; Resume or Revert continue it later). A gradual
 	// Revert always stays; without OnTimeoutStay that is an error wrapping
 	// ErrBlocked, its Result saying "reverting".
-	OnTimeout string
+	OnTimeout OnTimeout
 	// Force finishes a gradual transition at Timeout even though tasks
 	// still run old code, moving them to the new code (each is reported).
 	Force bool
@@ -216,8 +216,8 @@ type Result struct {
 	// "transition" or "reverting", with Pending tasks left; "unknown" when
 	// the target could not be read (the error says why). An error may come
 	// with a Result: then it says where the target was left.
-	State   string `json:"state"`
-	Pending int    `json:"pending"`
+	State   State `json:"state"`
+	Pending int   `json:"pending"`
 	// Forced lists the tasks a Force moved to the new code while they
 	// still had old code on their stacks.
 	Forced []string `json:"forced"`
@@ -241,8 +241,8 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if len(reps) == 0 {
 		return fail("", ErrBadRequest, "give at least one OLD=NEW replacement")
 	}
-	if o.OnTimeout != "" && o.OnTimeout != OnTimeoutRevert && o.OnTimeout != OnTimeoutStay {
-		return fail("", ErrBadRequest, fmt.Sprintf("on-timeout %q: want %q or %q", o.OnTimeout, OnTimeoutRevert, OnTimeoutStay))
+	if err := o.check(); err != nil {
+		return fail("", err, "")
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
@@ -339,9 +339,6 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	mode := o.Mode
 	if mode == "" {
 		mode = ModeStop
-	}
-	if mode != ModeStop && mode != ModeGradual && mode != ModeAuto {
-		return fail("", ErrBadRequest, fmt.Sprintf("mode %q: want %q, %q or %q", o.Mode, ModeStop, ModeGradual, ModeAuto))
 	}
 	disp, canDispatch := t.arch.(trampoline.Dispatcher)
 	if fn := t.notGo(ps); fn != "" {
@@ -666,7 +663,7 @@ func (t *Target) Status() (_ []Record, err error) {
 				kind = "goroutine"
 			}
 			for _, e := range es {
-				rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: kind, ID: e.ID, Key: e.Key})
+				rec.PendingTasks = append(rec.PendingTasks, PendingTask{Kind: TaskKind(kind), ID: e.ID, Key: e.Key})
 			}
 		}
 		out = append(out, *rec)
@@ -679,7 +676,7 @@ func (t *Target) Status() (_ []Record, err error) {
 // says what the writer meant, the bytes say what happened (the writer may have
 // been killed between the two). Bytes it cannot read are an error: no state
 // is guessed without them.
-func liveState(mem readerAt, rec *Record, state uint32) (string, error) {
+func liveState(mem readerAt, rec *Record, state uint32) (State, error) {
 	var orig, jumps, stubs int
 	for _, f := range rec.Functions {
 		live := make([]byte, len(f.Original))
@@ -737,6 +734,9 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (_ *Resu
 	defer t.explain("revert", &err)
 	fail := func(err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
+	}
+	if err := o.check(); err != nil {
+		return fail(err, "")
 	}
 	o = o.withDefaults()
 	records, err := t.Status()
@@ -861,6 +861,9 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 // record (see Leftovers; stubs in padding too).
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, err error) {
 	defer t.explain("revert", &err)
+	if err := o.check(); err != nil {
+		return nil, &Error{Op: "revert", Pid: t.pid, Err: err}
+	}
 	if _, err := t.cleanup(ctx, o); err != nil {
 		return nil, err
 	}
@@ -906,7 +909,7 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // source returns where tasks come from: the threads, and for a Go target its
 // goroutines.
 func (t *Target) source() (consistency.Source, error) {
-	src := consistency.Source{Proc: t.proc, Unwinder: t.unw}
+	src := consistency.Source{Proc: t.proc, Unwinder: t.unw, Symbols: t.syms}
 	if !t.goRTOK {
 		t.goRTOK = true
 		t.goRT, t.goRTErr = t.loadGoRuntime()
@@ -945,9 +948,9 @@ func (t *Target) loadGoRuntime() (*goruntime.Runtime, error) {
 	return rt, nil
 }
 
-// Threads stops the target once, unwinds every thread (and every goroutine
-// of a Go target) and resumes it.
-func (t *Target) Threads() (consistency.Snapshot, error) {
+// snapshot stops the target once, unwinds every thread (and every
+// goroutine of a Go target) and resumes it (Threads names its frames).
+func (t *Target) snapshot() (consistency.Snapshot, error) {
 	src, err := t.source()
 	if err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
@@ -963,10 +966,4 @@ func (t *Target) Threads() (consistency.Snapshot, error) {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
 	return snap, nil
-}
-
-// FormatStack renders a stack of the target with symbol names, one frame
-// per line.
-func FormatStack(t *Target, s unwind.Stack) string {
-	return consistency.FormatStack(s, t.syms.Symbolize, "\n    ")
 }

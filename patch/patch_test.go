@@ -18,7 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -149,7 +149,7 @@ func TestApplyRevert(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, recs, 1)
 			require.Equal(t, res.ID, recs[0].ID)
-			require.Equal(t, "applied", recs[0].State)
+			require.Equal(t, patch.StateApplied, recs[0].State)
 			require.Equal(t, svc.old, recs[0].Functions[0].Old)
 
 			// Applying the same function again is refused.

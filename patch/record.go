@@ -44,20 +44,20 @@ const (
 	stateReverting  uint32 = 5 // reverting: the table lists the tasks still on the new code
 )
 
-func stateName(s uint32) string {
+func stateName(s uint32) State {
 	switch s {
 	case statePrepared:
-		return "prepared"
+		return StatePrepared
 	case stateApplied:
-		return "applied"
+		return StateApplied
 	case stateReverted:
-		return "reverted"
+		return StateReverted
 	case stateTransition:
-		return "transition"
+		return StateTransition
 	case stateReverting:
-		return "reverting"
+		return StateReverting
 	}
-	return fmt.Sprintf("state(%d)", s)
+	return State(fmt.Sprintf("state(%d)", s))
 }
 
 // Bytes is a byte slice that marshals as hex.
@@ -113,10 +113,12 @@ type Record struct {
 	ID        string     `json:"id"`
 	Created   time.Time  `json:"created"`
 	Functions []Function `json:"functions"`
-	// State is "applied", "prepared" (inert: no jump written), "partial"
-	// (some jumps written: a patcher died mid-write) or "reverted". It is
+	// State is StateApplied, StatePrepared (inert: no jump written),
+	// StatePartial (some jumps written: a patcher died mid-write),
+	// StateReverted, or StateTransition or StateReverting (a gradual
+	// transition with Pending tasks). It is
 	// derived from the code bytes when the record is read.
-	State string `json:"state"`
+	State State `json:"state"`
 	// Region and RegionSize locate the patch memory in the target.
 	Region     uint64 `json:"region"`
 	RegionSize uint64 `json:"region_size"`
@@ -134,9 +136,9 @@ type Record struct {
 
 // PendingTask is a task a transition waits for.
 type PendingTask struct {
-	Kind string `json:"kind"` // "goroutine" or "thread"
-	ID   uint64 `json:"id"`
-	Key  uint64 `json:"key"`
+	Kind TaskKind `json:"kind"` // TaskGoroutine or TaskThread
+	ID   uint64   `json:"id"`
+	Key  uint64   `json:"key"`
 }
 
 func encodeRecord(r *Record, state uint32) ([]byte, error) {

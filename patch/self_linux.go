@@ -62,7 +62,8 @@ type selfRep struct {
 }
 
 type selfOpts struct {
-	Mode, OnTimeout   string
+	Mode              Mode
+	OnTimeout         OnTimeout
 	Timeout, Interval time.Duration
 	Force             bool
 	AllowInlined      bool

@@ -104,13 +104,13 @@ func TestFuncUnderLoad(t *testing.T) {
 	// default) gives those the old code until they leave it.
 	p, err := patch.FuncWith(answer, otherAnswer, patch.FuncOptions{Timeout: 20 * time.Second})
 	require.NoError(t, err)
-	require.Equal(t, "applied", p.Result().State)
+	require.Equal(t, patch.StateApplied, p.Result().State)
 	t.Logf("apply: pause %v, %d attempt(s)", p.Result().Pause, p.Result().Attempts)
 	require.Equal(t, 2, answer())
 	h.sees(t, 2)
 
 	require.NoError(t, p.Revert())
-	require.Equal(t, "reverted", p.Result().State)
+	require.Equal(t, patch.StateReverted, p.Result().State)
 	t.Logf("revert: pause %v, %d attempt(s)", p.Result().Pause, p.Result().Attempts)
 	h.reverted.Store(true)
 	require.Equal(t, 1, answer())
@@ -196,7 +196,7 @@ func TestFuncParkedGoroutine(t *testing.T) {
 	p, err := patch.FuncWith(parked, parkedNew, patch.FuncOptions{
 		Mode: patch.ModeGradual, Timeout: 300 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 	require.NoError(t, err)
-	require.Equal(t, "transition", p.Result().State)
+	require.Equal(t, patch.StateTransition, p.Result().State)
 	require.Equal(t, 1, p.Result().Pending)
 
 	ch2 := make(chan int, 1)
@@ -206,7 +206,7 @@ func TestFuncParkedGoroutine(t *testing.T) {
 	require.Equal(t, 101, <-got, "the parked goroutine kept the old code")
 
 	require.NoError(t, p.Resume())
-	require.Equal(t, "applied", p.Result().State)
+	require.Equal(t, patch.StateApplied, p.Result().State)
 	ch2 <- 1
 	require.Equal(t, 201, parked(ch2))
 	require.NoError(t, p.Revert())

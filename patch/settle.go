@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 )
 
 // Every wait of this package is bounded by a timeout and by the caller's
@@ -59,7 +59,7 @@ func (t *Target) blocked(bs []consistency.Blocker, attempts int) error {
 	if len(bs) == 0 {
 		return nil
 	}
-	return &consistency.BlockedError{Blockers: bs, Attempts: attempts, Symbolize: t.syms.Symbolize}
+	return &consistency.BlockedError{Blockers: bs, Attempts: attempts, Symbolize: t.syms.Symbolize, Symbols: t.syms}
 }
 
 // readBack sets res.State and res.Pending from the target: the state of the
@@ -108,7 +108,7 @@ func stateHint(res *Result) string {
 	case "reverting":
 		return fmt.Sprintf("the patch is reverting, %d task(s) pending; the target is consistent: Resume or Revert finish the revert once they leave", res.Pending)
 	case "applied", "reverted":
-		return "the patch is " + res.State
+		return "the patch is " + string(res.State)
 	}
 	return fmt.Sprintf("the patch is %s: read its state with Status before anything else", res.State)
 }

@@ -357,7 +357,7 @@ func tortureAfterKill(t *testing.T, tt *tortureTarget, before []string, at strin
 	accounted := map[uint64]bool{}
 	var changed [][2]uint64 // code a record or a leftover accounts for
 	for _, r := range recs {
-		require.NotEqual(t, "partial", r.State, "killed at %s", at)
+		require.NotEqual(t, patch.StatePartial, r.State, "killed at %s", at)
 		accounted[r.Region] = true
 		for _, f := range r.Functions {
 			changed = append(changed, [2]uint64{f.PatchAddr, f.PatchAddr + uint64(len(f.Jump))})
@@ -383,7 +383,7 @@ diffs:
 		}
 		res, err := tg.Resume(context.Background(), r.ID, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
 		require.NoError(t, err, "killed at %s: resume %s", at, r.ID)
-		require.Contains(t, []string{"applied", "reverted"}, res.State)
+		require.Contains(t, []patch.State{patch.StateApplied, patch.StateReverted}, res.State)
 		left, err := tg.Leftovers()
 		require.NoError(t, err)
 		require.Empty(t, left, "killed at %s: after resume", at)

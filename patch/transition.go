@@ -11,7 +11,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/trampoline"
 )
 
@@ -21,11 +21,11 @@ const autoStopTries = 50 * time.Millisecond
 // Progress reports one pause of a gradual transition.
 type Progress struct {
 	ID string `json:"id"`
-	// Event is "transition" (the first pause: universes assigned),
-	// "progress", "forced", "applied", "reverting", "reverted" or "timeout";
-	// in stop mode "retry" (a pause found tasks in the functions: nothing
-	// was written, another pause follows).
-	Event string `json:"event"`
+	// Event is EventTransition (the first pause: universes assigned),
+	// EventProgress, EventForced, EventApplied, EventReverting,
+	// EventReverted or EventTimeout; in stop mode EventRetry (a pause found
+	// tasks in the functions: nothing was written, another pause follows).
+	Event Event `json:"event"`
 	// Pending is the number of tasks the transition still waits for.
 	Pending int `json:"pending"`
 	// Moved is the number of tasks this pause moved to their new universe.
@@ -269,7 +269,7 @@ func (t *Target) setState(rec *Record, state uint32) error {
 	if err := t.writeMem(rec.Region+stateOffset, st[:]); err != nil {
 		return err
 	}
-	step("state:" + stateName(state))
+	step("state:" + string(stateName(state)))
 	return nil
 }
 
@@ -768,6 +768,9 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 // goes first (see Leftovers).
 func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
 	defer t.explain("resume", &err)
+	if err := o.check(); err != nil {
+		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
+	}
 	o = o.withDefaults()
 	if _, err := t.cleanup(ctx, o); err != nil {
 		return nil, err
@@ -810,7 +813,7 @@ func (t *Target) report(o ApplyOptions, rec *Record, event string, pending, move
 	if o.Progress == nil {
 		return
 	}
-	p := Progress{ID: rec.ID, Event: event, Pending: pending, Moved: moved, Pause: pause, PauseMicros: pause.Microseconds()}
+	p := Progress{ID: rec.ID, Event: Event(event), Pending: pending, Moved: moved, Pause: pause, PauseMicros: pause.Microseconds()}
 	es := entries(keep)
 	for i, e := range es {
 		if i == 5 {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
@@ -89,7 +89,7 @@ func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
 	recs, err := tg.Status()
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
-	require.Equal(t, "transition", recs[0].State)
+	require.Equal(t, patch.StateTransition, recs[0].State)
 	require.Equal(t, n, recs[0].Pending)
 
 	// New tasks enter the new serve, and call the new verA and verB.
@@ -107,19 +107,19 @@ func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
 		t.Fatal("the transition did not finish after the old tasks returned")
 	}
 	require.NoError(t, o.err)
-	require.Equal(t, "applied", o.res.State)
+	require.Equal(t, patch.StateApplied, o.res.State)
 	t.Logf("%d tasks: transition finished %v after their release (%d pauses)", n, time.Since(released), o.res.Attempts)
 	v1, v2, mix = round(t, p)
 	require.Equal(t, [3]int{0, 10, 0}, [3]int{v1, v2, mix})
 	recs, err = tg.Status()
 	require.NoError(t, err)
-	require.Equal(t, "applied", recs[0].State)
+	require.Equal(t, patch.StateApplied, recs[0].State)
 	require.Zero(t, recs[0].Pending)
 
 	// A revert with a task inside the new serve goes back the same way.
 	rr, err := tg.Revert(context.Background(), o.res.ID, patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 200 * time.Millisecond, Interval: 10 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 	require.NoError(t, err)
-	require.Equal(t, "reverting", rr.State, "the 10 new tasks are inside the new serve")
+	require.Equal(t, patch.StateReverting, rr.State, "the 10 new tasks are inside the new serve")
 	require.Equal(t, 10, rr.Pending)
 	command(t, p, "start 5", regexp.MustCompile(`^batch 2 started 5$`))
 	v1, v2, mix = round(t, p)
@@ -127,7 +127,7 @@ func universeCase(t *testing.T, p *fixture.Proc, prefix string, n int) {
 	command(t, p, "stop 1", regexp.MustCompile(`^batch 1 stopped 10$`))
 	rr, err = tg.Resume(context.Background(), o.res.ID, patch.ApplyOptions{Timeout: time.Minute, Interval: 10 * time.Millisecond})
 	require.NoError(t, err)
-	require.Equal(t, "reverted", rr.State)
+	require.Equal(t, patch.StateReverted, rr.State)
 	v1, v2, mix = round(t, p)
 	require.Equal(t, [3]int{5, 0, 0}, [3]int{v1, v2, mix})
 	command(t, p, "stop 2", regexp.MustCompile(`^batch 2 stopped 5$`))
@@ -181,7 +181,7 @@ func TestUniverseTimeoutReverts(t *testing.T) {
 	// A second patch while one is in transition is refused.
 	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 100 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 	require.NoError(t, err)
-	require.Equal(t, "transition", res.State)
+	require.Equal(t, patch.StateTransition, res.State)
 	_, err = tg.Apply(context.Background(), []patch.Replacement{{Old: "main.verAFixed", New: "main.verBFixed"}}, patch.ApplyOptions{})
 	require.ErrorIs(t, err, patch.ErrInTransition)
 	require.Contains(t, err.Error(), res.ID)
@@ -189,7 +189,7 @@ func TestUniverseTimeoutReverts(t *testing.T) {
 	// Force: the 20 tasks are moved (and named), the patch is applied.
 	res, err = tg.Resume(context.Background(), res.ID, patch.ApplyOptions{Timeout: 50 * time.Millisecond, Force: true})
 	require.NoError(t, err)
-	require.Equal(t, "applied", res.State)
+	require.Equal(t, patch.StateApplied, res.State)
 	require.Len(t, res.Forced, 20)
 	require.Contains(t, res.Forced[0], "goroutine ")
 	_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto})
@@ -209,9 +209,9 @@ func TestUniverseC(t *testing.T) {
 // target runs on, no task ever sees a mix of versions, the record is never
 // "partial", and a new tool reverts everything to the original bytes.
 func TestDeathAtEveryWrite(t *testing.T) {
-	for _, mode := range []string{patch.ModeStop, patch.ModeGradual} {
+	for _, mode := range []patch.Mode{patch.ModeStop, patch.ModeGradual} {
 		for _, phase := range []string{"apply", "revert"} {
-			t.Run(mode+"-"+phase, func(t *testing.T) {
+			t.Run(string(mode)+"-"+phase, func(t *testing.T) {
 				for n := 1; n < 100; n++ {
 					if !deathCase(t, mode, phase, n) {
 						t.Logf("%s %s: survived a death before each of %d writes", mode, phase, n-1)
@@ -225,7 +225,7 @@ func TestDeathAtEveryWrite(t *testing.T) {
 }
 
 // deathCase dies before the n-th write; it reports whether it died.
-func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
+func deathCase(t *testing.T, mode patch.Mode, phase string, n int) (died bool) {
 	t.Helper()
 	p := fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
 	defer p.Kill()
@@ -240,7 +240,7 @@ func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
 	if phase == "revert" {
 		res, err := tg.Apply(context.Background(), universeSet("main."), opts)
 		require.NoError(t, err)
-		require.Contains(t, []string{"applied", "transition"}, res.State)
+		require.Contains(t, []patch.State{patch.StateApplied, patch.StateTransition}, res.State)
 	}
 	func() {
 		defer func() {
@@ -274,7 +274,7 @@ func deathCase(t *testing.T, mode, phase string, n int) (died bool) {
 	recs, err := tg2.Status()
 	require.NoError(t, err)
 	for _, r := range recs {
-		require.NotEqual(t, "partial", r.State, "death before write %d", n)
+		require.NotEqual(t, patch.StatePartial, r.State, "death before write %d", n)
 	}
 	last := 0
 	if busy > 0 {
@@ -358,12 +358,12 @@ func revertUnfinished(t *testing.T, p *fixture.Proc, prefix string) {
 	require.NotContains(t, err.Error(), "original bytes are back")
 	require.Contains(t, err.Error(), "reverting")
 	require.NotNil(t, res, "the result says where the target was left")
-	require.Equal(t, "reverting", res.State)
+	require.Equal(t, patch.StateReverting, res.State)
 	require.Equal(t, 1, res.Pending)
 	recs, err := tg.Status()
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
-	require.Equal(t, "reverting", recs[0].State)
+	require.Equal(t, patch.StateReverting, recs[0].State)
 	require.Equal(t, 1, recs[0].Pending)
 	v1, v2, mix := round(t, p)
 	require.Equal(t, [3]int{5, 1, 0}, [3]int{v1, v2, mix}, "the direct goroutine keeps the new verA and verB")
@@ -373,13 +373,13 @@ func revertUnfinished(t *testing.T, p *fixture.Proc, prefix string) {
 	require.ErrorIs(t, err, patch.ErrBlocked)
 	require.Contains(t, err.Error(), "reverting")
 	require.NotNil(t, res)
-	require.Equal(t, "reverting", res.State)
+	require.Equal(t, patch.StateReverting, res.State)
 	require.Equal(t, 1, res.Pending)
 
 	command(t, p, "stop 1", regexp.MustCompile(`^batch 1 stopped 1$`))
 	res, err = tg.Resume(context.Background(), recs[0].ID, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 10 * time.Millisecond})
 	require.NoError(t, err)
-	require.Equal(t, "reverted", res.State)
+	require.Equal(t, patch.StateReverted, res.State)
 	require.Equal(t, untouched, code(t, tg, p.Pid, prefix+"serve", prefix+"verA", prefix+"verB"))
 	recs, err = tg.Status()
 	require.NoError(t, err)
@@ -400,7 +400,7 @@ func TestTransitionStubRetriesBounded(t *testing.T) {
 	res, err := tg.Apply(context.Background(), universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual,
 		Timeout: 100 * time.Millisecond, Interval: 10 * time.Millisecond, OnTimeout: patch.OnTimeoutStay})
 	require.NoError(t, err)
-	require.Equal(t, "transition", res.State)
+	require.Equal(t, patch.StateTransition, res.State)
 	id := res.ID
 
 	tests := []struct {
@@ -455,10 +455,10 @@ func TestTransitionStubRetriesBounded(t *testing.T) {
 			require.Contains(t, o.err.Error(), "stub")
 			recs, err := tg.Status()
 			require.NoError(t, err)
-			require.Equal(t, "transition", recs[0].State)
+			require.Equal(t, patch.StateTransition, recs[0].State)
 			require.Equal(t, 5, recs[0].Pending)
 			if o.res != nil {
-				require.Equal(t, "transition", o.res.State)
+				require.Equal(t, patch.StateTransition, o.res.State)
 			}
 		})
 	}
@@ -488,7 +488,7 @@ func TestRevertCancelledKeepsCause(t *testing.T) {
 	require.Len(t, be.Blockers, 3)
 	recs, err := tg.Status()
 	require.NoError(t, err)
-	require.Equal(t, "applied", recs[0].State)
+	require.Equal(t, patch.StateApplied, recs[0].State)
 	command(t, p, "stop 0", regexp.MustCompile(`^batch 0 stopped 3$`))
 	_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})
 	require.NoError(t, err)

@@ -136,6 +136,10 @@ func goMorestackTail(code []byte, addr, morestackNoctxt uint64) ([]byte, uint64,
 			}
 			return spills, pc + uint64(in.Len), nil
 		}
+		if in.Op == x86asm.NOP {
+			pc += uint64(in.Len) // the assembler's alignment of the call
+			continue
+		}
 		if in.ripDispOff >= 0 || in.PCRel != 0 || !spillsToStack(in) {
 			return nil, 0, fmt.Errorf("the stack-growth tail at %#x holds %s, not an argument spill", addr, in)
 		}

@@ -71,3 +71,26 @@ func TestGoOriginalEntry(t *testing.T) {
 		"48ba" + "00000100c0000000" + "e9")
 	require.Equal(t, want, b[:len(want)])
 }
+
+// goGreet is func greet(name string) string { return "hello, " + name } as
+// Go 1.26 compiled it at 0x86bb20: the assembler put a 4-byte NOP (nopl
+// 0(%rax)) between the spills of its stack-growth tail and the call of
+// runtime.morestack_noctxt (0x491800), which it aligns.
+const goGreet = "493b6610762c554889e54883ec284889442438b9070000004889c74889de31c0488d1d8eaf1800e8f448c0ff4883c4285dc34889442408" +
+	"48895c24100f1f4000e89b5cc2ff488b44240848" + "8b5c2410ebaf"
+
+// TestGoOriginalNopInTail: a NOP among the stack-growth tail's spills is
+// alignment, not code the original needs: it is left out, and the spills
+// around it are kept (Wrap of any function with a string argument met it).
+func TestGoOriginalNopInTail(t *testing.T) {
+	code, err := hex.DecodeString(goGreet)
+	require.NoError(t, err)
+	fn := trampoline.Func{Name: "main.greet", Addr: 0x86bb20, Code: code}
+	orig, err := trampoline.AMD64{}.GoOriginal(fn, 0x500000, 0x500000, morestack, 0x491800, 5)
+	require.NoError(t, err)
+	spills, _ := hex.DecodeString("488944240848895c2410")
+	require.Equal(t, []byte{0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86}, orig[:6], "the stack check and its jbe to the thunk's tail")
+	tail := 10 + int(int32(binary.LittleEndian.Uint32(orig[6:])))
+	require.Equal(t, spills, orig[tail:tail+len(spills)])
+	require.Equal(t, []byte{0x48, 0xba}, orig[tail+len(spills):tail+len(spills)+2], "RDX = marker right after the spills")
+}

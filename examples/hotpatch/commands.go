@@ -25,8 +25,20 @@ func (r *replaceFlags) Set(s string) error {
 	return nil
 }
 
-// modes are the values of --mode.
-var modes = []string{patch.ModeStop, patch.ModeGradual, patch.ModeAuto}
+// modes and onTimeouts are the values of --mode and --on-timeout.
+var (
+	modes      = names(patch.Modes())
+	onTimeouts = names(patch.OnTimeouts())
+)
+
+// names returns the text of named string values.
+func names[T ~string](vs []T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = string(v)
+	}
+	return out
+}
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := newFlags("apply", stdout, true, true, true)
@@ -36,8 +48,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	unpinned := c.fs.Bool("unpinned", false, "accept a --lib that declares no HOTPATCH_PIN build ID")
 	allowInlined := c.fs.Bool("allow-inlined", false, "patch only the out-of-line copy of a function the compiler also inlined into callers, or may have (those copies keep the old code)")
 	skipSig := c.fs.Bool("skip-signature-check", false, "apply a NEW whose parameters or results differ from OLD's as DWARF or the Go function table record them")
-	mode := c.choice("mode", patch.ModeStop, "stop: one pause in which no task may be in the functions; gradual: tasks busy in them keep the old code until they leave (per-task universes); auto: stop, then gradual if tasks stay busy", modes...)
-	onTimeout := c.choice("on-timeout", patch.OnTimeoutRevert, "what a gradual transition does when --timeout passes with tasks pending: revert, or stay in transition (exit status 3)", patch.OnTimeoutRevert, patch.OnTimeoutStay)
+	mode := c.choice("mode", string(patch.ModeStop), "stop: one pause in which no task may be in the functions; gradual: tasks busy in them keep the old code until they leave (per-task universes); auto: stop, then gradual if tasks stay busy", modes...)
+	onTimeout := c.choice("on-timeout", string(patch.OnTimeoutRevert), "what a gradual transition does when --timeout passes with tasks pending: revert, or stay in transition (exit status 3)", onTimeouts...)
 	force := c.fs.Bool("force", false, "at --timeout, move the pending tasks to the new code anyway (each is reported)")
 	interval := c.fs.Duration("interval", 20*time.Millisecond, "time between the short pauses of a gradual transition")
 	resume := c.fs.Bool("resume", false, "drive a transition left by an earlier apply or revert (--id, or the one in transition) to its end")
@@ -45,7 +57,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	c.mode = *mode
+	c.mode = patch.Mode(*mode)
 	if *resume {
 		c.mode = patch.ModeGradual // a transition already runs
 	}
@@ -64,10 +76,10 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
-		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
+	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: patch.Mode(*mode),
+		OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
 		SkipSignatureCheck: *skipSig}
-	streaming := c.json && (*mode != patch.ModeStop || *resume)
+	streaming := c.json && (patch.Mode(*mode) != patch.ModeStop || *resume)
 	opts.Progress = newProgress(stdout, stderr, streaming, c.timeout).report
 	var res *patch.Result
 	if *resume {
@@ -127,11 +139,11 @@ func warnApplied(stderr io.Writer, res *patch.Result) {
 // printApplied says what an apply (or a resume) did.
 func printApplied(stdout io.Writer, pid int, res *patch.Result) {
 	switch res.State {
-	case "transition", "reverting":
+	case patch.StateTransition, patch.StateReverting:
 		fmt.Fprintf(stdout, "%s %s: %d task(s) still pending after --timeout; the target stays in transition, consistent (hotpatch apply --pid %d --resume --id %s continues it)\n",
 			res.ID, res.State, res.Pending, pid, res.ID)
 		return
-	case "reverted":
+	case patch.StateReverted:
 		fmt.Fprintf(stdout, "reverted %s\n", res.ID)
 		return
 	}
@@ -145,12 +157,12 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	c := newFlags("revert", stdout, true, true, true)
 	id := c.fs.String("id", "", "`ID` of the patch to revert")
 	all := c.fs.Bool("all", false, "revert every applied patch, newest first, and remove what a killed hotpatch left")
-	mode := c.choice("mode", patch.ModeStop, "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)", modes...)
-	onTimeout := c.choice("on-timeout", patch.OnTimeoutStay, "what a gradual revert does when --timeout passes with tasks pending (stay: the target stays in a consistent transition, exit status 3)", patch.OnTimeoutRevert, patch.OnTimeoutStay)
+	mode := c.choice("mode", string(patch.ModeStop), "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)", modes...)
+	onTimeout := c.choice("on-timeout", string(patch.OnTimeoutStay), "what a gradual revert does when --timeout passes with tasks pending (stay: the target stays in a consistent transition, exit status 3)", onTimeouts...)
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	c.mode = *mode
+	c.mode = patch.Mode(*mode)
 	if (*id == "") == !*all {
 		return fmt.Errorf("%w: give exactly one of --id ID or --all", errUsage)
 	}
@@ -160,7 +172,7 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer t.Close()
 	var results []*patch.Result
-	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: *mode, OnTimeout: *onTimeout, Progress: newProgress(stdout, stderr, false, c.timeout).report}
+	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: patch.Mode(*mode), OnTimeout: patch.OnTimeout(*onTimeout), Progress: newProgress(stdout, stderr, false, c.timeout).report}
 	if *all {
 		results, err = t.RevertAll(ctx, opts)
 	} else {
@@ -218,7 +230,7 @@ func printReverted(stdout io.Writer, pid int, results []*patch.Result) {
 		fmt.Fprintln(stdout, "nothing to revert")
 	}
 	for _, r := range results {
-		if r.State == "reverting" {
+		if r.State == patch.StateReverting {
 			fmt.Fprintf(stdout, "%s reverting: %d task(s) still on the new code; hotpatch apply --pid %d --resume --id %s finishes it\n", r.ID, r.Pending, pid, r.ID)
 			continue
 		}

@@ -39,7 +39,7 @@ func errorFields(err error, res *patch.Result) map[string]any {
 
 // inTransition reports whether res leaves its patch in a transition.
 func inTransition(res *patch.Result) bool {
-	return res != nil && (res.State == "transition" || res.State == "reverting")
+	return res != nil && (res.State == patch.StateTransition || res.State == patch.StateReverting)
 }
 
 // leftIn adds to err where the target was left when that is unfinished

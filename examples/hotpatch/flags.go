@@ -26,7 +26,7 @@ type common struct {
 	json    bool
 	timeout time.Duration
 	// mode is the --mode given (stop unless the command has another).
-	mode string
+	mode patch.Mode
 	// maxArgs is how many positional words the command takes.
 	maxArgs int
 	args    []string

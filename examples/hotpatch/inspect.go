@@ -120,17 +120,17 @@ func cmdThreads(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return c.fail(stdout, err)
 	}
 	tasks, hidden := []taskJSON{}, 0
-	for _, task := range snap.Tasks {
-		if task.Kind == "goroutine" && task.Thread == 0 && !*all {
+	for _, task := range snap {
+		if task.Kind == patch.TaskGoroutine && task.Thread == 0 && !*all {
 			hidden++
 			continue
 		}
 		if !c.json {
-			fmt.Fprintf(stdout, "%s%s\n", task, patch.FormatStack(t, task.Stack))
+			fmt.Fprintf(stdout, "%s%s\n", task, indent(task.Stack.String(), "\n    "))
 			continue
 		}
-		j := taskJSON{Kind: task.Kind, ID: task.ID, Thread: task.Thread, Status: task.Status, Wait: task.Wait,
-			Reliable: task.Stack.Reliable, Reason: task.Stack.Reason, Frames: []frameJSON{}}
+		j := taskJSON{Kind: string(task.Kind), ID: task.ID, Thread: task.Thread, Status: task.Status, Wait: task.Wait,
+			Reliable: task.Stack.Reliable, Reason: task.Stack.Why, Frames: []frameJSON{}}
 		for i, f := range task.Stack.Frames {
 			j.Frames = append(j.Frames, frameOf(t, f.PC, i > 0))
 		}
@@ -167,4 +167,12 @@ func baseName(p string) string {
 		return p[i+1:]
 	}
 	return p
+}
+
+// indent puts prefix before every line of s ("" stays "").
+func indent(s, prefix string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + strings.ReplaceAll(s, "\n", prefix)
 }

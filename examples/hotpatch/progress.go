@@ -52,7 +52,7 @@ func (p *progress) report(ev patch.Progress) {
 			line += " in " + ev.Oldest[0].Stack[0]
 		}
 	}
-	routine := ev.Event == "progress" || ev.Event == "retry"
+	routine := ev.Event == patch.EventProgress || ev.Event == patch.EventRetry
 	if p.tty && routine {
 		fmt.Fprintf(p.stderr, "\r\033[K%s", line)
 		return
@@ -65,7 +65,7 @@ func (p *progress) report(ev patch.Progress) {
 		fmt.Fprint(p.stderr, "\r\033[K")
 	}
 	fmt.Fprintln(p.stderr, line)
-	if ev.Event == "transition" || ev.Event == "reverting" || ev.Event == "timeout" {
+	if ev.Event == patch.EventTransition || ev.Event == patch.EventReverting || ev.Event == patch.EventTimeout {
 		for _, o := range ev.Oldest {
 			fmt.Fprintf(p.stderr, "  %s\n", o.Task)
 			for i, f := range o.Stack {

@@ -55,7 +55,7 @@ var Packages = []Package{
 	{Path: "internal/cfi"},
 	{Path: "internal/unwind"},
 	{Path: "elfsym"},
-	{Path: "consistency"},
+	{Path: "internal/consistency"},
 	// The trampolines are pure computation chosen by the target's ELF
 	// machine: the x86-64 tests run here too, and the arm64 relocated code
 	// and dispatch stubs are executed on the arm64 CPU.

@@ -66,7 +66,7 @@ func goLab(t *testing.T) (*elfsym.Table, *unwind.Unwinder, func(pc uint64, ret b
 	t.Helper()
 	tab, err := elfsym.LoadFile(fixture.BuildGo(t, "gotasks", ""))
 	require.NoError(t, err)
-	u := tab.Unwinder()
+	u := unwind.ForTable(tab)
 	require.NoError(t, u.Prepare())
 	goTab, err := u.Modules[0].GoTable(u.Arch)
 	require.NoError(t, err)
@@ -148,7 +148,7 @@ func TestGoSignalFrame(t *testing.T) {
 func TestGoSwitchedStack(t *testing.T) {
 	tab, err := elfsym.LoadFile(fixture.BuildGo(t, "gotasks", ""))
 	require.NoError(t, err)
-	u := tab.Unwinder()
+	u := unwind.ForTable(tab)
 	s, err := tab.Lookup("runtime.systemstack")
 	require.NoError(t, err)
 	regs := make([]uint64, 17)

@@ -13,10 +13,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
 // comm returns a thread's name.
@@ -109,7 +110,7 @@ func TestUnwindThroughVDSO(t *testing.T) {
 	defer pr.Close()
 	tab, err := elfsym.Load(p.Pid, pr)
 	require.NoError(t, err)
-	u := tab.Unwinder()
+	u := unwind.ForTable(tab)
 	var vdso *elfsym.Module
 	for _, m := range tab.Modules {
 		if m.Path == "[vdso]" {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
@@ -129,6 +130,9 @@ type BlockedError struct {
 	Attempts int
 	// Symbolize formats an address for the report (may be nil).
 	Symbolize func(uint64) string
+	// Symbols, when set, is the target's symbol table, for a caller that
+	// names the blockers' frames (the report uses Symbolize).
+	Symbols *elfsym.Table
 }
 
 // Is reports target == ErrBlocked.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
@@ -14,6 +15,9 @@ import (
 type Source struct {
 	Proc     *tracee.Process
 	Unwinder *unwind.Unwinder
+	// Symbols, when set, is the target's symbol table, which a
+	// *BlockedError carries for its caller.
+	Symbols *elfsym.Table
 	// Go is the runtime of a Go target, whose goroutines are tasks too;
 	// nil for other targets.
 	Go *goruntime.Runtime

@@ -17,8 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
@@ -361,7 +361,7 @@ func sampleGDB(t *testing.T, gdb string, pid, n int, st *diffStats) {
 	defer p.Close()
 	tab, err := elfsym.Load(pid, p)
 	require.NoError(t, err)
-	u := tab.Unwinder()
+	u := unwind.ForTable(tab)
 	require.NoError(t, u.Prepare())
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	for i := 0; i < n; i++ {

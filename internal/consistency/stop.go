@@ -52,7 +52,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 			if len(last) > 0 {
 				// Both causes stay matchable: the cancellation and the
 				// tasks that kept us waiting.
-				return res, fmt.Errorf("consistency: %w before attempt %d (last attempt: %w)", err, res.Attempts+1, &BlockedError{Blockers: last, Attempts: res.Attempts, Symbolize: symbolize})
+				return res, fmt.Errorf("consistency: %w before attempt %d (last attempt: %w)", err, res.Attempts+1, &BlockedError{Blockers: last, Attempts: res.Attempts, Symbolize: symbolize, Symbols: src.Symbols})
 			}
 			return res, fmt.Errorf("consistency: %w before attempt %d", err, res.Attempts+1)
 		}
@@ -87,7 +87,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		}
 		last = blockers
 		if time.Now().Add(wait).After(deadline) {
-			return res, &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize}
+			return res, &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize, Symbols: src.Symbols}
 		}
 		if pol.Retry != nil {
 			pol.Retry(res.Attempts, res.Pause, blockers)
@@ -96,7 +96,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		case <-ctx.Done():
 			// Both causes stay matchable: the cancellation and the
 			// tasks that kept us waiting.
-			return res, fmt.Errorf("consistency: %w (last attempt: %w)", ctx.Err(), &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize})
+			return res, fmt.Errorf("consistency: %w (last attempt: %w)", ctx.Err(), &BlockedError{Blockers: blockers, Attempts: res.Attempts, Symbolize: symbolize, Symbols: src.Symbols})
 		case <-time.After(wait):
 		}
 		if wait *= 2; wait > pol.MaxBackoff {

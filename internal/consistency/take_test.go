@@ -8,10 +8,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/hotpatch-dev/hotpatch/consistency"
 	"github.com/hotpatch-dev/hotpatch/elfsym"
+	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
 // names returns a stack's frames as function names.
@@ -43,7 +44,7 @@ func snapshot(t *testing.T, pid int) (*elfsym.Table, consistency.Snapshot) {
 	// times until every stack is reliable, as the apply path does.
 	for i := 0; i < 20; i++ {
 		require.NoError(t, p.Stop())
-		snap, err = consistency.Source{Proc: p, Unwinder: tab.Unwinder()}.Take()
+		snap, err = consistency.Source{Proc: p, Unwinder: unwind.ForTable(tab)}.Take()
 		require.NoError(t, p.Resume())
 		require.NoError(t, err)
 		if len(consistency.Check(snap, nil)) == 0 {

@@ -498,3 +498,32 @@ func orphansBefore(rs [][2]uint64) []uint64 {
 	}
 	return out
 }
+
+// CallStore's result is written by the target itself at the address given
+// (the return stub stores it before the tracer reads it), and the call
+// returns it as Call does.
+func TestCallStore(t *testing.T) {
+	c := startCall(t)
+	page, err := c.p.Mmap(0, pageSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, c.p.Munmap(page, pageSize)) }()
+	for i := uint64(0); i < 3; i++ {
+		var got uint64
+		require.NoError(t, c.p.Borrow(0, func(th *Thread) error {
+			got, err = th.CallStore("add6", c.addr(t, "add6"), page+8*(i+1), 1, 2, 3, 4, 5, i)
+			return err
+		}))
+		require.Equal(t, 1+4+9+16+25+6*i, got)
+		b := make([]byte, 32)
+		_, err := c.p.ReadAt(b, int64(page))
+		require.NoError(t, err)
+		for k := uint64(0); k < 4; k++ {
+			want := uint64(0)
+			if k >= 1 && k <= i+1 {
+				want = 1 + 4 + 9 + 16 + 25 + 6*(k-1)
+			}
+			require.Equal(t, want, binaryLE(b[8*k:]), "word %d after call %d", k, i)
+		}
+	}
+	c.healthy(t)
+}

@@ -389,4 +389,5 @@ const (
 	MapPrivate        = 0x02
 	MapAnonymous      = 0x20
 	MapFixedNoreplace = 0x100000
+	MapNoreserve      = 0x4000
 )

@@ -187,9 +187,17 @@ type ApplyOptions struct {
 	// target exports.
 	// The library must be pinned with HOTPATCH_PIN (patch/include/hotpatch.h)
 	// to the build ID of each module holding an Old, unless Unpinned is set.
-	// If the Apply is refused the library is unloaded (dlclose); after a
-	// successful Apply it stays loaded, also after Revert. Each Apply
-	// loads a copy of its own, also of bytes loaded before.
+	// Each Apply loads a copy of its own, also of bytes loaded before (maps
+	// show /memfd:hotpatch:ID:NAME, ID the patch's). The copy has a record
+	// of its own in the target (its descriptor and handle, each written
+	// before the tool could lose it), and the patch's record names it
+	// (Record.Lib). It is unloaded (a remote dlclose, its mappings checked
+	// gone) when the Apply is refused, and when the patch is reverted
+	// (Revert, RevertAll, a Resume that ends reverted): after a pause that
+	// proves no task runs in, or will return into, any of its mappings,
+	// retried until Timeout. One a task stays in is left loaded and
+	// recorded: Result.LibLoaded says so, Leftovers lists it, and RevertAll
+	// unloads it once no task is in it.
 	Lib string
 	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
 	Unpinned bool
@@ -368,7 +376,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	// thunks, the dispatch stubs and an empty universe table. It is inert:
 	// nothing jumps there yet.
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
-	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
+	recordRoom := uint64(2048 + 1024*len(ps))
+	if lib != nil {
+		recordRoom += uint64(2*(len(lib.path)+len(lib.name)) + 128) // rec.Lib
+	}
+	thunkOff := roundUp(recordHdrSize+recordRoom, pageSize)
 	entryOff := thunkOff + slot*uint64(len(ps))                          // closure entries
 	origOff := entryOff + trampoline.GoOriginalEntrySize*uint64(len(ps)) // originals
 	stubOff := origOff + trampoline.GoOriginalMaxSize*uint64(len(ps))

@@ -311,6 +311,10 @@ func (t *Target) unloadUnused(ctx context.Context, o ApplyOptions) error {
 	var errs []error
 	for _, lr := range lrs {
 		if byRec[lr.addr] != "" || (lr.handle != 0 && byHandle[lr.handle] != "") {
+			// In use: only a descriptor left open goes.
+			if err := t.closeLibFds(lr); err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if err := t.unloadLib(ctx, lr, o.withDefaults().Timeout); err != nil {

@@ -527,3 +527,31 @@ func TestCallStore(t *testing.T) {
 	}
 	c.healthy(t)
 }
+
+// A tracer killed during a CallStore: the thread finishes the call by
+// itself and the result is at the store address all the same.
+func TestCallStoreTracerKilled(t *testing.T) {
+	c := startCall(t)
+	page, err := c.p.Mmap(0, pageSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	require.NoError(t, c.p.Close())
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=caller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
+		fmt.Sprintf("TRACEE_TEST_FN=%x", c.addr(t, "spin_add")), "TRACEE_TEST_MODE=running", fmt.Sprintf("TRACEE_TEST_STORE=%x", page+16))
+	m := c.Mark()
+	helper := startTarget(t, cmd)
+	c.ExpectAfter(t, m, regexp.MustCompile(`^spin_add running$`), 30*time.Second)
+	for _, l := range helper.Lines() {
+		require.NotContains(t, l, "returned", "the call ended before the kill")
+	}
+	helper.Kill()
+	helper.Wait()
+	time.Sleep(600 * time.Millisecond) // the call completes on its own
+	p := openT(t, c.Pid)
+	b := make([]byte, 8)
+	_, err = p.ReadAt(b, int64(page+16))
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), binaryLE(b), "the target stored the result of the call the killed tracer made")
+	c.p = p
+	c.healthy(t)
+}

@@ -66,8 +66,8 @@ func (l *loadedLib) ref() *LibRef {
 // prepareLib resolves the functions to replace, reads the library's bytes
 // once and checks their pins against the modules that hold them, then
 // loads exactly those bytes into the target for patch id (through a
-// sealed memfd and a remote dlopen) and reloads the target's symbols. With no library it
-// returns nil and changes nothing.
+// sealed memfd and a remote dlopen) and reloads the target's symbols.
+// With no library it returns nil and changes nothing.
 func (t *Target) prepareLib(ctx context.Context, id string, reps []Replacement, o ApplyOptions) (map[string]elfsym.Symbol, *loadedLib, error) {
 	if o.Lib == "" {
 		return nil, nil, nil

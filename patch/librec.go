@@ -4,6 +4,7 @@ package patch
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -340,7 +341,7 @@ func (t *Target) unloadAfterRevert(ctx context.Context, ref *LibRef, o ApplyOpti
 		return fmt.Sprintf("patch library %s stays loaded: %v", ref.Path, err)
 	}
 	byRec, byHandle := libUsers(recs)
-	if id := byRec[lr.addr] + byHandle[lr.handle]; id != "" {
+	if id := cmp.Or(byRec[lr.addr], byHandle[lr.handle]); id != "" {
 		return fmt.Sprintf("patch library %s stays loaded: patch %s uses it", ref.Path, id)
 	}
 	if err := t.unloadLib(ctx, lr, o.withDefaults().Timeout); err != nil {

@@ -29,6 +29,10 @@ type Leftover struct {
 	// Fd is the target's descriptor of the library's memfd
 	// (LeftoverLibFd).
 	Fd *int `json:"fd,omitempty"`
+	// Loaded says a LeftoverLib's copy is still mapped (else only its
+	// record is left: a tool killed after the dlclose, or before the
+	// dlopen).
+	Loaded bool `json:"loaded,omitempty"`
 }
 
 // Kinds of Leftover.
@@ -191,11 +195,16 @@ func (t *Target) libLeftovers() ([]Leftover, error) {
 	if err != nil {
 		return nil, err
 	}
+	maps, err := elfsym.ReadMappings(t.pid)
+	if err != nil {
+		return nil, err
+	}
 	byRec, byHandle := libUsers(recs)
 	var out []Leftover
 	for _, lr := range lrs {
 		if byRec[lr.addr] == "" && (lr.handle == 0 || byHandle[lr.handle] == "") {
-			out = append(out, Leftover{Kind: LeftoverLib, Addr: lr.addr, Size: libRecSize, Lib: lr.path, ID: lr.id})
+			out = append(out, Leftover{Kind: LeftoverLib, Addr: lr.addr, Size: libRecSize, Lib: lr.path, ID: lr.id,
+				Loaded: len(copyMappings(lr, maps)) > 0})
 		}
 		for _, fd := range t.libFds(lr) {
 			out = append(out, Leftover{Kind: LeftoverLibFd, Addr: lr.addr, Size: libRecSize, Lib: lr.path, ID: lr.id, Fd: &fd})

@@ -212,6 +212,8 @@ func TestRevertLibBusy(t *testing.T) {
 	}
 	require.Len(t, libLeft(), 1, "Leftovers lists the library")
 	require.Equal(t, mustEval(t, lib), libLeft()[0].Lib)
+	require.True(t, libLeft()[0].Loaded)
+	require.Equal(t, res.ID, libLeft()[0].ID)
 	recs, err := tg.Status()
 	require.NoError(t, err)
 	require.Empty(t, recs)

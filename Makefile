@@ -25,7 +25,7 @@ test: deps vet
 FUZZTIME ?= 2s
 FUZZ_TARGETS = \
 	./trampoline:FuzzParseTable ./trampoline:FuzzBuildTable ./trampoline:FuzzPlan ./trampoline:FuzzPlanARM64 \
-	./patch:FuzzReadRecord ./patch:FuzzParsePins ./elfsym:FuzzParseMappings ./internal/arch:FuzzFillerRun \
+	./patch:FuzzReadRecord ./patch:FuzzParseLibRecord ./patch:FuzzParsePins ./elfsym:FuzzParseMappings ./internal/arch:FuzzFillerRun \
 	./internal/gopcln:FuzzParse ./internal/gopcln:FuzzParseMutated \
 	./internal/cfi:FuzzParse ./internal/cfi:FuzzParseMutated ./internal/cfi:FuzzParseWithHdr ./internal/cfi:FuzzEval \
 	./internal/goruntime:FuzzGoroutines ./internal/goruntime:FuzzReadStrings ./internal/goruntime:FuzzCodeDecoders \

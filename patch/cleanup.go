@@ -13,13 +13,26 @@ import (
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 )
 
-// Leftover is memory a tool killed part-way left in the target that no
-// record accounts for: patch memory mapped before its record was written,
-// or the pages of a remote call or of a library's name ("scratch").
+// Leftover is what a tool killed part-way left in the target that no
+// patch's record accounts for: patch memory mapped before its record was
+// written, the pages of a remote call ("scratch"), a patch library no
+// patch uses and its memfd's descriptor — or a library a revert left
+// loaded because a task was in it.
 type Leftover struct {
 	Kind LeftoverKind `json:"kind"`
 	Addr uint64       `json:"addr"`
 	Size uint64       `json:"size"`
+	// Lib is the patch library (LeftoverLib, LeftoverLibFd), as given to
+	// the Apply that loaded it, and ID that Apply's patch.
+	Lib string `json:"lib,omitempty"`
+	ID  string `json:"id,omitempty"`
+	// Fd is the target's descriptor of the library's memfd
+	// (LeftoverLibFd).
+	Fd *int `json:"fd,omitempty"`
+	// Loaded says a LeftoverLib's copy is still mapped (else only its
+	// record is left: a tool killed after the dlclose, or before the
+	// dlopen).
+	Loaded bool `json:"loaded,omitempty"`
 }
 
 // LeftoverKind says what a Leftover is.
@@ -37,11 +50,20 @@ const (
 	// LeftoverStub: padding of an executable mapping that differs from
 	// the object's file: a killed tool's system call stub.
 	LeftoverStub LeftoverKind = "system call stub in padding"
+	// LeftoverLib: a patch library loaded into the target that no patch
+	// uses (its patch reverted while a task was inside it, or a tool
+	// killed before its record or during its unload); Addr and Size
+	// locate the library's record (see libRecord).
+	LeftoverLib LeftoverKind = "patch library"
+	// LeftoverLibFd: a descriptor of a patch library's memfd left open
+	// in the target (a tool killed between memfd_create and close).
+	LeftoverLibFd LeftoverKind = "patch library descriptor"
 )
 
 // Leftovers lists the memory hotpatch mapped in the target that no record
 // accounts for (see Leftover): every such mapping bears a mark from the
-// moment it exists.
+// moment it exists; and the patch libraries no patch uses, and their open
+// descriptors (see libRecord).
 func (t *Target) Leftovers() (_ []Leftover, err error) {
 	defer t.explain("", &err)
 	maps, err := elfsym.ReadMappings(t.pid)
@@ -64,6 +86,11 @@ func (t *Target) Leftovers() (_ []Leftover, err error) {
 			out = append(out, Leftover{Kind: LeftoverScratch, Addr: addr, Size: size})
 		}
 	}
+	libs, err := t.libLeftovers()
+	if err != nil {
+		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
+	}
+	out = append(out, libs...)
 	stubs, orphans, err := t.proc.Leftovers()
 	if err != nil {
 		return nil, &Error{Op: "status", Pid: t.pid, Err: err}
@@ -81,9 +108,12 @@ func (t *Target) Leftovers() (_ []Leftover, err error) {
 // stubs in padding (the object's file has the bytes) and mappings made
 // but never marked (tracee.Recover), unrecorded patch memory (nothing
 // jumps there: entries are written only after the record), and scratch
-// pages once no task runs in or returns into them. It returns how many
+// pages once no task runs in or returns into them (a thread a killed tool
+// left in a remote dlopen or dlclose has returned then); with libs, also
+// the patch libraries no patch uses, once no task is in them (one a task
+// stays in is left loaded and recorded, and logged). It returns how many
 // things it put right.
-func (t *Target) cleanup(ctx context.Context, o ApplyOptions) (int, error) {
+func (t *Target) cleanup(ctx context.Context, o ApplyOptions, libs bool) (int, error) {
 	fail := func(err error) (int, error) {
 		return 0, &Error{Op: "cleanup", Pid: t.pid, Err: err, Hint: "what was left stays; Leftovers lists it"}
 	}
@@ -117,13 +147,18 @@ func (t *Target) cleanup(ctx context.Context, o ApplyOptions) (int, error) {
 		}
 	}
 	for _, l := range left {
-		if l.Kind == LeftoverUnmarked || l.Kind == LeftoverStub {
-			continue // Recover did (a stub still running: it stays listed)
+		if l.Kind == LeftoverUnmarked || l.Kind == LeftoverStub || l.Kind == LeftoverLib || l.Kind == LeftoverLibFd {
+			continue // Recover did (a stub still running: it stays listed); libraries below
 		}
 		if err := t.proc.Munmap(l.Addr, l.Size); err != nil {
 			return fail(fmt.Errorf("unmap %s at %#x: %w", l.Kind, l.Addr, err))
 		}
 		t.log.Debug("removed leftover", "kind", l.Kind, "addr", fmt.Sprintf("%#x", l.Addr), "size", l.Size)
+	}
+	if libs {
+		if err := t.unloadUnused(ctx, o); err != nil {
+			t.log.Warn("a patch library stays loaded", "err", err)
+		}
 	}
 	return pads + orphans + len(left), nil
 }
@@ -152,4 +187,33 @@ func (t *Target) explain(op string, errp *error) {
 		return
 	}
 	*errp = fmt.Errorf("%w (%w)", gone, err)
+}
+
+// libLeftovers lists the patch libraries no patch uses, and every open
+// descriptor of a library's memfd.
+func (t *Target) libLeftovers() ([]Leftover, error) {
+	lrs, err := t.libRecords()
+	if err != nil || len(lrs) == 0 {
+		return nil, err
+	}
+	recs, err := t.Status()
+	if err != nil {
+		return nil, err
+	}
+	maps, err := elfsym.ReadMappings(t.pid)
+	if err != nil {
+		return nil, err
+	}
+	byRec, byHandle := libUsers(recs)
+	var out []Leftover
+	for _, lr := range lrs {
+		if byRec[lr.addr] == "" && (lr.handle == 0 || byHandle[lr.handle] == "") {
+			out = append(out, Leftover{Kind: LeftoverLib, Addr: lr.addr, Size: libRecSize, Lib: lr.path, ID: lr.id,
+				Loaded: len(copyMappings(lr, maps)) > 0})
+		}
+		for _, fd := range t.libFds(lr) {
+			out = append(out, Leftover{Kind: LeftoverLibFd, Addr: lr.addr, Size: libRecSize, Lib: lr.path, ID: lr.id, Fd: &fd})
+		}
+	}
+	return out, nil
 }

@@ -4,11 +4,13 @@ package patch
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/tracee"
@@ -52,14 +54,21 @@ type loadedLib struct {
 	path   string // the library file, as given (absolute, symlinks resolved)
 	handle uint64
 	mod    *elfsym.Module // the module mapped from the library's memfd
+	rec    uint64         // its record in the target (see libRecord)
+	name   string         // its memfd's name
+}
+
+// ref is what a patch's record says of its library.
+func (l *loadedLib) ref() *LibRef {
+	return &LibRef{Path: l.path, Record: l.rec, Handle: l.handle, Name: l.name}
 }
 
 // prepareLib resolves the functions to replace, reads the library's bytes
 // once and checks their pins against the modules that hold them, then
-// loads exactly those bytes into the target (through a sealed memfd and a
-// remote dlopen) and reloads the target's symbols. With no library it
-// returns nil and changes nothing.
-func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfsym.Symbol, *loadedLib, error) {
+// loads exactly those bytes into the target for patch id (through a
+// sealed memfd and a remote dlopen) and reloads the target's symbols.
+// With no library it returns nil and changes nothing.
+func (t *Target) prepareLib(ctx context.Context, id string, reps []Replacement, o ApplyOptions) (map[string]elfsym.Symbol, *loadedLib, error) {
 	if o.Lib == "" {
 		return nil, nil, nil
 	}
@@ -104,7 +113,7 @@ func (t *Target) prepareLib(reps []Replacement, o ApplyOptions) (map[string]elfs
 	if testHookLibChecked != nil {
 		testHookLibChecked(path)
 	}
-	lib, err := t.dlopen(path, data)
+	lib, err := t.dlopen(ctx, id, path, data, o.withDefaults().Timeout)
 	if err != nil {
 		return nil, nil, &Error{Op: "apply", Pid: t.pid, Err: err}
 	}
@@ -154,69 +163,93 @@ func (t *Target) libcFunc(names ...string) (elfsym.Symbol, string, error) {
 	return elfsym.Symbol{}, "", fmt.Errorf("%w: the target has no %s (is it linked with glibc?)", firstErr, strings.Join(names, " or "))
 }
 
-// dlopen loads data, the bytes of the library at path, into the target:
-// it puts them into a sealed memfd of the target (see stageLib), then
-// calls dlopen (or __libc_dlopen_mode) remotely on /proc/self/fd/N, on a
-// thread borrowed while the others keep running (the loader takes locks
-// other threads may hold), closes the memfd (the mappings keep it) and
-// reloads the target's symbols so that the library's functions resolve.
-// Each load is a file of its own, so the loader maps these bytes even
-// when the same path or the same bytes were loaded before. On failure the
-// target is left as it was.
-func (t *Target) dlopen(path string, data []byte) (*loadedLib, error) {
+// dlopen loads data, the bytes of the library at path, into the target
+// for patch id: it maps the library's record (see libRecord), puts the
+// bytes into a sealed memfd of the target (see stageLib), then calls
+// dlopen (or __libc_dlopen_mode) remotely on /proc/self/fd/N, on a thread
+// borrowed while the others keep running (the loader takes locks other
+// threads may hold), closes the memfd (the mappings keep it) and reloads
+// the target's symbols so that the library's functions resolve. Each load
+// is a file of its own, so the loader maps these bytes even when the same
+// path or the same bytes were loaded before. The record gets each value
+// (descriptor, handle) before the tool could lose it. On failure the
+// library is unloaded again (once no task is in it, within timeout).
+func (t *Target) dlopen(ctx context.Context, id, path string, data []byte, timeout time.Duration) (_ *loadedLib, err error) {
 	fn, via, err := t.libcFunc(dlopenFuncs...)
 	if err != nil {
 		return nil, err
 	}
-	// The strings go into patch memory of our own: the memfd's name,
-	// then the path given to dlopen.
-	scratch, err := t.proc.MmapScratch(pageSize, tracee.ProtRead|tracee.ProtWrite)
+	name := memfdName(id, path)
+	rec, err := t.mapLibRecord(id, path, name)
 	if err != nil {
-		return nil, fmt.Errorf("map memory for the library's name: %w", err)
+		return nil, err
 	}
-	step("lib:scratch-mapped")
+	step("lib:record-mapped")
 	defer func() {
-		if err := t.proc.Munmap(scratch, pageSize); err != nil {
-			t.log.Warn("could not unmap the library's name", "err", err)
+		if err == nil {
+			return
+		}
+		lr, ok := t.libRecordAt(rec)
+		if !ok {
+			return
+		}
+		if uerr := t.unloadLib(ctx, lr, timeout); uerr != nil {
+			err = fmt.Errorf("%w; the library could not be unloaded again (Leftovers lists it): %w", err, uerr)
 		}
 	}()
-	if err := t.proc.WriteMem(scratch, append([]byte(memfdName(path)), 0)); err != nil {
-		return nil, err
-	}
-	lc, err := t.stageLib(scratch, path, data)
+	lc, err := t.stageLib(rec, path, data)
 	if err != nil {
 		return nil, err
 	}
-	defer t.closeFd(lc.fd)
-	return t.dlopenCopy(path, lc, fn.Addr, via, scratch+pageSize/2)
+	lib, err := t.dlopenCopy(path, lc, fn.Addr, via, rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.closeLibFds(libRecord{addr: rec, fd: lc.fd, name: name, path: path}); err != nil {
+		return nil, err
+	}
+	step("lib:fd-closed")
+	lib.rec, lib.name = rec, name
+	return lib, nil
 }
 
 // dlopenCopy loads the library at path from its copy lc by a remote call
-// of the loader fn (named via) on /proc/self/fd/N, written at address at
-// (pageSize/2 bytes of the target's memory, less a scratch footer), and reloads the target's
-// symbols. On failure the library is unloaded again.
-func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at uint64) (*loadedLib, error) {
+// of the loader fn (named via) on /proc/self/fd/N, written into the
+// library's record at rec, which receives the handle, and reloads the
+// target's symbols.
+func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, rec uint64) (*loadedLib, error) {
 	// glibc hands back an object loaded earlier under the same name, and
-	// the descriptor number of an earlier load may be ours now: a name
-	// taken shows as our memfd not being mapped, and is skipped. Of n+1
-	// names, at most n are taken by the n memfds mapped; name n is free
-	// unless some were unmapped since (patch libraries stay loaded).
-	n := t.memfdFiles()
-	for try := n; try <= 2*n; try++ {
-		name := lc.procPath(try)
-		if len(name) >= pageSize/2-tracee.ScratchFooterSize {
-			return nil, fmt.Errorf("%s: %d memfds are mapped in the target: too many patch libraries loaded to name one more", path, n)
+	// the descriptor number of an earlier load may be ours now: the names
+	// other patch libraries were loaded by are skipped, and a name taken
+	// otherwise shows as our memfd not being mapped, and is skipped too.
+	taken := map[string]bool{}
+	lrs, err := t.libRecords()
+	if err != nil {
+		return nil, err
+	}
+	for _, lr := range lrs {
+		if lr.addr != rec {
+			taken[lr.open] = true
 		}
-		if err := t.proc.WriteMem(at, append([]byte(name), 0)); err != nil {
+	}
+	n := len(taken) + t.memfdFiles()
+	for try := 0; try <= n; try++ {
+		name := lc.procPath(try)
+		if taken[name] {
+			continue
+		}
+		if len(name) >= libRecSize-libOffOpen {
+			return nil, fmt.Errorf("%s: %d libraries are loaded from memfds in the target: too many to name one more", path, n)
+		}
+		if err := t.proc.WriteMem(rec+libOffOpen, append([]byte(name), 0)); err != nil {
 			return nil, err
 		}
-		lib, err := t.callDlopen(path, fn, via, at)
+		lib, err := t.callDlopen(path, fn, via, rec+libOffOpen, rec+libOffHandle)
 		if err != nil {
 			return nil, err
 		}
 		step("lib:dlopened")
 		if err := t.reloadSymbols(); err != nil {
-			t.dlclose(lib)
 			return nil, err
 		}
 		mod, mapped := t.mappedModule(lc)
@@ -225,9 +258,14 @@ func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at u
 			t.log.Debug("loaded patch library", "path", path, "as", name, "handle", fmt.Sprintf("%#x", lib.handle))
 			return lib, nil
 		}
-		t.dlclose(lib)
 		if mapped {
 			return nil, fmt.Errorf("%s was loaded but its symbols could not be read from the target's memfd (%w); the target is unchanged", path, errors.Join(t.syms.Warnings...))
+		}
+		// Another object, loaded earlier by this name: give back the
+		// reference the dlopen took, then forget its handle.
+		t.dlcloseHandle(path, lib.handle)
+		if err := t.setLibWord(rec, libOffHandle, 0); err != nil {
+			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("%s was loaded but no mapping of its memfd is in /proc/%d/maps; the target is unchanged", path, t.pid)
@@ -235,8 +273,9 @@ func (t *Target) dlopenCopy(path string, lc libCopy, fn uint64, via string, at u
 
 // callDlopen calls the loader fn (named via) on the path at address at in
 // the target, and on failure dlerror, on one thread: the error text is
-// thread-local. A NULL handle is a *LoadError naming lib.
-func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*loadedLib, error) {
+// thread-local. The target writes the handle at store as the loader
+// returns. A NULL handle is a *LoadError naming lib.
+func (t *Target) callDlopen(lib string, fn uint64, via string, at, store uint64) (*loadedLib, error) {
 	mode := uint64(rtldNow)
 	if via == "__libc_dlopen_mode" {
 		mode |= rtldDlopen
@@ -248,7 +287,7 @@ func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*load
 	arg := t.readCString(at, 4096)
 	err := t.proc.Borrow(0, func(th *tracee.Thread) error {
 		var err error
-		if handle, err = th.Call(via, fn, at, mode); err != nil {
+		if handle, err = th.CallStore(via, fn, store, at, mode); err != nil {
 			return fmt.Errorf("remote %s(%q): %w", via, arg, err)
 		}
 		if handle == 0 && dlerrErr == nil && via == "dlopen" {
@@ -269,18 +308,15 @@ func (t *Target) callDlopen(lib string, fn uint64, via string, at uint64) (*load
 	return &loadedLib{path: lib, handle: handle}, nil
 }
 
-// dlclose unloads a library loaded for an Apply that was then refused, so
-// that a refusal leaves the target as it was.
-func (t *Target) dlclose(lib *loadedLib) {
+// dlcloseHandle gives back a reference to an object the target's loader
+// handed out (logged on failure).
+func (t *Target) dlcloseHandle(path string, handle uint64) {
 	fn, _, err := t.libcFunc("dlclose", "__libc_dlclose")
 	if err == nil {
-		_, err = t.proc.Call("dlclose", fn.Addr, lib.handle)
+		_, err = t.proc.Call("dlclose", fn.Addr, handle)
 	}
 	if err != nil {
-		t.log.Warn("could not unload the patch library", "path", lib.path, "err", err)
-	}
-	if err := t.reloadSymbols(); err != nil {
-		t.log.Warn("reload symbols", "err", err)
+		t.log.Warn("could not give back a loader reference", "path", path, "err", err)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -48,35 +47,28 @@ func (c libCopy) procPath(try int) string {
 	return "/proc/self/fd/" + strings.Repeat("./", try) + strconv.Itoa(c.fd)
 }
 
-// memfdName is the name of a library's memfd: its base name, so that the
-// target's maps show /memfd:NAME.
-func memfdName(path string) string {
-	name := filepath.Base(path)
-	if len(name) > memfdNameMax {
-		name = name[:memfdNameMax]
-	}
-	return name
-}
-
-// stageLib creates a memfd in the target (named by the string at nameAddr
-// in its memory), writes data, the bytes of the library at path, into it
-// through /proc/PID/fd/N, seals it, and checks it holds data and nothing
-// else. On failure the memfd is closed again.
-func (t *Target) stageLib(nameAddr uint64, path string, data []byte) (_ libCopy, err error) {
-	fd, err := t.proc.MemfdCreate(nameAddr, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+// stageLib creates a memfd in the target, named by the name in the
+// library's record at rec, which gets its descriptor before the tool can
+// lose it (tracee.MemfdCreateMarked); writes data, the bytes of the
+// library at path, into it through /proc/PID/fd/N and records its device
+// and inode; seals it, and checks it holds data and nothing else. On
+// failure the memfd is closed again (by the caller: see dlopen).
+func (t *Target) stageLib(rec uint64, path string, data []byte) (libCopy, error) {
+	fd, err := t.proc.MemfdCreateMarked(rec+libOffName, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING, rec+libOffFd)
 	if err != nil {
 		return libCopy{}, fmt.Errorf("patch library %s: create a memfd in the target: %w", path, err)
 	}
-	defer func() {
-		if err != nil {
-			t.closeFd(fd)
-		}
-	}()
 	step("lib:memfd-created")
 	link := fmt.Sprintf("/proc/%d/fd/%d", t.pid, fd)
 	c := libCopy{fd: fd}
 	if c.dev, c.ino, err = writeFresh(link, data); err != nil {
 		return libCopy{}, fmt.Errorf("patch library %s: write it into the target's memfd %d: %w", path, fd, err)
+	}
+	if err := t.setLibWord(rec, libOffDev, c.dev); err != nil {
+		return libCopy{}, err
+	}
+	if err := t.setLibWord(rec, libOffIno, c.ino); err != nil {
+		return libCopy{}, err
 	}
 	if _, err := t.proc.Fcntl(fd, unix.F_ADD_SEALS, memfdSeals); err != nil {
 		return libCopy{}, fmt.Errorf("patch library %s: seal the target's memfd %d: %w", path, fd, err)
@@ -139,13 +131,6 @@ func checkCopy(link string, c libCopy, data []byte) error {
 		return fmt.Errorf("read back %d bytes that differ from the %d checked", len(got), len(data))
 	}
 	return nil
-}
-
-// closeFd closes a descriptor of the target (logged on failure).
-func (t *Target) closeFd(fd int) {
-	if err := t.proc.CloseFd(fd); err != nil {
-		t.log.Warn("could not close the patch library's memfd in the target", "fd", fd, "err", err)
-	}
 }
 
 // memfdFiles counts the memfds mapped in the target: an upper bound of the

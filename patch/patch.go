@@ -187,9 +187,17 @@ type ApplyOptions struct {
 	// target exports.
 	// The library must be pinned with HOTPATCH_PIN (patch/include/hotpatch.h)
 	// to the build ID of each module holding an Old, unless Unpinned is set.
-	// If the Apply is refused the library is unloaded (dlclose); after a
-	// successful Apply it stays loaded, also after Revert. Each Apply
-	// loads a copy of its own, also of bytes loaded before.
+	// Each Apply loads a copy of its own, also of bytes loaded before (maps
+	// show /memfd:hotpatch:ID:NAME, ID the patch's). The copy has a record
+	// of its own in the target (its descriptor and handle, each written
+	// before the tool could lose it), and the patch's record names it
+	// (Record.Lib). It is unloaded (a remote dlclose, its mappings checked
+	// gone) when the Apply is refused, and when the patch is reverted
+	// (Revert, RevertAll, a Resume that ends reverted): after a pause that
+	// proves no task runs in, or will return into, any of its mappings,
+	// retried until Timeout. One a task stays in is left loaded and
+	// recorded: Result.LibLoaded says so, Leftovers lists it, and RevertAll
+	// unloads it once no task is in it.
 	Lib string
 	// Unpinned accepts a Lib that declares no HOTPATCH_PIN.
 	Unpinned bool
@@ -221,6 +229,11 @@ type Result struct {
 	// Forced lists the tasks a Force moved to the new code while they
 	// still had old code on their stacks.
 	Forced []string `json:"forced"`
+	// LibLoaded, after a Revert, says why the patch library stays loaded
+	// (a task was still in it): Leftovers lists it, and RevertAll unloads
+	// it once no task is in it. Empty when it was unloaded, or there was
+	// none.
+	LibLoaded string `json:"lib_loaded,omitempty"`
 }
 
 // planned is one function of an Apply being prepared.
@@ -270,14 +283,18 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return nil, err
 	}
 	// Load the patch library, if any (its pins are checked first).
-	olds, lib, err := t.prepareLib(reps, o)
+	id := newID()
+	olds, lib, err := t.prepareLib(ctx, id, reps, o)
 	if err != nil {
 		return nil, err
 	}
 	if lib != nil {
 		defer func() {
 			if applyErr != nil {
-				t.dlclose(lib)
+				// Unless the patch still uses it (a transition left).
+				if why := t.unloadAfterRevert(ctx, lib.ref(), o); why != "" {
+					t.log.Warn("the patch library of a refused apply stays loaded", "path", lib.path, "why", why)
+				}
 			}
 		}()
 	}
@@ -355,9 +372,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	// Prepare: map patch memory near the code, write the record, the
 	// thunks, the dispatch stubs and an empty universe table. It is inert:
 	// nothing jumps there yet.
-	id := newID()
 	slot := roundUp(uint64(t.arch.MaxThunkSize()), thunkSlotAlign)
-	thunkOff := roundUp(recordHdrSize+uint64(2048+1024*len(ps)), pageSize)
+	recordRoom := uint64(2048 + 1024*len(ps))
+	if lib != nil {
+		recordRoom += uint64(2*(len(lib.path)+len(lib.name)) + 128) // rec.Lib
+	}
+	thunkOff := roundUp(recordHdrSize+recordRoom, pageSize)
 	entryOff := thunkOff + slot*uint64(len(ps))                          // closure entries
 	origOff := entryOff + trampoline.GoOriginalEntrySize*uint64(len(ps)) // originals
 	stubOff := origOff + trampoline.GoOriginalMaxSize*uint64(len(ps))
@@ -380,6 +400,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	}
 	step("apply:mapped")
 	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
+	if lib != nil {
+		rec.Lib = lib.ref()
+	}
 	unmap := func() { t.unmapUnused(rec) }
 	if canDispatch {
 		rec.Table, rec.TableCapacity = region+tableOff, capacity
@@ -729,9 +752,23 @@ func liveState(mem readerAt, rec *Record, state uint32) (State, error) {
 
 // Revert restores the original code of the functions of patch id, in one
 // pause, after checking that no thread is executing in the replacement
-// functions.
+// functions. Then it unloads the patch's library, if any, once no task is
+// in it (within o.Timeout): one that stays loaded is said so by the
+// result's LibLoaded, and a later RevertAll unloads it.
 func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (_ *Result, err error) {
 	defer t.explain("revert", &err)
+	var lib *LibRef
+	if rec, err := t.record(id); err == nil {
+		lib = rec.Lib
+	}
+	res, err := t.revert(ctx, id, o)
+	if err == nil && res != nil && res.State == "reverted" {
+		res.LibLoaded = t.unloadAfterRevert(ctx, lib, o)
+	}
+	return res, err
+}
+
+func (t *Target) revert(ctx context.Context, id string, o ApplyOptions) (*Result, error) {
 	fail := func(err error, hint string) (*Result, error) {
 		return nil, &Error{Op: "revert", Pid: t.pid, ID: id, Err: err, Hint: hint}
 	}
@@ -858,13 +895,16 @@ func (t *Target) discard(ctx context.Context, rec *Record, o ApplyOptions) error
 // RevertAll reverts every applied patch, newest first, and removes the
 // memory of patches whose patcher died before switching them or after
 // reverting them, and what a patcher killed part-way left without a
-// record (see Leftovers; stubs in padding too).
+// record (see Leftovers; stubs in padding too); last, it unloads every
+// patch library no patch uses, once no task is in it. A library a task
+// stays in until o.Timeout is left loaded and recorded: the error matches
+// ErrBlocked.
 func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, err error) {
 	defer t.explain("revert", &err)
 	if err := o.check(); err != nil {
 		return nil, &Error{Op: "revert", Pid: t.pid, Err: err}
 	}
-	if _, err := t.cleanup(ctx, o); err != nil {
+	if _, err := t.cleanup(ctx, o, false); err != nil {
 		return nil, err
 	}
 	records, err := t.Status()
@@ -894,6 +934,10 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, er
 		if err != nil {
 			return out, err
 		}
+	}
+	if err := t.unloadUnused(ctx, o); err != nil {
+		return out, &Error{Op: "revert", Pid: t.pid, Err: err,
+			Hint: "the patches are reverted; a patch library stays loaded and recorded (Leftovers lists it): revert all again once no task is in it"}
 	}
 	return out, nil
 }

@@ -128,10 +128,22 @@ type Record struct {
 	Table         uint64 `json:"table,omitempty"`
 	TableCapacity int    `json:"table_capacity,omitempty"`
 	TaskKey       string `json:"task_key,omitempty"`
+	// Lib is the patch library loaded for this patch (ApplyOptions.Lib).
+	Lib *LibRef `json:"lib,omitempty"`
 	// Pending counts the tasks a transition still waits for, and
 	// PendingTasks lists them (read from the table).
 	Pending      int           `json:"pending"`
 	PendingTasks []PendingTask `json:"pending_tasks"`
+}
+
+// LibRef is the patch library a patch was applied from.
+type LibRef struct {
+	Path string `json:"path"` // as given to Apply (absolute, symlinks resolved)
+	// Record is the address of the library's record in the target (see
+	// libRecord), Handle its dlopen handle and Name its memfd's name.
+	Record uint64 `json:"record"`
+	Handle uint64 `json:"handle"`
+	Name   string `json:"name"`
 }
 
 // PendingTask is a task a transition waits for.

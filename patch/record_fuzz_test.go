@@ -54,3 +54,26 @@ func FuzzReadRecord(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseLibRecord: whatever a target's read-write mapping holds,
+// parseLibRecord takes it for a library's record only with the magic, the
+// size and a name of ours, never panics, and reads its strings within
+// their fields.
+func FuzzParseLibRecord(f *testing.F) {
+	img := make([]byte, libRecSize)
+	copy(img, libRecordImage("hp-0123abcd", "/opt/fix/libfix.so", memfdName("hp-0123abcd", "/opt/fix/libfix.so")))
+	f.Add(img)
+	f.Add([]byte(libRecMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		lr, ok := parseLibRecord(0x10000, b)
+		if !ok {
+			return
+		}
+		if len(b) < libRecSize || string(b[:8]) != libRecMagic {
+			t.Fatal("taken for a record without the magic or the size")
+		}
+		if len(lr.id) > libOffName-libOffID || len(lr.name) > libOffPath-libOffName || len(lr.path) > libOffOpen-libOffPath || lr.fd < -1 {
+			t.Fatalf("fields past their room: %+v", lr)
+		}
+	})
+}

@@ -3,6 +3,7 @@
 package patch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -75,7 +76,7 @@ func TestUnreadableRecordRefused(t *testing.T) {
 func TestLibNotExistKept(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "libnone.so")
 	tg := &Target{pid: 1}
-	_, _, err := tg.prepareLib(nil, ApplyOptions{Lib: missing})
+	_, _, err := tg.prepareLib(context.Background(), "hp-test", nil, ApplyOptions{Lib: missing})
 	require.ErrorIs(t, err, ErrBadRequest)
 	require.ErrorIs(t, err, fs.ErrNotExist)
 }

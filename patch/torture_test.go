@@ -198,18 +198,15 @@ func (tt *tortureTarget) serving(what string) {
 }
 
 // mappingSet is what a patch may add to a target and must take away: the
-// executable mappings and the ones named by hotpatch, less the patch
-// libraries (/memfd:..., which stay loaded by design).
+// executable mappings, the ones named by hotpatch and the patch libraries'
+// (/memfd:..., all of them), and the target's descriptors.
 func mappingSet(t testing.TB, pid int) []string {
 	t.Helper()
 	ms, err := elfsym.ReadMappings(pid)
 	require.NoError(t, err)
-	var out []string
+	out := fdsOf(t, pid)
 	for _, m := range ms {
-		if strings.HasPrefix(m.Path, "/memfd:") {
-			continue
-		}
-		if strings.Contains(m.Perms, "x") || strings.HasPrefix(m.Path, "[anon:hotpatch") {
+		if strings.Contains(m.Perms, "x") || strings.HasPrefix(m.Path, "/memfd:") || strings.HasPrefix(m.Path, "[anon:hotpatch") {
 			out = append(out, fmt.Sprintf("%x-%x %s %s", m.Start, m.End, m.Perms, m.Path))
 		}
 	}
@@ -323,7 +320,8 @@ func TestTortureKillPatcher(t *testing.T) {
 			require.Equal(t, before, mappingSet(t, tt.p.Pid), "a full apply and revert")
 			must := []string{"apply:mapped#1", "apply:record-written#1", "apply:paused#1", "revert:unmapped#1", "syscall:on-stub#1"}
 			if kind == "c" {
-				must = append(must, "lib:scratch-mapped#1", "lib:memfd-created#1", "lib:dlopened#1", "call:data-mapped#1", "call:set-up#1")
+				must = append(must, "lib:record-mapped#1", "lib:memfd-created#1", "lib:dlopened#1", "lib:fd-closed#1",
+					"lib:unload-checked#1", "lib:dlclosed#1", "lib:unloaded#1", "call:data-mapped#1", "call:set-up#1")
 			} else {
 				must = append(must, "transition:table-switched#1", "finalize:jumps#1", "state:reverting#1")
 			}
@@ -363,9 +361,32 @@ func tortureAfterKill(t *testing.T, tt *tortureTarget, before []string, at strin
 			changed = append(changed, [2]uint64{f.PatchAddr, f.PatchAddr + uint64(len(f.Jump))})
 		}
 	}
+	libs := map[string]bool{} // patch IDs whose library a record or a leftover names
+	for _, r := range recs {
+		if r.Lib != nil {
+			libs[r.ID] = true
+		}
+	}
+	fds := map[int]bool{}
 	for _, l := range left {
 		accounted[l.Addr] = true
+		if l.Kind == patch.LeftoverLibFd {
+			require.NotNil(t, l.Fd, "killed at %s: %+v", at, l)
+			fds[*l.Fd] = true
+			continue
+		}
+		if l.Kind == patch.LeftoverLib {
+			libs[l.ID] = true
+		}
 		changed = append(changed, [2]uint64{l.Addr, l.Addr + l.Size})
+	}
+	// Every descriptor of a patch library is a leftover Status shows.
+	for _, fd := range fdsOf(t, tt.p.Pid) {
+		n, link, _ := strings.Cut(fd, " -> ")
+		if strings.HasPrefix(link, "/memfd:") {
+			k, _ := strconv.Atoi(n)
+			require.True(t, fds[k], "killed at %s: descriptor %s is not listed in the Leftovers %+v", at, fd, left)
+		}
 	}
 diffs:
 	for _, d := range textDiffs(t, tt.p.Pid) {
@@ -398,7 +419,15 @@ diffs:
 	require.NoError(t, err)
 	for _, m := range ms {
 		key := fmt.Sprintf("%x-%x %s %s", m.Start, m.End, m.Perms, m.Path)
-		if old[key] || strings.HasPrefix(m.Path, "/memfd:") || !(strings.Contains(m.Perms, "x") || strings.HasPrefix(m.Path, "[anon:hotpatch")) {
+		if old[key] {
+			continue
+		}
+		if name, ok := strings.CutPrefix(m.Path, "/memfd:hotpatch:"); ok {
+			id, _, _ := strings.Cut(name, ":")
+			require.True(t, libs[id], "killed at %s: %s is a copy of a patch library neither a record nor a leftover names", at, key)
+			continue
+		}
+		if !(strings.Contains(m.Perms, "x") || strings.HasPrefix(m.Path, "[anon:hotpatch")) {
 			continue
 		}
 		require.True(t, accounted[m.Start], "killed at %s: %s is neither a patch's memory nor a leftover Status shows", at, key)

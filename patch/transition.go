@@ -772,19 +772,25 @@ func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Resu
 		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
 	}
 	o = o.withDefaults()
-	if _, err := t.cleanup(ctx, o); err != nil {
+	if _, err := t.cleanup(ctx, o, true); err != nil {
 		return nil, err
 	}
 	rec, err := t.record(id)
 	if err != nil {
 		return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: err}
 	}
+	var res *Result
 	switch rec.State {
 	case "transition":
-		res := &Result{ID: rec.ID, Functions: rec.Functions, State: "transition"}
-		return t.drive(ctx, rec, forward, o, res)
+		res, err = t.drive(ctx, rec, forward, o, &Result{ID: rec.ID, Functions: rec.Functions, State: "transition"})
 	case "reverting":
-		return t.gradualRevert(ctx, rec, o)
+		res, err = t.gradualRevert(ctx, rec, o)
+	}
+	if res != nil || err != nil {
+		if err == nil && res.State == "reverted" {
+			res.LibLoaded = t.unloadAfterRevert(ctx, rec.Lib, o)
+		}
+		return res, err
 	}
 	return nil, &Error{Op: "resume", Pid: t.pid, ID: id, Err: ErrNoTransition,
 		Hint: fmt.Sprintf("patch %s is %s, not in a transition; Status lists the patches", id, rec.State)}

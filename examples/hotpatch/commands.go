@@ -235,6 +235,9 @@ func printReverted(stdout io.Writer, pid int, results []*patch.Result) {
 			continue
 		}
 		fmt.Fprintf(stdout, "reverted %s: %d function(s), pause %d us\n", r.ID, len(r.Functions), r.PauseMicros)
+		if r.LibLoaded != "" {
+			fmt.Fprintf(stdout, "  %s; hotpatch revert --pid %d --all unloads it once no task is in it\n", r.LibLoaded, pid)
+		}
 	}
 }
 
@@ -267,7 +270,16 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	for _, l := range left {
-		fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, c.pid)
+		switch {
+		case l.Kind == patch.LeftoverLibFd && l.Fd != nil:
+			fmt.Fprintf(stdout, "left by a killed hotpatch: %s %d (%s, patch %s); hotpatch revert --pid %d --all closes it\n", l.Kind, *l.Fd, l.Lib, l.ID, c.pid)
+		case l.Kind == patch.LeftoverLib && l.Loaded:
+			fmt.Fprintf(stdout, "loaded, no patch uses it: %s %s (patch %s, record at %#x); hotpatch revert --pid %d --all unloads it once no task is in it\n", l.Kind, l.Lib, l.ID, l.Addr, c.pid)
+		case l.Kind == patch.LeftoverLib:
+			fmt.Fprintf(stdout, "left by a killed hotpatch: the record of %s %s (patch %s, at %#x), not loaded; hotpatch revert --pid %d --all removes it\n", l.Kind, l.Lib, l.ID, l.Addr, c.pid)
+		default:
+			fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, c.pid)
+		}
 	}
 	if len(recs) == 0 {
 		fmt.Fprintf(stdout, "no patches in pid %d\n", c.pid)

@@ -81,7 +81,7 @@ func (p *Process) CallOn(tid int, name string, fn uint64, args ...uint64) (uint6
 	err := p.do(func() error {
 		return p.borrow(tid, true, func(t *thread) error {
 			var err error
-			res, err = p.runCall(t, name, fn, args)
+			res, err = p.runCall(t, name, fn, 0, args)
 			return err
 		})
 	})
@@ -215,7 +215,12 @@ func (s *callState) restore(tid int) error {
 // restores the thread through ptrace), and polls the stub's done flag.
 // Because the thread restores itself, a tracer killed mid-call (SIGKILL)
 // leaves a target that runs on correctly.
-func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uint64, error) {
+//
+// With store not 0, the stub also writes the result at that address of
+// the target (8 bytes, writable) before anything else: the target itself
+// records it, so that a tracer killed during the call or right after it
+// loses nothing (a library handle, say).
+func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint64) (uint64, error) {
 	s, err := p.saveCall(t)
 	if err != nil {
 		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, err)
@@ -234,7 +239,7 @@ func (p *Process) runCall(t *thread, name string, fn uint64, args []uint64) (uin
 		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
 		return 0, err
 	}
-	stub := returnStub(dataAddr, s)
+	stub := returnStub(dataAddr, store, s)
 	free := func() {
 		// The thread is stopped outside the stub: nothing uses the pages.
 		p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
@@ -444,7 +449,18 @@ func (th *Thread) Call(name string, fn uint64, args ...uint64) (uint64, error) {
 	if len(args) > maxCallArgs {
 		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
 	}
-	return th.p.runCall(th.t, name, fn, args)
+	return th.p.runCall(th.t, name, fn, 0, args)
+}
+
+// CallStore is Call whose result the target itself also writes at store
+// (8 writable bytes of its memory) as the callee returns, before the
+// tracer sees it: a tracer killed during or right after the call leaves
+// the result there.
+func (th *Thread) CallStore(name string, fn, store uint64, args ...uint64) (uint64, error) {
+	if len(args) > maxCallArgs {
+		return 0, fmt.Errorf("tracee: remote call of %s: %d arguments, at most %d", name, len(args), maxCallArgs)
+	}
+	return th.p.runCall(th.t, name, fn, store, args)
 }
 
 // Borrow runs f with one thread borrowed as Call (tid 0) or CallOn (tid)

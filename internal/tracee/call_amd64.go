@@ -122,16 +122,23 @@ func ctxData(s *callState) []byte {
 }
 
 // returnStub is the code a remote call of s returns to, with its data page
-// at data: it stores rax (the result), restores the FP state
+// at data: it stores rax (the result; also at store, unless 0), restores the FP state
 // (xrstor, or fxrstor for an FXSAVE image), rflags and every general
 // register of the interrupted state, sets the done flag and jumps to the
-// interrupted pc. It touches no memory but its own pages and the call's
-// stack (below the red zone); the interrupted state is restored without the
+// interrupted pc. It touches no memory but its own pages, the call's
+// stack (below the red zone) and store; the interrupted state is restored without the
 // tracer, so a tracer killed during the call leaves a target that runs on.
-func returnStub(data uint64, s *callState) []byte {
+func returnStub(data, store uint64, s *callState) []byte {
 	pc, xsave := s.resume.PC(), s.fp.typ == fpRegSet
 	var c []byte
 	d32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
+	if store != 0 {
+		c = append(c, 0x49, 0xba) // movabs r10, store (restored below)
+		for i := 0; i < 8; i++ {
+			c = append(c, byte(store>>(8*i)))
+		}
+		c = append(c, 0x49, 0x89, 0x02) // mov [r10], rax
+	}
 	c = append(c, 0x49, 0xbb) // movabs r11, data
 	for i := 0; i < 8; i++ {
 		c = append(c, byte(data>>(8*i)))

@@ -229,10 +229,20 @@ func a64Add(rd, rn, imm, lsl12 uint32) uint32 { return 0x91000000 | lsl12<<22 | 
 
 const a64Svc0 = 0xd4000001
 
+// a64Mov64 is MOVZ then three MOVK: Xd = v.
+func a64Mov64(rd uint32, v uint64) []uint32 {
+	w := []uint32{a64Movz(rd, uint32(v)&0xffff, 0)}
+	for hw := uint32(1); hw < 4; hw++ {
+		w = append(w, a64Movk(rd, uint32(v>>(16*hw))&0xffff, hw))
+	}
+	return w
+}
+
 // returnStub is the code a remote call of s returns to (x30), with its data
 // mapping at data. It uses x0, x1, x8, x16 and x17, all reloaded by
 // rt_sigreturn:
 //
+//	(store) x17 = store; [x17] = x0
 //	x16 = data; [x16+result] = x0; x17 = the frame
 //	sigaltstack(NULL, &frame.uc.uc_stack)   so rt_sigreturn reinstalls the same one
 //	[x16+done] = 1
@@ -246,16 +256,13 @@ const a64Svc0 = 0xd4000001
 // puts it back through ptrace, restart block intact; without a tracer the
 // stub finishes the call and returns past the svc with its result, as the
 // thread itself would have.
-func returnStub(data uint64, s *callState) []byte {
+func returnStub(data, store uint64, s *callState) []byte {
 	var w []uint32
-	for hw := uint32(0); hw < 4; hw++ {
-		imm := uint32(data>>(16*hw)) & 0xffff
-		if hw == 0 {
-			w = append(w, a64Movz(16, imm, 0))
-		} else {
-			w = append(w, a64Movk(16, imm, hw))
-		}
+	if store != 0 {
+		w = append(w, a64Mov64(17, store)...)
+		w = append(w, a64Str(0, 17, 0))
 	}
+	w = append(w, a64Mov64(16, data)...)
 	w = append(w,
 		a64Str(0, 16, ctxResult),
 		a64Add(17, 16, ctxFrame>>12, 1),

@@ -498,3 +498,60 @@ func orphansBefore(rs [][2]uint64) []uint64 {
 	}
 	return out
 }
+
+// CallStore's result is written by the target itself at the address given
+// (the return stub stores it before the tracer reads it), and the call
+// returns it as Call does.
+func TestCallStore(t *testing.T) {
+	c := startCall(t)
+	page, err := c.p.Mmap(0, pageSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, c.p.Munmap(page, pageSize)) }()
+	for i := uint64(0); i < 3; i++ {
+		var got uint64
+		require.NoError(t, c.p.Borrow(0, func(th *Thread) error {
+			got, err = th.CallStore("add6", c.addr(t, "add6"), page+8*(i+1), 1, 2, 3, 4, 5, i)
+			return err
+		}))
+		require.Equal(t, 1+4+9+16+25+6*i, got)
+		b := make([]byte, 32)
+		_, err := c.p.ReadAt(b, int64(page))
+		require.NoError(t, err)
+		for k := uint64(0); k < 4; k++ {
+			want := uint64(0)
+			if k >= 1 && k <= i+1 {
+				want = 1 + 4 + 9 + 16 + 25 + 6*(k-1)
+			}
+			require.Equal(t, want, binaryLE(b[8*k:]), "word %d after call %d", k, i)
+		}
+	}
+	c.healthy(t)
+}
+
+// A tracer killed during a CallStore: the thread finishes the call by
+// itself and the result is at the store address all the same.
+func TestCallStoreTracerKilled(t *testing.T) {
+	c := startCall(t)
+	page, err := c.p.Mmap(0, pageSize, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	require.NoError(t, c.p.Close())
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=caller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
+		fmt.Sprintf("TRACEE_TEST_FN=%x", c.addr(t, "spin_add")), "TRACEE_TEST_MODE=running", fmt.Sprintf("TRACEE_TEST_STORE=%x", page+16))
+	m := c.Mark()
+	helper := startTarget(t, cmd)
+	c.ExpectAfter(t, m, regexp.MustCompile(`^spin_add running$`), 30*time.Second)
+	for _, l := range helper.Lines() {
+		require.NotContains(t, l, "returned", "the call ended before the kill")
+	}
+	helper.Kill()
+	helper.Wait()
+	time.Sleep(600 * time.Millisecond) // the call completes on its own
+	p := openT(t, c.Pid)
+	b := make([]byte, 8)
+	_, err = p.ReadAt(b, int64(page+16))
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), binaryLE(b), "the target stored the result of the call the killed tracer made")
+	c.p = p
+	c.healthy(t)
+}

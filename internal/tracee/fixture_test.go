@@ -224,6 +224,15 @@ func callerChild() {
 	fn, _ := strconv.ParseUint(os.Getenv("TRACEE_TEST_FN"), 16, 64)
 	p, tid := childTarget()
 	call := func() (uint64, error) { return p.Call("spin_add", fn, 400, 1, 2) }
+	if store, _ := strconv.ParseUint(os.Getenv("TRACEE_TEST_STORE"), 16, 64); store != 0 {
+		call = func() (res uint64, err error) {
+			err = p.Borrow(0, func(th *Thread) error {
+				res, err = th.CallStore("spin_add", fn, store, 400, 1, 2)
+				return err
+			})
+			return res, err
+		}
+	}
 	if os.Getenv("TRACEE_TEST_MODE") != "running" {
 		call = func() (uint64, error) { return p.CallOn(tid, "spin_add", fn, 400, 1, 2) }
 	}

@@ -93,11 +93,18 @@ func (p *Process) ScratchAt(end uint64) (addr, size uint64, ok bool) {
 // (0: an address of a free gap, chosen here), never over another mapping,
 // and writes mark at addr+markOff before anything can lose it (see above).
 func (p *Process) MmapMarked(addr, size uint64, prot int, mark []byte, markOff uint64) (uint64, error) {
+	return p.MmapMarkedFlags(addr, size, prot, 0, mark, markOff)
+}
+
+// MmapMarkedFlags is MmapMarked with flags added to the mmap's own
+// (MapNoreserve: a mapping the kernel never merges with an ordinary
+// anonymous one, so that its mark stays at the start of its mapping).
+func (p *Process) MmapMarkedFlags(addr, size uint64, prot, flags int, mark []byte, markOff uint64) (uint64, error) {
 	var res uint64
 	err := p.do(func() error {
 		return p.borrow(0, false, func(t *thread) error {
 			var err error
-			res, err = p.mmapMarked(t, addr, size, prot, func(a uint64) []byte { return mark }, markOff)
+			res, err = p.mmapMarked(t, addr, size, prot, flags, func(a uint64) []byte { return mark }, markOff)
 			return err
 		})
 	})
@@ -119,22 +126,22 @@ func (p *Process) MmapScratch(size uint64, prot int) (uint64, error) {
 }
 
 func (p *Process) mmapScratch(t *thread, size uint64, prot int) (uint64, error) {
-	return p.mmapMarked(t, 0, size, prot, func(a uint64) []byte { return scratchFooter(a, size) }, size-ScratchFooterSize)
+	return p.mmapMarked(t, 0, size, prot, 0, func(a uint64) []byte { return scratchFooter(a, size) }, size-ScratchFooterSize)
 }
 
 // mmapMarked is MmapMarked on the stopped thread t; mark gives the mark
 // for the mapping's address. An address it chose that the target took
 // meanwhile (EEXIST) is chosen again, a few times.
-func (p *Process) mmapMarked(t *thread, addr, size uint64, prot int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
+func (p *Process) mmapMarked(t *thread, addr, size uint64, prot, flags int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
 	if addr != 0 {
-		return p.mmapMarkedAt(t, addr, size, prot, mark, markOff)
+		return p.mmapMarkedAt(t, addr, size, prot, flags, mark, markOff)
 	}
 	for try := 0; ; try++ {
 		at, err := p.freeAddr(size)
 		if err != nil {
 			return 0, err
 		}
-		res, err := p.mmapMarkedAt(t, at, size, prot, mark, markOff)
+		res, err := p.mmapMarkedAt(t, at, size, prot, flags, mark, markOff)
 		var se *SyscallError
 		if try < 3 && errors.As(err, &se) && se.Errno == uint64(unix.EEXIST) {
 			continue
@@ -143,8 +150,8 @@ func (p *Process) mmapMarked(t *thread, addr, size uint64, prot int, mark func(u
 	}
 }
 
-func (p *Process) mmapMarkedAt(t *thread, addr, size uint64, prot int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
-	args := []uint64{addr, size, uint64(prot), MapPrivate | MapAnonymous | MapFixedNoreplace, ^uint64(0), 0}
+func (p *Process) mmapMarkedAt(t *thread, addr, size uint64, prot, flags int, mark func(uint64) []byte, markOff uint64) (uint64, error) {
+	args := []uint64{addr, size, uint64(prot), uint64(flags) | MapPrivate | MapAnonymous | MapFixedNoreplace, ^uint64(0), 0}
 	res, err := p.runSyscallMarked(t, sysMmap, args, func(res uint64) error {
 		return p.writeMem(res+markOff, mark(res))
 	})

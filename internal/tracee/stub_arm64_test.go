@@ -15,9 +15,13 @@ import (
 // with x8 = 139 (rt_sigreturn) and sp at the signal frame (it is also
 // executed by every remote-call test).
 func TestReturnStubDecodes(t *testing.T) {
-	const data = 0x0000ffff12345000
-	for _, restart := range []bool{false, true} {
-		code := returnStub(data, &callState{restart: restart})
+	const data, store = 0x0000ffff12345000, 0x0000aaaa56789008
+	for _, tc := range []struct {
+		restart bool
+		store   uint64
+	}{{false, 0}, {true, 0}, {false, store}} {
+		restart := tc.restart
+		code := returnStub(data, tc.store, &callState{restart: restart})
 		var ops []string
 		for off := 0; off < len(code); off += 4 {
 			in, err := arm64asm.Decode(code[off:])
@@ -39,13 +43,19 @@ func TestReturnStubDecodes(t *testing.T) {
 				}
 			}
 		}
-		want := []string{
+		var want []string
+		if tc.store != 0 {
+			// The result at store first (CallStore).
+			want = append(want, "mov x17, #0x9008", "movk x17, #0x5678, lsl #16", "movk x17, #0xaaaa, lsl #32", "movk x17, #0x0, lsl #48",
+				"str x0, [x17]")
+		}
+		want = append(want,
 			"mov x16, #0x5000", "movk x16, #0x1234, lsl #16", "movk x16, #0xffff, lsl #32", "movk x16, #0x0, lsl #48",
 			"str x0, [x16]",
 			"add x17, x16, #0x4, lsl #12",
 			"mov x0, #0x0", "add x1, x17, #0x90", "mov x8, #0x84", "svc #0x0", // sigaltstack(NULL, &uc_stack)
 			"mov x0, #0x1", "str x0, [x16,#8]", // done
-		}
+		)
 		if restart {
 			want = append(want, "mov x8, #0x80", "svc #0x0", "str x0, [x17,#312]") // restart_syscall; frame x0
 		}

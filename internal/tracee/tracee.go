@@ -1,6 +1,7 @@
 package tracee
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -341,6 +342,31 @@ func (p *Process) MemfdCreate(name uint64, flags int) (int, error) {
 	return int(fd), err
 }
 
+// MemfdCreateMarked is MemfdCreate whose result is recorded in the
+// target before the tracer may lose it: its system call stub carries an
+// intent record (see runSyscallMarked), and with the thread still stopped
+// in the kernel, before the stub is put back, the descriptor plus one is
+// written as 8 bytes at mark (writable memory of the target). A tracer
+// killed after the call leaves the descriptor there, or the intent in
+// padding (the call's name argument: where the caller keeps what finds the
+// file again).
+func (p *Process) MemfdCreateMarked(name uint64, flags int, mark uint64) (int, error) {
+	var res uint64
+	err := p.do(func() error {
+		return p.borrow(0, false, func(t *thread) error {
+			var err error
+			res, err = p.runSyscallMarked(t, sysMemfdCreate, []uint64{name, uint64(flags)}, func(fd uint64) error {
+				return p.writeMem(mark, binary.LittleEndian.AppendUint64(nil, fd+1))
+			})
+			return err
+		})
+	})
+	if e := int64(res); e < 0 && e >= -4095 {
+		return 0, &SyscallError{Name: "memfd_create", Errno: uint64(-e)}
+	}
+	return int(res), err
+}
+
 // Fcntl runs fcntl(2) on a descriptor of the target (F_ADD_SEALS, say) and
 // returns its result.
 func (p *Process) Fcntl(fd, cmd int, arg uint64) (uint64, error) {
@@ -363,4 +389,5 @@ const (
 	MapPrivate        = 0x02
 	MapAnonymous      = 0x20
 	MapFixedNoreplace = 0x100000
+	MapNoreserve      = 0x4000
 )

@@ -291,6 +291,32 @@ func TestMemfd(t *testing.T) {
 	assert.Empty(t, tg.errs())
 }
 
+// MemfdCreateMarked writes the descriptor plus one at the mark before it
+// returns, and puts its stub back.
+func TestMemfdMarked(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	page, err := p.Mmap(0, 4096, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Munmap(page, 4096)) }()
+	require.NoError(t, p.WriteMem(page, []byte("hp-marked.so\x00")))
+	fd, err := p.MemfdCreateMarked(page, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING, page+64)
+	require.NoError(t, err)
+	b := make([]byte, 8)
+	_, err = p.ReadAt(b, int64(page+64))
+	require.NoError(t, err)
+	require.Equal(t, uint64(fd+1), binaryLE(b), "the descriptor is recorded in the target")
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", tg.pid, fd))
+	require.NoError(t, err)
+	require.Equal(t, "/memfd:hp-marked.so (deleted)", l)
+	stubs, _, err := p.Leftovers()
+	require.NoError(t, err)
+	require.Empty(t, stubs, "the stub is put back")
+	require.NoError(t, p.CloseFd(fd))
+	tg.waitBeats(tg.mark(), fixtureBeats(1)...)
+	assert.Empty(t, tg.errs())
+}
+
 func TestMemory(t *testing.T) {
 	tg := startFixture(t, 1)
 	p := openT(t, tg.pid)

@@ -42,6 +42,10 @@ const (
 	// Gradual transitions: every entry jumps to its dispatch stub.
 	stateTransition uint32 = 4 // applying: the table lists the tasks still on the old code
 	stateReverting  uint32 = 5 // reverting: the table lists the tasks still on the new code
+	// Superseded: another patch replaced this one in one pause (its
+	// entries now hold that patch's jumps, or their original bytes); the
+	// memory is unmapped next.
+	stateSuperseded uint32 = 6
 )
 
 func stateName(s uint32) string {
@@ -56,6 +60,8 @@ func stateName(s uint32) string {
 		return "transition"
 	case stateReverting:
 		return "reverting"
+	case stateSuperseded:
+		return "superseded"
 	}
 	return fmt.Sprintf("state(%d)", s)
 }
@@ -106,6 +112,10 @@ type Function struct {
 	StubAddr uint64 `json:"stub_addr,omitempty"`
 	StubSize uint64 `json:"stub_size,omitempty"`
 	StubJump Bytes  `json:"stub_jump,omitempty"`
+	// Superseded, in a patch that superseded another, is what that patch
+	// left at PatchAddr (its jump): until this patch's own jump is
+	// written there, the entry belongs to the other patch's record.
+	Superseded Bytes `json:"superseded,omitempty"`
 }
 
 // Record describes a patch as the target holds it.
@@ -114,8 +124,10 @@ type Record struct {
 	Created   time.Time  `json:"created"`
 	Functions []Function `json:"functions"`
 	// State is "applied", "prepared" (inert: no jump written), "partial"
-	// (some jumps written: a patcher died mid-write) or "reverted". It is
-	// derived from the code bytes when the record is read.
+	// (some jumps written: a patcher died mid-write), "reverted" or
+	// "superseded" (another patch replaced it; its memory is left to
+	// unmap, as a reverted one's). It is derived from the code bytes when
+	// the record is read.
 	State string `json:"state"`
 	// Region and RegionSize locate the patch memory in the target.
 	Region     uint64 `json:"region"`
@@ -130,6 +142,9 @@ type Record struct {
 	// PendingTasks lists them (read from the table).
 	Pending      int           `json:"pending"`
 	PendingTasks []PendingTask `json:"pending_tasks"`
+	// Supersedes is the ID of the patch this one replaced in the same
+	// pause (ApplyOptions.Supersede).
+	Supersedes string `json:"supersedes,omitempty"`
 }
 
 // PendingTask is a task a transition waits for.

@@ -39,6 +39,13 @@ import (
 //     "applied"; (4) after the pause, the old patch's memory is unmapped
 //     (until then Status lists it "superseded", and Revert or RevertAll
 //     unmap it).
+//   - Unlike a plain apply, the switch does not go through dispatch stubs
+//     (whose "old" universe is the original code, not another patch): the
+//     entries are plain writes in the pause. So a patcher killed between
+//     two entry writes of a supersede of several functions leaves each
+//     function whole, some on the old patch and some on the new, which
+//     Status reports ("partial"); RevertAll restores the original. A
+//     supersede of one function has no such point.
 //   - Gradual transitions are not supported: a task would have to move
 //     from the old patch's universe to the new one's without passing
 //     through the original, which the dispatch stubs, deciding between the

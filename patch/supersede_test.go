@@ -5,6 +5,7 @@ package patch_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -228,4 +229,83 @@ func TestSupersedeInTransition(t *testing.T) {
 	command(t, p, "stop 0", regexp.MustCompile(`^batch 0 stopped 2$`))
 	_, err = tg.RevertAll(ctx, patch.ApplyOptions{Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
 	require.NoError(t, err)
+}
+
+// TestSupersedeDeathAtEveryWrite: the patcher "dies" (DieAfterWrites)
+// before each write of a supersede that covers fewer functions than the
+// patch it replaces (v1: main.compute and main.slowReadFixed to
+// main.computeFixed; v2: main.compute to main.slowReadFixed). The target
+// answers with v1's or v2's code throughout, never the original's; a new
+// tool's Status reads every record (a death between two entry writes
+// leaves each function whole on v1 or v2, and the records say "partial");
+// RevertAll then restores the original code exactly.
+func TestSupersedeDeathAtEveryWrite(t *testing.T) {
+	for n := 1; n < 50; n++ {
+		if !supersedeDeath(t, n) {
+			t.Logf("survived a death before each of %d writes", n-1)
+			return
+		}
+	}
+	t.Fatal("more than 50 writes?")
+}
+
+func supersedeDeath(t *testing.T, n int) (died bool) {
+	cmd := exec.Command(fixture.BuildGo(t, "goservice", ""))
+	cmd.Env = append(os.Environ(), "GOSERVICE_HTTP=1")
+	p := fixture.StartCmd(t, cmd)
+	defer p.Kill()
+	url := "http://" + p.ExpectAfter(t, 0, regexp.MustCompile(`^http (\S+)$`), 10*time.Second)[1]
+	answer := func() int {
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		v, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(string(b)), "result "))
+		require.NoError(t, err)
+		return v
+	}
+	tg, err := patch.Attach(p.Pid, nil)
+	require.NoError(t, err)
+	ctx := context.Background()
+	v1 := []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}, {Old: "main.slowReadFixed", New: "main.computeFixed"}}
+	r1, err := tg.Apply(ctx, v1, patch.ApplyOptions{})
+	require.NoError(t, err)
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if !patch.IsInjectedDeath(v) {
+					panic(v)
+				}
+				died = true
+				require.NoError(t, patch.Abandon(tg))
+			}
+		}()
+		patch.DieAfterWrites(n)
+		defer patch.DieAfterWrites(0)
+		_, err := tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.slowReadFixed"}}, patch.ApplyOptions{Supersede: r1.ID})
+		require.NoError(t, err)
+	}()
+	require.Contains(t, []int{3001, -1001}, answer(), "death before write %d", n)
+	if !died {
+		require.NoError(t, tg.Close())
+	}
+	tg2, err := patch.Attach(p.Pid, nil)
+	require.NoError(t, err)
+	defer tg2.Close()
+	recs, err := tg2.Status()
+	require.NoError(t, err, "death before write %d", n)
+	var states []string
+	for _, r := range recs {
+		states = append(states, r.ID+"="+r.State)
+	}
+	t.Logf("death before write %d (died: %v): %s", n, died, strings.Join(states, " "))
+	_, err = tg2.RevertAll(ctx, patch.ApplyOptions{Timeout: 10 * time.Second})
+	require.NoError(t, err, "death before write %d", n)
+	recs, err = tg2.Status()
+	require.NoError(t, err)
+	require.Empty(t, recs, "death before write %d", n)
+	textMatchesFiles(t, p.Pid, fmt.Sprintf("death before write %d", n))
+	require.Equal(t, 2000, answer(), "death before write %d", n)
+	return died
 }

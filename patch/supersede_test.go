@@ -309,3 +309,30 @@ func supersedeDeath(t *testing.T, n int) (died bool) {
 	require.Equal(t, 2000, answer(), "death before write %d", n)
 	return died
 }
+
+// TestSupersedeBlocked: a supersede whose new function stays busy (a
+// goroutine blocked in main.slowRead) is refused at the timeout, naming
+// it, and the target is as it was: v1 applied, the new patch's memory
+// gone.
+func TestSupersedeBlocked(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "goservice", ""))
+	tg := attach(t, p.Pid)
+	ctx := context.Background()
+	r1, err := tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{})
+	require.NoError(t, err)
+	before := mappingSet(t, p.Pid)
+	_, err = tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}, {Old: "main.slowRead", New: "main.slowReadFixed"}},
+		patch.ApplyOptions{Supersede: r1.ID, Timeout: 200 * time.Millisecond})
+	require.ErrorIs(t, err, patch.ErrBlocked)
+	require.Contains(t, err.Error(), "main.slowRead")
+	require.Equal(t, before, mappingSet(t, p.Pid), "the new patch's memory is gone")
+	recs, err := tg.Status()
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	require.Equal(t, r1.ID, recs[0].ID)
+	require.Equal(t, "applied", recs[0].State)
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^result 3\d\d\d$`), 5*time.Second)
+	_, err = tg.Revert(ctx, r1.ID, patch.ApplyOptions{})
+	require.NoError(t, err)
+	textMatchesFiles(t, p.Pid, "after the revert")
+}

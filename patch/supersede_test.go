@@ -336,3 +336,35 @@ func TestSupersedeBlocked(t *testing.T) {
 	require.NoError(t, err)
 	textMatchesFiles(t, p.Pid, "after the revert")
 }
+
+// TestSupersedeOtherPatchKept: a supersede replaces one patch; a function
+// another applied patch replaces is still refused (ErrAlreadyApplied), and
+// that other patch survives the supersede of its neighbour.
+func TestSupersedeOtherPatchKept(t *testing.T) {
+	p := fixture.Start(t, fixture.BuildGo(t, "goservice", ""))
+	tg := attach(t, p.Pid)
+	ctx := context.Background()
+	r0, err := tg.Apply(ctx, []patch.Replacement{{Old: "main.slowReadFixed", New: "main.computeFixed"}}, patch.ApplyOptions{})
+	require.NoError(t, err)
+	r1, err := tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}}, patch.ApplyOptions{})
+	require.NoError(t, err)
+	_, err = tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.computeFixed"}, {Old: "main.slowReadFixed", New: "main.compute"}},
+		patch.ApplyOptions{Supersede: r1.ID})
+	require.ErrorIs(t, err, patch.ErrAlreadyApplied)
+	require.Contains(t, err.Error(), r0.ID)
+	r2, err := tg.Apply(ctx, []patch.Replacement{{Old: "main.compute", New: "main.slowReadFixed"}}, patch.ApplyOptions{Supersede: r1.ID})
+	require.NoError(t, err)
+	// compute -> slowReadFixed, which r0 still sends to computeFixed.
+	p.ExpectAfter(t, p.Mark(), regexp.MustCompile(`^result 3\d\d\d$`), 5*time.Second)
+	recs, err := tg.Status()
+	require.NoError(t, err)
+	var ids []string
+	for _, r := range recs {
+		require.Equal(t, "applied", r.State)
+		ids = append(ids, r.ID)
+	}
+	require.ElementsMatch(t, []string{r0.ID, r2.ID}, ids)
+	_, err = tg.RevertAll(ctx, patch.ApplyOptions{})
+	require.NoError(t, err)
+	textMatchesFiles(t, p.Pid, "after the revert")
+}

@@ -339,7 +339,8 @@ func tortureSteps(t *testing.T, tt *tortureTarget) []string {
 
 // TestTortureKillPatcher SIGKILLs the patcher at every step of an apply and
 // a revert (the first pass of each), in a C service loading a patch
-// library and in a Go service in a gradual transition under load. After
+// library (and, c-supersede, a second one superseding it) and in a Go
+// service in a gradual transition under load. After
 // each kill the target serves correct answers; a new tool's Status shows
 // no "partial" and accounts for every mapping the patch added (records and
 // Leftovers); Resume finishes a transition left behind, and cleans up too;

@@ -78,7 +78,6 @@ func errorCode(err error) string {
 		{patch.ErrInlined, "inlined"}, {patch.ErrInTransition, "in_transition"},
 		{patch.ErrNoTransition, "no_transition"},
 		{patch.ErrABI, "abi"}, {patch.ErrSignature, "signature"},
-		{patch.ErrGradualSupersede, "gradual_supersede"},
 	} {
 		if errors.Is(err, e.err) {
 			return e.code

@@ -59,6 +59,9 @@ const (
 	StateTransition State = "transition"
 	// StateReverting: a gradual revert has tasks still on the new code.
 	StateReverting State = "reverting"
+	// StateSuperseded: another patch replaced this one in one pause
+	// (ApplyOptions.Supersede); its memory is left to unmap.
+	StateSuperseded State = "superseded"
 	// StateReverted: the original code is back.
 	StateReverted State = "reverted"
 	// StateUnknown: the target could not be read back (the error says why).

@@ -86,6 +86,10 @@ var (
 	// stub would read R14 as the goroutine, which C code does not keep
 	// there. Stop mode patches such functions safely.
 	ErrGradualNotGo = errors.New("gradual transitions of C functions in a Go program are not supported; use stop mode")
+	// ErrGradualSupersede: a patch that supersedes another is applied in
+	// one pause (stop mode); a gradual transition from one fix to the
+	// next is not supported yet.
+	ErrGradualSupersede = errors.New("superseding a patch in a gradual transition is not supported; use stop mode")
 	// ErrNoTaskKey: a task that must keep the old code cannot be told
 	// apart by a dispatch stub (its key, a Go thread's g, is unknown).
 	ErrNoTaskKey = errors.New("a busy task has no key a dispatch stub can look up")

@@ -206,6 +206,15 @@ type ApplyOptions struct {
 	// table). Without it such a replacement is refused with a
 	// *SignatureError.
 	SkipSignatureCheck bool
+	// Supersede is the ID of an applied patch this one replaces in the
+	// same pause (the kernel livepatch's "atomic replace"): no call runs
+	// the original code between the two. The new patch is the complete
+	// new state: it may replace the same functions, more or fewer; those
+	// of the old one it leaves out get their original code back in that
+	// pause. Reverting the new patch restores the original code, not the
+	// old patch. Stop mode only (ModeAuto stops; ModeGradual is refused
+	// with ErrGradualSupersede).
+	Supersede string
 }
 
 // Result is a successful Apply or Revert.
@@ -229,11 +238,15 @@ type Result struct {
 	// Forced lists the tasks a Force moved to the new code while they
 	// still had old code on their stacks.
 	Forced []string `json:"forced"`
-	// LibLoaded, after a Revert, says why the patch library stays loaded
+	// LibLoaded, after a Revert (or an Apply that superseded a patch: the
+	// superseded patch's library), says why the patch library stays loaded
 	// (a task was still in it): Leftovers lists it, and RevertAll unloads
 	// it once no task is in it. Empty when it was unloaded, or there was
 	// none.
 	LibLoaded string `json:"lib_loaded,omitempty"`
+	// Superseded is the ID of the patch this Apply replaced
+	// (ApplyOptions.Supersede).
+	Superseded string `json:"superseded,omitempty"`
 }
 
 // planned is one function of an Apply being prepared.
@@ -243,6 +256,11 @@ type planned struct {
 	code     []byte // live bytes: the function then its padding
 	plan     *trampoline.Plan
 	inlined  []elfsym.InlineSite
+	// With ApplyOptions.Supersede, for a function the superseded patch
+	// replaces: its entry there, and the live bytes (its jump in place).
+	// code then holds the original bytes.
+	superseded *Function
+	live       []byte
 }
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
@@ -264,9 +282,13 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	if err != nil {
 		return nil, err
 	}
+	old1, err := t.superseded(records, o)
+	if err != nil {
+		return nil, err
+	}
 	patched := map[uint64]string{}
 	for _, r := range records {
-		if r.State == "reverted" || r.State == "prepared" {
+		if r.State == "reverted" || r.State == "prepared" || r.State == "superseded" || (old1 != nil && r.ID == old1.ID) {
 			// Nothing jumps there: leftovers of a patcher that died
 			// before its switch or after its revert (a live one would
 			// hold the process's lock, which we hold).
@@ -337,7 +359,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		if err := chk.check(rep, old, nw, len(sites) > 0); err != nil {
 			return fail(rep.Old, err, "")
 		}
-		p := &planned{rep: rep, old: old, new: nw, inlined: sites}
+		p := &planned{rep: rep, old: old, new: nw, inlined: sites, superseded: old1.function(old.Addr)}
 		if err := t.readCode(p); err != nil {
 			return fail(rep.Old, err, "")
 		}
@@ -363,6 +385,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			return fail(fn, ErrGradualNotGo, "")
 		}
 		// Plain jumps, in one stop-and-check pause (auto mode too).
+		canDispatch = false
+	}
+	if old1 != nil {
+		// One pause of plain jumps: the old patch's entries become the
+		// new one's directly (see supersede.go).
 		canDispatch = false
 	}
 	if mode == ModeGradual && !canDispatch {
@@ -399,7 +426,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return fail(ps[0].rep.Old, err, "")
 	}
 	step("apply:mapped")
-	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size}
+	rec := &Record{ID: id, Created: time.Now().UTC().Truncate(time.Second), Region: region, RegionSize: size, Supersedes: old1.id()}
 	if lib != nil {
 		rec.Lib = lib.ref()
 	}
@@ -443,6 +470,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			Module: p.old.Module.Path, BuildID: p.old.Module.BuildID,
 			PatchAddr: plan.Addr, Original: plan.Original, Jump: plan.Jump, ThunkAddr: thunk,
 			InlinedInto: inlineCallers(p.inlined),
+		}
+		if p.superseded != nil {
+			if f.Superseded, err = p.supersededBytes(); err != nil {
+				unmap()
+				return fail(p.rep.Old, err, "")
+			}
 		}
 		if canDispatch {
 			at := region + stubOff + uint64(i)*stubSlot
@@ -499,6 +532,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		regions = append(regions, consistency.Region{Name: p.rep.Old, Start: p.old.Addr, End: end})
 	}
+	regions = append(regions, supersedeRegions(old1, ps)...)
 	src, err := t.source()
 	if err != nil {
 		unmap()
@@ -520,6 +554,9 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 				// write whatever happens to us meanwhile.
 				return t.startForward(rec, nil)
 			}
+			if old1 != nil {
+				return t.supersedeSwitch(rec, old1, ps)
+			}
 			var writes []write
 			for _, p := range ps {
 				writes = append(writes, write{name: p.rep.Old, addr: p.plan.Addr, old: p.plan.Original, new: p.plan.Jump})
@@ -539,9 +576,16 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		}
 		return fail(fn, err, "")
 	}
+	out := &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}
+	if old1 != nil {
+		t.dropSuperseded(old1)
+		out.Superseded = old1.ID
+		// The superseded patch's library, which nothing leads to any more.
+		out.LibLoaded = t.unloadAfterRevert(ctx, old1.Lib, o)
+	}
 	step("apply:done")
-	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts)
-	return &Result{ID: id, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}, nil
+	t.log.Debug("applied", "id", id, "pause", res.Pause, "attempts", res.Attempts, "superseded", out.Superseded)
+	return out, nil
 }
 
 // checkAddrs checks that the names of a self-patch resolved to the very
@@ -596,6 +640,14 @@ func (t *Target) readCode(p *planned) error {
 	file, err := p.old.Module.Code(p.old.Addr, n)
 	if err != nil {
 		return err
+	}
+	if p.superseded != nil {
+		// The superseded patch's jump, checked, stands for the original
+		// bytes its record holds; the rest must be the file's.
+		p.live = live
+		if live, err = unjump(live, p.old.Addr, p.superseded); err != nil {
+			return err
+		}
 	}
 	if i := firstDiff(live, file); i >= 0 {
 		return fmt.Errorf("%w: byte at %#x (%s) is %#02x in memory but %#02x in %s; another tool or a debugger breakpoint changed it — remove that first",
@@ -692,7 +744,7 @@ func (t *Target) Status() (_ []Record, err error) {
 		out = append(out, *rec)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
-	return out, nil
+	return supersedeOrder(out), nil
 }
 
 // liveState derives a record's state from the code bytes: the header's state
@@ -742,6 +794,9 @@ func liveState(mem readerAt, rec *Record, state uint32) (State, error) {
 		return stateName(stateApplied), nil
 	case jumps > 0:
 		return "partial", nil
+	case state == stateSuperseded:
+		// Another patch replaced it in one pause; its memory goes next.
+		return stateName(stateSuperseded), nil
 	case state == stateApplied || state == stateTransition || state == stateReverting:
 		// The header says a switch began, but all the original bytes are
 		// there.
@@ -797,7 +852,7 @@ func (t *Target) revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		return t.gradualRevert(ctx, rec, o)
 	}
 	if rec == nil || (rec.State != "applied" && rec.State != "partial") {
-		if rec != nil && (rec.State == "prepared" || rec.State == "reverted") {
+		if rec != nil && (rec.State == "prepared" || rec.State == "reverted" || rec.State == "superseded") {
 			// Leftovers of a patcher that died: drop them.
 			if err := t.discard(ctx, rec, o); err != nil {
 				return nil, err
@@ -831,8 +886,11 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil {
 			return fail(fmt.Errorf("read the entry of %s at %#x: %w", f.Old, f.PatchAddr, err))
 		}
-		if bytes.Equal(live, f.Original) {
-			continue // partial: this one was never written
+		if bytes.Equal(live, f.Original) || (f.Superseded != nil && bytes.Equal(live, f.Superseded)) {
+			// partial: this one was never written (the entry is the
+			// original's, or still the superseded patch's, which that
+			// patch's record reverts)
+			continue
 		}
 		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.Original})
 	}
@@ -916,9 +974,9 @@ func (t *Target) RevertAll(ctx context.Context, o ApplyOptions) (_ []*Result, er
 		if err := ctx.Err(); err != nil {
 			return out, &Error{Op: "revert", Pid: t.pid, Err: err, Hint: "the patches not listed in the results were left as they were"}
 		}
-		if s := records[i].State; s == "prepared" || s == "reverted" {
+		if s := records[i].State; s == "prepared" || s == "reverted" || s == "superseded" {
 			// Leftovers of a patcher that died before its switch, or
-			// after its revert but before unmapping.
+			// after its revert (or a supersede) but before unmapping.
 			if err := t.discard(ctx, &records[i], o); err != nil {
 				return out, err
 			}

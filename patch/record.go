@@ -42,6 +42,10 @@ const (
 	// Gradual transitions: every entry jumps to its dispatch stub.
 	stateTransition uint32 = 4 // applying: the table lists the tasks still on the old code
 	stateReverting  uint32 = 5 // reverting: the table lists the tasks still on the new code
+	// Superseded: another patch replaced this one in one pause (its
+	// entries now hold that patch's jumps, or their original bytes); the
+	// memory is unmapped next.
+	stateSuperseded uint32 = 6
 )
 
 func stateName(s uint32) State {
@@ -56,6 +60,8 @@ func stateName(s uint32) State {
 		return StateTransition
 	case stateReverting:
 		return StateReverting
+	case stateSuperseded:
+		return StateSuperseded
 	}
 	return State(fmt.Sprintf("state(%d)", s))
 }
@@ -106,6 +112,10 @@ type Function struct {
 	StubAddr uint64 `json:"stub_addr,omitempty"`
 	StubSize uint64 `json:"stub_size,omitempty"`
 	StubJump Bytes  `json:"stub_jump,omitempty"`
+	// Superseded, in a patch that superseded another, is what that patch
+	// left at PatchAddr (its jump): until this patch's own jump is
+	// written there, the entry belongs to the other patch's record.
+	Superseded Bytes `json:"superseded,omitempty"`
 }
 
 // Record describes a patch as the target holds it.
@@ -115,8 +125,9 @@ type Record struct {
 	Functions []Function `json:"functions"`
 	// State is StateApplied, StatePrepared (inert: no jump written),
 	// StatePartial (some jumps written: a patcher died mid-write),
-	// StateReverted, or StateTransition or StateReverting (a gradual
-	// transition with Pending tasks). It is
+	// StateReverted, StateSuperseded (another patch replaced it; its
+	// memory is left to unmap, as a reverted one's), or StateTransition or
+	// StateReverting (a gradual transition with Pending tasks). It is
 	// derived from the code bytes when the record is read.
 	State State `json:"state"`
 	// Region and RegionSize locate the patch memory in the target.
@@ -134,6 +145,9 @@ type Record struct {
 	// PendingTasks lists them (read from the table).
 	Pending      int           `json:"pending"`
 	PendingTasks []PendingTask `json:"pending_tasks"`
+	// Supersedes is the ID of the patch this one replaced in the same
+	// pause (ApplyOptions.Supersede).
+	Supersedes string `json:"supersedes,omitempty"`
 }
 
 // LibRef is the patch library a patch was applied from.

@@ -67,10 +67,12 @@ type selfOpts struct {
 	Timeout, Interval time.Duration
 	Force             bool
 	AllowInlined      bool
+	Supersede         string
 }
 
 func (o selfOpts) apply() ApplyOptions {
-	return ApplyOptions{Mode: o.Mode, OnTimeout: o.OnTimeout, Timeout: o.Timeout, Interval: o.Interval, Force: o.Force, AllowInlined: o.AllowInlined}
+	return ApplyOptions{Mode: o.Mode, OnTimeout: o.OnTimeout, Timeout: o.Timeout, Interval: o.Interval, Force: o.Force, AllowInlined: o.AllowInlined,
+		Supersede: o.Supersede}
 }
 
 type selfResponse struct {
@@ -101,6 +103,7 @@ var wireSentinels = []error{
 	ErrInTransition, ErrNoTransition, ErrInlined, ErrABI, ErrSignature,
 	ErrGradualNotGo, ErrNoTaskKey, context.DeadlineExceeded, context.Canceled,
 	ErrNotSupported, ErrSelfHelper, ErrNotPatchable,
+	ErrGradualSupersede,
 }
 
 func toWire(err error) *wireError {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,8 +42,9 @@ func TestMain(m *testing.M) {
 }
 
 // torturePatcher applies the scenario HOTPATCH_TORTURE names ("c": the
-// fixprice library into cserve, stop mode; "go": the universe set into
-// gouniverse, gradual) to TORTURE_PID, then reverts everything. It prints
+// fixprice library into cserve, stop mode; "c-supersede": the same, then
+// its V2 build superseding it; "go": the universe set into gouniverse,
+// gradual) to TORTURE_PID, then reverts everything. It prints
 // "step NAME#K" at the K-th pass of each step; at TORTURE_AT it SIGKILLs
 // itself (TORTURE_KILL=self) or the target (=target). It ends with "done"
 // or "error: ..." and "exited: BOOL" (the error says the target exited).
@@ -84,6 +86,14 @@ func tortureScenario(pid int) error {
 	switch os.Getenv(tortureEnv) {
 	case "c":
 		_, err = tg.Apply(ctx, []patch.Replacement{{Old: "price", New: "price_fixed"}}, patch.ApplyOptions{Lib: os.Getenv("TORTURE_LIB"), Timeout: 5 * time.Second})
+	case "c-supersede":
+		reps := []patch.Replacement{{Old: "price", New: "price_fixed"}}
+		var r1 *patch.Result
+		if r1, err = tg.Apply(ctx, reps, patch.ApplyOptions{Lib: os.Getenv("TORTURE_LIB"), Timeout: 5 * time.Second}); err != nil {
+			return err
+		}
+		fmt.Println(supersedingLine)
+		_, err = tg.Apply(ctx, reps, patch.ApplyOptions{Lib: os.Getenv("TORTURE_LIB2"), Supersede: r1.ID, Timeout: 5 * time.Second})
 	default:
 		_, err = tg.Apply(ctx, universeSet("main."), patch.ApplyOptions{Mode: patch.ModeGradual, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond,
 			Progress: func(pr patch.Progress) {
@@ -99,11 +109,16 @@ func tortureScenario(pid int) error {
 	return err
 }
 
+// supersedingLine is what the c-supersede scenario prints between its two
+// applies: the steps after it are the supersede's.
+const supersedingLine = "superseding"
+
 // tortureTarget is one fixture under load for the torture tests.
 type tortureTarget struct {
 	t    *testing.T
-	kind string // "c" or "go"
+	kind string // "c", "c-supersede" or "go"
 	lib  string
+	lib2 string // c-supersede: the fix that supersedes lib's
 	p    *fixture.Proc
 	// go: the busy batch held in the old serve during the apply, released
 	// when the transition starts.
@@ -112,9 +127,12 @@ type tortureTarget struct {
 
 func startTortureTarget(t *testing.T, kind string) *tortureTarget {
 	tt := &tortureTarget{t: t, kind: kind, batch: -1, busy: -1}
-	if kind == "c" {
+	if kind == "c" || kind == "c-supersede" {
 		p, bin := serve(t, 2)
 		tt.p, tt.lib = p, fixLib(t, pin(buildID(t, bin)))
+		if kind == "c-supersede" {
+			tt.lib2 = fixLib(t, pin(buildID(t, bin)), "-DV2")
+		}
 		return tt
 	}
 	tt.p = fixture.Start(t, fixture.BuildGo(t, "gouniverse", ""))
@@ -133,7 +151,7 @@ func (tt *tortureTarget) patcher(at, kill string, limit time.Duration) ([]string
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), tortureEnv+"="+tt.kind, "TORTURE_PID="+strconv.Itoa(tt.p.Pid),
-		"TORTURE_LIB="+tt.lib, "TORTURE_AT="+at, "TORTURE_KILL="+kill)
+		"TORTURE_LIB="+tt.lib, "TORTURE_LIB2="+tt.lib2, "TORTURE_AT="+at, "TORTURE_KILL="+kill)
 	h := fixture.StartCmd(t, cmd)
 	deadline := time.Now().Add(limit)
 	for {
@@ -183,10 +201,10 @@ func hasLine(lines []string, s string) bool {
 func (tt *tortureTarget) serving(what string) {
 	t := tt.t
 	t.Helper()
-	if tt.kind == "c" {
+	if tt.kind != "go" {
 		m := tt.p.Mark()
 		tt.p.ExpectAfter(t, m, served, 10*time.Second)
-		checkServed(t, tt.p)
+		checkServedPrices(t, tt.p, "71", "145", "212")
 		return
 	}
 	tt.batch++
@@ -288,23 +306,38 @@ func firstDiff(a, b []byte) int {
 // tortureSteps runs the patcher once without a kill and returns every
 // pass of every step it went through, in order — only the first pass of
 // each outside x86-64 (the arm64 lane runs in an emulated VM), or with
-// -short.
+// -short. For c-supersede, only the steps of the supersede and the revert
+// (the first apply's are c's); a step's pass counts from the start all
+// the same.
 func tortureSteps(t *testing.T, tt *tortureTarget) []string {
 	lines, _ := tt.patcher("", "none", 60*time.Second)
 	require.Contains(t, lines, "done", strings.Join(lines, "\n"))
 	firstOnly := runtime.GOARCH != "amd64" || testing.Short()
+	if tt.kind == "c-supersede" {
+		i := slices.Index(lines, supersedingLine)
+		require.GreaterOrEqual(t, i, 0, strings.Join(lines, "\n"))
+		lines = lines[i:]
+	}
 	var steps []string
+	seen := map[string]bool{}
 	for _, l := range lines {
-		if s, ok := strings.CutPrefix(l, "step "); ok && (!firstOnly || strings.HasSuffix(s, "#1")) {
+		s, ok := strings.CutPrefix(l, "step ")
+		if !ok {
+			continue
+		}
+		name, _, _ := strings.Cut(s, "#")
+		if !firstOnly || !seen[name] {
 			steps = append(steps, s)
 		}
+		seen[name] = true
 	}
 	return steps
 }
 
 // TestTortureKillPatcher SIGKILLs the patcher at every step of an apply and
 // a revert (the first pass of each), in a C service loading a patch
-// library and in a Go service in a gradual transition under load. After
+// library (and, c-supersede, a second one superseding it) and in a Go
+// service in a gradual transition under load. After
 // each kill the target serves correct answers; a new tool's Status shows
 // no "partial" and accounts for every mapping the patch added (records and
 // Leftovers); Resume finishes a transition left behind, and cleans up too;
@@ -312,17 +345,21 @@ func tortureSteps(t *testing.T, tt *tortureTarget) []string {
 // mappings as before the first patch and every text mapping equal to its
 // file (no stub left in padding).
 func TestTortureKillPatcher(t *testing.T) {
-	for _, kind := range []string{"c", "go"} {
+	for _, kind := range []string{"c", "c-supersede", "go"} {
 		t.Run(kind, func(t *testing.T) {
 			tt := startTortureTarget(t, kind)
 			before := mappingSet(t, tt.p.Pid)
 			steps := tortureSteps(t, tt)
 			require.Equal(t, before, mappingSet(t, tt.p.Pid), "a full apply and revert")
 			must := []string{"apply:mapped#1", "apply:record-written#1", "apply:paused#1", "revert:unmapped#1", "syscall:on-stub#1"}
-			if kind == "c" {
+			switch kind {
+			case "c":
 				must = append(must, "lib:record-mapped#1", "lib:memfd-created#1", "lib:dlopened#1", "lib:fd-closed#1",
 					"lib:unload-checked#1", "lib:dlclosed#1", "lib:unloaded#1", "call:data-mapped#1", "call:set-up#1")
-			} else {
+			case "c-supersede":
+				must = []string{"lib:dlopened#2", "apply:mapped#2", "apply:record-written#2", "apply:paused#2", "state:superseded#1",
+					"supersede:switched#1", "supersede:unmapped#1", "apply:done#2", "revert:unmapped#1"}
+			default:
 				must = append(must, "transition:table-switched#1", "finalize:jumps#1", "state:reverting#1")
 			}
 			for _, want := range must {
@@ -450,7 +487,7 @@ diffs:
 // revert: the patcher ends promptly, with an error that says the process
 // exited.
 func TestTortureKillTarget(t *testing.T) {
-	for _, kind := range []string{"c", "go"} {
+	for _, kind := range []string{"c", "c-supersede", "go"} {
 		t.Run(kind, func(t *testing.T) {
 			steps := tortureSteps(t, startTortureTarget(t, kind))
 			start := time.Now()

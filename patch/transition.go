@@ -325,12 +325,14 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 }
 
 // unmapUnused unmaps the memory of a patch after a failed apply, but only
-// when every entry still holds its original bytes: otherwise something
-// jumps there, and the record stays for status and revert.
+// when every entry still holds its original bytes (or, superseding, the
+// superseded patch's jump): otherwise something jumps there, and the
+// record stays for status and revert.
 func (t *Target) unmapUnused(rec *Record) {
 	for _, f := range rec.Functions {
 		live := make([]byte, len(f.Original))
-		if _, err := t.proc.ReadAt(live, int64(f.PatchAddr)); err != nil || !bytes.Equal(live, f.Original) {
+		_, err := t.proc.ReadAt(live, int64(f.PatchAddr))
+		if err != nil || !(bytes.Equal(live, f.Original) || (f.Superseded != nil && bytes.Equal(live, f.Superseded))) {
 			t.log.Warn("patch memory left mapped: an entry leads there", "id", rec.ID, "func", f.Old)
 			return
 		}

@@ -54,10 +54,11 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	interval := c.fs.Duration("interval", 20*time.Millisecond, "time between the short pauses of a gradual transition")
 	resume := c.fs.Bool("resume", false, "drive a transition left by an earlier apply or revert (--id, or the one in transition) to its end")
 	id := c.fs.String("id", "", "with --resume: the `ID` of the patch to drive")
+	supersede := c.fs.String("supersede", "", "replace the applied patch `ID` by this one in the same pause (stop mode): no call runs the original code between the two; functions of ID not in this patch get their original code back, and reverting this patch restores the original")
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	c.mode = patch.Mode(*mode)
+	c.mode, c.supersede = patch.Mode(*mode), *supersede
 	if *resume {
 		c.mode = patch.ModeGradual // a transition already runs
 	}
@@ -68,6 +69,10 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: at least one --replace OLD=NEW is required", errUsage)
 	case *id != "" && !*resume:
 		return fmt.Errorf("%w: --id goes with --resume", errUsage)
+	case *supersede != "" && *resume:
+		return fmt.Errorf("%w: --supersede replaces a patch by a new one; --resume applies none", errUsage)
+	case *supersede != "" && patch.Mode(*mode) == patch.ModeGradual:
+		return fmt.Errorf("%w: --supersede switches in one pause: use --mode stop (or auto), not gradual", errUsage)
 	case *interval <= 0:
 		return fmt.Errorf("%w: --interval must be above 0, got %v", errUsage, *interval)
 	}
@@ -78,7 +83,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer t.Close()
 	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: patch.Mode(*mode),
 		OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
-		SkipSignatureCheck: *skipSig}
+		SkipSignatureCheck: *skipSig, Supersede: *supersede}
 	streaming := c.json && (patch.Mode(*mode) != patch.ModeStop || *resume)
 	opts.Progress = newProgress(stdout, stderr, streaming, c.timeout).report
 	var res *patch.Result
@@ -150,6 +155,9 @@ func printApplied(stdout io.Writer, pid int, res *patch.Result) {
 	fmt.Fprintf(stdout, "applied %s: %d function(s), pause %d us (%d attempt(s))\n", res.ID, len(res.Functions), res.PauseMicros, res.Attempts)
 	for _, f := range res.Functions {
 		fmt.Fprintf(stdout, "  %s (%#x) -> %s (%#x)\n", f.Old, f.OldAddr, f.New, f.NewAddr)
+	}
+	if res.Superseded != "" {
+		fmt.Fprintf(stdout, "superseded %s in the same pause; hotpatch revert --pid %d --id %s restores the original code\n", res.Superseded, pid, res.ID)
 	}
 }
 

@@ -100,6 +100,8 @@ func (c *common) withHint(err error) error {
 		hint = "--allow-inlined patches the out-of-line copy anyway"
 	case errors.Is(err, patch.ErrUnpinned):
 		hint = "--unpinned accepts it"
+	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled) && c.supersede != "":
+		hint = "raise --timeout; a --supersede switches in one pause, when no task is in the functions or in the old patch's code"
 	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled) && c.mode == patch.ModeStop:
 		hint = "raise --timeout, or --mode gradual keeps the busy tasks on the old code"
 	case errors.Is(err, patch.ErrBlocked) && !errors.Is(err, context.Canceled):
@@ -107,9 +109,13 @@ func (c *common) withHint(err error) error {
 	case errors.Is(err, patch.ErrUnknownSymbol):
 		hint = fmt.Sprintf("hotpatch syms --pid %d SUBSTRING lists the functions", pid)
 	case errors.Is(err, patch.ErrAlreadyApplied):
-		hint = fmt.Sprintf("hotpatch status --pid %d lists the patches, hotpatch revert --pid %d --id ID reverts one", pid, pid)
+		hint = fmt.Sprintf("hotpatch status --pid %d lists the patches, hotpatch revert --pid %d --id ID reverts one; --supersede ID replaces it by this patch in one pause", pid, pid)
+	case errors.Is(err, patch.ErrInTransition) && c.supersede != "":
+		hint = fmt.Sprintf("hotpatch apply --pid %d --resume --id %s finishes it, hotpatch revert --pid %d --id %s reverts it", pid, c.supersede, pid, c.supersede)
 	case errors.Is(err, patch.ErrInTransition):
 		hint = fmt.Sprintf("hotpatch apply --pid %d --resume finishes it", pid)
+	case errors.Is(err, patch.ErrNotApplied) && c.supersede != "":
+		hint = fmt.Sprintf("hotpatch status --pid %d lists the applied patches; without --supersede the patch applies on its own", pid)
 	default:
 		return err
 	}

@@ -27,6 +27,8 @@ type common struct {
 	timeout time.Duration
 	// mode is the --mode given (stop unless the command has another).
 	mode patch.Mode
+	// supersede is apply's --supersede ID.
+	supersede string
 	// maxArgs is how many positional words the command takes.
 	maxArgs int
 	args    []string

@@ -2,7 +2,8 @@
 // them back, without restarting it.
 //
 //	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
-//	                 [--skip-signature-check] [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
+//	                 [--skip-signature-check] [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force]
+//	                 [--supersede ID] [--json]
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
@@ -57,9 +58,11 @@ func init() {
 			synopsis: []string{
 				"apply --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s]",
 				"      [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--allow-inlined] [--skip-signature-check] [--json]",
+				"apply --pid PID [--lib fix2.so] --replace OLD=NEW [--replace ...] --supersede ID [--timeout 5s] [--json]",
 				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]"},
-			example: "hotpatch apply --pid 1234 --replace main.handler=main.handlerFixed",
-			run:     cmdApply},
+			example: "hotpatch apply --pid 1234 --replace main.handler=main.handlerFixed\n" +
+				"  hotpatch apply --pid 1234 --lib fix-v2.so --replace price=price_fixed --supersede hp-1a2b3c4d   # fix v1 -> v2 in one pause",
+			run: cmdApply},
 		{name: "revert", summary: "put the original functions back",
 			synopsis: []string{"revert --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]"},
 			example:  "hotpatch revert --pid 1234 --all",

@@ -29,7 +29,7 @@ func (r *replaceFlags) Set(s string) error {
 var modes = []string{patch.ModeStop, patch.ModeGradual, patch.ModeAuto}
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("apply", stdout, true, true, true)
+	c := newFlags("apply", stdout, true, true, true).withSelectors()
 	var reps replaceFlags
 	c.fs.Var(&reps, "replace", "redirect function OLD to function NEW (`OLD=NEW`, repeatable)")
 	lib := c.fs.String("lib", "", "shared object `FILE` holding the NEW functions, loaded into the target with dlopen")
@@ -58,15 +58,21 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: --id goes with --resume", errUsage)
 	case *interval <= 0:
 		return fmt.Errorf("%w: --interval must be above 0, got %v", errUsage, *interval)
+	case *resume && c.many():
+		return fmt.Errorf("%w: --resume drives one process's transition: give its --pid (the report of apply %s names each)", errUsage, c.selector())
+	}
+	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
+		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
+		SkipSignatureCheck: *skipSig}
+	if c.many() {
+		opts.Progress = newProgress(stdout, stderr, false, c.timeout).report
+		return c.applyMany(ctx, stdout, stderr, reps, opts)
 	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: *mode,
-		OnTimeout: *onTimeout, Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
-		SkipSignatureCheck: *skipSig}
 	streaming := c.json && (*mode != patch.ModeStop || *resume)
 	opts.Progress = newProgress(stdout, stderr, streaming, c.timeout).report
 	var res *patch.Result
@@ -84,10 +90,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	warnApplied(stderr, res)
 	switch {
 	case streaming:
-		writeLine(stdout, struct {
-			Event string `json:"event"`
-			*patch.Result
-		}{"result", res})
+		writeLine(stdout, leading{"event", "result", res})
 	case c.json:
 		writeJSON(stdout, res)
 	default:
@@ -142,7 +145,7 @@ func printApplied(stdout io.Writer, pid int, res *patch.Result) {
 }
 
 func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("revert", stdout, true, true, true)
+	c := newFlags("revert", stdout, true, true, true).withSelectors()
 	id := c.fs.String("id", "", "`ID` of the patch to revert")
 	all := c.fs.Bool("all", false, "revert every applied patch, newest first, and remove what a killed hotpatch left")
 	mode := c.choice("mode", patch.ModeStop, "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)", modes...)
@@ -154,13 +157,19 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if (*id == "") == !*all {
 		return fmt.Errorf("%w: give exactly one of --id ID or --all", errUsage)
 	}
+	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: *mode, OnTimeout: *onTimeout, Progress: newProgress(stdout, stderr, false, c.timeout).report}
+	if c.many() {
+		if !*all {
+			return fmt.Errorf("%w: with --exe or --build-id, revert takes --all (a patch ID names a patch of one process)", errUsage)
+		}
+		return c.revertMany(ctx, stdout, stderr, opts)
+	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
 	var results []*patch.Result
-	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: *mode, OnTimeout: *onTimeout, Progress: newProgress(stdout, stderr, false, c.timeout).report}
 	if *all {
 		results, err = t.RevertAll(ctx, opts)
 	} else {
@@ -227,9 +236,12 @@ func printReverted(stdout io.Writer, pid int, results []*patch.Result) {
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("status", stdout, true, true, false)
+	c := newFlags("status", stdout, true, true, false).withSelectors()
 	if err := c.parse(args); err != nil {
 		return err
+	}
+	if c.many() {
+		return c.statusMany(stdout, stderr)
 	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
@@ -245,20 +257,31 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return c.fail(stdout, err)
 	}
 	if c.json {
-		if recs == nil {
-			recs = []patch.Record{}
-		}
-		if left == nil {
-			left = []patch.Leftover{}
-		}
-		writeJSON(stdout, map[string]any{"pid": c.pid, "patches": recs, "leftovers": left})
+		writeJSON(stdout, statusEntry(c.pid, recs, left))
 		return nil
 	}
+	return printStatus(stdout, c.pid, recs, left)
+}
+
+// statusEntry is status --json of one process (lists as [], never null).
+func statusEntry(pid int, recs []patch.Record, left []patch.Leftover) map[string]any {
+	if recs == nil {
+		recs = []patch.Record{}
+	}
+	if left == nil {
+		left = []patch.Leftover{}
+	}
+	return map[string]any{"pid": pid, "patches": recs, "leftovers": left}
+}
+
+// printStatus lists the patches of a process as a table, with the tasks a
+// transition waits for and what a killed hotpatch left.
+func printStatus(stdout io.Writer, pid int, recs []patch.Record, left []patch.Leftover) error {
 	for _, l := range left {
-		fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, c.pid)
+		fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, pid)
 	}
 	if len(recs) == 0 {
-		fmt.Fprintf(stdout, "no patches in pid %d\n", c.pid)
+		fmt.Fprintf(stdout, "no patches in pid %d\n", pid)
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)

@@ -152,7 +152,10 @@ func (c *common) finishSelection(stderr io.Writer, sel *selection, path string) 
 	for _, pid := range sel.replaced {
 		fmt.Fprintf(stderr, "hotpatch: pid %d runs a deleted or replaced %s, not the file now at that path: not selected (--exe /proc/%d/exe or --build-id selects the processes of that file)\n", pid, path, pid)
 	}
-	if others > 0 {
+	switch {
+	case others > 0 && os.Geteuid() == 0:
+		fmt.Fprintf(stderr, "hotpatch: %d other process(es) could not be checked: their executables may not be read, even by root (processes of another sandbox)\n", others)
+	case others > 0:
 		fmt.Fprintf(stderr, "hotpatch: %d other process(es) could not be checked: their executables may not be read (other users' processes, or not dumpable); run hotpatch as root to include them\n", others)
 	}
 	if len(sel.matches) > 0 {

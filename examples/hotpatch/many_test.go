@@ -355,3 +355,29 @@ func runTracer(pid string) int {
 	io.Copy(io.Discard, os.Stdin)
 	return 0
 }
+
+// TestCLIManyTransition: a gradual apply --exe that leaves processes in a
+// transition (--on-timeout stay) exits 3 and names, per process, the
+// --resume that finishes it; revert --all --exe then ends them all.
+func TestCLIManyTransition(t *testing.T) {
+	bin := fixture.BuildGo(t, "gouniverse", "")
+	var ps []*fixture.Proc
+	for i := 0; i < 2; i++ {
+		p := fixture.Start(t, bin)
+		m := p.Mark()
+		fmt.Fprintln(p.Stdin, "start 3")
+		p.ExpectAfter(t, m, regexp.MustCompile(`^batch 0 started 3$`), 30*time.Second)
+		ps = append(ps, p)
+	}
+	out, errOut, code := hotpatch(t, "apply", "--exe", bin, "--mode", "gradual", "--on-timeout", "stay", "--timeout", "500ms",
+		"--replace", "main.serve=main.serveFixed", "--replace", "main.verA=main.verAFixed", "--replace", "main.verB=main.verBFixed")
+	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	for _, p := range ps {
+		require.Regexp(t, fmt.Sprintf(`(?m)^pid %d: hp-[0-9a-f]{8} transition: 3 task\(s\) still pending`, p.Pid), out)
+		require.Contains(t, errOut, fmt.Sprintf("pid %d is left in a transition, consistent (hotpatch apply --pid %d --resume finishes it)", p.Pid, p.Pid))
+	}
+	out, errOut, code = hotpatch(t, "revert", "--all", "--exe", bin, "--timeout", "200ms")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	out, _, _ = hotpatch(t, "status", "--exe", bin)
+	require.Equal(t, 2, strings.Count(out, "no patches in pid"), out)
+}

@@ -324,7 +324,12 @@ func (c *common) applyMany(ctx context.Context, stdout, stderr io.Writer, reps [
 		warnApplied(stderr, res)
 		entries = append(entries, leading{"pid", m.pid, res})
 		if !c.json {
-			prefixLines(stdout, m.pid, func(w io.Writer) { printApplied(w, m.pid, res) })
+			// One line per process: printApplied's first (the functions
+			// it lists after it are the same in every process).
+			var b bytes.Buffer
+			printApplied(&b, m.pid, res)
+			line, _, _ := strings.Cut(b.String(), "\n")
+			fmt.Fprintf(stdout, "pid %d: %s\n", m.pid, line)
 		}
 	}
 	if c.json {

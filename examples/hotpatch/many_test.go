@@ -106,6 +106,7 @@ func TestCLIManyProcesses(t *testing.T) {
 			// The text report: one line per process, the refusal named.
 			out, errOut, code = hotpatch(t, append([]string{"apply", "--replace", "compute_scaled=compute_fixed"}, sel...)...)
 			require.Equal(t, 1, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+			require.Equal(t, 3, strings.Count(out, "\n"), "one line per process:\n%s", out)
 			require.Regexp(t, fmt.Sprintf(`(?m)^pid %d: refused \(permission\), left as it was: .*already traced by pid`, held.Pid), out)
 			for _, p := range []*fixture.Proc{ps[0], ps[2]} {
 				require.Regexp(t, fmt.Sprintf(`(?m)^pid %d: applied hp-[0-9a-f]{8}: 1 function\(s\)`, p.Pid), out)

@@ -182,6 +182,9 @@ func loadFileC(t *testing.T, tools cTools, dir, name string, flags []string, str
 	assert.False(t, m.IsGo)
 	assert.Equal(t, readelfBuildID(t, bin), m.BuildID)
 	assert.Len(t, m.BuildID, 40)
+	id, err := ReadBuildID(bin) // the notes alone, as the CLI's --build-id reads them
+	require.NoError(t, err)
+	assert.Equal(t, m.BuildID, id)
 
 	checkAgainstNM(t, tab, m, full, 0, "exported_add", "hp_dup", "main")
 	if strip == "" {

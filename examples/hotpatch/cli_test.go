@@ -253,6 +253,7 @@ func TestCLIExitTransition(t *testing.T) {
 	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--on-timeout", "stay", "--timeout", "200ms", "--json")
 	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	require.Contains(t, out, `"state":"transition"`)
+	require.Contains(t, out, `{"event":"result","id":"hp-`, "the last line is the result event")
 
 	out, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all", "--timeout", "200ms", "--json")
 	require.Equal(t, 0, code, "a transition nobody entered reverts at once\nstdout:\n%s\nstderr:\n%s", out, errOut)

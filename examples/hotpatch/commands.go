@@ -41,7 +41,7 @@ func names[T ~string](vs []T) []string {
 }
 
 func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("apply", stdout, true, true, true)
+	c := newFlags("apply", stdout, true, true, true).withSelectors()
 	var reps replaceFlags
 	c.fs.Var(&reps, "replace", "redirect function OLD to function NEW (`OLD=NEW`, repeatable)")
 	lib := c.fs.String("lib", "", "shared object `FILE` holding the NEW functions, loaded into the target with dlopen")
@@ -75,15 +75,23 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("%w: --supersede switches in one pause: use --mode stop (or auto), not gradual", errUsage)
 	case *interval <= 0:
 		return fmt.Errorf("%w: --interval must be above 0, got %v", errUsage, *interval)
+	case *resume && c.many():
+		return fmt.Errorf("%w: --resume drives one process's transition: give its --pid (the report of apply %s names each)", errUsage, c.selector())
+	case *supersede != "" && c.many():
+		return fmt.Errorf("%w: --supersede names a patch of one process: give its --pid", errUsage)
+	}
+	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: patch.Mode(*mode),
+		OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
+		SkipSignatureCheck: *skipSig, Supersede: *supersede}
+	if c.many() {
+		opts.Progress = newProgress(stdout, stderr, false, c.timeout).report
+		return c.applyMany(ctx, stdout, stderr, reps, opts)
 	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
-	opts := patch.ApplyOptions{Timeout: c.timeout, AllowInlined: *allowInlined, Mode: patch.Mode(*mode),
-		OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval, Lib: *lib, Unpinned: *unpinned,
-		SkipSignatureCheck: *skipSig, Supersede: *supersede}
 	streaming := c.json && (patch.Mode(*mode) != patch.ModeStop || *resume)
 	opts.Progress = newProgress(stdout, stderr, streaming, c.timeout).report
 	var res *patch.Result
@@ -101,10 +109,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	warnApplied(stderr, res)
 	switch {
 	case streaming:
-		writeLine(stdout, struct {
-			Event string `json:"event"`
-			*patch.Result
-		}{"result", res})
+		writeLine(stdout, leading{"event", "result", res})
 	case c.json:
 		writeJSON(stdout, res)
 	default:
@@ -162,7 +167,7 @@ func printApplied(stdout io.Writer, pid int, res *patch.Result) {
 }
 
 func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("revert", stdout, true, true, true)
+	c := newFlags("revert", stdout, true, true, true).withSelectors()
 	id := c.fs.String("id", "", "`ID` of the patch to revert")
 	all := c.fs.Bool("all", false, "revert every applied patch, newest first, and remove what a killed hotpatch left")
 	mode := c.choice("mode", string(patch.ModeStop), "stop, gradual or auto, as for apply (a patch in transition is always reverted gradually)", modes...)
@@ -174,13 +179,19 @@ func cmdRevert(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if (*id == "") == !*all {
 		return fmt.Errorf("%w: give exactly one of --id ID or --all", errUsage)
 	}
+	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: patch.Mode(*mode), OnTimeout: patch.OnTimeout(*onTimeout), Progress: newProgress(stdout, stderr, false, c.timeout).report}
+	if c.many() {
+		if !*all {
+			return fmt.Errorf("%w: with --exe or --build-id, revert takes --all (a patch ID names a patch of one process)", errUsage)
+		}
+		return c.revertMany(ctx, stdout, stderr, opts)
+	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
 		return c.fail(stdout, err)
 	}
 	defer t.Close()
 	var results []*patch.Result
-	opts := patch.ApplyOptions{Timeout: c.timeout, Mode: patch.Mode(*mode), OnTimeout: patch.OnTimeout(*onTimeout), Progress: newProgress(stdout, stderr, false, c.timeout).report}
 	if *all {
 		results, err = t.RevertAll(ctx, opts)
 	} else {
@@ -250,9 +261,12 @@ func printReverted(stdout io.Writer, pid int, results []*patch.Result) {
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newFlags("status", stdout, true, true, false)
+	c := newFlags("status", stdout, true, true, false).withSelectors()
 	if err := c.parse(args); err != nil {
 		return err
+	}
+	if c.many() {
+		return c.statusMany(stdout, stderr)
 	}
 	t, err := patch.Attach(c.pid, nil)
 	if err != nil {
@@ -268,29 +282,40 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return c.fail(stdout, err)
 	}
 	if c.json {
-		if recs == nil {
-			recs = []patch.Record{}
-		}
-		if left == nil {
-			left = []patch.Leftover{}
-		}
-		writeJSON(stdout, map[string]any{"pid": c.pid, "patches": recs, "leftovers": left})
+		writeJSON(stdout, statusEntry(c.pid, recs, left))
 		return nil
 	}
+	return printStatus(stdout, c.pid, recs, left)
+}
+
+// statusEntry is status --json of one process (lists as [], never null).
+func statusEntry(pid int, recs []patch.Record, left []patch.Leftover) map[string]any {
+	if recs == nil {
+		recs = []patch.Record{}
+	}
+	if left == nil {
+		left = []patch.Leftover{}
+	}
+	return map[string]any{"pid": pid, "patches": recs, "leftovers": left}
+}
+
+// printStatus lists the patches of a process as a table, with the tasks a
+// transition waits for and what a killed hotpatch left.
+func printStatus(stdout io.Writer, pid int, recs []patch.Record, left []patch.Leftover) error {
 	for _, l := range left {
 		switch {
 		case l.Kind == patch.LeftoverLibFd && l.Fd != nil:
-			fmt.Fprintf(stdout, "left by a killed hotpatch: %s %d (%s, patch %s); hotpatch revert --pid %d --all closes it\n", l.Kind, *l.Fd, l.Lib, l.ID, c.pid)
+			fmt.Fprintf(stdout, "left by a killed hotpatch: %s %d (%s, patch %s); hotpatch revert --pid %d --all closes it\n", l.Kind, *l.Fd, l.Lib, l.ID, pid)
 		case l.Kind == patch.LeftoverLib && l.Loaded:
-			fmt.Fprintf(stdout, "loaded, no patch uses it: %s %s (patch %s, record at %#x); hotpatch revert --pid %d --all unloads it once no task is in it\n", l.Kind, l.Lib, l.ID, l.Addr, c.pid)
+			fmt.Fprintf(stdout, "loaded, no patch uses it: %s %s (patch %s, record at %#x); hotpatch revert --pid %d --all unloads it once no task is in it\n", l.Kind, l.Lib, l.ID, l.Addr, pid)
 		case l.Kind == patch.LeftoverLib:
-			fmt.Fprintf(stdout, "left by a killed hotpatch: the record of %s %s (patch %s, at %#x), not loaded; hotpatch revert --pid %d --all removes it\n", l.Kind, l.Lib, l.ID, l.Addr, c.pid)
+			fmt.Fprintf(stdout, "left by a killed hotpatch: the record of %s %s (patch %s, at %#x), not loaded; hotpatch revert --pid %d --all removes it\n", l.Kind, l.Lib, l.ID, l.Addr, pid)
 		default:
-			fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, c.pid)
+			fmt.Fprintf(stdout, "left by a killed hotpatch: %s at %#x (%d bytes); hotpatch revert --pid %d --all removes it\n", l.Kind, l.Addr, l.Size, pid)
 		}
 	}
 	if len(recs) == 0 {
-		fmt.Fprintf(stdout, "no patches in pid %d\n", c.pid)
+		fmt.Fprintf(stdout, "no patches in pid %d\n", pid)
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)

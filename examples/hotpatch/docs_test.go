@@ -57,7 +57,8 @@ func docCommands(t *testing.T, path string) []docCommand {
 }
 
 // TestDocs runs the commands of each how-to in docs/, in order, against a
-// live target, each with the exit status the doc states.
+// live target ($PID, its executable $EXE), each with the exit status the
+// doc states.
 func TestDocs(t *testing.T) {
 	tests := []struct {
 		doc   string
@@ -71,10 +72,13 @@ func TestDocs(t *testing.T) {
 		t.Run(tt.doc, func(t *testing.T) {
 			cmds := docCommands(t, filepath.Join("..", "..", "docs", tt.doc))
 			pid := fmt.Sprint(tt.start(t))
+			exe, err := os.Readlink("/proc/" + pid + "/exe") // $EXE: the target's executable
+			require.NoError(t, err)
+			vars := strings.NewReplacer("$PID", pid, "$EXE", exe)
 			for _, c := range cmds {
 				args := make([]string, 0, len(c.args)-1)
 				for _, a := range c.args[1:] {
-					args = append(args, strings.ReplaceAll(a, "$PID", pid))
+					args = append(args, vars.Replace(a))
 				}
 				out, errOut, code := hotpatch(t, args...)
 				require.Equal(t, c.code, code, "%s\nstdout:\n%s\nstderr:\n%s", c.line, out, errOut)

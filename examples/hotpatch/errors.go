@@ -65,7 +65,7 @@ func errorCode(err error) string {
 		// A cancelled wait also wraps what it waited for: it goes first.
 		{context.Canceled, "canceled"},
 		{patch.ErrPIDReused, "pid_reused"}, {patch.ErrKernelThread, "kernel_thread"}, {patch.ErrBusy, "busy"},
-		{patch.ErrNoProcess, "no_process"}, {patch.ErrPermission, "permission"},
+		{patch.ErrNoProcess, "no_process"}, {errNoMatch, "no_process"}, {patch.ErrPermission, "permission"},
 		// A function that exists only inlined is also an unknown symbol.
 		{elfsym.ErrOnlyInlined, "inlined"},
 		{patch.ErrUnknownSymbol, "unknown_symbol"}, {patch.ErrAmbiguous, "ambiguous_symbol"},
@@ -160,4 +160,35 @@ func shortName(name string) string {
 		return name[i+1:]
 	}
 	return name
+}
+
+// leading is v (a JSON object) with one more field first: embedding v in a
+// struct would not do, as v's own MarshalJSON would drop the field.
+type leading struct {
+	key string
+	val any
+	v   any
+}
+
+func (l leading) MarshalJSON() ([]byte, error) {
+	k, err := json.Marshal(l.key)
+	if err != nil {
+		return nil, err
+	}
+	val, err := json.Marshal(l.val)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(l.v)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < 2 || b[0] != '{' {
+		return nil, fmt.Errorf("hotpatch: %T is not a JSON object", l.v)
+	}
+	out := append(append(append([]byte{'{'}, k...), ':'), val...)
+	if len(b) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, b[1:]...), nil
 }

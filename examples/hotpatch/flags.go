@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,7 +33,23 @@ type common struct {
 	// maxArgs is how many positional words the command takes.
 	maxArgs int
 	args    []string
+	// exe and buildID select every process of an executable instead of
+	// --pid (apply, revert, status; see many.go).
+	exe, buildID string
 }
+
+// withSelectors adds --exe and --build-id, the alternatives to --pid.
+func (c *common) withSelectors() *common {
+	c.fs.StringVar(&c.exe, "exe", "", "instead of --pid: every process whose executable is the file at `PATH` (the same file: device and inode; "+
+		"a process whose binary was since deleted or replaced runs another file, is not selected and is named on stderr: --exe /proc/PID/exe selects the processes of its file)")
+	c.fs.StringVar(&c.buildID, "build-id", "", "instead of --pid: every process whose executable has the GNU build ID `ID` (hex, as readelf -n prints it)")
+	c.fs.Lookup("pid").Usage = "the target's process ID (`PID`; or --exe, or --build-id)"
+	return c
+}
+
+// many reports whether the command acts on the processes --exe or
+// --build-id select.
+func (c *common) many() bool { return c.exe != "" || c.buildID != "" }
 
 // newFlags starts the flag set of command name; withPID adds --pid,
 // withJSON --json, withTimeout --timeout.
@@ -85,14 +102,43 @@ func (c *common) parse(args []string) error {
 		}
 		return fmt.Errorf("%w: unexpected %q (%s takes at most %d argument)", errUsage, strings.Join(extra, " "), c.cmd.name, c.maxArgs)
 	}
-	if c.fs.Lookup("pid") != nil && c.pid <= 0 {
-		if c.pidSet() {
-			return fmt.Errorf("%w: --pid must be a process ID above 0, got %d", errUsage, c.pid)
-		}
-		return fmt.Errorf("%w: --pid is required", errUsage)
+	if err := c.checkTarget(); err != nil {
+		return err
 	}
 	if c.fs.Lookup("timeout") != nil && c.timeout <= 0 {
 		return fmt.Errorf("%w: --timeout must be above 0, got %v", errUsage, c.timeout)
+	}
+	return nil
+}
+
+// checkTarget checks that the command names its target: --pid, or where
+// the command takes them, exactly one of --pid, --exe and --build-id.
+func (c *common) checkTarget() error {
+	if c.fs.Lookup("pid") == nil {
+		return nil
+	}
+	selectors := c.fs.Lookup("exe") != nil
+	n := 0
+	for _, set := range []bool{c.pidSet(), c.exe != "", c.buildID != ""} {
+		if set {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return fmt.Errorf("%w: give one of --pid, --exe, --build-id", errUsage)
+	case n == 0 && selectors:
+		return fmt.Errorf("%w: --pid is required (or --exe PATH, or --build-id ID)", errUsage)
+	case n == 0:
+		return fmt.Errorf("%w: --pid is required", errUsage)
+	case c.pidSet() && c.pid <= 0:
+		return fmt.Errorf("%w: --pid must be a process ID above 0, got %d", errUsage, c.pid)
+	case c.buildID != "":
+		id := strings.ToLower(strings.TrimPrefix(c.buildID, "0x"))
+		if _, err := hex.DecodeString(id); err != nil || id == "" {
+			return fmt.Errorf("%w: --build-id must be hex (as file(1) or readelf -n print it), got %q", errUsage, c.buildID)
+		}
+		c.buildID = id
 	}
 	return nil
 }

@@ -7,6 +7,7 @@
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
+//	hotpatch apply|revert --all|status (--exe PATH | --build-id ID) ...
 //	hotpatch syms    --pid PID [--json] [SUBSTRING]
 //	hotpatch threads --pid PID [--goroutines] [--json]
 //	hotpatch demo
@@ -18,6 +19,13 @@
 // looked up in it first; it must be pinned to the build ID of the module
 // holding OLD with HOTPATCH_PIN from patch/include/hotpatch.h, unless
 // --unpinned is given.
+//
+// Instead of --pid, apply, revert (with --all) and status take --exe PATH
+// (every process whose executable is that file, by device and inode) or
+// --build-id ID (every process whose executable has that GNU build ID):
+// each process in turn, all-or-nothing per process, each reported. One
+// refused leaves the others patched; the exit status is then 1 (3 if one
+// is left in a transition).
 //
 // Exit status: 0 done; 1 refused or failed (the reason is on stderr; with
 // --json also as {"error", "code"} on stdout); 2 usage error (nothing was
@@ -59,17 +67,22 @@ func init() {
 				"apply --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s]",
 				"      [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--allow-inlined] [--skip-signature-check] [--json]",
 				"apply --pid PID [--lib fix2.so] --replace OLD=NEW [--replace ...] --supersede ID [--timeout 5s] [--json]",
-				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]"},
+				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]",
+				"apply (--exe PATH | --build-id ID) [--lib fix.so] --replace OLD=NEW ... [flags as above, not --resume or --supersede]",
+				"      every process of the executable, one at a time, each all-or-nothing and reported (one line, or one",
+				"      --json array element, per PID); one refused leaves the others patched and exits 1 (3: one left in transition)"},
 			example: "hotpatch apply --pid 1234 --replace main.handler=main.handlerFixed\n" +
-				"  hotpatch apply --pid 1234 --lib fix-v2.so --replace price=price_fixed --supersede hp-1a2b3c4d   # fix v1 -> v2 in one pause",
+				"  hotpatch apply --pid 1234 --lib fix-v2.so --replace price=price_fixed --supersede hp-1a2b3c4d   # fix v1 -> v2 in one pause\n" +
+				"  hotpatch apply --exe /usr/sbin/worker --replace handle=handle_fixed   # every worker of the pool",
 			run: cmdApply},
 		{name: "revert", summary: "put the original functions back",
-			synopsis: []string{"revert --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]"},
-			example:  "hotpatch revert --pid 1234 --all",
-			run:      cmdRevert},
+			synopsis: []string{"revert --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]",
+				"revert (--exe PATH | --build-id ID) --all [--timeout 5s] [--mode stop|gradual|auto] [--json]"},
+			example: "hotpatch revert --pid 1234 --all\n  hotpatch revert --all --exe /usr/sbin/worker",
+			run:     cmdRevert},
 		{name: "status", summary: "list the patches of a process, with the tasks a transition waits for",
-			synopsis: []string{"status --pid PID [--json]"},
-			example:  "hotpatch status --pid 1234 --json",
+			synopsis: []string{"status (--pid PID | --exe PATH | --build-id ID) [--json]"},
+			example:  "hotpatch status --pid 1234 --json\n  hotpatch status --exe /usr/sbin/worker",
 			run:      cmdStatus},
 		{name: "syms", summary: "list the functions of a process (and the callers they were inlined into)",
 			synopsis: []string{"syms --pid PID [--json] [SUBSTRING]"},

@@ -26,6 +26,9 @@ var hotpatchBin string
 const EnvCLI = "HOTPATCH_CLI"
 
 func TestMain(m *testing.M) {
+	if pid := os.Getenv(envTracer); pid != "" {
+		os.Exit(runTracer(pid)) // a tracer for a test, not the tests
+	}
 	if bin := os.Getenv(EnvCLI); bin != "" {
 		hotpatchBin = bin
 		os.Exit(m.Run())

@@ -5,7 +5,7 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: test deps vet unit demo fuzz test-arm64 test-arm64-user bench
+.PHONY: test deps vet unit demo fuzz test-arm64 test-arm64-user bench bench-gomonkey
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -13,6 +13,9 @@ test: deps vet
 	@# A test suite built without inlining, as an inlined function's refusal
 	@# advises (go test strips it too: allgs is found from the runtime's code).
 	$(GO) test $(GOTEST_FLAGS) -gcflags=all=-l ./patch/patchtest
+	@# The comparison with gomonkey (a module of its own): each feature tried
+	@# with both libraries on the same function.
+	cd benchmarks/gomonkey && $(GO) test $(GOTEST_FLAGS) -gcflags=all=-l ./...
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-arm64-user
 	$(MAKE) --no-print-directory test-arm64
@@ -116,3 +119,12 @@ bench: deps
 	$(GO) test ./examples/hotpatch -run '^$$' -bench '^BenchmarkHotpatchVsRestart$$' -benchtime 1x -count 5 | tee $$dir/restart.txt; \
 	$(GO) run ./internal/benchreport -out docs $$dir/pause.txt $$dir/dispatch.txt $$dir/restart.txt
 	@echo "wrote docs/performance.md and docs/pause.svg"
+	$(MAKE) --no-print-directory bench-gomonkey
+
+# bench-gomonkey measures, side by side in one run, an in-process
+# apply+revert and a call through a patch with hotpatch and with gomonkey
+# (benchmarks/gomonkey, a module of its own so that gomonkey is never our
+# dependency), and prints the feature table of docs/gomonkey.md as observed.
+bench-gomonkey:
+	cd benchmarks/gomonkey && $(GO) test -gcflags=all=-l -run '^TestFeatures$$' -v -count 1 . | grep '^ *features_test.go:[0-9]*: |' | sed 's/^ *features_test.go:[0-9]*: //'
+	cd benchmarks/gomonkey && $(GO) test -gcflags=all=-l -run '^$$' -bench . -count 5 .

@@ -457,3 +457,64 @@ func BenchmarkFuncApplyRevert(b *testing.B) {
 	}
 	b.ReportMetric(float64(pause.Microseconds())/float64(b.N), "pause-µs/op")
 }
+
+// yamaChildEnv marks the copy of the test binary TestFuncUnderYama runs
+// as another user.
+const yamaChildEnv = "HOTPATCH_YAMA_CHILD"
+
+// TestFuncUnderYama: with Yama's ptrace_scope 1 a process may trace only
+// its descendants unless the traced process names its tracer, and the
+// self-patch helper is the patched process's child: the process names it
+// with PR_SET_PTRACER. The patching process runs as an unprivileged user
+// (root's CAP_SYS_PTRACE passes Yama), from a copy of this test binary it
+// may execute. Kernels without Yama skip it (the arm64 VM lane's Debian
+// kernel has it).
+func TestFuncUnderYama(t *testing.T) {
+	if os.Getenv(yamaChildEnv) != "" {
+		h, err := patch.Func(answer, otherAnswer)
+		if err != nil {
+			fmt.Println("patch:", err)
+			return
+		}
+		fmt.Println("patched answer", answer())
+		if err := h.Revert(); err != nil {
+			fmt.Println("revert:", err)
+			return
+		}
+		fmt.Println("reverted answer", answer())
+		return
+	}
+	const scope = "/proc/sys/kernel/yama/ptrace_scope"
+	old, err := os.ReadFile(scope)
+	if err != nil {
+		t.Skipf("kernel without Yama (%v): PR_SET_PTRACER has nothing to allow", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: to set ptrace_scope, and to run the patching process as another user")
+	}
+	if v := strings.TrimSpace(string(old)); v == "3" {
+		t.Skip("ptrace_scope is 3 (no attach at all), which cannot be lowered until reboot")
+	}
+	require.NoError(t, os.WriteFile(scope, []byte("1"), 0o644))
+	t.Cleanup(func() { os.WriteFile(scope, old, 0o644) })
+
+	self, err := os.Executable()
+	require.NoError(t, err)
+	dir, err := os.MkdirTemp("", "hotpatch-yama-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	data, err := os.ReadFile(self)
+	require.NoError(t, err)
+	bin := dir + "/self.test"
+	require.NoError(t, os.WriteFile(bin, data, 0o755))
+
+	cmd := exec.Command(bin, "-test.run=^TestFuncUnderYama$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), yamaChildEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "patched answer 2", "%s", out)
+	require.Contains(t, string(out), "reverted answer 1", "%s", out)
+}

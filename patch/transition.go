@@ -40,6 +40,10 @@ type Progress struct {
 type TaskReport struct {
 	Task  string   `json:"task"`
 	Stack []string `json:"stack"`
+	// In is the function of the patch the task is in (its innermost frame
+	// in an old function or a replacement), which is what it is waited for;
+	// Stack[0] is often a runtime or libc function it blocks in.
+	In string `json:"in,omitempty"`
 }
 
 // direction of a transition: toward the new code or back to the old.
@@ -827,7 +831,9 @@ func (t *Target) report(o ApplyOptions, rec *Record, event string, pending, move
 		if i == 5 {
 			break
 		}
-		p.Oldest = append(p.Oldest, t.taskReport(keep[e.Key]))
+		r := t.taskReport(keep[e.Key])
+		r.In = patchedFrame(rec, keep[e.Key])
+		p.Oldest = append(p.Oldest, r)
 	}
 	o.Progress(p)
 }
@@ -845,6 +851,26 @@ func (t *Target) taskReport(task consistency.Task) TaskReport {
 	return TaskReport{Task: task.String(), Stack: frames}
 }
 
+// patchedFrame names the function of rec that task's innermost frame in
+// one lies in: an old function or its replacement ("" if none does).
+func patchedFrame(rec *Record, task consistency.Task) string {
+	for j, f := range task.Stack.Frames {
+		pc := f.PC
+		if j > 0 {
+			pc-- // a return address: the call is before it
+		}
+		for _, fn := range rec.Functions {
+			switch {
+			case pc >= fn.OldAddr && pc < fn.OldAddr+fn.OldSize:
+				return fn.Old
+			case pc >= fn.NewAddr && pc < fn.NewAddr+fn.NewSize:
+				return fn.New
+			}
+		}
+	}
+	return ""
+}
+
 // retryReport reports the refused pauses of stop mode as "retry" events
 // (nil without a Progress callback).
 func (t *Target) retryReport(o ApplyOptions, id string) func(int, time.Duration, []consistency.Blocker) {
@@ -857,7 +883,9 @@ func (t *Target) retryReport(o ApplyOptions, id string) func(int, time.Duration,
 			if i == 5 {
 				break
 			}
-			p.Oldest = append(p.Oldest, t.taskReport(b.Task))
+			r := t.taskReport(b.Task)
+			r.In = b.Func
+			p.Oldest = append(p.Oldest, r)
 		}
 		o.Progress(p)
 	}

@@ -248,7 +248,7 @@ func TestCLIExitTransition(t *testing.T) {
 	lines := strings.Count(errOut, " task(s) pending")
 	require.LessOrEqual(t, lines, int(elapsed/time.Second)+3, errOut)
 	require.GreaterOrEqual(t, lines, 2, errOut)
-	require.Regexp(t, `transition \d+(\.\d+)?m?s/2\.5s: 3 task\(s\) pending, 0 moved so far \(pause \d+ us\), oldest goroutine \d+`, errOut)
+	require.Regexp(t, `transition \d+(\.\d+)?m?s/2\.5s: 3 task\(s\) pending, 0 moved so far \(pause \d+ us\), oldest goroutine \d+ \[[^\]]*\] in main\.(serve|verA|verB)\b`, errOut)
 
 	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--on-timeout", "stay", "--timeout", "200ms", "--json")
 	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
@@ -364,7 +364,7 @@ func TestCLIStopRetryProgress(t *testing.T) {
 
 	out, errOut, code := hotpatch(t, append([]string{"apply", "--pid", pid, "--timeout", "2500ms"}, replace...)...)
 	require.Equal(t, 1, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
-	require.Regexp(t, `retry \d+(\.\d+)?m?s/2\.5s: 2 task\(s\) pending, 0 moved so far \(pause \d+ us\), oldest goroutine \d+`, errOut)
+	require.Regexp(t, `retry \d+(\.\d+)?m?s/2\.5s: 2 task\(s\) pending, 0 moved so far \(pause \d+ us\), oldest goroutine \d+ \[[^\]]*\] in main\.(serve|verA|verB)\b`, errOut)
 	require.LessOrEqual(t, strings.Count(errOut, " retry "), 4, errOut)
 	require.Contains(t, errOut, "--mode gradual keeps the busy tasks on the old code")
 

@@ -48,8 +48,10 @@ func (p *progress) report(ev patch.Progress) {
 		now.Sub(p.start).Round(100*time.Millisecond), p.timeout, ev.Pending, p.moved, ev.PauseMicros)
 	if len(ev.Oldest) > 0 {
 		line += ", oldest " + ev.Oldest[0].Task
-		if len(ev.Oldest[0].Stack) > 0 {
-			line += " in " + ev.Oldest[0].Stack[0]
+		if in := ev.Oldest[0].In; in != "" {
+			line += " in " + in
+		} else if len(ev.Oldest[0].Stack) > 0 {
+			line += " at " + ev.Oldest[0].Stack[0]
 		}
 	}
 	routine := ev.Event == patch.EventProgress || ev.Event == patch.EventRetry

@@ -303,7 +303,7 @@ func (c *common) applyMany(ctx context.Context, stdout, stderr io.Writer, reps [
 	entries := []any{}
 	var t tally
 	for _, m := range ms {
-		res, err := applyOne(ctx, m, reps, opts)
+		res, err := onProcess(ctx, m, func(t *patch.Target) (*patch.Result, error) { return t.Apply(ctx, reps, opts) })
 		t.add(m.pid, err, inTransition(res))
 		if err != nil {
 			pc := c.forPID(m.pid)
@@ -338,20 +338,22 @@ func (c *common) applyMany(ctx context.Context, stdout, stderr io.Writer, reps [
 	return t.finish(stderr, "patched", "stay patched")
 }
 
-// applyOne attaches to one selected process and applies reps.
-func applyOne(ctx context.Context, m procMatch, reps []patch.Replacement, opts patch.ApplyOptions) (*patch.Result, error) {
+// onProcess attaches to one selected process and runs op on it (nothing
+// when the selection could not read it, or ctx ended before its turn).
+func onProcess[T any](ctx context.Context, m procMatch, op func(*patch.Target) (T, error)) (T, error) {
+	var zero T
 	if m.err != nil {
-		return nil, m.err
+		return zero, m.err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("hotpatch: pid %d not attempted: %w", m.pid, err)
+		return zero, fmt.Errorf("hotpatch: pid %d not attempted: %w", m.pid, err)
 	}
 	t, err := patch.Attach(m.pid, nil)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
 	defer t.Close()
-	return t.Apply(ctx, reps, opts)
+	return op(t)
 }
 
 // droppedGoPID is droppedGo for a process of a selection (attached again
@@ -377,7 +379,7 @@ func (c *common) revertMany(ctx context.Context, stdout, stderr io.Writer, opts 
 	entries := []any{}
 	var t tally
 	for _, m := range ms {
-		results, err := revertOne(ctx, m, opts)
+		results, err := onProcess(ctx, m, func(t *patch.Target) ([]*patch.Result, error) { return t.RevertAll(ctx, opts) })
 		if results == nil {
 			results = []*patch.Result{}
 		}
@@ -411,21 +413,6 @@ func (c *common) revertMany(ctx context.Context, stdout, stderr io.Writer, opts 
 	return t.finish(stderr, "reverted", "are reverted")
 }
 
-func revertOne(ctx context.Context, m procMatch, opts patch.ApplyOptions) ([]*patch.Result, error) {
-	if m.err != nil {
-		return nil, m.err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("hotpatch: pid %d not attempted: %w", m.pid, err)
-	}
-	t, err := patch.Attach(m.pid, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer t.Close()
-	return t.RevertAll(ctx, opts)
-}
-
 // statusMany shows the patches of each selected process.
 func (c *common) statusMany(stdout, stderr io.Writer) error {
 	ms, err := c.selectProcesses(stderr)
@@ -435,7 +422,8 @@ func (c *common) statusMany(stdout, stderr io.Writer) error {
 	entries := []any{}
 	var t tally
 	for _, m := range ms {
-		recs, left, err := statusOne(m)
+		st, err := onProcess(context.Background(), m, statusOf)
+		recs, left := st.recs, st.left
 		t.add(m.pid, err, false)
 		switch {
 		case err != nil:
@@ -460,19 +448,17 @@ func (c *common) statusMany(stdout, stderr io.Writer) error {
 	return t.finish(stderr, "read", "")
 }
 
-func statusOne(m procMatch) ([]patch.Record, []patch.Leftover, error) {
-	if m.err != nil {
-		return nil, nil, m.err
-	}
-	t, err := patch.Attach(m.pid, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer t.Close()
+// processStatus is what status shows of one process.
+type processStatus struct {
+	recs []patch.Record
+	left []patch.Leftover
+}
+
+func statusOf(t *patch.Target) (processStatus, error) {
 	recs, err := t.Status()
 	if err != nil {
-		return nil, nil, err
+		return processStatus{}, err
 	}
 	left, err := t.Leftovers()
-	return recs, left, err
+	return processStatus{recs, left}, err
 }

@@ -101,6 +101,7 @@ type Module struct {
 	sigOnce    sync.Once
 	sigs       *sigIndex // DWARF subprograms by entry, read on first use
 	sigErr     error
+	refs       refCache // References' outcomes
 	ehFrame    []byte
 	ehAddr     uint64
 	textSect   [][2]uint64 // link-time executable section ranges

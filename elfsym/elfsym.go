@@ -139,10 +139,12 @@ type Table struct {
 	// not ELF, replaced on disk, ...) and why.
 	Warnings []error
 
-	pid    int      // 0 for LoadFile
-	syms   []Symbol // every (module, name, address), sorted by address
-	byName map[string][]int
-	byAddr []int // one representative per (module, address), sorted by address
+	pid int // 0 for LoadFile
+	// loadedFrom are the object mappings Load read (see Current).
+	loadedFrom []Mapping
+	syms       []Symbol // every (module, name, address), sorted by address
+	byName     map[string][]int
+	byAddr     []int // one representative per (module, address), sorted by address
 }
 
 // Lookup finds a function by exact name. "MODULE:NAME" restricts the search

@@ -184,3 +184,28 @@ func TestReferencesOnce(t *testing.T) {
 	require.NoError(t, err)
 	check(again, 1)
 }
+
+// A module's DWARF is read and decompressed once, for the signatures, the
+// inline sites and the Go runtime's layout alike (each read of a test
+// binary's compressed DWARF costs tens of milliseconds).
+func TestDWARFOnce(t *testing.T) {
+	tab, err := LoadFile(fixture.BuildGo(t, "goabi", ""))
+	require.NoError(t, err)
+	m := tab.Modules[0]
+	d, err := m.DWARF()
+	require.NoError(t, err)
+	again, err := m.DWARF()
+	require.NoError(t, err)
+	require.Same(t, d, again)
+	sym, err := tab.Lookup("main.discount")
+	require.NoError(t, err)
+	_, err = tab.Signature(sym)
+	require.NoError(t, err)
+	require.NotNil(t, m.sigs)
+	require.Same(t, d, m.sigs.d, "the signatures read the module's DWARF")
+
+	stripped, err := LoadFile(fixture.BuildGo(t, "goabi", "", "-ldflags=-s -w"))
+	require.NoError(t, err)
+	_, err = stripped.Modules[0].DWARF()
+	require.Error(t, err, "no DWARF")
+}

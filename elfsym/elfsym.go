@@ -7,6 +7,7 @@ package elfsym
 
 import (
 	"bytes"
+	"debug/dwarf"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -102,6 +103,9 @@ type Module struct {
 	sigs       *sigIndex // DWARF subprograms by entry, read on first use
 	sigErr     error
 	refs       refCache // References' outcomes
+	dwarfOnce  sync.Once
+	dwarf      *dwarf.Data // the module's DWARF, read on first use
+	dwarfErr   error
 	ehFrame    []byte
 	ehAddr     uint64
 	textSect   [][2]uint64 // link-time executable section ranges
@@ -391,6 +395,23 @@ func (m *Module) Open() (*elf.File, error) {
 		return nil, fmt.Errorf("elfsym: opening %s: %w", m.Path, err)
 	}
 	return ef, nil
+}
+
+// DWARF returns the module's debugging information, read from its file
+// (and decompressed) once for every reader: the inline sites, the
+// signatures, the Go runtime's layout. It is an error when the module has
+// none.
+func (m *Module) DWARF() (*dwarf.Data, error) {
+	m.dwarfOnce.Do(func() {
+		ef, err := m.Open()
+		if err != nil {
+			m.dwarfErr = err
+			return
+		}
+		defer ef.Close()
+		m.dwarf, m.dwarfErr = ef.DWARF()
+	})
+	return m.dwarf, m.dwarfErr
 }
 
 // UnwindTables are the tables of one module a stack walker reads, as

@@ -61,7 +61,7 @@ func (m *Module) loadInlines() (map[string][]InlineSite, error) {
 		}
 		out = sites
 	}
-	if d, err := ef.DWARF(); err == nil {
+	if d, err := m.DWARF(); err == nil {
 		sites, err := m.dwarfInlines(d)
 		if err != nil {
 			return nil, fmt.Errorf("elfsym: inlined functions of %s from DWARF: %w", m.Path, err)

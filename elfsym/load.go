@@ -108,12 +108,24 @@ func Load(pid int, mem io.ReaderAt) (*Table, error) {
 	return t, nil
 }
 
-// objectMappings are the mappings a table is read from: those of files,
-// and the vDSO.
+// objectMappings are the mappings a table is read from: every mapping of a
+// file mapped as code somewhere, and the vDSO. A file mapped only as data
+// (a database's mmap) is no object of the table.
 func objectMappings(maps []Mapping) []Mapping {
+	type file struct {
+		dev   string
+		inode uint64
+		path  string
+	}
+	code := map[file]bool{}
+	for _, m := range maps {
+		if m.exec() {
+			code[file{m.Dev, m.Inode, m.Path}] = true
+		}
+	}
 	var out []Mapping
 	for _, m := range maps {
-		if m.Path == "[vdso]" || (m.Inode != 0 && strings.HasPrefix(m.Path, "/")) {
+		if m.Path == "[vdso]" || (m.Inode != 0 && strings.HasPrefix(m.Path, "/") && code[file{m.Dev, m.Inode, m.Path}]) {
 			out = append(out, m)
 		}
 	}
@@ -122,8 +134,9 @@ func objectMappings(maps []Mapping) []Mapping {
 
 // Current reports whether maps (of the table's process, read now) map the
 // same objects at the same places as when Load read the table: no file
-// mapped, unmapped, moved or re-protected since (a library dlopen loaded or
-// dlclose unloaded). Anonymous memory does not count. A table that is not
+// mapped as code, unmapped, moved or re-protected since (a library dlopen
+// loaded or dlclose unloaded). Anonymous memory and files mapped only as
+// data do not count. A table that is not
 // current describes another address space: load it again.
 func (t *Table) Current(maps []Mapping) bool {
 	return t.pid != 0 && slices.Equal(objectMappings(maps), t.loadedFrom)

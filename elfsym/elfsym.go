@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
@@ -370,6 +371,7 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 			copy(out, m.image[off:])
 			return out, nil
 		}
+		codeOpens.Add(1)
 		f, err := openFile(m.src)
 		if err != nil {
 			return nil, fmt.Errorf("elfsym: reading %s: %w", m.Path, err)
@@ -382,6 +384,9 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("elfsym: %#x..%#x is not file-backed in %s (bias %#x)", addr, addr+uint64(n), m.Path, m.Bias)
 }
+
+// codeOpens counts the files Code opened (tests).
+var codeOpens atomic.Int64
 
 // Open opens the module's ELF file as it is mapped (through
 // /proc/PID/map_files when possible, so a file replaced on disk since is not

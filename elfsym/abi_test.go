@@ -148,3 +148,64 @@ func TestCKey(t *testing.T) {
 	require.Equal(t, "const char *", cType(&dwarf.PtrType{Type: constChar}))
 	require.Equal(t, "size_t", cType(sizeT))
 }
+
+// References scans a module's text once per function: the module's bytes
+// are its file's, so a second question about the same entry (every
+// self-patch of a function checks it) is answered without a scan, found or
+// not. A module loaded anew (a library mapped later) is scanned anew.
+func TestReferencesOnce(t *testing.T) {
+	bin := fixture.BuildGo(t, "goabi", "")
+	want := map[string]string{"main.discount": "call", "main.discountU": "data", "main.(*Pricer).Markup": ""}
+	check := func(tab *Table, scans int64) {
+		t.Helper()
+		var entries []uint64
+		for fn := range want {
+			sym, err := tab.Lookup(fn)
+			require.NoError(t, err)
+			entries = append(entries, sym.Addr)
+		}
+		before := refScans.Load()
+		refs, err := tab.References(tab.Modules[0], entries)
+		require.NoError(t, err)
+		require.Equal(t, scans, refScans.Load()-before, "segment scans")
+		for fn, kind := range want {
+			sym, _ := tab.Lookup(fn)
+			r, ok := refs[sym.Addr]
+			require.Equal(t, kind != "", ok, "%s: %v", fn, r)
+			require.Equal(t, kind, r.Kind, fn)
+		}
+	}
+	tab, err := LoadFile(bin)
+	require.NoError(t, err)
+	check(tab, 1)
+	check(tab, 0)
+	check(tab, 0)
+	again, err := LoadFile(bin)
+	require.NoError(t, err)
+	check(again, 1)
+}
+
+// A module's DWARF is read and decompressed once, for the signatures, the
+// inline sites and the Go runtime's layout alike (each read of a test
+// binary's compressed DWARF costs tens of milliseconds).
+func TestDWARFOnce(t *testing.T) {
+	tab, err := LoadFile(fixture.BuildGo(t, "goabi", ""))
+	require.NoError(t, err)
+	m := tab.Modules[0]
+	d, err := m.DWARF()
+	require.NoError(t, err)
+	again, err := m.DWARF()
+	require.NoError(t, err)
+	require.Same(t, d, again)
+	sym, err := tab.Lookup("main.discount")
+	require.NoError(t, err)
+	_, err = tab.Signature(sym)
+	require.NoError(t, err)
+	require.NotNil(t, m.sigs)
+	require.Same(t, d, m.sigs.d, "the signatures read the module's DWARF")
+
+	stripped, err := LoadFile(fixture.BuildGo(t, "goabi", "", "-ldflags=-s -w"))
+	require.NoError(t, err)
+	_, err = stripped.Modules[0].DWARF()
+	require.Error(t, err, "no DWARF")
+}

@@ -7,6 +7,7 @@ package elfsym
 
 import (
 	"bytes"
+	"debug/dwarf"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
 	"github.com/hotpatch-dev/hotpatch/internal/gopcln"
@@ -101,6 +103,10 @@ type Module struct {
 	sigOnce    sync.Once
 	sigs       *sigIndex // DWARF subprograms by entry, read on first use
 	sigErr     error
+	refs       refCache // References' outcomes
+	dwarfOnce  sync.Once
+	dwarf      *dwarf.Data // the module's DWARF, read on first use
+	dwarfErr   error
 	ehFrame    []byte
 	ehAddr     uint64
 	textSect   [][2]uint64 // link-time executable section ranges
@@ -138,10 +144,12 @@ type Table struct {
 	// not ELF, replaced on disk, ...) and why.
 	Warnings []error
 
-	pid    int      // 0 for LoadFile
-	syms   []Symbol // every (module, name, address), sorted by address
-	byName map[string][]int
-	byAddr []int // one representative per (module, address), sorted by address
+	pid int // 0 for LoadFile
+	// loadedFrom are the object mappings Load read (see Current).
+	loadedFrom []Mapping
+	syms       []Symbol // every (module, name, address), sorted by address
+	byName     map[string][]int
+	byAddr     []int // one representative per (module, address), sorted by address
 }
 
 // Lookup finds a function by exact name. "MODULE:NAME" restricts the search
@@ -363,6 +371,7 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 			copy(out, m.image[off:])
 			return out, nil
 		}
+		codeOpens.Add(1)
 		f, err := openFile(m.src)
 		if err != nil {
 			return nil, fmt.Errorf("elfsym: reading %s: %w", m.Path, err)
@@ -376,6 +385,9 @@ func (m *Module) Code(addr uint64, n int) ([]byte, error) {
 	return nil, fmt.Errorf("elfsym: %#x..%#x is not file-backed in %s (bias %#x)", addr, addr+uint64(n), m.Path, m.Bias)
 }
 
+// codeOpens counts the files Code opened (tests).
+var codeOpens atomic.Int64
+
 // Open opens the module's ELF file as it is mapped (through
 // /proc/PID/map_files when possible, so a file replaced on disk since is not
 // read by mistake). The caller closes it.
@@ -388,6 +400,23 @@ func (m *Module) Open() (*elf.File, error) {
 		return nil, fmt.Errorf("elfsym: opening %s: %w", m.Path, err)
 	}
 	return ef, nil
+}
+
+// DWARF returns the module's debugging information, read from its file
+// (and decompressed) once for every reader: the inline sites, the
+// signatures, the Go runtime's layout. It is an error when the module has
+// none.
+func (m *Module) DWARF() (*dwarf.Data, error) {
+	m.dwarfOnce.Do(func() {
+		ef, err := m.Open()
+		if err != nil {
+			m.dwarfErr = err
+			return
+		}
+		defer ef.Close()
+		m.dwarf, m.dwarfErr = ef.DWARF()
+	})
+	return m.dwarf, m.dwarfErr
 }
 
 // UnwindTables are the tables of one module a stack walker reads, as

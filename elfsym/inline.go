@@ -61,7 +61,7 @@ func (m *Module) loadInlines() (map[string][]InlineSite, error) {
 		}
 		out = sites
 	}
-	if d, err := ef.DWARF(); err == nil {
+	if d, err := m.DWARF(); err == nil {
 		sites, err := m.dwarfInlines(d)
 		if err != nil {
 			return nil, fmt.Errorf("elfsym: inlined functions of %s from DWARF: %w", m.Path, err)
@@ -177,8 +177,14 @@ func (m *Module) pclntabInlines() (map[string][]InlineSite, error) {
 	if m.goFunc == 0 {
 		return nil, errors.New("go:func.* not found (no symbol, no module data): the inline trees cannot be read")
 	}
+	// go:func.* is read-only data: read it with the rest of its segment
+	// once, not with a file open per function.
+	seg := m.segmentFrom(m.goFunc)
 	gofunc := func(off uint32, n int) ([]byte, error) {
-		return m.Code(m.goFunc+uint64(off)+m.Bias, n)
+		if o, e := uint64(off), uint64(off)+uint64(n); n >= 0 && e <= uint64(len(seg)) {
+			return seg[o:e:e], nil
+		}
+		return m.Code(m.goFunc+uint64(off)+m.Bias, n) // it says why not
 	}
 	out := map[string][]InlineSite{}
 	funcs := tab.Funcs()
@@ -193,6 +199,22 @@ func (m *Module) pclntabInlines() (map[string][]InlineSite, error) {
 		}
 	}
 	return out, nil
+}
+
+// segmentFrom returns the file bytes of the loaded segment that holds
+// link-time address link, from link to the end of its file data (nil when
+// unreadable).
+func (m *Module) segmentFrom(link uint64) []byte {
+	for _, p := range m.loads {
+		if link >= p.Vaddr && link < p.Vaddr+p.Filesz {
+			b, err := m.Code(link+m.Bias, int(p.Vaddr+p.Filesz-link))
+			if err != nil {
+				return nil
+			}
+			return b
+		}
+	}
+	return nil
 }
 
 // goFuncStart returns the link-time address of go:func.*, where the Go

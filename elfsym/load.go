@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -26,7 +27,7 @@ func Load(pid int, mem io.ReaderAt) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{pid: pid}
+	t := &Table{pid: pid, loadedFrom: objectMappings(maps)}
 
 	// Group the file-backed mappings by the object they map.
 	type objKey struct {
@@ -105,6 +106,40 @@ func Load(pid int, mem io.ReaderAt) (*Table, error) {
 	}
 	t.index()
 	return t, nil
+}
+
+// objectMappings are the mappings a table is read from: every mapping of a
+// file mapped as code somewhere, and the vDSO. A file mapped only as data
+// (a database's mmap) is no object of the table.
+func objectMappings(maps []Mapping) []Mapping {
+	type file struct {
+		dev   string
+		inode uint64
+		path  string
+	}
+	code := map[file]bool{}
+	for _, m := range maps {
+		if m.exec() {
+			code[file{m.Dev, m.Inode, m.Path}] = true
+		}
+	}
+	var out []Mapping
+	for _, m := range maps {
+		if m.Path == "[vdso]" || (m.Inode != 0 && strings.HasPrefix(m.Path, "/") && code[file{m.Dev, m.Inode, m.Path}]) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Current reports whether maps (of the table's process, read now) map the
+// same objects at the same places as when Load read the table: no file
+// mapped as code, unmapped, moved or re-protected since (a library dlopen
+// loaded or dlclose unloaded). Anonymous memory and files mapped only as
+// data do not count. A table that is not
+// current describes another address space: load it again.
+func (t *Table) Current(maps []Mapping) bool {
+	return t.pid != 0 && slices.Equal(objectMappings(maps), t.loadedFrom)
 }
 
 // LoadFile builds a table of a single ELF file at its link-time addresses

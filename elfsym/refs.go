@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/arch/arm64/arm64asm"
 	"golang.org/x/arch/x86/x86asm"
@@ -36,9 +38,75 @@ func (r Reference) String() string {
 // the instruction that holds them, then words of m's data (and, for
 // position-independent code, relocations) that hold the entry. A jump of a
 // function to its own entry (Go's stack-growth path) does not count. The
-// text and data are read once for all entries. An entry absent from the
-// result has no reference the binary shows.
+// text and data are read once for all entries, and an entry's outcome is
+// kept with the module (see refCache): asked again, it costs no scan. An
+// entry absent from the result has no reference the binary shows.
 func (t *Table) References(m *Module, entries []uint64) (map[uint64]Reference, error) {
+	out := map[uint64]Reference{}
+	rest := m.refs.known(m, entries, out)
+	if len(rest) == 0 {
+		return out, nil
+	}
+	found, err := t.scanReferences(m, rest)
+	if err != nil {
+		return nil, err
+	}
+	m.refs.remember(m, rest, found)
+	for e, r := range found {
+		out[e] = r
+	}
+	return out, nil
+}
+
+// refCache holds the outcome of a module's earlier reference scans by
+// link-time entry: the reference found, or none after a complete scan. A
+// scan reads only the module's file (its bytes, read once into the Module,
+// and its data sections through the same mapped inode), so an outcome
+// holds as long as the Module: a library mapped later, or again, is
+// another Module, scanned anew.
+type refCache struct {
+	mu sync.Mutex
+	m  map[uint64]refOutcome
+}
+
+type refOutcome struct {
+	ref   Reference // live
+	found bool
+}
+
+// known puts the cached references among entries into out and returns the
+// entries never scanned for.
+func (c *refCache) known(m *Module, entries []uint64, out map[uint64]Reference) []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var rest []uint64
+	for _, e := range entries {
+		o, ok := c.m[e-m.Bias]
+		switch {
+		case !ok:
+			rest = append(rest, e)
+		case o.found:
+			out[e] = o.ref
+		}
+	}
+	return rest
+}
+
+// remember records the outcome of a complete scan for entries.
+func (c *refCache) remember(m *Module, entries []uint64, found map[uint64]Reference) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[uint64]refOutcome{}
+	}
+	for _, e := range entries {
+		r, ok := found[e]
+		c.m[e-m.Bias] = refOutcome{ref: r, found: ok}
+	}
+}
+
+// scanReferences is References without the cache.
+func (t *Table) scanReferences(m *Module, entries []uint64) (map[uint64]Reference, error) {
 	want := map[uint64]bool{} // link-time
 	for _, e := range entries {
 		want[e-m.Bias] = true
@@ -55,6 +123,7 @@ func (t *Table) References(m *Module, entries []uint64) (map[uint64]Reference, e
 		if len(want) == 0 {
 			break
 		}
+		refScans.Add(1)
 		var err error
 		switch m.arch {
 		case arch.AMD64:
@@ -83,6 +152,9 @@ func (t *Table) References(m *Module, entries []uint64) (map[uint64]Reference, e
 	}
 	return out, nil
 }
+
+// refScans counts the scans of executable segments (tests).
+var refScans atomic.Int64
 
 // bounds returns the smallest and largest of a set.
 func bounds(want map[uint64]bool) (lo, hi uint64) {

@@ -97,8 +97,8 @@ func (m *Module) loadSigIndex() (*sigIndex, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ef.Close()
-	d, err := ef.DWARF()
+	ef.Close()
+	d, err := m.DWARF()
 	if err != nil {
 		return nil, nil // no DWARF: nothing to say
 	}

@@ -1043,7 +1043,7 @@ func (t *Target) loadGoRuntime() (*goruntime.Runtime, error) {
 			}
 		}
 	}
-	rt, err := goruntime.Load(goruntime.Binary{ELF: ef, Bias: main.Bias, Version: main.GoVersion, Funcs: funcs}, t.proc)
+	rt, err := goruntime.Load(goruntime.Binary{ELF: ef, Bias: main.Bias, Version: main.GoVersion, Funcs: funcs, DWARF: main.DWARF}, t.proc)
 	if err != nil {
 		return nil, fmt.Errorf("%w (without the goroutine list no patch can be proven safe)", err)
 	}

@@ -199,12 +199,8 @@ func runHelper(v string) int {
 			reqs <- req
 		}
 	}()
-	var tgt *Target
-	defer func() {
-		if tgt != nil {
-			tgt.Close()
-		}
-	}()
+	var tgt selfTarget
+	defer tgt.idle()
 	idle := time.NewTimer(selfIdle)
 	for {
 		select {
@@ -212,10 +208,7 @@ func runHelper(v string) int {
 			// Let go of the process (and its lock, which another tool
 			// may want) when no patch came for a while; the process
 			// itself stays warm.
-			if tgt != nil {
-				tgt.Close()
-				tgt = nil
-			}
+			tgt.idle()
 		case req, ok := <-reqs:
 			if !ok {
 				return 0
@@ -236,40 +229,36 @@ var selfIdle = 5 * time.Second
 
 const selfIdleEnv = "HOTPATCH_SELF_IDLE"
 
-func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
+func serveSelf(st *selfTarget, ppid int, req selfRequest) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}
 	if req.Op == "hello" || (req.Op == "lookup" && len(req.Reps) != 1) {
 		return resp
 	}
-	if *tgt == nil {
-		t, err := Attach(ppid, &Options{})
-		if err != nil {
-			resp.Err = toWire(err)
-			return resp
-		}
-		*tgt = t
+	t, err := st.get(ppid)
+	if err != nil {
+		resp.Err = toWire(err)
+		return resp
 	}
 	ctx := context.Background()
 	o := req.Opts.apply()
-	var err error
 	switch req.Op {
 	case "apply":
 		reps := make([]Replacement, len(req.Reps))
 		for i, r := range req.Reps {
 			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot}
 		}
-		resp.Result, err = (*tgt).Apply(ctx, reps, o)
+		resp.Result, err = t.Apply(ctx, reps, o)
 	case "lookup":
 		var sym elfsym.Symbol
-		if sym, err = (*tgt).Symbols().Lookup(req.Reps[0].Old); err == nil {
+		if sym, err = t.Symbols().Lookup(req.Reps[0].Old); err == nil {
 			resp.Result = &Result{Functions: []Function{{Old: req.Reps[0].Old, OldAddr: sym.Addr, OldSize: sym.Size}}}
 		} else {
 			err = &Error{Op: "apply", Pid: ppid, Func: req.Reps[0].Old, Err: err}
 		}
 	case "revert":
-		resp.Result, err = (*tgt).Revert(ctx, req.ID, o)
+		resp.Result, err = t.Revert(ctx, req.ID, o)
 	case "resume":
-		resp.Result, err = (*tgt).Resume(ctx, req.ID, o)
+		resp.Result, err = t.Resume(ctx, req.ID, o)
 	default:
 		err = &Error{Op: req.Op, Pid: ppid, Err: ErrBadRequest, Hint: "unknown self-patch request"}
 	}

@@ -1,6 +1,7 @@
 package goruntime
 
 import (
+	"debug/dwarf"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
@@ -25,6 +26,17 @@ type Binary struct {
 	// Funcs is the binary's function table (link-time addresses), used to
 	// find runtime functions when the symbol table is stripped.
 	Funcs *gopcln.Table
+	// DWARF, when set, returns the executable's DWARF as the caller keeps
+	// it (read once); nil: read from ELF.
+	DWARF func() (*dwarf.Data, error)
+}
+
+// dwarf returns the binary's DWARF.
+func (b Binary) dwarf() (*dwarf.Data, error) {
+	if b.DWARF != nil {
+		return b.DWARF()
+	}
+	return b.ELF.DWARF()
 }
 
 // arch returns the binary's architecture (nil when unsupported).
@@ -102,7 +114,7 @@ func Supported(b Binary) error {
 	if b.Funcs == nil {
 		return refuse("its function table is absent or in another format", nil)
 	}
-	d, err := b.ELF.DWARF()
+	d, err := b.dwarf()
 	if err != nil {
 		return refuse("it has no DWARF", err)
 	}
@@ -133,7 +145,7 @@ func Load(b Binary, mem io.ReaderAt) (*Runtime, error) {
 		return nil, err
 	}
 	r := &Runtime{arch: b.arch()}
-	if d, err := b.ELF.DWARF(); err == nil {
+	if d, err := b.dwarf(); err == nil {
 		if l, err := LayoutFromDWARF(d); err == nil {
 			r.Layout, r.FromDWARF = l, true
 		}

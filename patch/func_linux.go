@@ -167,6 +167,8 @@ type Handle struct {
 	opts     FuncOptions
 	res      *Result
 	done     bool
+	// more are the other functions of a patch set (ApplyPlugin).
+	more []funcPair
 }
 
 // live holds every applied Handle, so that its replacement stays reachable
@@ -192,6 +194,12 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 		req.Reps[0].OriginalSlot = uint64(fnSlot(orig))
 	}
 	h := &Handle{old: old, new: nw, keep: keep, opts: o, orig: orig}
+	return h.applyReq(req)
+}
+
+// applyReq sends the apply request of h to the helper, keeping the
+// replacements reachable meanwhile, and fills h from the answer.
+func (h *Handle) applyReq(req selfRequest) (*Handle, error) {
 	// Reachable before any code can jump to it.
 	live.Lock()
 	live.m[fmt.Sprintf("pending %p", h)] = h
@@ -206,9 +214,9 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 	if err != nil {
 		if res != nil && res.ID != "" && res.State != "reverted" {
 			h.res = res // left in transition: the Handle can finish or revert it
-			return h, inlineHint(err, old.name)
+			return h, inlineHint(err, h.old.name)
 		}
-		return nil, inlineHint(err, old.name)
+		return nil, inlineHint(err, h.old.name)
 	}
 	h.res = res
 	return h, nil
@@ -288,6 +296,11 @@ func (h *Handle) op(op string) error {
 		if err := notOnOwnStack(op, h.new); err != nil {
 			return err
 		}
+		for _, p := range h.more {
+			if err := notOnOwnStack(op, p.new); err != nil {
+				return err
+			}
+		}
 	}
 	o := h.opts
 	res, err := selfCall(selfRequest{Op: op, ID: h.res.ID, Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout}})
@@ -302,6 +315,12 @@ func (h *Handle) op(op string) error {
 		h.keep = nil
 		if h.orig != nil {
 			atomic.StoreUintptr(&h.orig.fn, h.old.entry)
+		}
+		for i, p := range h.more {
+			if p.orig != nil {
+				atomic.StoreUintptr(&p.orig.fn, p.old.entry)
+			}
+			h.more[i].keep = nil
 		}
 	}
 	return err

@@ -143,6 +143,10 @@ type Replacement struct {
 	// (what the replacement calls to run the old code; see
 	// trampoline.GoOriginal).
 	originalSlot uint64
+	// plugin: New is Go code of a plugin loaded by the target's own Go
+	// runtime (another module, the same runtime; set by the self-patching
+	// path for package agent).
+	plugin bool
 }
 
 // ApplyOptions tune Apply.

@@ -59,6 +59,9 @@ type selfRep struct {
 	Old, New                  string
 	OldAddr, NewAddr, Closure uint64
 	OriginalSlot              uint64
+	// Plugin: New is Go code of a plugin the Go runtime of the process
+	// loaded (plugin.Open): another module, the same runtime.
+	Plugin bool
 }
 
 type selfOpts struct {
@@ -252,7 +255,10 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	case "apply":
 		reps := make([]Replacement, len(req.Reps))
 		for i, r := range req.Reps {
-			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot}
+			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot, plugin: r.Plugin}
+		}
+		if err = (*tgt).reloadForNew(reps); err != nil {
+			break
 		}
 		resp.Result, err = (*tgt).Apply(ctx, reps, o)
 	case "lookup":
@@ -271,6 +277,20 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	}
 	resp.Err = toWire(err)
 	return resp
+}
+
+// reloadForNew reads the process's modules again when a replacement is in
+// none of those known (a plugin loaded since the Target was attached).
+func (t *Target) reloadForNew(reps []Replacement) error {
+	for _, r := range reps {
+		if _, ok := t.syms.ModuleAt(r.newAddr); r.newAddr != 0 && !ok {
+			if err := t.reloadSymbols(); err != nil {
+				return &Error{Op: "apply", Pid: t.pid, Func: r.Old, Err: err}
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // helper is the parent's side of a running helper process.

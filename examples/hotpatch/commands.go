@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/patch"
+	"github.com/hotpatch-dev/hotpatch/patch/agent"
 )
 
 // replaceFlags collects repeated --replace OLD=NEW.
@@ -42,8 +45,16 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	interval := c.fs.Duration("interval", 20*time.Millisecond, "time between the short pauses of a gradual transition")
 	resume := c.fs.Bool("resume", false, "drive a transition left by an earlier apply or revert (--id, or the one in transition) to its end")
 	id := c.fs.String("id", "", "with --resume: the `ID` of the patch to drive")
+	plugin := c.fs.String("plugin", "", "Go plugin `FILE` (go build -buildmode=plugin) whose manifest says what it fixes, handed to the service's agent (patch/agent)")
 	if err := c.parse(args); err != nil {
 		return err
+	}
+	if *plugin != "" {
+		if len(reps) > 0 || *lib != "" || *resume {
+			return fmt.Errorf("%w: --plugin takes no --replace, --lib or --resume (its manifest names the functions)", errUsage)
+		}
+		c.mode = *mode
+		return c.applyPlugin(ctx, *plugin, agent.Request{Mode: *mode, Timeout: c.timeout, OnTimeout: *onTimeout, Force: *force, Interval: *interval}, stderr)
 	}
 	c.mode = *mode
 	if *resume {
@@ -92,6 +103,33 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		writeJSON(stdout, res)
 	default:
 		printApplied(stdout, c.pid, res)
+	}
+	if inTransition(res) {
+		return quietError{exitTransition}
+	}
+	return nil
+}
+
+// applyPlugin hands a Go plugin to the agent of the target, and reports
+// the apply as any other.
+func (c *common) applyPlugin(ctx context.Context, path string, req agent.Request, stderr io.Writer) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return c.fail(c.stdout, fmt.Errorf("hotpatch: plugin: %w", err))
+	}
+	defer f.Close()
+	res, err := agent.Apply(ctx, c.pid, f, req)
+	if err != nil {
+		if errors.Is(err, agent.ErrNoAgent) {
+			err = fmt.Errorf("%w\nhotpatch: a plugin is loaded by the agent inside the service; without one, --replace OLD=NEW redirects to Go code already compiled in", err)
+		}
+		return c.applyFailed(c.stdout, err, res, false)
+	}
+	warnApplied(stderr, res)
+	if c.json {
+		writeJSON(c.stdout, res)
+	} else {
+		printApplied(c.stdout, c.pid, res)
 	}
 	if inTransition(res) {
 		return quietError{exitTransition}

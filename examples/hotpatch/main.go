@@ -4,6 +4,7 @@
 //	hotpatch apply   --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s] [--allow-inlined]
 //	                 [--skip-signature-check] [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--json]
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
+//	hotpatch apply   --pid PID --plugin fix.so [--mode stop|gradual|auto] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch syms    --pid PID [--json] [SUBSTRING]
@@ -16,7 +17,9 @@
 // shared object fix.so is loaded into the target (dlopen) and each NEW is
 // looked up in it first; it must be pinned to the build ID of the module
 // holding OLD with HOTPATCH_PIN from patch/include/hotpatch.h, unless
-// --unpinned is given.
+// --unpinned is given. With --plugin, the Go plugin fix.so is handed (as an
+// open file) to the agent inside a Go service (package patch/agent), which
+// loads it and applies the fixes its manifest declares.
 //
 // Exit status: 0 done; 1 refused or failed (the reason is on stderr; with
 // --json also as {"error", "code"} on stdout); 2 usage error (nothing was
@@ -57,7 +60,8 @@ func init() {
 			synopsis: []string{
 				"apply --pid PID [--lib fix.so [--unpinned]] --replace OLD=NEW [--replace ...] [--timeout 5s]",
 				"      [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--allow-inlined] [--skip-signature-check] [--json]",
-				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]"},
+				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]",
+				"apply --pid PID --plugin fix.so [--mode stop|gradual|auto] [--timeout 5s] [--json]"},
 			example: "hotpatch apply --pid 1234 --replace main.handler=main.handlerFixed",
 			run:     cmdApply},
 		{name: "revert", summary: "put the original functions back",

@@ -1,0 +1,408 @@
+//go:build linux
+
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"plugin"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// baseDir is where agents put their sockets: one directory per user,
+// /tmp/hotpatch-agent-UID, mode 0700. It is fixed so that a client finds a
+// socket from the PID alone (through /proc/PID/root, the service's own
+// view of the file system).
+const baseDir = "/tmp"
+
+// userDir is the agents' directory of user uid, as the service sees it.
+func userDir(uid int) string { return filepath.Join(baseDir, "hotpatch-agent-"+strconv.Itoa(uid)) }
+
+// SocketPath is the control socket of the agent of process pid (as the
+// process itself numbers it, in its PID namespace), run by user uid, as
+// that process sees the file system.
+func SocketPath(uid, pid int) string { return filepath.Join(userDir(uid), strconv.Itoa(pid)+".sock") }
+
+// maxPlugin bounds the size of a plugin the agent reads.
+const maxPlugin = 1 << 30
+
+// Agent is a running agent. Close stops it.
+type Agent struct {
+	ln      *net.UnixListener
+	path    string
+	plugins string // the private directory of the plugin copies
+	log     *slog.Logger
+	svc     *debug.BuildInfo
+
+	mu     sync.Mutex // one apply at a time
+	loaded map[string]string
+	n      int
+	keep   []any // the manifests, reachable for good
+	wg     sync.WaitGroup
+}
+
+// Start starts the agent: it makes its socket and serves connections until
+// Close. It fails (leaving the service as it was) when the socket cannot
+// be made private.
+func Start(o Options) (*Agent, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	svc, ok := debug.ReadBuildInfo()
+	if !ok {
+		return nil, fmt.Errorf("hotpatch agent: the service has no Go build information (runtime/debug.ReadBuildInfo); plugins cannot be checked against it")
+	}
+	dir := userDir(os.Getuid())
+	if err := privateDir(dir); err != nil {
+		return nil, fmt.Errorf("hotpatch agent: %w", err)
+	}
+	pid := os.Getpid()
+	a := &Agent{path: SocketPath(os.Getuid(), pid), plugins: filepath.Join(dir, "plugins-"+strconv.Itoa(pid)), log: log, svc: svc, loaded: map[string]string{}}
+	// A socket of the same name is left by a dead process that had our
+	// PID: nothing listens on it.
+	if err := os.Remove(a.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("hotpatch agent: remove stale socket: %w", err)
+	}
+	// No one else can enter dir: the socket is private from the start,
+	// and owner-only (0600) once chmod made it so.
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("hotpatch agent: listen: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(a.path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("hotpatch agent: %w", err)
+	}
+	a.ln = ln
+	a.wg.Add(1)
+	go a.serve()
+	log.Info("hotpatch agent listening", "socket", a.path)
+	return a, nil
+}
+
+// Path returns the agent's socket path.
+func (a *Agent) Path() string { return a.path }
+
+// Close stops the agent and removes its socket. The patches it applied
+// stay.
+func (a *Agent) Close() error {
+	err := a.ln.Close()
+	a.wg.Wait()
+	return err
+}
+
+// privateDir makes dir (mode 0700), or checks that the one there is a
+// directory of ours that no one else can enter.
+func privateDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	switch {
+	case !st.IsDir():
+		return fmt.Errorf("%s is not a directory (a symbolic link?); remove it", dir)
+	case !ok || int(sys.Uid) != os.Getuid():
+		return fmt.Errorf("%s belongs to another user; remove it", dir)
+	case st.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("%s has mode %v, others may enter it; remove it or chmod 0700", dir, st.Mode().Perm())
+	}
+	return nil
+}
+
+func (a *Agent) serve() {
+	defer a.wg.Done()
+	for {
+		c, err := a.ln.AcceptUnix()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				a.log.Error("hotpatch agent: accept", "err", err)
+			}
+			return
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			defer c.Close()
+			a.handle(c)
+		}()
+	}
+}
+
+// peer returns the credentials of the other end of c.
+func peer(c *net.UnixConn) (*syscall.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+func (a *Agent) handle(c *net.UnixConn) {
+	cred, err := peer(c)
+	if err != nil {
+		a.log.Error("hotpatch agent: peer credentials", "err", err)
+		return
+	}
+	if int(cred.Uid) != os.Getuid() && cred.Uid != 0 {
+		a.log.Warn("hotpatch agent: refused a connection from another user", "uid", cred.Uid, "pid", cred.Pid)
+		a.reply(c, response{Pid: os.Getpid(), Err: toWire(fmt.Errorf("%w: uid %d is neither the service's user (%d) nor root", ErrPeer, cred.Uid, os.Getuid()))})
+		return
+	}
+	req, file, err := readRequest(c)
+	if err != nil {
+		a.reply(c, response{Pid: os.Getpid(), Err: toWire(err)})
+		return
+	}
+	if file != nil {
+		defer file.Close()
+	}
+	resp := response{Pid: os.Getpid()}
+	switch req.Op {
+	case "hello":
+	case "apply":
+		if file == nil {
+			resp.Err = toWire(fmt.Errorf("%w: an apply comes with the plugin's file descriptor", ErrProtocol))
+			break
+		}
+		a.log.Info("hotpatch agent: plugin received", "uid", cred.Uid, "pid", cred.Pid)
+		resp.Result, err = a.apply(req, file)
+		resp.Err = toWire(err)
+	default:
+		resp.Err = toWire(fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Op))
+	}
+	a.reply(c, resp)
+}
+
+func (a *Agent) reply(c *net.UnixConn, resp response) {
+	b, err := json.Marshal(resp)
+	if err == nil {
+		_, err = c.Write(b)
+	}
+	if err != nil {
+		a.log.Warn("hotpatch agent: reply", "err", err)
+	}
+}
+
+// readRequest reads one request and the descriptor that comes with it.
+func readRequest(c *net.UnixConn) (Request, *os.File, error) {
+	var req Request
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, syscall.CmsgSpace(4*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return req, nil, fmt.Errorf("%w: read: %w", ErrProtocol, err)
+	}
+	var files []*os.File
+	if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range msgs {
+			fds, err := syscall.ParseUnixRights(&m)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				syscall.CloseOnExec(fd)
+				files = append(files, os.NewFile(uintptr(fd), "plugin"))
+			}
+		}
+	}
+	bad := func(why string) (Request, *os.File, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return req, nil, fmt.Errorf("%w: %s", ErrProtocol, why)
+	}
+	if flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0 {
+		return bad("request or descriptors truncated")
+	}
+	if len(files) > 1 {
+		return bad("more than one descriptor")
+	}
+	if err := json.Unmarshal(buf[:n], &req); err != nil {
+		return bad(err.Error())
+	}
+	if len(files) == 1 {
+		return req, files[0], nil
+	}
+	return req, nil, nil
+}
+
+// apply checks, loads and applies the plugin in file.
+func (a *Agent) apply(req Request, file *os.File) (*patch.Result, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := checkCgo(a.svc); err != nil {
+		return nil, err
+	}
+	data, err := readPlugin(file)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:])
+	if id, ok := a.loaded[hash]; ok {
+		return nil, fmt.Errorf("%w: sha256 %s, as patch %s; plugins cannot be unloaded, and one loaded twice would be refused by the runtime. Build a new plugin (another fix, or the same fix with another -pluginpath)", ErrLoadedTwice, hash[:16], id)
+	}
+	bi, err := readPluginInfo(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMatch(bi, a.svc); err != nil {
+		return nil, err
+	}
+	path, err := a.privateCopy(hash, data)
+	if err != nil {
+		return nil, err
+	}
+	a.loaded[hash] = "(loading)"
+	m, err := openManifest(path)
+	if err != nil {
+		a.loaded[hash] = "(refused)"
+		return nil, err
+	}
+	a.keep = append(a.keep, m)
+	fixes, err := pluginFixes(m)
+	if err != nil {
+		a.loaded[hash] = "(refused)"
+		return nil, err
+	}
+	h, err := patch.ApplyPlugin(fixes, patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout}, Force: req.Force, Interval: req.Interval})
+	if h == nil {
+		a.loaded[hash] = "(refused)"
+		return nil, err
+	}
+	a.keep = append(a.keep, h)
+	res := h.Result()
+	a.loaded[hash] = res.ID
+	a.log.Info("hotpatch agent: plugin applied", "id", res.ID, "state", res.State, "plugin", path)
+	return res, err
+}
+
+// readPlugin reads the whole file from its start.
+func readPlugin(f *os.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotPlugin, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: the descriptor is not a regular file (%v)", ErrNotPlugin, st.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, 0, maxPlugin+1), maxPlugin+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: read: %w", ErrNotPlugin, err)
+	}
+	if len(data) > maxPlugin {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrNotPlugin, maxPlugin)
+	}
+	return data, nil
+}
+
+// privateCopy writes data to a new file of a unique name in the agent's
+// private directory and checks that no one else can write it: what
+// plugin.Open (which needs a path) loads is the bytes checked.
+func (a *Agent) privateCopy(hash string, data []byte) (string, error) {
+	if err := privateDir(userDir(os.Getuid())); err != nil {
+		return "", err
+	}
+	if err := privateDir(a.plugins); err != nil {
+		return "", err
+	}
+	a.n++
+	path := filepath.Join(a.plugins, fmt.Sprintf("%s-%d.so", hash[:16], a.n))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o500)
+	if err != nil {
+		return "", fmt.Errorf("hotpatch agent: private copy of the plugin: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = notWritable(path)
+	}
+	if err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("hotpatch agent: private copy of the plugin: %w", err)
+	}
+	return path, nil
+}
+
+// notWritable checks that path is a regular file of ours that only we
+// could write, with no other link.
+func notWritable(path string) error {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !st.Mode().IsRegular() || !ok || int(sys.Uid) != os.Getuid() || sys.Nlink != 1 || st.Mode().Perm()&0o222 != 0 {
+		return fmt.Errorf("%s is not a private read-only file (mode %v)", path, st.Mode())
+	}
+	return nil
+}
+
+// openManifest loads the plugin and finds its manifest.
+func openManifest(path string) (*Manifest, error) {
+	p, err := plugin.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPluginOpen, err)
+	}
+	sym, err := p.Lookup(ManifestSymbol)
+	if err != nil {
+		return nil, fmt.Errorf("%w: it exports no variable %s (declare var %s = agent.Manifest{...} in its package main)", ErrManifest, ManifestSymbol, ManifestSymbol)
+	}
+	m, ok := sym.(*Manifest)
+	if !ok {
+		return nil, fmt.Errorf("%w: its %s is a %T, not an agent.Manifest variable", ErrManifest, ManifestSymbol, sym)
+	}
+	if len(m.Fixes) == 0 {
+		return nil, fmt.Errorf("%w: its %s lists no fixes", ErrManifest, ManifestSymbol)
+	}
+	return m, nil
+}
+
+// pluginFixes turns a manifest into the patch's fixes.
+func pluginFixes(m *Manifest) ([]patch.PluginFix, error) {
+	var out []patch.PluginFix
+	for i, f := range m.Fixes {
+		pf := patch.PluginFix{Replacement: f.New, Wrap: f.Wrap}
+		switch old := f.Old.(type) {
+		case string:
+			pf.Name = old
+		case nil:
+			return nil, fmt.Errorf("%w: fix %d names no Old function", ErrManifest, i)
+		default:
+			pf.Target = old
+		}
+		out = append(out, pf)
+	}
+	return out, nil
+}

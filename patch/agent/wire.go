@@ -1,0 +1,110 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hotpatch-dev/hotpatch/patch"
+)
+
+// The protocol: one JSON object per SOCK_SEQPACKET message. The client
+// sends a request (for "apply", with the plugin's descriptor attached);
+// the agent answers with one response, which ends the exchange.
+
+// Request is what the client asks.
+type Request struct {
+	Op string `json:"op"` // "hello" or "apply"
+	// The apply's options, as patch.ApplyOptions has them.
+	Mode      string        `json:"mode,omitempty"`
+	Timeout   time.Duration `json:"timeout,omitempty"`
+	OnTimeout string        `json:"on_timeout,omitempty"`
+	Force     bool          `json:"force,omitempty"`
+	Interval  time.Duration `json:"interval,omitempty"`
+}
+
+// response is the agent's answer.
+type response struct {
+	Pid    int           `json:"pid"`
+	Result *patch.Result `json:"result,omitempty"`
+	Err    *wireError    `json:"error,omitempty"`
+}
+
+// wireError carries an error: its text, the errors it matched (by name in
+// wireCodes) and the typed errors a client may look for with errors.As.
+type wireError struct {
+	Msg       string                `json:"msg"`
+	Codes     []string              `json:"codes,omitempty"`
+	Signature *patch.SignatureError `json:"signature,omitempty"`
+	Toolchain *ToolchainError       `json:"toolchain,omitempty"`
+	Module    *ModuleError          `json:"module,omitempty"`
+	Setting   *BuildSettingError    `json:"setting,omitempty"`
+}
+
+// wireCodes are the errors errors.Is finds across the socket.
+var wireCodes = map[string]error{
+	"no_cgo": ErrNoCgo, "toolchain": ErrToolchain, "module_version": ErrModuleVersion,
+	"build_setting": ErrBuildSetting, "loaded_twice": ErrLoadedTwice, "manifest": ErrManifest,
+	"not_plugin": ErrNotPlugin, "plugin_open": ErrPluginOpen, "peer": ErrPeer, "protocol": ErrProtocol,
+	"unknown_symbol": patch.ErrUnknownSymbol, "ambiguous": patch.ErrAmbiguous, "signature": patch.ErrSignature,
+	"abi": patch.ErrABI, "inlined": patch.ErrInlined, "blocked": patch.ErrBlocked, "bad_request": patch.ErrBadRequest,
+	"already_applied": patch.ErrAlreadyApplied, "in_transition": patch.ErrInTransition, "not_patchable": patch.ErrNotPatchable,
+	"self_helper": patch.ErrSelfHelper, "too_short": patch.ErrTooShort, "code_changed": patch.ErrCodeChanged,
+	"permission": patch.ErrPermission, "busy": patch.ErrBusy, "cannot_relocate": patch.ErrCannotRelocate,
+	"branch_into_patch": patch.ErrBranchIntoPatch, "deadline": context.DeadlineExceeded, "canceled": context.Canceled,
+	"not_supported": patch.ErrNotSupported,
+}
+
+func toWire(err error) *wireError {
+	if err == nil {
+		return nil
+	}
+	w := &wireError{Msg: err.Error()}
+	for name, e := range wireCodes {
+		if errors.Is(err, e) {
+			w.Codes = append(w.Codes, name)
+		}
+	}
+	errors.As(err, &w.Signature)
+	errors.As(err, &w.Toolchain)
+	errors.As(err, &w.Module)
+	errors.As(err, &w.Setting)
+	return w
+}
+
+func (w *wireError) err() error {
+	if w == nil {
+		return nil
+	}
+	r := &RemoteError{Msg: w.Msg}
+	for _, c := range w.Codes {
+		if e, ok := wireCodes[c]; ok {
+			r.causes = append(r.causes, e)
+		}
+	}
+	if w.Signature != nil {
+		r.causes = append(r.causes, w.Signature)
+	}
+	if w.Toolchain != nil {
+		r.causes = append(r.causes, w.Toolchain)
+	}
+	if w.Module != nil {
+		r.causes = append(r.causes, w.Module)
+	}
+	if w.Setting != nil {
+		r.causes = append(r.causes, w.Setting)
+	}
+	return r
+}
+
+// RemoteError is an error the agent returned: its text, and (through
+// errors.Is and errors.As) the errors it matched in the service.
+type RemoteError struct {
+	Msg    string
+	causes []error
+}
+
+func (e *RemoteError) Error() string   { return e.Msg }
+func (e *RemoteError) Unwrap() []error { return e.causes }

@@ -1,0 +1,168 @@
+//go:build linux
+
+package patch
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"time"
+)
+
+// PluginFix is one replacement whose types are known at run time only: a
+// fix of a Go plugin that package patch/agent loaded with the runtime's
+// plugin loader. Give the function to replace as Target (a func value of
+// this program) or Name (as the Go function table spells it, e.g.
+// "main.handler"), and the new code as Replacement (a func value) or Wrap
+// (a func(original F) F that builds it from the original, as Wrap does).
+type PluginFix struct {
+	Target      any
+	Name        string
+	Replacement any
+	Wrap        any
+}
+
+// PluginOptions tune ApplyPlugin: FuncOptions, and what an operator may
+// also ask of an apply.
+type PluginOptions struct {
+	FuncOptions
+	// Force moves the tasks still on the old code at Timeout to the new
+	// code (ApplyOptions.Force).
+	Force bool
+	// Interval is the time between the short pauses of a transition.
+	Interval time.Duration
+}
+
+// ApplyPlugin applies fixes as one patch set (one ID, one pause or one
+// gradual transition), through the same path as Func. Each Replacement
+// must have its Target's type (a Target given by Name is checked against
+// the replacement from the binaries' records, as FuncByName is); a
+// mismatch is an *Error wrapping a *SignatureError, and nothing is applied.
+// The replacements must be Go code of a plugin loaded by the Go runtime
+// (plugin.Open) or of the program itself.
+func ApplyPlugin(fixes []PluginFix, o PluginOptions) (*Handle, error) {
+	if len(fixes) == 0 {
+		return nil, &Error{Op: "apply", Pid: os.Getpid(), Err: ErrBadRequest, Hint: "no fixes given"}
+	}
+	var pairs []funcPair
+	for _, f := range fixes {
+		p, err := resolvePluginFix(f)
+		if err != nil {
+			return nil, err
+		}
+		pairs = append(pairs, p)
+	}
+	return applyPairs(pairs, o)
+}
+
+// funcPair is one function of a patch set: the target, the replacement
+// (kept reachable while applied) and, for a wrap, the original it calls.
+type funcPair struct {
+	old, new goFunc
+	keep     any
+	orig     *origFuncval
+	plugin   bool
+}
+
+// resolvePluginFix finds the target of f, checks the types, and builds the
+// replacement of a wrap.
+func resolvePluginFix(f PluginFix) (funcPair, error) {
+	old, err := pluginTarget(f)
+	if err != nil {
+		return funcPair{}, err
+	}
+	var p funcPair
+	p.old, p.plugin = old, true
+	repl := f.Replacement
+	if (repl == nil) == (f.Wrap == nil) {
+		return p, &Error{Op: "apply", Pid: os.Getpid(), Func: old.name, Err: ErrBadRequest, Hint: "give exactly one of a replacement and a wrap"}
+	}
+	if f.Wrap != nil {
+		ft, err := wrapType(old.name, f.Wrap)
+		if err != nil {
+			return p, err
+		}
+		if f.Target != nil && reflect.TypeOf(f.Target) != ft {
+			return p, typeMismatch(old.name, f.Target, ft.String())
+		}
+		p.orig = &origFuncval{fn: old.entry}
+		repl = reflect.ValueOf(f.Wrap).Call([]reflect.Value{funcValueOfType(ft, p.orig)})[0].Interface()
+	} else if f.Target != nil && reflect.TypeOf(f.Target) != reflect.TypeOf(repl) {
+		return p, typeMismatch(old.name, f.Target, reflect.TypeOf(repl).String())
+	}
+	if p.new, err = funcOf("replacement", repl); err != nil {
+		return p, err
+	}
+	p.keep = repl
+	return p, nil
+}
+
+// pluginTarget resolves the function a fix replaces.
+func pluginTarget(f PluginFix) (goFunc, error) {
+	var old goFunc
+	switch {
+	case f.Target != nil:
+		var err error
+		if old, err = funcOf("target", f.Target); err != nil {
+			return old, err
+		}
+		if f.Name != "" && f.Name != old.name {
+			return old, &Error{Op: "apply", Pid: os.Getpid(), Func: f.Name, Err: ErrBadRequest,
+				Hint: fmt.Sprintf("the fix names %s but its target function value is %s", f.Name, old.name)}
+		}
+	case f.Name != "":
+		res, err := selfCall(selfRequest{Op: "lookup", Reps: []selfRep{{Old: f.Name}}})
+		if err != nil {
+			return old, err
+		}
+		if res == nil || len(res.Functions) != 1 {
+			return old, &Error{Op: "apply", Pid: os.Getpid(), Func: f.Name, Err: ErrSelfHelper, Hint: "the helper's lookup answered nothing"}
+		}
+		old = goFunc{name: f.Name, entry: uintptr(res.Functions[0].OldAddr)}
+	default:
+		return old, &Error{Op: "apply", Pid: os.Getpid(), Err: ErrBadRequest, Hint: "a fix names no target (neither a function value nor a name)"}
+	}
+	return old, patchable(old)
+}
+
+// wrapType returns F of a wrap of type func(F) F.
+func wrapType(name string, wrap any) (reflect.Type, error) {
+	t := reflect.TypeOf(wrap)
+	if t.Kind() != reflect.Func || t.NumIn() != 1 || t.NumOut() != 1 || t.In(0) != t.Out(0) || t.In(0).Kind() != reflect.Func || t.IsVariadic() {
+		return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: name, Err: ErrBadRequest,
+			Hint: fmt.Sprintf("a wrap is a func(original F) F for the function type F of the target; got a %s", t)}
+	}
+	if reflect.ValueOf(wrap).IsNil() {
+		return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: name, Err: ErrBadRequest, Hint: "the wrap is a nil function"}
+	}
+	return t.In(0), nil
+}
+
+// typeMismatch refuses a replacement whose Go type is not the target's.
+func typeMismatch(name string, target any, got string) error {
+	return &Error{Op: "apply", Pid: os.Getpid(), Func: name,
+		Err: &SignatureError{Func: name, New: "the replacement", Old: fmt.Sprintf("%s %s", name, reflect.TypeOf(target)), NewSig: got, Source: "Go types"}}
+}
+
+// applyPairs applies the pairs as one patch set through the helper.
+func applyPairs(pairs []funcPair, o PluginOptions) (*Handle, error) {
+	if o.Mode == "" {
+		o.Mode = ModeAuto
+	}
+	req := selfRequest{Op: "apply", Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout, Force: o.Force, Interval: o.Interval}}
+	for _, p := range pairs {
+		if p.old.entry == p.new.entry {
+			return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: p.old.name, Err: ErrBadRequest, Hint: "the target and the replacement are the same function"}
+		}
+		if err := notOnOwnStack("apply", p.old); err != nil {
+			return nil, err
+		}
+		r := selfRep{Old: p.old.name, New: p.new.name, OldAddr: uint64(p.old.entry), NewAddr: uint64(p.new.entry), Closure: uint64(p.new.funcval), Plugin: p.plugin}
+		if p.orig != nil {
+			r.OriginalSlot = uint64(fnSlot(p.orig))
+		}
+		req.Reps = append(req.Reps, r)
+	}
+	h := &Handle{old: pairs[0].old, new: pairs[0].new, keep: pairs[0].keep, orig: pairs[0].orig, opts: o.FuncOptions, more: pairs[1:]}
+	return h.applyReq(req)
+}

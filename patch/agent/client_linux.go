@@ -81,8 +81,8 @@ func Apply(ctx context.Context, pid int, file *os.File, req Request) (*patch.Res
 	if err != nil {
 		return nil, &patch.Error{Op: "apply", Pid: pid, Err: err}
 	}
-	if err := resp.Err.err(); err != nil {
-		return resp.Result, &patch.Error{Op: "apply", Pid: pid, Err: err}
+	if err := resp.Err.err(pid); err != nil {
+		return resp.Result, err
 	}
 	return resp.Result, nil
 }
@@ -91,7 +91,7 @@ func Apply(ctx context.Context, pid int, file *os.File, req Request) (*patch.Res
 func Hello(ctx context.Context, pid int) error {
 	resp, err := call(ctx, pid, Request{Op: "hello"}, nil)
 	if err == nil {
-		err = resp.Err.err()
+		err = resp.Err.err(pid)
 	}
 	return err
 }

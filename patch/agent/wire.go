@@ -36,6 +36,8 @@ type response struct {
 // wireCodes) and the typed errors a client may look for with errors.As.
 type wireError struct {
 	Msg       string                `json:"msg"`
+	Func      string                `json:"func,omitempty"`
+	Hint      string                `json:"hint,omitempty"`
 	Codes     []string              `json:"codes,omitempty"`
 	Signature *patch.SignatureError `json:"signature,omitempty"`
 	Toolchain *ToolchainError       `json:"toolchain,omitempty"`
@@ -62,6 +64,10 @@ func toWire(err error) *wireError {
 		return nil
 	}
 	w := &wireError{Msg: err.Error()}
+	var pe *patch.Error
+	if errors.As(err, &pe) {
+		w.Msg, w.Func, w.Hint = pe.Err.Error(), pe.Func, pe.Hint
+	}
 	for name, e := range wireCodes {
 		if errors.Is(err, e) {
 			w.Codes = append(w.Codes, name)
@@ -74,7 +80,8 @@ func toWire(err error) *wireError {
 	return w
 }
 
-func (w *wireError) err() error {
+// err rebuilds the error as a *patch.Error of an apply in process pid.
+func (w *wireError) err(pid int) error {
 	if w == nil {
 		return nil
 	}
@@ -96,7 +103,7 @@ func (w *wireError) err() error {
 	if w.Setting != nil {
 		r.causes = append(r.causes, w.Setting)
 	}
-	return r
+	return &patch.Error{Op: "apply", Pid: pid, Func: w.Func, Hint: w.Hint, Err: r}
 }
 
 // RemoteError is an error the agent returned: its text, and (through

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+// Go plugins need cgo, so these tests build the service and its plugins
+// with the go toolchain and gcc at run time: they skip where those are
+// missing (the arm64 VM lane, which runs prebuilt fixtures only).
+func needPluginTools(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"go", "gcc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("Go plugins are built here with cgo: %s is not installed (the arm64 VM lane has no toolchain)", tool)
+		}
+	}
+}
+
+var pluginBuilds struct {
+	sync.Mutex
+	dir  string
+	done map[string]string
+}
+
+// buildPlugin builds package pkg (relative to the repository, or an
+// absolute directory with its own go.mod) once per test binary, with cgo
+// and -trimpath unless flags say otherwise; env adds to the environment.
+func buildPlugin(t *testing.T, name, pkg string, env []string, flags ...string) string {
+	t.Helper()
+	pluginBuilds.Lock()
+	defer pluginBuilds.Unlock()
+	if pluginBuilds.done == nil {
+		dir, err := os.MkdirTemp("", "hotpatch-plugins-")
+		require.NoError(t, err)
+		pluginBuilds.dir, pluginBuilds.done = dir, map[string]string{}
+	}
+	if out, ok := pluginBuilds.done[name]; ok {
+		return out
+	}
+	out := filepath.Join(pluginBuilds.dir, name)
+	args := append([]string{"build", "-o", out}, flags...)
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Dir = pkg
+	if !filepath.IsAbs(pkg) {
+		cmd.Dir = fixture.Source(pkg)
+	}
+	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=1"), env...)
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go %s in %s:\n%s", strings.Join(args, " "), cmd.Dir, b)
+	pluginBuilds.done[name] = out
+	return out
+}
+
+var (
+	trimpath = []string{"-trimpath"}
+	asPlugin = []string{"-trimpath", "-buildmode=plugin"}
+)
+
+// service is a running HTTP service.
+type service struct {
+	pid  int
+	addr string
+	log  *strings.Builder
+}
+
+// startService starts bin and waits until it serves.
+func startService(t *testing.T, bin string) *service {
+	t.Helper()
+	cmd := exec.Command(bin)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	s := &service{log: &strings.Builder{}}
+	cmd.Stderr = &lockedWriter{w: s.log}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err, "service log:\n%s", s.log)
+	s.addr = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	s.pid = cmd.Process.Pid
+	go io.Copy(io.Discard, stdout)
+	return s
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// get returns the body of GET path, or an error.
+func (s *service) get(path string) (string, error) {
+	r, err := http.Get("http://" + s.addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer r.Body.Close()
+	b, err := io.ReadAll(r.Body)
+	if err == nil && r.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", r.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+func (s *service) mustGet(t *testing.T, path string) string {
+	t.Helper()
+	b, err := s.get(path)
+	require.NoError(t, err)
+	return b
+}
+
+// load sends requests from several goroutines until stop, counting
+// failures and each answer.
+type load struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	failed  atomic.Int64
+	mu      sync.Mutex
+	answers map[string]int
+	errs    []error
+}
+
+func startLoad(s *service, path string, workers int) *load {
+	l := &load{stop: make(chan struct{}), answers: map[string]int{}}
+	for i := 0; i < workers; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				b, err := s.get(path)
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					l.errs = append(l.errs, err)
+				} else {
+					l.answers[b]++
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() map[string]int {
+	close(l.stop)
+	l.wg.Wait()
+	return l.answers
+}
+
+// applyJSON is the --json output of a successful apply.
+type applyJSON struct {
+	ID        string `json:"id"`
+	State     string `json:"state"`
+	PauseUS   int64  `json:"pause_us"`
+	Functions []struct {
+		Old string `json:"old"`
+		New string `json:"new"`
+	} `json:"functions"`
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func applyPluginJSON(t *testing.T, pid int, plugin string, extra ...string) (applyJSON, string, int) {
+	t.Helper()
+	out, errOut, code := hotpatch(t, append([]string{"apply", "--pid", fmt.Sprint(pid), "--plugin", plugin, "--json"}, extra...)...)
+	var res applyJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &res), "stdout:\n%s\nstderr:\n%s", out, errOut)
+	return res, errOut, code
+}
+
+// TestPluginApplyUnderLoad is the worked example (examples/pluginfix):
+// its fix goes in through the CLI and the agent while the service is under
+// HTTP load, every request after the apply is answered by the new code,
+// status lists the patch, revert brings the old answer back, and no
+// request fails.
+func TestPluginApplyUnderLoad(t *testing.T) {
+	needPluginTools(t)
+	svc := startService(t, buildPlugin(t, "example-service", "examples/pluginfix/service", nil, trimpath...))
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	const path = "/greet?name=Ada"
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, path))
+
+	l := startLoad(svc, path, 4)
+	time.Sleep(200 * time.Millisecond)
+	res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "applied", res.State)
+	require.Len(t, res.Functions, 1)
+	require.Equal(t, "main.greeting", res.Functions[0].Old)
+	require.Contains(t, res.Functions[0].New, "pluginfix/fix.greeting")
+	for i := 0; i < 20; i++ {
+		require.Equal(t, "Hello, Ada!", svc.mustGet(t, path), "a request after the apply")
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	out, errOut, code := hotpatch(t, "status", "--pid", fmt.Sprint(svc.pid))
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, res.ID+`\s+applied\s+0\s+\S+\s+main\.greeting -> \S+pluginfix/fix\.greeting`, out)
+
+	_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+	require.Equal(t, 0, code, errOut)
+	for i := 0; i < 20; i++ {
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, path), "a request after the revert")
+	}
+	time.Sleep(200 * time.Millisecond)
+	answers := l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+	require.Len(t, answers, 2, "answers: %v", answers)
+	require.Positive(t, answers["Hello, Ada!"])
+	require.Positive(t, answers["Helo, Ada!"])
+	require.Contains(t, svc.log.String(), "plugin applied")
+}

@@ -294,10 +294,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			return fail(rep.Old, ErrBadRequest, "a replacement is OLD=NEW with both names")
 		}
 		old, err := t.lookupOld(rep.Old, olds)
+		old, err = t.atAddr(rep.Old, rep.oldAddr, old, err)
 		if err != nil {
 			return fail(rep.Old, err, "")
 		}
 		nw, err := t.lookupNew(rep.New, lib)
+		nw, err = t.atAddr(rep.New, rep.newAddr, nw, err)
 		if err != nil {
 			return fail(rep.New, err, "")
 		}

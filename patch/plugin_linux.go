@@ -3,10 +3,13 @@
 package patch
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
 	"time"
+
+	"github.com/hotpatch-dev/hotpatch/elfsym"
 )
 
 // PluginFix is one replacement whose types are known at run time only: a
@@ -110,19 +113,35 @@ func pluginTarget(f PluginFix) (goFunc, error) {
 			return old, &Error{Op: "apply", Pid: os.Getpid(), Func: f.Name, Err: ErrBadRequest,
 				Hint: fmt.Sprintf("the fix names %s but its target function value is %s", f.Name, old.name)}
 		}
-	case f.Name != "":
-		res, err := selfCall(selfRequest{Op: "lookup", Reps: []selfRep{{Old: f.Name}}})
-		if err != nil {
+		// A plugin's func value of a package the program also has is
+		// the plugin's own copy of it, which the program never calls:
+		// the target is the program's function of that name.
+		if err := patchable(old); err != nil {
 			return old, err
 		}
-		if res == nil || len(res.Functions) != 1 {
-			return old, &Error{Op: "apply", Pid: os.Getpid(), Func: f.Name, Err: ErrSelfHelper, Hint: "the helper's lookup answered nothing"}
+		return lookupProgram(old.name)
+	case f.Name != "":
+		var err error
+		if old, err = lookupProgram(f.Name); err != nil {
+			return old, err
 		}
-		old = goFunc{name: f.Name, entry: uintptr(res.Functions[0].OldAddr)}
 	default:
 		return old, &Error{Op: "apply", Pid: os.Getpid(), Err: ErrBadRequest, Hint: "a fix names no target (neither a function value nor a name)"}
 	}
 	return old, patchable(old)
+}
+
+// lookupProgram finds the function of this program named name (in the
+// program's own module when a plugin has one of that name too).
+func lookupProgram(name string) (goFunc, error) {
+	res, err := selfCall(selfRequest{Op: "lookup", Reps: []selfRep{{Old: name, Near: programPC()}}})
+	if err != nil {
+		return goFunc{}, err
+	}
+	if res == nil || len(res.Functions) != 1 {
+		return goFunc{}, &Error{Op: "apply", Pid: os.Getpid(), Func: name, Err: ErrSelfHelper, Hint: "the helper's lookup answered nothing"}
+	}
+	return goFunc{name: name, entry: uintptr(res.Functions[0].OldAddr)}, nil
 }
 
 // wrapType returns F of a wrap of type func(F) F.
@@ -166,3 +185,36 @@ func applyPairs(pairs []funcPair, o PluginOptions) (*Handle, error) {
 	h := &Handle{old: pairs[0].old, new: pairs[0].new, keep: pairs[0].keep, orig: pairs[0].orig, opts: o.FuncOptions, more: pairs[1:]}
 	return h.applyReq(req)
 }
+
+// atAddr resolves a name of the self-patching path, which comes with the
+// address the caller holds: a name defined in several modules (a Go plugin
+// holds its own copies of the packages it was built with, which nothing
+// outside it calls) is the symbol at that address.
+func (t *Target) atAddr(name string, addr uint64, s elfsym.Symbol, err error) (elfsym.Symbol, error) {
+	if addr == 0 || !errors.Is(err, ErrAmbiguous) {
+		return s, err
+	}
+	if at, ok := t.syms.SymbolAt(addr); ok && at.Addr == addr && at.Name == name {
+		return at, nil
+	}
+	return s, err
+}
+
+// lookupNear finds a function by name; one defined in several modules is
+// taken from the module of near, when given and it has one.
+func (t *Target) lookupNear(name string, near uint64) (elfsym.Symbol, error) {
+	s, err := t.syms.Lookup(name)
+	if near == 0 || !errors.Is(err, ErrAmbiguous) {
+		return s, err
+	}
+	if m, ok := t.syms.ModuleAt(near); ok {
+		if in, ierr := t.syms.LookupIn(m, name); ierr == nil {
+			return in, nil
+		}
+	}
+	return s, err
+}
+
+// programPC is an address in this program's own module (the executable),
+// for lookupNear.
+func programPC() uint64 { return uint64(reflect.ValueOf(programPC).Pointer()) }

@@ -62,6 +62,10 @@ type selfRep struct {
 	// Plugin: New is Go code of a plugin the Go runtime of the process
 	// loaded (plugin.Open): another module, the same runtime.
 	Plugin bool
+	// Near, in a lookup: a name defined in several modules is looked up
+	// in the module of this address (the program's own, where a Go
+	// plugin also holds copies of the packages it was built with).
+	Near uint64
 }
 
 type selfOpts struct {
@@ -257,13 +261,16 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 		for i, r := range req.Reps {
 			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot, plugin: r.Plugin}
 		}
-		if err = (*tgt).reloadForNew(reps); err != nil {
+		if err = (*tgt).reloadFor(reps); err != nil {
 			break
 		}
 		resp.Result, err = (*tgt).Apply(ctx, reps, o)
 	case "lookup":
+		if err = (*tgt).reloadFor([]Replacement{{newAddr: req.Reps[0].Near}}); err != nil {
+			break
+		}
 		var sym elfsym.Symbol
-		if sym, err = (*tgt).Symbols().Lookup(req.Reps[0].Old); err == nil {
+		if sym, err = (*tgt).lookupNear(req.Reps[0].Old, req.Reps[0].Near); err == nil {
 			resp.Result = &Result{Functions: []Function{{Old: req.Reps[0].Old, OldAddr: sym.Addr, OldSize: sym.Size}}}
 		} else {
 			err = &Error{Op: "apply", Pid: ppid, Func: req.Reps[0].Old, Err: err}
@@ -279,9 +286,9 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	return resp
 }
 
-// reloadForNew reads the process's modules again when a replacement is in
+// reloadFor reads the process's modules again when a replacement is in
 // none of those known (a plugin loaded since the Target was attached).
-func (t *Target) reloadForNew(reps []Replacement) error {
+func (t *Target) reloadFor(reps []Replacement) error {
 	for _, r := range reps {
 		if _, ok := t.syms.ModuleAt(r.newAddr); r.newAddr != 0 && !ok {
 			if err := t.reloadSymbols(); err != nil {

@@ -236,3 +236,89 @@ func TestPluginApplyUnderLoad(t *testing.T) {
 	require.Positive(t, answers["Helo, Ada!"])
 	require.Contains(t, svc.log.String(), "plugin applied")
 }
+
+// testSvc builds and starts the agent tests' service.
+func testSvc(t *testing.T) *service {
+	return startService(t, buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...))
+}
+
+// TestPluginWrapAndByValue: a fix that wraps the original (it calls the
+// old code), and one that names its target by value (a package the plugin
+// imports), applied through the CLI and reverted.
+func TestPluginWrapAndByValue(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	for _, tt := range []struct {
+		plugin, path, before, after string
+	}{
+		{"wrapfix", "/greet?name=Ada", "Helo, Ada!", "Hello, Ada! (wrapped)"},
+		{"bytype", "/shout?name=Ada", "ada", "ADA"},
+	} {
+		t.Run(tt.plugin, func(t *testing.T) {
+			so := buildPlugin(t, tt.plugin+".so", "patch/agent/testdata/"+tt.plugin, nil, asPlugin...)
+			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
+			res, errOut, code := applyPluginJSON(t, svc.pid, so)
+			require.Equal(t, 0, code, errOut)
+			require.Equal(t, tt.after, svc.mustGet(t, tt.path))
+			_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+			require.Equal(t, 0, code, errOut)
+			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
+		})
+	}
+}
+
+// TestPluginParked: a goroutine parked inside main.greeting (a slow
+// request). Stop mode refuses, naming it and the function; gradual mode
+// applies: the parked request finishes on the old code, new requests get
+// the new code meanwhile, and the apply returns once it left.
+func TestPluginParked(t *testing.T) {
+	needPluginTools(t)
+	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	const slow, fast = "/greet?name=Slow&wait=3s", "/greet?name=Ada"
+
+	t.Run("stop", func(t *testing.T) {
+		svc := testSvc(t)
+		done := make(chan string, 1)
+		go func() { b, _ := svc.get(slow); done <- b }()
+		time.Sleep(300 * time.Millisecond)
+		res, errOut, code := applyPluginJSON(t, svc.pid, fix, "--mode", "stop", "--timeout", "500ms")
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "blocked", res.Code, res.Error)
+		require.Contains(t, res.Error, "main.greeting")
+		require.Regexp(t, `goroutine \d+`, res.Error)
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, fast), "untouched")
+		require.Equal(t, "Helo, Slow!", <-done)
+	})
+	t.Run("gradual", func(t *testing.T) {
+		svc := testSvc(t)
+		done := make(chan string, 1)
+		go func() { b, _ := svc.get(slow); done <- b }()
+		time.Sleep(300 * time.Millisecond)
+		type outcome struct {
+			res  applyJSON
+			err  string
+			code int
+			at   time.Time
+		}
+		applied := make(chan outcome, 1)
+		start := time.Now()
+		go func() {
+			res, errOut, code := applyPluginJSON(t, svc.pid, fix, "--mode", "gradual", "--timeout", "10s")
+			applied <- outcome{res, errOut, code, time.Now()}
+		}()
+		// While the slow request is parked in the old code, new requests
+		// run the new code.
+		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, 2*time.Second, 20*time.Millisecond)
+		select {
+		case o := <-applied:
+			t.Fatalf("the apply returned while a goroutine was still on the old code: %+v", o)
+		default:
+		}
+		require.Equal(t, "Helo, Slow!", <-done, "the parked request keeps the old code")
+		o := <-applied
+		require.Equal(t, 0, o.code, o.err)
+		require.Equal(t, "applied", o.res.State)
+		require.Greater(t, o.at.Sub(start), 2*time.Second, "finished only after the parked goroutine left")
+		require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, fast))
+	})
+}

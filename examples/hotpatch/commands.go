@@ -53,7 +53,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if len(reps) > 0 || *lib != "" || *resume {
 			return fmt.Errorf("%w: --plugin takes no --replace, --lib or --resume (its manifest names the functions)", errUsage)
 		}
-		c.mode = *mode
+		c.mode, c.plugin = *mode, true
 		return c.applyPlugin(ctx, *plugin, agent.Request{Mode: *mode, Timeout: c.timeout, OnTimeout: *onTimeout, Force: *force, Interval: *interval}, stderr)
 	}
 	c.mode = *mode

@@ -100,6 +100,8 @@ func (c *common) withHint(err error) error {
 	switch {
 	case errors.Is(err, elfsym.ErrOnlyInlined):
 		hint = fmt.Sprintf("hotpatch syms --pid %d CALLER shows each caller", pid)
+	case errors.Is(err, patch.ErrSignature) && c.plugin:
+		hint = "change the plugin's fix to the target's signature"
 	case errors.Is(err, patch.ErrSignature):
 		hint = "--skip-signature-check applies it anyway"
 	case errors.Is(err, patch.ErrInlined):

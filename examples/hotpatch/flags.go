@@ -30,6 +30,8 @@ type common struct {
 	// maxArgs is how many positional words the command takes.
 	maxArgs int
 	args    []string
+	// plugin: the apply hands a Go plugin to the target's agent.
+	plugin bool
 }
 
 // newFlags starts the flag set of command name; withPID adds --pid,

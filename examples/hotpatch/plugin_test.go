@@ -322,3 +322,94 @@ func TestPluginParked(t *testing.T) {
 		require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, fast))
 	})
 }
+
+// TestPluginErrors: each mistake a plugin can make is refused with its
+// code, the service untouched and still serving the old answer.
+func TestPluginErrors(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	require.NoError(t, err)
+	// A plugin of its own module that replaces golang.org/x/sys (which
+	// the service has at v0.49.0) by a local copy of it.
+	othermod := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(othermod, "go.mod"), []byte(fmt.Sprintf(
+		"module example.com/othermod\n\ngo 1.26.0\n\nrequire golang.org/x/sys v0.49.0\n\nreplace golang.org/x/sys => %s/golang.org/x/sys@v0.49.0\n",
+		strings.TrimSpace(string(modcache)))), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(othermod, "main.go"), []byte(
+		"package main\n\nimport \"golang.org/x/sys/unix\"\n\nvar Hotpatch = unix.Getpid\n\nfunc main() {}\n"), 0o644))
+
+	tests := []struct {
+		name, code string
+		plugin     func(t *testing.T) string
+		want       []string
+	}{
+		{"signature", "signature", func(t *testing.T) string {
+			return buildPlugin(t, "sigfix.so", "patch/agent/testdata/sigfix", nil, asPlugin...)
+		}, []string{"main.greeting(string, time.Duration) string", "sigfix.greeting(string) string", "the plugin's fix"}},
+		{"unknown name", "unknown_symbol", func(t *testing.T) string {
+			return buildPlugin(t, "unknownfix.so", "patch/agent/testdata/unknownfix", nil, asPlugin...)
+		}, []string{"main.greetingg", "main.greeting"}},
+		{"no manifest", "manifest", func(t *testing.T) string {
+			return buildPlugin(t, "nomanifest.so", "patch/agent/testdata/nomanifest", nil, asPlugin...)
+		}, []string{"exports no variable Hotpatch"}},
+		{"other toolchain", "toolchain", func(t *testing.T) string {
+			return buildPlugin(t, "oldgo.so", fixture.Source("patch/agent/testdata/oldgo"), []string{"GOTOOLCHAIN=go1.25.14"}, asPlugin...)
+		}, []string{"go1.25.14", runtimeVersion(t)}},
+		{"other module version", "module_version", func(t *testing.T) string {
+			return buildPlugin(t, "othermod.so", othermod, []string{"GOFLAGS=-mod=mod"}, asPlugin...)
+		}, []string{"golang.org/x/sys", "v0.49.0"}},
+		{"no -trimpath", "build_setting", func(t *testing.T) string {
+			return buildPlugin(t, "notrim.so", "examples/pluginfix/fix", nil, "-buildmode=plugin")
+		}, []string{"-trimpath"}},
+		{"not a plugin", "not_plugin", func(t *testing.T) string {
+			return buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
+		}, []string{"-buildmode=exe"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, errOut, code := applyPluginJSON(t, svc.pid, tt.plugin(t))
+			require.Equal(t, 1, code, errOut)
+			require.Equal(t, tt.code, res.Code, res.Error)
+			for _, w := range tt.want {
+				require.Contains(t, res.Error, w)
+			}
+			require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"), "untouched and serving")
+		})
+	}
+	t.Run("loaded twice", func(t *testing.T) {
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+		require.Equal(t, 0, code, errOut)
+		_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+		require.Equal(t, 0, code, errOut)
+		res, errOut, code = applyPluginJSON(t, svc.pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "loaded_twice", res.Code, res.Error)
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	})
+	t.Run("no cgo", func(t *testing.T) {
+		nocgo := startService(t, buildPlugin(t, "svc-nocgo", "patch/agent/testdata/svc", []string{"CGO_ENABLED=0"}, trimpath...))
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, nocgo.pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "no_cgo", res.Code, res.Error)
+		require.Contains(t, res.Error, "--replace OLD=NEW")
+		require.Equal(t, "Helo, Ada!", nocgo.mustGet(t, "/greet?name=Ada"))
+	})
+	t.Run("no agent", func(t *testing.T) {
+		p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, p.Pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "no_agent", res.Code, res.Error)
+		require.Contains(t, errOut, "agent.Start")
+	})
+}
+
+// runtimeVersion is the go toolchain's release ("go1.26.8").
+func runtimeVersion(t *testing.T) string {
+	out, err := exec.Command("go", "env", "GOVERSION").Output()
+	require.NoError(t, err)
+	return strings.TrimSpace(string(out))
+}

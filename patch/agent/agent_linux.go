@@ -26,7 +26,7 @@ import (
 // /tmp/hotpatch-agent-UID, mode 0700. It is fixed so that a client finds a
 // socket from the PID alone (through /proc/PID/root, the service's own
 // view of the file system).
-const baseDir = "/tmp"
+var baseDir = "/tmp"
 
 // userDir is the agents' directory of user uid, as the service sees it.
 func userDir(uid int) string { return filepath.Join(baseDir, "hotpatch-agent-"+strconv.Itoa(uid)) }
@@ -169,18 +169,20 @@ func (a *Agent) handle(c *net.UnixConn) {
 		a.log.Error("hotpatch agent: peer credentials", "err", err)
 		return
 	}
+	// The request is read (and its descriptor closed unused) before a
+	// refusal, so that the refusal reaches the client rather than a reset.
+	req, file, rerr := readRequest(c)
+	if file != nil {
+		defer file.Close()
+	}
 	if int(cred.Uid) != os.Getuid() && cred.Uid != 0 {
 		a.log.Warn("hotpatch agent: refused a connection from another user", "uid", cred.Uid, "pid", cred.Pid)
 		a.reply(c, response{Pid: os.Getpid(), Err: toWire(fmt.Errorf("%w: uid %d is neither the service's user (%d) nor root", ErrPeer, cred.Uid, os.Getuid()))})
 		return
 	}
-	req, file, err := readRequest(c)
-	if err != nil {
-		a.reply(c, response{Pid: os.Getpid(), Err: toWire(err)})
+	if rerr != nil {
+		a.reply(c, response{Pid: os.Getpid(), Err: toWire(rerr)})
 		return
-	}
-	if file != nil {
-		defer file.Close()
 	}
 	resp := response{Pid: os.Getpid()}
 	switch req.Op {

@@ -128,11 +128,14 @@ func call(ctx context.Context, pid int, req Request, file *os.File) (*response, 
 	if file != nil {
 		oob = syscall.UnixRights(int(file.Fd()))
 	}
-	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
-		return nil, fmt.Errorf("%w: send: %w", ErrProtocol, err)
-	}
+	_, _, serr := c.WriteMsgUnix(b, oob, nil)
+	// A refusal (another user) comes before the request is read: read
+	// it even when the send failed.
 	buf := make([]byte, 4<<20)
 	n, err := c.Read(buf)
+	if err != nil && serr != nil {
+		return nil, fmt.Errorf("%w: send: %w", ErrProtocol, serr)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w (the agent may still finish the apply; status tells)", ctx.Err())

@@ -182,7 +182,7 @@ func TestApplyProtocol(t *testing.T) {
 // plugin.Open.
 func TestCheckMatch(t *testing.T) {
 	svc := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "example.com/svc", Version: "(devel)"},
-		Deps: []*debug.Module{{Path: "golang.org/x/sys", Version: "v0.49.0", Sum: "h1:a"}, {Path: "example.com/lib", Version: "v1.0.0", Replace: &debug.Module{Path: "../lib"}}},
+		Deps:     []*debug.Module{{Path: "golang.org/x/sys", Version: "v0.49.0", Sum: "h1:a"}, {Path: "example.com/lib", Version: "v1.0.0", Replace: &debug.Module{Path: "../lib"}}},
 		Settings: []debug.BuildSetting{{Key: "-trimpath", Value: "true"}, {Key: "CGO_ENABLED", Value: "1"}, {Key: "GOARCH", Value: "amd64"}, {Key: "GOAMD64", Value: "v1"}}}
 	plug := func(edit func(*debug.BuildInfo)) *debug.BuildInfo {
 		b := *svc
@@ -202,18 +202,24 @@ func TestCheckMatch(t *testing.T) {
 		{"same", plug(nil), nil, nil},
 		{"toolchain", plug(func(b *debug.BuildInfo) { b.GoVersion = "go1.26.7" }), ErrToolchain, new(*ToolchainError)},
 		{"dep version", plug(func(b *debug.BuildInfo) { b.Deps[0] = &debug.Module{Path: "golang.org/x/sys", Version: "v0.48.0"} }), ErrModuleVersion, new(*ModuleError)},
-		{"dep sum", plug(func(b *debug.BuildInfo) { b.Deps[0] = &debug.Module{Path: "golang.org/x/sys", Version: "v0.49.0", Sum: "h1:b"} }), ErrModuleVersion, new(*ModuleError)},
+		{"dep sum", plug(func(b *debug.BuildInfo) {
+			b.Deps[0] = &debug.Module{Path: "golang.org/x/sys", Version: "v0.49.0", Sum: "h1:b"}
+		}), ErrModuleVersion, new(*ModuleError)},
 		{"dep replaced", plug(func(b *debug.BuildInfo) {
 			b.Deps[0] = &debug.Module{Path: "golang.org/x/sys", Version: "v0.49.0", Replace: &debug.Module{Path: "../sys"}}
 		}), ErrModuleVersion, new(*ModuleError)},
 		{"replace kept", plug(nil), nil, nil},
-		{"plugin-only dep", plug(func(b *debug.BuildInfo) { b.Deps = append(b.Deps, &debug.Module{Path: "example.com/new", Version: "v0.1.0"}) }), nil, nil},
+		{"plugin-only dep", plug(func(b *debug.BuildInfo) {
+			b.Deps = append(b.Deps, &debug.Module{Path: "example.com/new", Version: "v0.1.0"})
+		}), nil, nil},
 		{"main module as dep", plug(func(b *debug.BuildInfo) {
 			b.Main = debug.Module{Path: "example.com/fix"}
 			b.Deps = append(b.Deps, &debug.Module{Path: "example.com/svc", Version: "v1.2.3"})
 		}), ErrModuleVersion, new(*ModuleError)},
 		{"trimpath", plug(func(b *debug.BuildInfo) { b.Settings = b.Settings[:1] }), ErrBuildSetting, new(*BuildSettingError)},
-		{"GOAMD64", plug(func(b *debug.BuildInfo) { b.Settings = append(b.Settings, debug.BuildSetting{Key: "GOAMD64", Value: "v3"}) }), ErrBuildSetting, new(*BuildSettingError)},
+		{"GOAMD64", plug(func(b *debug.BuildInfo) {
+			b.Settings = append(b.Settings, debug.BuildSetting{Key: "GOAMD64", Value: "v3"})
+		}), ErrBuildSetting, new(*BuildSettingError)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -194,17 +194,17 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 		req.Reps[0].OriginalSlot = uint64(fnSlot(orig))
 	}
 	h := &Handle{old: old, new: nw, keep: keep, opts: o, orig: orig}
-	return h.applyReq(req)
+	return h.applyReq(req, nil)
 }
 
 // applyReq sends the apply request of h to the helper, keeping the
 // replacements reachable meanwhile, and fills h from the answer.
-func (h *Handle) applyReq(req selfRequest) (*Handle, error) {
+func (h *Handle) applyReq(req selfRequest, progress func(Progress)) (*Handle, error) {
 	// Reachable before any code can jump to it.
 	live.Lock()
 	live.m[fmt.Sprintf("pending %p", h)] = h
 	live.Unlock()
-	res, err := selfCall(req)
+	res, err := selfCallProgress(req, progress)
 	live.Lock()
 	delete(live.m, fmt.Sprintf("pending %p", h))
 	if res != nil && res.ID != "" && res.State != "reverted" {

@@ -34,6 +34,9 @@ type PluginOptions struct {
 	Force bool
 	// Interval is the time between the short pauses of a transition.
 	Interval time.Duration
+	// Progress, when set, is called after every pause of a transition
+	// (ApplyOptions.Progress).
+	Progress func(Progress)
 }
 
 // ApplyPlugin applies fixes as one patch set (one ID, one pause or one
@@ -183,7 +186,7 @@ func applyPairs(pairs []funcPair, o PluginOptions) (*Handle, error) {
 		req.Reps = append(req.Reps, r)
 	}
 	h := &Handle{old: pairs[0].old, new: pairs[0].new, keep: pairs[0].keep, orig: pairs[0].orig, opts: o.FuncOptions, more: pairs[1:]}
-	return h.applyReq(req)
+	return h.applyReq(req, o.Progress)
 }
 
 // atAddr resolves a name of the self-patching path, which comes with the

@@ -53,6 +53,9 @@ type selfRequest struct {
 	Reps []selfRep
 	ID   string
 	Opts selfOpts
+	// Progress asks for the transition's progress reports: each comes as
+	// a response of its own before the answer.
+	Progress bool
 }
 
 type selfRep struct {
@@ -83,6 +86,8 @@ type selfResponse struct {
 	Pid    int
 	Result *Result
 	Err    *wireError
+	// Progress is a progress report of the request, not its answer.
+	Progress *Progress
 }
 
 // wireError carries an error across the socket: an *Error's fields, the
@@ -223,7 +228,11 @@ func runHelper(v string) int {
 			if !ok {
 				return 0
 			}
-			resp := serveSelf(&tgt, ppid, req)
+			var progress func(Progress)
+			if req.Progress {
+				progress = func(p Progress) { enc.Encode(selfResponse{Pid: os.Getpid(), Progress: &p}) }
+			}
+			resp := serveSelf(&tgt, ppid, req, progress)
 			if err := enc.Encode(resp); err != nil {
 				return 0
 			}
@@ -239,7 +248,7 @@ var selfIdle = 5 * time.Second
 
 const selfIdleEnv = "HOTPATCH_SELF_IDLE"
 
-func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
+func serveSelf(tgt **Target, ppid int, req selfRequest, progress func(Progress)) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}
 	if req.Op == "hello" || (req.Op == "lookup" && len(req.Reps) != 1) {
 		return resp
@@ -254,6 +263,7 @@ func serveSelf(tgt **Target, ppid int, req selfRequest) selfResponse {
 	}
 	ctx := context.Background()
 	o := req.Opts.apply()
+	o.Progress = progress
 	var err error
 	switch req.Op {
 	case "apply":
@@ -317,6 +327,13 @@ var self struct {
 // selfCall sends one request to the helper (started, or restarted after it
 // died, as needed) and waits for its answer.
 func selfCall(req selfRequest) (*Result, error) {
+	return selfCallProgress(req, nil)
+}
+
+// selfCallProgress is selfCall passing the request's progress reports to
+// progress as they come.
+func selfCallProgress(req selfRequest, progress func(Progress)) (*Result, error) {
+	req.Progress = progress != nil
 	self.mu.Lock()
 	defer self.mu.Unlock()
 	if self.h != nil {
@@ -336,7 +353,7 @@ func selfCall(req selfRequest) (*Result, error) {
 			}
 			self.h = h
 		}
-		res, err := self.h.call(req)
+		res, err := self.h.call(req, progress)
 		if err == nil {
 			return res.Result, res.Err.err()
 		}
@@ -357,13 +374,21 @@ func selfCall(req selfRequest) (*Result, error) {
 }
 
 // call sends one request and reads the answer.
-func (h *helper) call(req selfRequest) (selfResponse, error) {
-	var resp selfResponse
+func (h *helper) call(req selfRequest, progress func(Progress)) (selfResponse, error) {
 	err := h.enc.Encode(req)
-	if err == nil {
-		err = h.dec.Decode(&resp)
+	for err == nil {
+		var resp selfResponse
+		if err = h.dec.Decode(&resp); err != nil {
+			break
+		}
+		if resp.Progress == nil {
+			return resp, nil
+		}
+		if progress != nil {
+			progress(*resp.Progress)
+		}
 	}
-	return resp, err
+	return selfResponse{}, err
 }
 
 // startHelper starts the helper and checks that it answers as one.

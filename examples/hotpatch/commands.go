@@ -54,7 +54,10 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("%w: --plugin takes no --replace, --lib or --resume (its manifest names the functions)", errUsage)
 		}
 		c.mode, c.plugin = *mode, true
-		return c.applyPlugin(ctx, *plugin, agent.Request{Mode: *mode, Timeout: c.timeout, OnTimeout: *onTimeout, Force: *force, Interval: *interval}, stderr)
+		streaming := c.json && *mode != patch.ModeStop
+		req := agent.Request{Mode: *mode, Timeout: c.timeout, OnTimeout: *onTimeout, Force: *force, Interval: *interval,
+			Progress: newProgress(stdout, stderr, streaming, c.timeout).report}
+		return c.applyPlugin(ctx, *plugin, req, streaming, stderr)
 	}
 	c.mode = *mode
 	if *resume {
@@ -112,7 +115,7 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // applyPlugin hands a Go plugin to the agent of the target, and reports
 // the apply as any other.
-func (c *common) applyPlugin(ctx context.Context, path string, req agent.Request, stderr io.Writer) error {
+func (c *common) applyPlugin(ctx context.Context, path string, req agent.Request, streaming bool, stderr io.Writer) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return c.fail(c.stdout, fmt.Errorf("hotpatch: plugin: %w", err))
@@ -123,12 +126,18 @@ func (c *common) applyPlugin(ctx context.Context, path string, req agent.Request
 		if errors.Is(err, agent.ErrNoAgent) {
 			err = fmt.Errorf("%w\nhotpatch: a plugin is loaded by the agent inside the service; without one, --replace OLD=NEW redirects to Go code already compiled in", err)
 		}
-		return c.applyFailed(c.stdout, err, res, false)
+		return c.applyFailed(c.stdout, err, res, streaming)
 	}
 	warnApplied(stderr, res)
-	if c.json {
+	switch {
+	case streaming:
+		writeLine(c.stdout, struct {
+			Event string `json:"event"`
+			*patch.Result
+		}{"result", res})
+	case c.json:
 		writeJSON(c.stdout, res)
-	} else {
+	default:
 		printApplied(c.stdout, c.pid, res)
 	}
 	if inTransition(res) {

@@ -413,3 +413,52 @@ func runtimeVersion(t *testing.T) string {
 	require.NoError(t, err)
 	return strings.TrimSpace(string(out))
 }
+
+// TestPluginTransitionResume: a gradual plugin apply streams its progress
+// with --json as any apply does; left in transition at its timeout (exit
+// 3), status lists the goroutine it waits for, and apply --resume
+// finishes it once that goroutine left the old code.
+func TestPluginTransitionResume(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	pid := fmt.Sprint(svc.pid)
+	done := make(chan string, 1)
+	go func() { b, _ := svc.get("/greet?name=Slow&wait=4s"); done <- b }()
+	time.Sleep(300 * time.Millisecond)
+
+	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
+	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.GreaterOrEqual(t, len(lines), 2, out)
+	type line struct {
+		Event, ID, State string
+		Pending          int
+	}
+	var events []string
+	var last line
+	for _, l := range lines {
+		last = line{}
+		require.NoError(t, json.Unmarshal([]byte(l), &last), l)
+		events = append(events, last.Event)
+	}
+	require.Equal(t, "transition", events[0], out)
+	require.Equal(t, "timeout", events[len(events)-2], out)
+	// The last line is the result (patch.Result's own JSON, as any
+	// streaming apply prints it).
+	require.Equal(t, "transition", last.State, out)
+	require.Equal(t, 1, last.Pending)
+	require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, "/greet?name=Ada"), "new goroutines run the new code")
+
+	out, errOut, code = hotpatch(t, "status", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, last.ID+`\s+transition\s+1\s`, out)
+	require.Regexp(t, `(?m)^  goroutine \d+$`, out)
+
+	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	require.Equal(t, "Helo, Slow!", <-done, "the parked request kept the old code")
+	out, errOut, code = hotpatch(t, "status", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, last.ID+`\s+applied\s+0\s`, out)
+}

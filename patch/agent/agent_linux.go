@@ -193,7 +193,11 @@ func (a *Agent) handle(c *net.UnixConn) {
 			break
 		}
 		a.log.Info("hotpatch agent: plugin received", "uid", cred.Uid, "pid", cred.Pid)
-		resp.Result, err = a.apply(req, file)
+		var progress func(patch.Progress)
+		if req.WantProgress {
+			progress = func(p patch.Progress) { a.reply(c, response{Pid: os.Getpid(), Progress: &p}) }
+		}
+		resp.Result, err = a.apply(req, file, progress)
 		resp.Err = toWire(err)
 	default:
 		resp.Err = toWire(fmt.Errorf("%w: unknown request %q", ErrProtocol, req.Op))
@@ -255,7 +259,7 @@ func readRequest(c *net.UnixConn) (Request, *os.File, error) {
 }
 
 // apply checks, loads and applies the plugin in file.
-func (a *Agent) apply(req Request, file *os.File) (*patch.Result, error) {
+func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress)) (*patch.Result, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := checkCgo(a.svc); err != nil {
@@ -293,7 +297,7 @@ func (a *Agent) apply(req Request, file *os.File) (*patch.Result, error) {
 		a.loaded[hash] = "(refused)"
 		return nil, err
 	}
-	h, err := patch.ApplyPlugin(fixes, patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout}, Force: req.Force, Interval: req.Interval})
+	h, err := patch.ApplyPlugin(fixes, patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout}, Force: req.Force, Interval: req.Interval, Progress: progress})
 	if h == nil {
 		a.loaded[hash] = "(refused)"
 		return nil, err

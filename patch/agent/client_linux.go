@@ -76,7 +76,7 @@ func procIDs(pid int) (uid, nspid int, err error) {
 // service's (errors.Is: patch.ErrSignature, ErrToolchain, ...; errors.As:
 // *patch.SignatureError, *ModuleError, ...) wrapped in a *patch.Error.
 func Apply(ctx context.Context, pid int, file *os.File, req Request) (*patch.Result, error) {
-	req.Op = "apply"
+	req.Op, req.WantProgress = "apply", req.Progress != nil
 	resp, err := call(ctx, pid, req, file)
 	if err != nil {
 		return nil, &patch.Error{Op: "apply", Pid: pid, Err: err}
@@ -132,19 +132,26 @@ func call(ctx context.Context, pid int, req Request, file *os.File) (*response, 
 	// A refusal (another user) comes before the request is read: read
 	// it even when the send failed.
 	buf := make([]byte, 4<<20)
-	n, err := c.Read(buf)
-	if err != nil && serr != nil {
-		return nil, fmt.Errorf("%w: send: %w", ErrProtocol, serr)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (the agent may still finish the apply; status tells)", ctx.Err())
+	for {
+		n, err := c.Read(buf)
+		if err != nil && serr != nil {
+			return nil, fmt.Errorf("%w: send: %w", ErrProtocol, serr)
 		}
-		return nil, fmt.Errorf("%w: the agent did not answer: %w", ErrProtocol, err)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w (the agent may still finish the apply; status tells)", ctx.Err())
+			}
+			return nil, fmt.Errorf("%w: the agent did not answer: %w", ErrProtocol, err)
+		}
+		var resp response
+		if err := json.Unmarshal(buf[:n], &resp); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+		if resp.Progress == nil {
+			return &resp, nil
+		}
+		if req.Progress != nil {
+			req.Progress(*resp.Progress)
+		}
 	}
-	var resp response
-	if err := json.Unmarshal(buf[:n], &resp); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
-	}
-	return &resp, nil
 }

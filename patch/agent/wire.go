@@ -12,7 +12,8 @@ import (
 
 // The protocol: one JSON object per SOCK_SEQPACKET message. The client
 // sends a request (for "apply", with the plugin's descriptor attached);
-// the agent answers with one response, which ends the exchange.
+// the agent sends progress reports when asked, then one response, which
+// ends the exchange.
 
 // Request is what the client asks.
 type Request struct {
@@ -23,6 +24,11 @@ type Request struct {
 	OnTimeout string        `json:"on_timeout,omitempty"`
 	Force     bool          `json:"force,omitempty"`
 	Interval  time.Duration `json:"interval,omitempty"`
+	// Progress, when set, receives the progress reports of a transition
+	// (patch.ApplyOptions.Progress) as the agent sends them.
+	Progress func(patch.Progress) `json:"-"`
+	// WantProgress asks the agent for them (set by Apply).
+	WantProgress bool `json:"progress,omitempty"`
 }
 
 // response is the agent's answer.
@@ -30,6 +36,8 @@ type response struct {
 	Pid    int           `json:"pid"`
 	Result *patch.Result `json:"result,omitempty"`
 	Err    *wireError    `json:"error,omitempty"`
+	// Progress is a progress report, not the answer.
+	Progress *patch.Progress `json:"progress,omitempty"`
 }
 
 // wireError carries an error: its text, the errors it matched (by name in

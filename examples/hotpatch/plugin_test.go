@@ -462,3 +462,35 @@ func TestPluginTransitionResume(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, last.ID+`\s+applied\s+0\s`, out)
 }
+
+// TestPluginPause measures the pause of the plugin path (agent, helper
+// process) next to the CLI's stop mode on the same service, each on an
+// idle service; go test -v prints them.
+func TestPluginPause(t *testing.T) {
+	needPluginTools(t)
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	const runs = 3
+	var cli, plug []int64
+	for i := 0; i < runs; i++ {
+		svc := testSvc(t)
+		pid := fmt.Sprint(svc.pid)
+		out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--replace", "main.greeting=main.greetingCompiled", "--json")
+		require.Equal(t, 0, code, errOut)
+		var res applyJSON
+		require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+		cli = append(cli, res.PauseUS)
+		require.Equal(t, "Hello, Ada! (compiled in)", svc.mustGet(t, "/greet?name=Ada"))
+		_, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all")
+		require.Equal(t, 0, code, errOut)
+
+		res, errOut, code = applyPluginJSON(t, svc.pid, fix, "--mode", "stop")
+		require.Equal(t, 0, code, errOut)
+		plug = append(plug, res.PauseUS)
+		require.Equal(t, "Hello, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	}
+	t.Logf("apply pause, stop mode, same service (us): CLI --replace %v, agent --plugin %v", cli, plug)
+	for _, p := range append(cli, plug...) {
+		require.Positive(t, p)
+		require.Less(t, p, int64(time.Second/time.Microsecond))
+	}
+}

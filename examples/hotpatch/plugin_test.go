@@ -46,7 +46,8 @@ func buildPlugin(t *testing.T, name, pkg string, env []string, flags ...string) 
 	pluginBuilds.Lock()
 	defer pluginBuilds.Unlock()
 	if pluginBuilds.done == nil {
-		dir, err := os.MkdirTemp("", "hotpatch-plugins-")
+		// Next to the CLI that TestMain built, and removed with it.
+		dir, err := os.MkdirTemp(filepath.Dir(hotpatchBin), "plugins-")
 		require.NoError(t, err)
 		pluginBuilds.dir, pluginBuilds.done = dir, map[string]string{}
 	}
@@ -88,7 +89,14 @@ func startService(t *testing.T, bin string) *service {
 	s := &service{log: &strings.Builder{}}
 	cmd.Stderr = &lockedWriter{w: s.log}
 	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		// What its agent made (a killed agent removes nothing).
+		dir := fmt.Sprintf("/tmp/hotpatch-agent-%d", os.Getuid())
+		os.RemoveAll(filepath.Join(dir, fmt.Sprintf("plugins-%d", cmd.Process.Pid)))
+		os.Remove(filepath.Join(dir, fmt.Sprintf("%d.sock", cmd.Process.Pid)))
+	})
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	require.NoError(t, err, "service log:\n%s", s.log)
 	s.addr = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))

@@ -16,6 +16,7 @@ import (
 	"plugin"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -70,6 +71,7 @@ func Start(o Options) (*Agent, error) {
 	if err := privateDir(dir); err != nil {
 		return nil, fmt.Errorf("hotpatch agent: %w", err)
 	}
+	sweep(dir)
 	pid := os.Getpid()
 	a := &Agent{path: SocketPath(os.Getuid(), pid), plugins: filepath.Join(dir, "plugins-"+strconv.Itoa(pid)), log: log, svc: svc, loaded: map[string]string{}}
 	// A socket of the same name is left by a dead process that had our
@@ -104,6 +106,28 @@ func (a *Agent) Close() error {
 	err := a.ln.Close()
 	a.wg.Wait()
 	return err
+}
+
+// sweep removes from dir the sockets and plugin copies of agents whose
+// process is gone (killed: no Close ran). A plugin stays mapped as long as
+// its process lives, so its copy stays until then.
+func sweep(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		name := e.Name()
+		num := strings.TrimSuffix(strings.TrimPrefix(name, "plugins-"), ".sock")
+		pid, err := strconv.Atoi(num)
+		if err != nil || pid <= 0 || num == name {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		os.RemoveAll(filepath.Join(dir, name))
+	}
 }
 
 // privateDir makes dir (mode 0700), or checks that the one there is a

@@ -279,3 +279,27 @@ func (s *syncBuffer) String() string {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+// TestSweep: Start removes the sockets and plugin copies of agents whose
+// process is gone, and keeps those of live ones.
+func TestSweep(t *testing.T) {
+	old := baseDir
+	baseDir = openDir(t)
+	t.Cleanup(func() { baseDir = old })
+	dir := userDir(os.Getuid())
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	dead := 1 << 30 // above pid_max
+	for _, name := range []string{fmt.Sprint(dead, ".sock"), fmt.Sprint("plugins-", dead), "1.sock", "plugins-1", "other"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), nil, 0o600))
+	}
+	a, err := Start(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer a.Close()
+	var left []string
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	require.ElementsMatch(t, []string{"1.sock", "plugins-1", "other", filepath.Base(a.Path())}, left)
+}

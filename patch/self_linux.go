@@ -182,7 +182,9 @@ func (e *remoteError) Unwrap() []error { return e.causes }
 // until the parent closes the socket or dies.
 func runHelper(v string) int {
 	ppid, err := strconv.Atoi(v)
-	if err != nil || ppid <= 1 {
+	// PID 1 is a parent too: a service may be PID 1 of its PID namespace
+	// (a container).
+	if err != nil || ppid < 1 {
 		fmt.Fprintf(os.Stderr, "hotpatch self-patch helper: %s=%q is not a parent PID\n", selfEnv, v)
 		return 2
 	}
@@ -401,7 +403,6 @@ func startHelper() (*helper, error) {
 		return fail(fmt.Errorf("socketpair: %w", err), "")
 	}
 	parent, child := os.NewFile(uintptr(fds[0]), "hotpatch-self"), os.NewFile(uintptr(fds[1]), "hotpatch-self-helper")
-	defer child.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{os.Args[0]}
 	cmd.Env = append(os.Environ(), selfEnv+"="+strconv.Itoa(os.Getpid()))
@@ -411,7 +412,11 @@ func startHelper() (*helper, error) {
 	// PR_SET_PDEATHSIG fires when the forking *thread* exits: fork on a
 	// thread that lives as long as the process (a goroutine locked to it
 	// that never returns), never on one a goroutine may lock and end.
-	if err := forkOnLastingThread(cmd); err != nil {
+	err = forkOnLastingThread(cmd)
+	// The helper has its own copy now: with this one closed, a helper
+	// that exits (or never serves) is an end of file, not a wait forever.
+	child.Close()
+	if err != nil {
 		parent.Close()
 		return fail(fmt.Errorf("re-execute /proc/self/exe: %w", err), "")
 	}

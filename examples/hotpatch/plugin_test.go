@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,9 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +33,29 @@ func needPluginTools(t *testing.T) {
 			t.Skipf("Go plugins are built here with cgo: %s is not installed (the arm64 VM lane has no toolchain)", tool)
 		}
 	}
+}
+
+// hp runs the CLI as hotpatch does, killed after two minutes: a hung
+// apply fails its test instead of the whole binary's timeout.
+func hp(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hotpatchBin, args...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Errorf("hotpatch %s: killed after 2 minutes\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), o.String(), e.String())
+		return o.String(), e.String(), -1
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Errorf("run hotpatch: %v", err)
+		return o.String(), e.String(), -1
+	}
+	return o.String(), e.String(), code
 }
 
 var pluginBuilds struct {
@@ -196,10 +222,21 @@ type applyJSON struct {
 
 func applyPluginJSON(t *testing.T, pid int, plugin string, extra ...string) (applyJSON, string, int) {
 	t.Helper()
-	out, errOut, code := hotpatch(t, append([]string{"apply", "--pid", fmt.Sprint(pid), "--plugin", plugin, "--json"}, extra...)...)
+	out, errOut, code := hp(t, append([]string{"apply", "--pid", fmt.Sprint(pid), "--plugin", plugin, "--json"}, extra...)...)
+	return parseApply(t, out, errOut), errOut, code
+}
+
+// parseApply reads the result of an apply --json: its output, or the last
+// line of a streamed one (gradual mode: progress events first).
+func parseApply(t *testing.T, out, errOut string) applyJSON {
+	t.Helper()
 	var res applyJSON
-	require.NoError(t, json.Unmarshal([]byte(out), &res), "stdout:\n%s\nstderr:\n%s", out, errOut)
-	return res, errOut, code
+	last := out
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 && strings.HasPrefix(lines[0], "{\"") {
+		last = lines[len(lines)-1]
+	}
+	require.NoError(t, json.Unmarshal([]byte(last), &res), "stdout:\n%s\nstderr:\n%s", out, errOut)
+	return res
 }
 
 // TestPluginApplyUnderLoad is the worked example (examples/pluginfix):
@@ -227,11 +264,11 @@ func TestPluginApplyUnderLoad(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 
-	out, errOut, code := hotpatch(t, "status", "--pid", fmt.Sprint(svc.pid))
+	out, errOut, code := hp(t, "status", "--pid", fmt.Sprint(svc.pid))
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, res.ID+`\s+applied\s+0\s+\S+\s+main\.greeting -> \S+pluginfix/fix\.greeting`, out)
 
-	_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
 	require.Equal(t, 0, code, errOut)
 	for i := 0; i < 20; i++ {
 		require.Equal(t, "Helo, Ada!", svc.mustGet(t, path), "a request after the revert")
@@ -268,7 +305,7 @@ func TestPluginWrapAndByValue(t *testing.T) {
 			res, errOut, code := applyPluginJSON(t, svc.pid, so)
 			require.Equal(t, 0, code, errOut)
 			require.Equal(t, tt.after, svc.mustGet(t, tt.path))
-			_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+			_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
 			require.Equal(t, 0, code, errOut)
 			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
 		})
@@ -303,16 +340,15 @@ func TestPluginParked(t *testing.T) {
 		go func() { b, _ := svc.get(slow); done <- b }()
 		time.Sleep(300 * time.Millisecond)
 		type outcome struct {
-			res  applyJSON
-			err  string
-			code int
-			at   time.Time
+			out, err string
+			code     int
+			at       time.Time
 		}
 		applied := make(chan outcome, 1)
 		start := time.Now()
 		go func() {
-			res, errOut, code := applyPluginJSON(t, svc.pid, fix, "--mode", "gradual", "--timeout", "10s")
-			applied <- outcome{res, errOut, code, time.Now()}
+			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", "10s", "--json")
+			applied <- outcome{out, errOut, code, time.Now()}
 		}()
 		// While the slow request is parked in the old code, new requests
 		// run the new code.
@@ -325,7 +361,7 @@ func TestPluginParked(t *testing.T) {
 		require.Equal(t, "Helo, Slow!", <-done, "the parked request keeps the old code")
 		o := <-applied
 		require.Equal(t, 0, o.code, o.err)
-		require.Equal(t, "applied", o.res.State)
+		require.Equal(t, "applied", parseApply(t, o.out, o.err).State)
 		require.Greater(t, o.at.Sub(start), 2*time.Second, "finished only after the parked goroutine left")
 		require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, fast))
 	})
@@ -389,7 +425,7 @@ func TestPluginErrors(t *testing.T) {
 		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
 		res, errOut, code := applyPluginJSON(t, svc.pid, fix)
 		require.Equal(t, 0, code, errOut)
-		_, errOut, code = hotpatch(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+		_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
 		require.Equal(t, 0, code, errOut)
 		res, errOut, code = applyPluginJSON(t, svc.pid, fix)
 		require.Equal(t, 1, code, errOut)
@@ -435,7 +471,7 @@ func TestPluginTransitionResume(t *testing.T) {
 	go func() { b, _ := svc.get("/greet?name=Slow&wait=4s"); done <- b }()
 	time.Sleep(300 * time.Millisecond)
 
-	out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
+	out, errOut, code := hp(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
 	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	require.GreaterOrEqual(t, len(lines), 2, out)
@@ -458,15 +494,15 @@ func TestPluginTransitionResume(t *testing.T) {
 	require.Equal(t, 1, last.Pending)
 	require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, "/greet?name=Ada"), "new goroutines run the new code")
 
-	out, errOut, code = hotpatch(t, "status", "--pid", pid)
+	out, errOut, code = hp(t, "status", "--pid", pid)
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, last.ID+`\s+transition\s+1\s`, out)
 	require.Regexp(t, `(?m)^  goroutine \d+$`, out)
 
-	out, errOut, code = hotpatch(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
+	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	require.Equal(t, "Helo, Slow!", <-done, "the parked request kept the old code")
-	out, errOut, code = hotpatch(t, "status", "--pid", pid)
+	out, errOut, code = hp(t, "status", "--pid", pid)
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, last.ID+`\s+applied\s+0\s`, out)
 }
@@ -482,13 +518,13 @@ func TestPluginPause(t *testing.T) {
 	for i := 0; i < runs; i++ {
 		svc := testSvc(t)
 		pid := fmt.Sprint(svc.pid)
-		out, errOut, code := hotpatch(t, "apply", "--pid", pid, "--replace", "main.greeting=main.greetingCompiled", "--json")
+		out, errOut, code := hp(t, "apply", "--pid", pid, "--replace", "main.greeting=main.greetingCompiled", "--json")
 		require.Equal(t, 0, code, errOut)
 		var res applyJSON
 		require.NoError(t, json.Unmarshal([]byte(out), &res), out)
 		cli = append(cli, res.PauseUS)
 		require.Equal(t, "Hello, Ada! (compiled in)", svc.mustGet(t, "/greet?name=Ada"))
-		_, errOut, code = hotpatch(t, "revert", "--pid", pid, "--all")
+		_, errOut, code = hp(t, "revert", "--pid", pid, "--all")
 		require.Equal(t, 0, code, errOut)
 
 		res, errOut, code = applyPluginJSON(t, svc.pid, fix, "--mode", "stop")
@@ -501,4 +537,52 @@ func TestPluginPause(t *testing.T) {
 		require.Positive(t, p)
 		require.Less(t, p, int64(time.Second/time.Microsecond))
 	}
+}
+
+// TestPluginNamespaces: a service in its own PID and mount namespaces (as
+// in a container), whose agent directory the host cannot see: the CLI
+// finds its socket through /proc/PID/root under the PID the service has
+// in its namespace, and hands it the plugin as an open file.
+func TestPluginNamespaces(t *testing.T) {
+	needPluginTools(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil || os.Getuid() != 0 {
+		t.Skip("needs root and unshare (util-linux) to run the service in its own namespaces")
+	}
+	bin := buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	dir := fmt.Sprintf("/tmp/hotpatch-agent-%d", os.Getuid())
+	require.NoError(t, os.MkdirAll(dir, 0o700))
+	// A private tmpfs over the agents' directory, seen by the service only.
+	script := fmt.Sprintf("mount -t tmpfs -o mode=0700 tmpfs %s && exec %s", dir, bin)
+	cmd := exec.Command(unshare, "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "sh", "-c", script)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var log strings.Builder
+	cmd.Stderr = &lockedWriter{w: &log}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err, "service log:\n%s", log.String())
+	svc := &service{addr: strings.TrimSpace(strings.TrimPrefix(line, "listening on ")), log: &log}
+	go io.Copy(io.Discard, stdout)
+	// The service is the child of unshare's fork: its host PID.
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	require.NoError(t, err)
+	svc.pid, err = strconv.Atoi(strings.TrimSpace(string(children)))
+	require.NoError(t, err, "children of unshare: %q", children)
+	t.Cleanup(func() { syscall.Kill(svc.pid, syscall.SIGKILL) })
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", svc.pid))
+	require.NoError(t, err)
+	require.Regexp(t, fmt.Sprintf(`NSpid:\s+%d\s+1\n`, svc.pid), string(status), "PID 1 in its namespace")
+	_, err = os.Stat(filepath.Join(dir, "1.sock"))
+	require.ErrorIs(t, err, os.ErrNotExist, "the host does not see its socket")
+
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "Hello, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
 }

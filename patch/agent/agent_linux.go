@@ -75,7 +75,12 @@ func Start(o Options) (*Agent, error) {
 	pid := os.Getpid()
 	a := &Agent{path: SocketPath(os.Getuid(), pid), plugins: filepath.Join(dir, "plugins-"+strconv.Itoa(pid)), log: log, svc: svc, loaded: map[string]string{}}
 	// A socket of the same name is left by a dead process that had our
-	// PID: nothing listens on it.
+	// PID, unless an agent answers on it (a process of another PID
+	// namespace sharing this directory).
+	if c, err := net.Dial("unixpacket", a.path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("hotpatch agent: another process serves %s (one of another PID namespace that shares %s?); give each namespace its own /tmp", a.path, dir)
+	}
 	if err := os.Remove(a.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("hotpatch agent: remove stale socket: %w", err)
 	}

@@ -81,7 +81,7 @@ func errorCode(err error) string {
 		{patch.ErrABI, "abi"}, {patch.ErrSignature, "signature"},
 		// What the agent of a Go service refuses (apply --plugin).
 		{agent.ErrNoAgent, "no_agent"}, {agent.ErrNoCgo, "no_cgo"}, {agent.ErrToolchain, "toolchain"},
-		{agent.ErrModuleVersion, "module_version"}, {agent.ErrBuildSetting, "build_setting"},
+		{agent.ErrModuleVersion, "module_version"}, {agent.ErrBuildSetting, "build_setting"}, {agent.ErrPackage, "package"},
 		{agent.ErrLoadedTwice, "loaded_twice"}, {agent.ErrManifest, "manifest"}, {agent.ErrNotPlugin, "not_plugin"},
 		{agent.ErrPluginOpen, "plugin_open"}, {agent.ErrPeer, "peer"},
 	} {

@@ -383,11 +383,25 @@ func TestPluginErrors(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(othermod, "main.go"), []byte(
 		"package main\n\nimport \"golang.org/x/sys/unix\"\n\nvar Hotpatch = unix.Getpid\n\nfunc main() {}\n"), 0o644))
 
+	// The same build information, another source of package greet (an
+	// overlay of greet.go): only the package fingerprints tell.
+	greetSrc := fixture.Source("patch/agent/testdata/svc/greet/greet.go")
+	b, err := os.ReadFile(greetSrc)
+	require.NoError(t, err)
+	overlay := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(overlay, "greet.go"), []byte(strings.Replace(string(b), "strings.ToLower(name)", `strings.ToLower(name) + "!"`, 1)), 0o644))
+	ov, err := json.Marshal(map[string]any{"Replace": map[string]string{greetSrc: filepath.Join(overlay, "greet.go")}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(overlay, "overlay.json"), ov, 0o644))
+
 	tests := []struct {
 		name, code string
 		plugin     func(t *testing.T) string
 		want       []string
 	}{
+		{"other package source", "package", func(t *testing.T) string {
+			return buildPlugin(t, "bytype-overlay.so", "patch/agent/testdata/bytype", nil, append(asPlugin, "-overlay", filepath.Join(overlay, "overlay.json"))...)
+		}, []string{"patch/agent/testdata/svc/greet", "fingerprint"}},
 		{"signature", "signature", func(t *testing.T) string {
 			return buildPlugin(t, "sigfix.so", "patch/agent/testdata/sigfix", nil, asPlugin...)
 		}, []string{"main.greeting(string, time.Duration) string", "sigfix.greeting(string) string", "the plugin's fix"}},

@@ -42,7 +42,9 @@
 // Both need cgo (CGO_ENABLED=1, a C compiler). The agent compares the
 // plugin's build information with the service's before plugin.Open, whose
 // failure cannot be undone, and refuses a mismatch with a typed error:
-// *ToolchainError, *ModuleError, *BuildSettingError, ErrNoCgo,
+// *ToolchainError, *ModuleError, *BuildSettingError, *PackageError (the
+// fingerprint the linker records of each package, which the runtime's
+// loader compares only after loading), ErrNoCgo,
 // ErrLoadedTwice, ErrManifest; patch.ErrSignature and
 // patch.ErrUnknownSymbol come from the patch itself. A refused plugin
 // leaves the service untouched.

@@ -3,7 +3,9 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -53,6 +55,10 @@ type Agent struct {
 	n      int
 	keep   []any // the manifests, reachable for good
 	wg     sync.WaitGroup
+
+	svcHashesOnce sync.Once
+	svcHashes     map[string]string
+	svcHashesErr  error
 }
 
 // Start starts the agent: it makes its socket and serves connections until
@@ -310,6 +316,9 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 	if err := checkMatch(bi, a.svc); err != nil {
 		return nil, err
 	}
+	if err := a.checkPackages(data); err != nil {
+		return nil, err
+	}
 	path, err := a.privateCopy(hash, data)
 	if err != nil {
 		return nil, err
@@ -336,6 +345,30 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 	a.loaded[hash] = res.ID
 	a.log.Info("hotpatch agent: plugin applied", "id", res.ID, "state", res.State, "plugin", path)
 	return res, err
+}
+
+// checkPackages compares the package fingerprints of the plugin with the
+// service's (read once from the executable).
+func (a *Agent) checkPackages(data []byte) error {
+	ef, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotPlugin, err)
+	}
+	plug, err := pkgHashes(ef)
+	if err != nil {
+		return fmt.Errorf("%w: its symbols: %w", ErrNotPlugin, err)
+	}
+	a.svcHashesOnce.Do(func() {
+		var f *elf.File
+		if f, a.svcHashesErr = elf.Open("/proc/self/exe"); a.svcHashesErr == nil {
+			defer f.Close()
+			a.svcHashes, a.svcHashesErr = pkgHashes(f)
+		}
+	})
+	if a.svcHashesErr != nil {
+		return fmt.Errorf("hotpatch agent: the service's package fingerprints: %w", a.svcHashesErr)
+	}
+	return checkPackages(plug, a.svcHashes)
 }
 
 // readPlugin reads the whole file from its start.

@@ -51,12 +51,13 @@ type wireError struct {
 	Toolchain *ToolchainError       `json:"toolchain,omitempty"`
 	Module    *ModuleError          `json:"module,omitempty"`
 	Setting   *BuildSettingError    `json:"setting,omitempty"`
+	Package   *PackageError         `json:"package,omitempty"`
 }
 
 // wireCodes are the errors errors.Is finds across the socket.
 var wireCodes = map[string]error{
 	"no_cgo": ErrNoCgo, "toolchain": ErrToolchain, "module_version": ErrModuleVersion,
-	"build_setting": ErrBuildSetting, "loaded_twice": ErrLoadedTwice, "manifest": ErrManifest,
+	"build_setting": ErrBuildSetting, "package": ErrPackage, "loaded_twice": ErrLoadedTwice, "manifest": ErrManifest,
 	"not_plugin": ErrNotPlugin, "plugin_open": ErrPluginOpen, "peer": ErrPeer, "protocol": ErrProtocol,
 	"unknown_symbol": patch.ErrUnknownSymbol, "ambiguous": patch.ErrAmbiguous, "signature": patch.ErrSignature,
 	"abi": patch.ErrABI, "inlined": patch.ErrInlined, "blocked": patch.ErrBlocked, "bad_request": patch.ErrBadRequest,
@@ -85,6 +86,7 @@ func toWire(err error) *wireError {
 	errors.As(err, &w.Toolchain)
 	errors.As(err, &w.Module)
 	errors.As(err, &w.Setting)
+	errors.As(err, &w.Package)
 	return w
 }
 
@@ -110,6 +112,9 @@ func (w *wireError) err(pid int) error {
 	}
 	if w.Setting != nil {
 		r.causes = append(r.causes, w.Setting)
+	}
+	if w.Package != nil {
+		r.causes = append(r.causes, w.Package)
 	}
 	return &patch.Error{Op: "apply", Pid: pid, Func: w.Func, Hint: w.Hint, Err: r}
 }

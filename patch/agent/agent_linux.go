@@ -307,7 +307,7 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 	sum := sha256.Sum256(data)
 	hash := hex.EncodeToString(sum[:])
 	if id, ok := a.loaded[hash]; ok {
-		return nil, fmt.Errorf("%w: sha256 %s, as patch %s; plugins cannot be unloaded, and one loaded twice would be refused by the runtime. Build a new plugin (another fix, or the same fix with another -pluginpath)", ErrLoadedTwice, hash[:16], id)
+		return nil, fmt.Errorf("%w (sha256 %s, %s); plugins cannot be unloaded, and one loaded twice would be refused by the runtime. Build a new plugin (another fix, or the same fix with another -ldflags=-pluginpath=NAME)", ErrLoadedTwice, hash[:16], id)
 	}
 	bi, err := readPluginInfo(data)
 	if err != nil {
@@ -323,26 +323,26 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 	if err != nil {
 		return nil, err
 	}
-	a.loaded[hash] = "(loading)"
+	a.loaded[hash] = "its apply did not finish"
 	m, err := openManifest(path)
 	if err != nil {
-		a.loaded[hash] = "(refused)"
+		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
 	a.keep = append(a.keep, m)
 	fixes, err := pluginFixes(m)
 	if err != nil {
-		a.loaded[hash] = "(refused)"
+		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
 	h, err := patch.ApplyPlugin(fixes, patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout}, Force: req.Force, Interval: req.Interval, Progress: progress})
 	if h == nil {
-		a.loaded[hash] = "(refused)"
+		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
 	a.keep = append(a.keep, h)
 	res := h.Result()
-	a.loaded[hash] = res.ID
+	a.loaded[hash] = "applied as patch " + res.ID
 	a.log.Info("hotpatch agent: plugin applied", "id", res.ID, "state", res.State, "plugin", path)
 	return res, err
 }

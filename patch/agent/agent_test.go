@@ -303,3 +303,15 @@ func TestSweep(t *testing.T) {
 	}
 	require.ElementsMatch(t, []string{"1.sock", "plugins-1", "other", filepath.Base(a.Path())}, left)
 }
+
+// TestCheckPackages: a package both have with other fingerprints is
+// refused; packages only one has are not compared.
+func TestCheckPackages(t *testing.T) {
+	svc := map[string]string{"fmt": "01", "example.com/svc/greet": "02"}
+	require.NoError(t, checkPackages(map[string]string{"fmt": "01", "example.com/fix": "09"}, svc))
+	err := checkPackages(map[string]string{"fmt": "01", "example.com/svc/greet": "03"}, svc)
+	require.ErrorIs(t, err, ErrPackage)
+	var pe *PackageError
+	require.ErrorAs(t, err, &pe)
+	require.Equal(t, PackageError{Package: "example.com/svc/greet", Plugin: "03", Service: "02"}, *pe)
+}

@@ -297,47 +297,29 @@ func readRequest(c *net.UnixConn) (Request, *os.File, error) {
 func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress)) (*patch.Result, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := checkCgo(a.svc); err != nil {
-		return nil, err
-	}
-	data, err := readPlugin(file)
+	data, hash, err := a.check(file)
 	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256(data)
-	hash := hex.EncodeToString(sum[:])
-	if id, ok := a.loaded[hash]; ok {
-		return nil, fmt.Errorf("%w (sha256 %s, %s); plugins cannot be unloaded, and one loaded twice would be refused by the runtime. Build a new plugin (another fix, or the same fix with another -ldflags=-pluginpath=NAME)", ErrLoadedTwice, hash[:16], id)
-	}
-	bi, err := readPluginInfo(data)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkMatch(bi, a.svc); err != nil {
-		return nil, err
-	}
-	if err := a.checkPackages(data); err != nil {
 		return nil, err
 	}
 	path, err := a.privateCopy(hash, data)
 	if err != nil {
 		return nil, err
 	}
-	a.loaded[hash] = "its apply did not finish"
+	// From here on the plugin is loaded for good, whatever follows.
+	a.loaded[hash] = "its apply was refused"
 	m, err := openManifest(path)
 	if err != nil {
-		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
 	a.keep = append(a.keep, m)
 	fixes, err := pluginFixes(m)
 	if err != nil {
-		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
-	h, err := patch.ApplyPlugin(fixes, patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout}, Force: req.Force, Interval: req.Interval, Progress: progress})
+	o := patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout},
+		Force: req.Force, Interval: req.Interval, Progress: progress}
+	h, err := patch.ApplyPlugin(fixes, o)
 	if h == nil {
-		a.loaded[hash] = "its apply was refused"
 		return nil, err
 	}
 	a.keep = append(a.keep, h)
@@ -345,6 +327,35 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 	a.loaded[hash] = "applied as patch " + res.ID
 	a.log.Info("hotpatch agent: plugin applied", "id", res.ID, "state", res.State, "plugin", path)
 	return res, err
+}
+
+// check reads the plugin and makes every check that needs it not loaded:
+// cgo, loaded before, build information, package fingerprints. It returns
+// the bytes checked and their hash.
+func (a *Agent) check(file *os.File) ([]byte, string, error) {
+	if err := checkCgo(a.svc); err != nil {
+		return nil, "", err
+	}
+	data, err := readPlugin(file)
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:])
+	if what, ok := a.loaded[hash]; ok {
+		return nil, "", fmt.Errorf("%w (sha256 %s, %s); plugins cannot be unloaded, and one loaded twice would be refused by the runtime. Build a new plugin (another fix, or the same fix with another -ldflags=-pluginpath=NAME)", ErrLoadedTwice, hash[:16], what)
+	}
+	bi, err := readPluginInfo(data)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := checkMatch(bi, a.svc); err != nil {
+		return nil, "", err
+	}
+	if err := a.checkPackages(data); err != nil {
+		return nil, "", err
+	}
+	return data, hash, nil
 }
 
 // checkPackages compares the package fingerprints of the plugin with the

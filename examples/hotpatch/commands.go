@@ -50,8 +50,8 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *plugin != "" {
-		if len(reps) > 0 || *lib != "" || *resume {
-			return fmt.Errorf("%w: --plugin takes no --replace, --lib or --resume (its manifest names the functions)", errUsage)
+		if len(reps) > 0 || *lib != "" || *resume || *unpinned || *allowInlined || *skipSig {
+			return fmt.Errorf("%w: --plugin takes no --replace, --lib, --unpinned, --resume, --allow-inlined or --skip-signature-check (its manifest names the functions, and their checks apply)", errUsage)
 		}
 		c.mode, c.plugin = *mode, true
 		streaming := c.json && *mode != patch.ModeStop

@@ -239,6 +239,16 @@ func parseApply(t *testing.T, out, errOut string) applyJSON {
 	return res
 }
 
+// TestPluginUsage: flags that do not go with --plugin are usage errors,
+// found before anything is contacted.
+func TestPluginUsage(t *testing.T) {
+	for _, extra := range [][]string{{"--replace", "a=b"}, {"--lib", "x.so"}, {"--resume"}, {"--allow-inlined"}, {"--skip-signature-check"}} {
+		_, errOut, code := hp(t, append([]string{"apply", "--pid", noPID, "--plugin", "fix.so"}, extra...)...)
+		require.Equal(t, 2, code, "%v: %s", extra, errOut)
+		require.Contains(t, errOut, "--plugin takes no")
+	}
+}
+
 // TestPluginApplyUnderLoad is the worked example (examples/pluginfix):
 // its fix goes in through the CLI and the agent while the service is under
 // HTTP load, every request after the apply is answered by the new code,

@@ -119,7 +119,7 @@ func abi(rep Replacement, old, nw elfsym.Symbol, og, ng elfsym.GoFunc, oldGo, ne
 		e.Reason = fmt.Sprintf("%s is not Go code (it is in %s) and %s is a Go function. %s", rep.New, nw.Module.Path, rep.Old, goOnlyHint)
 	case oldGo && !newGo:
 		e.Reason = fmt.Sprintf("%s is not in the Go function table (C code, or assembly outside Go's ABI) and %s is a Go function. %s", rep.New, rep.Old, goOnlyHint)
-	case oldGo && nw.Module != old.Module:
+	case oldGo && nw.Module != old.Module && !(rep.plugin && newGo):
 		e.Reason = fmt.Sprintf("%s is Go code of another module (%s), with a Go runtime of its own. %s", rep.New, nw.Module.Path, goOnlyHint)
 	case oldGo && og.Asm != ng.Asm:
 		e.Reason = fmt.Sprintf("one of %s and %s is assembly (ABI0: arguments on the stack), the other Go (register ABI); replace an assembly function by an assembly function, a Go function by a Go function", rep.Old, rep.New)

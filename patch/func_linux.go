@@ -167,6 +167,8 @@ type Handle struct {
 	opts     FuncOptions
 	res      *Result
 	done     bool
+	// more are the other functions of a patch set (ApplyPlugin).
+	more []funcPair
 }
 
 // live holds every applied Handle, so that its replacement stays reachable
@@ -195,11 +197,17 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 		req.Reps[0].OriginalSlot = uint64(fnSlot(orig))
 	}
 	h := &Handle{old: old, new: nw, keep: keep, opts: o, orig: orig}
+	return h.applyReq(req, nil)
+}
+
+// applyReq sends the apply request of h to the helper, keeping the
+// replacements reachable meanwhile, and fills h from the answer.
+func (h *Handle) applyReq(req selfRequest, progress func(Progress)) (*Handle, error) {
 	// Reachable before any code can jump to it.
 	live.Lock()
 	live.m[fmt.Sprintf("pending %p", h)] = h
 	live.Unlock()
-	res, err := selfCall(req)
+	res, err := selfCallProgress(req, progress)
 	live.Lock()
 	delete(live.m, fmt.Sprintf("pending %p", h))
 	if res != nil && res.ID != "" && res.State != StateReverted {
@@ -209,9 +217,9 @@ func applyFunc(old, nw goFunc, keep any, o FuncOptions, orig *origFuncval) (*Han
 	if err != nil {
 		if res != nil && res.ID != "" && res.State != StateReverted {
 			h.res = res // left in transition: the Handle can finish or revert it
-			return h, inlineHint(err, old.name)
+			return h, inlineHint(err, h.old.name)
 		}
-		return nil, inlineHint(err, old.name)
+		return nil, inlineHint(err, h.old.name)
 	}
 	h.res = res
 	return h, nil
@@ -291,6 +299,11 @@ func (h *Handle) op(op string) error {
 		if err := notOnOwnStack(op, h.new); err != nil {
 			return err
 		}
+		for _, p := range h.more {
+			if err := notOnOwnStack(op, p.new); err != nil {
+				return err
+			}
+		}
 	}
 	o := h.opts
 	res, err := selfCall(selfRequest{Op: op, ID: h.res.ID, Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout}})
@@ -305,6 +318,12 @@ func (h *Handle) op(op string) error {
 		h.keep = nil
 		if h.orig != nil {
 			atomic.StoreUintptr(&h.orig.fn, h.old.entry)
+		}
+		for i, p := range h.more {
+			if p.orig != nil {
+				atomic.StoreUintptr(&p.orig.fn, p.old.entry)
+			}
+			h.more[i].keep = nil
 		}
 	}
 	return err

@@ -24,11 +24,11 @@ func (t *Target) closureEntry(p *planned, plan *trampoline.Plan, entry, orig, th
 	if !ok {
 		return nil, nil, 0, fmt.Errorf("%w: calling the original of a patched Go function is not implemented for %v", trampoline.ErrUnsupportedArch, t.arch.Machine())
 	}
-	ms, err := t.runtimeFunc("runtime.morestack")
+	ms, err := t.runtimeFunc(p.old.Module, "runtime.morestack")
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	msn, err := t.runtimeFunc("runtime.morestack_noctxt")
+	msn, err := t.runtimeFunc(p.old.Module, "runtime.morestack_noctxt")
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -46,8 +46,16 @@ func (t *Target) closureEntry(p *planned, plan *trampoline.Plan, entry, orig, th
 }
 
 // runtimeFunc finds an assembly function of the Go runtime by its name,
-// with or without the ".abi0" suffix the linker gives ABI0 symbols.
-func (t *Target) runtimeFunc(name string) (elfsym.Symbol, error) {
+// with or without the ".abi0" suffix the linker gives ABI0 symbols: the
+// one of module mod (the runtime that runs the function being patched; a
+// Go plugin holds a copy of the runtime too, which nothing calls) when it
+// has one.
+func (t *Target) runtimeFunc(mod *elfsym.Module, name string) (elfsym.Symbol, error) {
+	for _, n := range []string{name + ".abi0", name} {
+		if s, err := t.syms.LookupIn(mod, n); err == nil {
+			return s, nil
+		}
+	}
 	s, err := t.syms.Lookup(name + ".abi0")
 	if err == nil {
 		return s, nil

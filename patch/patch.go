@@ -143,6 +143,10 @@ type Replacement struct {
 	// (what the replacement calls to run the old code; see
 	// trampoline.GoOriginal).
 	originalSlot uint64
+	// plugin: New is Go code of a plugin loaded by the target's own Go
+	// runtime (another module, the same runtime; set by the self-patching
+	// path for package agent).
+	plugin bool
 }
 
 // ApplyOptions tune Apply.
@@ -329,10 +333,12 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			return fail(rep.Old, ErrBadRequest, "a replacement is OLD=NEW with both names")
 		}
 		old, err := t.lookupOld(rep.Old, olds)
+		old, err = t.atAddr(rep.Old, rep.oldAddr, old, err)
 		if err != nil {
 			return fail(rep.Old, err, "")
 		}
 		nw, err := t.lookupNew(rep.New, lib)
+		nw, err = t.atAddr(rep.New, rep.newAddr, nw, err)
 		if err != nil {
 			return fail(rep.New, err, "")
 		}

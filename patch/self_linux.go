@@ -53,12 +53,22 @@ type selfRequest struct {
 	Reps []selfRep
 	ID   string
 	Opts selfOpts
+	// Progress asks for the transition's progress reports: each comes as
+	// a response of its own before the answer.
+	Progress bool
 }
 
 type selfRep struct {
 	Old, New                  string
 	OldAddr, NewAddr, Closure uint64
 	OriginalSlot              uint64
+	// Plugin: New is Go code of a plugin the Go runtime of the process
+	// loaded (plugin.Open): another module, the same runtime.
+	Plugin bool
+	// Near, in a lookup: a name defined in several modules is looked up
+	// in the module of this address (the program's own, where a Go
+	// plugin also holds copies of the packages it was built with).
+	Near uint64
 }
 
 type selfOpts struct {
@@ -79,6 +89,8 @@ type selfResponse struct {
 	Pid    int
 	Result *Result
 	Err    *wireError
+	// Progress is a progress report of the request, not its answer.
+	Progress *Progress
 }
 
 // wireError carries an error across the socket: an *Error's fields, the
@@ -174,7 +186,9 @@ func (e *remoteError) Unwrap() []error { return e.causes }
 // until the parent closes the socket or dies.
 func runHelper(v string) int {
 	ppid, err := strconv.Atoi(v)
-	if err != nil || ppid <= 1 {
+	// PID 1 is a parent too: a service may be PID 1 of its PID namespace
+	// (a container).
+	if err != nil || ppid < 1 {
 		fmt.Fprintf(os.Stderr, "hotpatch self-patch helper: %s=%q is not a parent PID\n", selfEnv, v)
 		return 2
 	}
@@ -213,7 +227,11 @@ func runHelper(v string) int {
 			if !ok {
 				return 0
 			}
-			resp := serveSelf(&tgt, ppid, req)
+			var progress func(Progress)
+			if req.Progress {
+				progress = func(p Progress) { enc.Encode(selfResponse{Pid: os.Getpid(), Progress: &p}) }
+			}
+			resp := serveSelf(&tgt, ppid, req, progress)
 			if err := enc.Encode(resp); err != nil {
 				return 0
 			}
@@ -229,7 +247,7 @@ var selfIdle = 5 * time.Second
 
 const selfIdleEnv = "HOTPATCH_SELF_IDLE"
 
-func serveSelf(st *selfTarget, ppid int, req selfRequest) selfResponse {
+func serveSelf(st *selfTarget, ppid int, req selfRequest, progress func(Progress)) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}
 	if req.Op == "hello" || (req.Op == "lookup" && len(req.Reps) != 1) {
 		return resp
@@ -241,16 +259,23 @@ func serveSelf(st *selfTarget, ppid int, req selfRequest) selfResponse {
 	}
 	ctx := context.Background()
 	o := req.Opts.apply()
+	o.Progress = progress
 	switch req.Op {
 	case "apply":
 		reps := make([]Replacement, len(req.Reps))
 		for i, r := range req.Reps {
-			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot}
+			reps[i] = Replacement{Old: r.Old, New: r.New, oldAddr: r.OldAddr, newAddr: r.NewAddr, closure: r.Closure, originalSlot: r.OriginalSlot, plugin: r.Plugin}
+		}
+		if err = t.reloadFor(reps); err != nil {
+			break
 		}
 		resp.Result, err = t.Apply(ctx, reps, o)
 	case "lookup":
+		if err = t.reloadFor([]Replacement{{newAddr: req.Reps[0].Near}}); err != nil {
+			break
+		}
 		var sym elfsym.Symbol
-		if sym, err = t.Symbols().Lookup(req.Reps[0].Old); err == nil {
+		if sym, err = t.lookupNear(req.Reps[0].Old, req.Reps[0].Near); err == nil {
 			resp.Result = &Result{Functions: []Function{{Old: req.Reps[0].Old, OldAddr: sym.Addr, OldSize: sym.Size}}}
 		} else {
 			err = &Error{Op: "apply", Pid: ppid, Func: req.Reps[0].Old, Err: err}
@@ -264,6 +289,20 @@ func serveSelf(st *selfTarget, ppid int, req selfRequest) selfResponse {
 	}
 	resp.Err = toWire(err)
 	return resp
+}
+
+// reloadFor reads the process's modules again when a replacement is in
+// none of those known (a plugin loaded since the Target was attached).
+func (t *Target) reloadFor(reps []Replacement) error {
+	for _, r := range reps {
+		if _, ok := t.syms.ModuleAt(r.newAddr); r.newAddr != 0 && !ok {
+			if err := t.reloadSymbols(); err != nil {
+				return &Error{Op: "apply", Pid: t.pid, Func: r.Old, Err: err}
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // helper is the parent's side of a running helper process.
@@ -283,6 +322,13 @@ var self struct {
 // selfCall sends one request to the helper (started, or restarted after it
 // died, as needed) and waits for its answer.
 func selfCall(req selfRequest) (*Result, error) {
+	return selfCallProgress(req, nil)
+}
+
+// selfCallProgress is selfCall passing the request's progress reports to
+// progress as they come.
+func selfCallProgress(req selfRequest, progress func(Progress)) (*Result, error) {
+	req.Progress = progress != nil
 	self.mu.Lock()
 	defer self.mu.Unlock()
 	if self.h != nil {
@@ -302,7 +348,7 @@ func selfCall(req selfRequest) (*Result, error) {
 			}
 			self.h = h
 		}
-		res, err := self.h.call(req)
+		res, err := self.h.call(req, progress)
 		if err == nil {
 			return res.Result, res.Err.err()
 		}
@@ -323,13 +369,21 @@ func selfCall(req selfRequest) (*Result, error) {
 }
 
 // call sends one request and reads the answer.
-func (h *helper) call(req selfRequest) (selfResponse, error) {
-	var resp selfResponse
+func (h *helper) call(req selfRequest, progress func(Progress)) (selfResponse, error) {
 	err := h.enc.Encode(req)
-	if err == nil {
-		err = h.dec.Decode(&resp)
+	for err == nil {
+		var resp selfResponse
+		if err = h.dec.Decode(&resp); err != nil {
+			break
+		}
+		if resp.Progress == nil {
+			return resp, nil
+		}
+		if progress != nil {
+			progress(*resp.Progress)
+		}
 	}
-	return resp, err
+	return selfResponse{}, err
 }
 
 // startHelper starts the helper and checks that it answers as one.
@@ -342,7 +396,6 @@ func startHelper() (*helper, error) {
 		return fail(fmt.Errorf("socketpair: %w", err), "")
 	}
 	parent, child := os.NewFile(uintptr(fds[0]), "hotpatch-self"), os.NewFile(uintptr(fds[1]), "hotpatch-self-helper")
-	defer child.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{os.Args[0]}
 	cmd.Env = append(os.Environ(), selfEnv+"="+strconv.Itoa(os.Getpid()))
@@ -352,7 +405,11 @@ func startHelper() (*helper, error) {
 	// PR_SET_PDEATHSIG fires when the forking *thread* exits: fork on a
 	// thread that lives as long as the process (a goroutine locked to it
 	// that never returns), never on one a goroutine may lock and end.
-	if err := forkOnLastingThread(cmd); err != nil {
+	err = forkOnLastingThread(cmd)
+	// The helper has its own copy now: with this one closed, a helper
+	// that exits (or never serves) is an end of file, not a wait forever.
+	child.Close()
+	if err != nil {
 		parent.Close()
 		return fail(fmt.Errorf("re-execute /proc/self/exe: %w", err), "")
 	}

@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/patch"
+	"github.com/hotpatch-dev/hotpatch/patch/agent"
 )
 
 // replaceFlags collects repeated --replace OLD=NEW.
@@ -55,8 +58,19 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	resume := c.fs.Bool("resume", false, "drive a transition left by an earlier apply or revert (--id, or the one in transition) to its end")
 	id := c.fs.String("id", "", "with --resume: the `ID` of the patch to drive")
 	supersede := c.fs.String("supersede", "", "replace the applied patch `ID` by this one in the same pause (stop mode): no call runs the original code between the two; functions of ID not in this patch get their original code back, and reverting this patch restores the original")
+	plugin := c.fs.String("plugin", "", "Go plugin `FILE` (go build -buildmode=plugin) whose manifest says what it fixes, handed to the service's agent (patch/agent)")
 	if err := c.parse(args); err != nil {
 		return err
+	}
+	if *plugin != "" {
+		if len(reps) > 0 || *lib != "" || *resume || *unpinned || *allowInlined || *skipSig || *supersede != "" || c.many() {
+			return fmt.Errorf("%w: --plugin takes no --replace, --lib, --unpinned, --resume, --allow-inlined, --skip-signature-check, --supersede, --exe or --build-id (its manifest names the functions, and their checks apply; one service at a time)", errUsage)
+		}
+		c.mode, c.plugin = patch.Mode(*mode), true
+		streaming := c.json && patch.Mode(*mode) != patch.ModeStop
+		req := agent.Request{Mode: patch.Mode(*mode), Timeout: c.timeout, OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval,
+			Progress: newProgress(stdout, stderr, streaming, c.timeout).report}
+		return c.applyPlugin(ctx, *plugin, req, streaming, stderr)
 	}
 	c.mode, c.supersede = patch.Mode(*mode), *supersede
 	if *resume {
@@ -114,6 +128,39 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		writeJSON(stdout, res)
 	default:
 		printApplied(stdout, c.pid, res)
+	}
+	if inTransition(res) {
+		return quietError{exitTransition}
+	}
+	return nil
+}
+
+// applyPlugin hands a Go plugin to the agent of the target, and reports
+// the apply as any other.
+func (c *common) applyPlugin(ctx context.Context, path string, req agent.Request, streaming bool, stderr io.Writer) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return c.fail(c.stdout, fmt.Errorf("hotpatch: plugin: %w", err))
+	}
+	defer f.Close()
+	res, err := agent.Apply(ctx, c.pid, f, req)
+	if err != nil {
+		if errors.Is(err, agent.ErrNoAgent) {
+			err = fmt.Errorf("%w\nhotpatch: a plugin is loaded by the agent inside the service; without one, --replace OLD=NEW redirects to Go code already compiled in", err)
+		}
+		return c.applyFailed(c.stdout, err, res, streaming)
+	}
+	warnApplied(stderr, res)
+	switch {
+	case streaming:
+		writeLine(c.stdout, struct {
+			Event string `json:"event"`
+			*patch.Result
+		}{"result", res})
+	case c.json:
+		writeJSON(c.stdout, res)
+	default:
+		printApplied(c.stdout, c.pid, res)
 	}
 	if inTransition(res) {
 		return quietError{exitTransition}

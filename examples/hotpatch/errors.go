@@ -10,6 +10,7 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/patch"
+	"github.com/hotpatch-dev/hotpatch/patch/agent"
 )
 
 // fail reports err; with --json it also prints it as a JSON object.
@@ -78,6 +79,11 @@ func errorCode(err error) string {
 		{patch.ErrInlined, "inlined"}, {patch.ErrInTransition, "in_transition"},
 		{patch.ErrNoTransition, "no_transition"},
 		{patch.ErrABI, "abi"}, {patch.ErrSignature, "signature"},
+		// What the agent of a Go service refuses (apply --plugin).
+		{agent.ErrNoAgent, "no_agent"}, {agent.ErrNoCgo, "no_cgo"}, {agent.ErrToolchain, "toolchain"},
+		{agent.ErrModuleVersion, "module_version"}, {agent.ErrBuildSetting, "build_setting"}, {agent.ErrPackage, "package"},
+		{agent.ErrLoadedTwice, "loaded_twice"}, {agent.ErrManifest, "manifest"}, {agent.ErrNotPlugin, "not_plugin"},
+		{agent.ErrPluginOpen, "plugin_open"}, {agent.ErrPeer, "peer"},
 	} {
 		if errors.Is(err, e.err) {
 			return e.code
@@ -94,6 +100,8 @@ func (c *common) withHint(err error) error {
 	switch {
 	case errors.Is(err, elfsym.ErrOnlyInlined):
 		hint = fmt.Sprintf("hotpatch syms --pid %d CALLER shows each caller", pid)
+	case errors.Is(err, patch.ErrSignature) && c.plugin:
+		hint = "change the plugin's fix to the target's signature"
 	case errors.Is(err, patch.ErrSignature):
 		hint = "--skip-signature-check applies it anyway"
 	case errors.Is(err, patch.ErrInlined):

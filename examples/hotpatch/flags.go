@@ -36,6 +36,8 @@ type common struct {
 	// exe and buildID select every process of an executable instead of
 	// --pid (apply, revert, status; see many.go).
 	exe, buildID string
+	// plugin: the apply hands a Go plugin to the target's agent.
+	plugin bool
 }
 
 // withSelectors adds --exe and --build-id, the alternatives to --pid.

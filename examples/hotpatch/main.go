@@ -5,6 +5,7 @@
 //	                 [--skip-signature-check] [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force]
 //	                 [--supersede ID] [--json]
 //	hotpatch apply   --pid PID --resume [--id ID] [--timeout 5s] [--json]
+//	hotpatch apply   --pid PID --plugin fix.so [--mode stop|gradual|auto] [--timeout 5s] [--json]
 //	hotpatch revert  --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]
 //	hotpatch status  --pid PID [--json]
 //	hotpatch apply|revert --all|status (--exe PATH | --build-id ID) ...
@@ -18,7 +19,9 @@
 // shared object fix.so is loaded into the target (dlopen) and each NEW is
 // looked up in it first; it must be pinned to the build ID of the module
 // holding OLD with HOTPATCH_PIN from patch/include/hotpatch.h, unless
-// --unpinned is given.
+// --unpinned is given. With --plugin, the Go plugin fix.so is handed (as an
+// open file) to the agent inside a Go service (package patch/agent), which
+// loads it and applies the fixes its manifest declares.
 //
 // Instead of --pid, apply, revert (with --all) and status take --exe PATH
 // (every process whose executable is that file, by device and inode) or
@@ -68,12 +71,14 @@ func init() {
 				"      [--mode stop|gradual|auto] [--on-timeout revert|stay] [--force] [--allow-inlined] [--skip-signature-check] [--json]",
 				"apply --pid PID [--lib fix2.so] --replace OLD=NEW [--replace ...] --supersede ID [--timeout 5s] [--json]",
 				"apply --pid PID --resume [--id ID] [--timeout 5s] [--json]",
+				"apply --pid PID --plugin fix.so [--mode stop|gradual|auto] [--timeout 5s] [--json]",
 				"apply (--exe PATH | --build-id ID) [--lib fix.so] --replace OLD=NEW ... [flags as above, not --resume or --supersede]",
 				"      every process of the executable, one at a time, each all-or-nothing and reported (one line, or one",
 				"      --json array element, per PID); one refused leaves the others patched and exits 1 (3: one left in transition)"},
 			example: "hotpatch apply --pid 1234 --replace main.handler=main.handlerFixed\n" +
 				"  hotpatch apply --pid 1234 --lib fix-v2.so --replace price=price_fixed --supersede hp-1a2b3c4d   # fix v1 -> v2 in one pause\n" +
-				"  hotpatch apply --exe /usr/sbin/worker --replace handle=handle_fixed   # every worker of the pool",
+				"  hotpatch apply --exe /usr/sbin/worker --replace handle=handle_fixed   # every worker of the pool\n" +
+				"  hotpatch apply --pid 1234 --plugin fix.so   # a Go fix, through the service's agent (patch/agent)",
 			run: cmdApply},
 		{name: "revert", summary: "put the original functions back",
 			synopsis: []string{"revert --pid PID (--id ID | --all) [--timeout 5s] [--mode stop|gradual|auto] [--json]",

@@ -1,0 +1,612 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+)
+
+// Go plugins need cgo, so these tests build the service and its plugins
+// with the go toolchain and gcc at run time: they skip where those are
+// missing (the arm64 VM lane, which runs prebuilt fixtures only).
+func needPluginTools(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"go", "gcc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("Go plugins are built here with cgo: %s is not installed (the arm64 VM lane has no toolchain)", tool)
+		}
+	}
+}
+
+// hp runs the CLI as hotpatch does, killed after two minutes: a hung
+// apply fails its test instead of the whole binary's timeout.
+func hp(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hotpatchBin, args...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Errorf("hotpatch %s: killed after 2 minutes\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), o.String(), e.String())
+		return o.String(), e.String(), -1
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Errorf("run hotpatch: %v", err)
+		return o.String(), e.String(), -1
+	}
+	return o.String(), e.String(), code
+}
+
+var pluginBuilds struct {
+	sync.Mutex
+	dir  string
+	done map[string]string
+}
+
+// buildPlugin builds package pkg (relative to the repository, or an
+// absolute directory with its own go.mod) once per test binary, with cgo
+// and -trimpath unless flags say otherwise; env adds to the environment.
+func buildPlugin(t *testing.T, name, pkg string, env []string, flags ...string) string {
+	t.Helper()
+	pluginBuilds.Lock()
+	defer pluginBuilds.Unlock()
+	if pluginBuilds.done == nil {
+		// Next to the CLI that TestMain built, and removed with it.
+		dir, err := os.MkdirTemp(filepath.Dir(hotpatchBin), "plugins-")
+		require.NoError(t, err)
+		pluginBuilds.dir, pluginBuilds.done = dir, map[string]string{}
+	}
+	if out, ok := pluginBuilds.done[name]; ok {
+		return out
+	}
+	out := filepath.Join(pluginBuilds.dir, name)
+	args := append([]string{"build", "-o", out}, flags...)
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Dir = pkg
+	if !filepath.IsAbs(pkg) {
+		cmd.Dir = fixture.Source(pkg)
+	}
+	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=1"), env...)
+	b, err := cmd.CombinedOutput()
+	require.NoError(t, err, "go %s in %s:\n%s", strings.Join(args, " "), cmd.Dir, b)
+	pluginBuilds.done[name] = out
+	return out
+}
+
+var (
+	trimpath = []string{"-trimpath"}
+	asPlugin = []string{"-trimpath", "-buildmode=plugin"}
+)
+
+// service is a running HTTP service.
+type service struct {
+	pid  int
+	addr string
+	log  *strings.Builder
+}
+
+// startService starts bin and waits until it serves.
+func startService(t *testing.T, bin string) *service {
+	t.Helper()
+	cmd := exec.Command(bin)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	s := &service{log: &strings.Builder{}}
+	cmd.Stderr = &lockedWriter{w: s.log}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		// What its agent made (a killed agent removes nothing).
+		dir := fmt.Sprintf("/tmp/hotpatch-agent-%d", os.Getuid())
+		os.RemoveAll(filepath.Join(dir, fmt.Sprintf("plugins-%d", cmd.Process.Pid)))
+		os.Remove(filepath.Join(dir, fmt.Sprintf("%d.sock", cmd.Process.Pid)))
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err, "service log:\n%s", s.log)
+	s.addr = strings.TrimSpace(strings.TrimPrefix(line, "listening on "))
+	s.pid = cmd.Process.Pid
+	go io.Copy(io.Discard, stdout)
+	return s
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// get returns the body of GET path, or an error.
+func (s *service) get(path string) (string, error) {
+	r, err := http.Get("http://" + s.addr + path)
+	if err != nil {
+		return "", err
+	}
+	defer r.Body.Close()
+	b, err := io.ReadAll(r.Body)
+	if err == nil && r.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", r.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+func (s *service) mustGet(t *testing.T, path string) string {
+	t.Helper()
+	b, err := s.get(path)
+	require.NoError(t, err)
+	return b
+}
+
+// load sends requests from several goroutines until stop, counting
+// failures and each answer.
+type load struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	failed  atomic.Int64
+	mu      sync.Mutex
+	answers map[string]int
+	errs    []error
+}
+
+func startLoad(s *service, path string, workers int) *load {
+	l := &load{stop: make(chan struct{}), answers: map[string]int{}}
+	for i := 0; i < workers; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				b, err := s.get(path)
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					l.errs = append(l.errs, err)
+				} else {
+					l.answers[b]++
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() map[string]int {
+	close(l.stop)
+	l.wg.Wait()
+	return l.answers
+}
+
+// applyJSON is the --json output of a successful apply.
+type applyJSON struct {
+	ID        string `json:"id"`
+	State     string `json:"state"`
+	PauseUS   int64  `json:"pause_us"`
+	Functions []struct {
+		Old string `json:"old"`
+		New string `json:"new"`
+	} `json:"functions"`
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func applyPluginJSON(t *testing.T, pid int, plugin string, extra ...string) (applyJSON, string, int) {
+	t.Helper()
+	out, errOut, code := hp(t, append([]string{"apply", "--pid", fmt.Sprint(pid), "--plugin", plugin, "--json"}, extra...)...)
+	return parseApply(t, out, errOut), errOut, code
+}
+
+// parseApply reads the result of an apply --json: its output, or the last
+// line of a streamed one (gradual mode: progress events first).
+func parseApply(t *testing.T, out, errOut string) applyJSON {
+	t.Helper()
+	var res applyJSON
+	last := out
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) > 1 && strings.HasPrefix(lines[0], "{\"") {
+		last = lines[len(lines)-1]
+	}
+	require.NoError(t, json.Unmarshal([]byte(last), &res), "stdout:\n%s\nstderr:\n%s", out, errOut)
+	return res
+}
+
+// TestPluginUsage: flags that do not go with --plugin are usage errors,
+// found before anything is contacted.
+func TestPluginUsage(t *testing.T) {
+	for _, extra := range [][]string{{"--replace", "a=b"}, {"--lib", "x.so"}, {"--resume"}, {"--allow-inlined"}, {"--skip-signature-check"}} {
+		_, errOut, code := hp(t, append([]string{"apply", "--pid", noPID, "--plugin", "fix.so"}, extra...)...)
+		require.Equal(t, 2, code, "%v: %s", extra, errOut)
+		require.Contains(t, errOut, "--plugin takes no")
+	}
+}
+
+// TestPluginApplyUnderLoad is the worked example (examples/pluginfix):
+// its fix goes in through the CLI and the agent while the service is under
+// HTTP load, every request after the apply is answered by the new code,
+// status lists the patch, revert brings the old answer back, and no
+// request fails.
+func TestPluginApplyUnderLoad(t *testing.T) {
+	needPluginTools(t)
+	svc := startService(t, buildPlugin(t, "example-service", "examples/pluginfix/service", nil, trimpath...))
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	const path = "/greet?name=Ada"
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, path))
+
+	l := startLoad(svc, path, 4)
+	time.Sleep(200 * time.Millisecond)
+	res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "applied", res.State)
+	require.Len(t, res.Functions, 1)
+	require.Equal(t, "main.greeting", res.Functions[0].Old)
+	require.Contains(t, res.Functions[0].New, "pluginfix/fix.greeting")
+	for i := 0; i < 20; i++ {
+		require.Equal(t, "Hello, Ada!", svc.mustGet(t, path), "a request after the apply")
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	out, errOut, code := hp(t, "status", "--pid", fmt.Sprint(svc.pid))
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, res.ID+`\s+applied\s+0\s+\S+\s+main\.greeting -> \S+pluginfix/fix\.greeting`, out)
+
+	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+	require.Equal(t, 0, code, errOut)
+	for i := 0; i < 20; i++ {
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, path), "a request after the revert")
+	}
+	time.Sleep(200 * time.Millisecond)
+	answers := l.end()
+	require.Zero(t, l.failed.Load(), "failed requests: %v", l.errs)
+	require.Len(t, answers, 2, "answers: %v", answers)
+	require.Positive(t, answers["Hello, Ada!"])
+	require.Positive(t, answers["Helo, Ada!"])
+	require.Contains(t, svc.log.String(), "plugin applied")
+}
+
+// testSvc builds and starts the agent tests' service.
+func testSvc(t *testing.T) *service {
+	return startService(t, buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...))
+}
+
+// TestPluginWrapAndByValue: a fix that wraps the original (it calls the
+// old code), and one that names its target by value (a package the plugin
+// imports), applied through the CLI and reverted.
+func TestPluginWrapAndByValue(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	for _, tt := range []struct {
+		plugin, path, before, after string
+	}{
+		{"wrapfix", "/greet?name=Ada", "Helo, Ada!", "Hello, Ada! (wrapped)"},
+		{"bytype", "/shout?name=Ada", "ada", "ADA"},
+	} {
+		t.Run(tt.plugin, func(t *testing.T) {
+			so := buildPlugin(t, tt.plugin+".so", "patch/agent/testdata/"+tt.plugin, nil, asPlugin...)
+			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
+			res, errOut, code := applyPluginJSON(t, svc.pid, so)
+			require.Equal(t, 0, code, errOut)
+			require.Equal(t, tt.after, svc.mustGet(t, tt.path))
+			_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+			require.Equal(t, 0, code, errOut)
+			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
+		})
+	}
+}
+
+// TestPluginParked: a goroutine parked inside main.greeting (a slow
+// request). Stop mode refuses, naming it and the function; gradual mode
+// applies: the parked request finishes on the old code, new requests get
+// the new code meanwhile, and the apply returns once it left.
+func TestPluginParked(t *testing.T) {
+	needPluginTools(t)
+	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	const slow, fast = "/greet?name=Slow&wait=3s", "/greet?name=Ada"
+
+	t.Run("stop", func(t *testing.T) {
+		svc := testSvc(t)
+		done := make(chan string, 1)
+		go func() { b, _ := svc.get(slow); done <- b }()
+		time.Sleep(300 * time.Millisecond)
+		res, errOut, code := applyPluginJSON(t, svc.pid, fix, "--mode", "stop", "--timeout", "500ms")
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "blocked", res.Code, res.Error)
+		require.Contains(t, res.Error, "main.greeting")
+		require.Regexp(t, `goroutine \d+`, res.Error)
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, fast), "untouched")
+		require.Equal(t, "Helo, Slow!", <-done)
+	})
+	t.Run("gradual", func(t *testing.T) {
+		svc := testSvc(t)
+		done := make(chan string, 1)
+		go func() { b, _ := svc.get(slow); done <- b }()
+		time.Sleep(300 * time.Millisecond)
+		type outcome struct {
+			out, err string
+			code     int
+			at       time.Time
+		}
+		applied := make(chan outcome, 1)
+		start := time.Now()
+		go func() {
+			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", "10s", "--json")
+			applied <- outcome{out, errOut, code, time.Now()}
+		}()
+		// While the slow request is parked in the old code, new requests
+		// run the new code.
+		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, 2*time.Second, 20*time.Millisecond)
+		select {
+		case o := <-applied:
+			t.Fatalf("the apply returned while a goroutine was still on the old code: %+v", o)
+		default:
+		}
+		require.Equal(t, "Helo, Slow!", <-done, "the parked request keeps the old code")
+		o := <-applied
+		require.Equal(t, 0, o.code, o.err)
+		require.Equal(t, "applied", parseApply(t, o.out, o.err).State)
+		require.Greater(t, o.at.Sub(start), 2*time.Second, "finished only after the parked goroutine left")
+		require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, fast))
+	})
+}
+
+// TestPluginErrors: each mistake a plugin can make is refused with its
+// code, the service untouched and still serving the old answer.
+func TestPluginErrors(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	require.NoError(t, err)
+	// A plugin of its own module that replaces golang.org/x/sys (which
+	// the service has at v0.49.0) by a local copy of it.
+	othermod := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(othermod, "go.mod"), []byte(fmt.Sprintf(
+		"module example.com/othermod\n\ngo 1.26.0\n\nrequire golang.org/x/sys v0.49.0\n\nreplace golang.org/x/sys => %s/golang.org/x/sys@v0.49.0\n",
+		strings.TrimSpace(string(modcache)))), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(othermod, "main.go"), []byte(
+		"package main\n\nimport \"golang.org/x/sys/unix\"\n\nvar Hotpatch = unix.Getpid\n\nfunc main() {}\n"), 0o644))
+
+	// The same build information, another source of package greet (an
+	// overlay of greet.go): only the package fingerprints tell.
+	greetSrc := fixture.Source("patch/agent/testdata/svc/greet/greet.go")
+	b, err := os.ReadFile(greetSrc)
+	require.NoError(t, err)
+	overlay := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(overlay, "greet.go"), []byte(strings.Replace(string(b), "strings.ToLower(name)", `strings.ToLower(name) + "!"`, 1)), 0o644))
+	ov, err := json.Marshal(map[string]any{"Replace": map[string]string{greetSrc: filepath.Join(overlay, "greet.go")}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(overlay, "overlay.json"), ov, 0o644))
+
+	tests := []struct {
+		name, code string
+		plugin     func(t *testing.T) string
+		want       []string
+	}{
+		{"other package source", "package", func(t *testing.T) string {
+			return buildPlugin(t, "bytype-overlay.so", "patch/agent/testdata/bytype", nil, append(asPlugin, "-overlay", filepath.Join(overlay, "overlay.json"))...)
+		}, []string{"patch/agent/testdata/svc/greet", "fingerprint"}},
+		{"signature", "signature", func(t *testing.T) string {
+			return buildPlugin(t, "sigfix.so", "patch/agent/testdata/sigfix", nil, asPlugin...)
+		}, []string{"main.greeting(string, time.Duration) string", "sigfix.greeting(string) string", "the plugin's fix"}},
+		{"unknown name", "unknown_symbol", func(t *testing.T) string {
+			return buildPlugin(t, "unknownfix.so", "patch/agent/testdata/unknownfix", nil, asPlugin...)
+		}, []string{"main.greetingg", "main.greeting"}},
+		{"no manifest", "manifest", func(t *testing.T) string {
+			return buildPlugin(t, "nomanifest.so", "patch/agent/testdata/nomanifest", nil, asPlugin...)
+		}, []string{"exports no variable Hotpatch"}},
+		{"other toolchain", "toolchain", func(t *testing.T) string {
+			return buildPlugin(t, "oldgo.so", fixture.Source("patch/agent/testdata/oldgo"), []string{"GOTOOLCHAIN=go1.25.14"}, asPlugin...)
+		}, []string{"go1.25.14", runtimeVersion(t)}},
+		{"other module version", "module_version", func(t *testing.T) string {
+			return buildPlugin(t, "othermod.so", othermod, []string{"GOFLAGS=-mod=mod"}, asPlugin...)
+		}, []string{"golang.org/x/sys", "v0.49.0"}},
+		{"no -trimpath", "build_setting", func(t *testing.T) string {
+			return buildPlugin(t, "notrim.so", "examples/pluginfix/fix", nil, "-buildmode=plugin")
+		}, []string{"-trimpath"}},
+		{"not a plugin", "not_plugin", func(t *testing.T) string {
+			return buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
+		}, []string{"-buildmode=exe"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, errOut, code := applyPluginJSON(t, svc.pid, tt.plugin(t))
+			require.Equal(t, 1, code, errOut)
+			require.Equal(t, tt.code, res.Code, res.Error)
+			for _, w := range tt.want {
+				require.Contains(t, res.Error, w)
+			}
+			require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"), "untouched and serving")
+		})
+	}
+	t.Run("loaded twice", func(t *testing.T) {
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+		require.Equal(t, 0, code, errOut)
+		_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+		require.Equal(t, 0, code, errOut)
+		res, errOut, code = applyPluginJSON(t, svc.pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "loaded_twice", res.Code, res.Error)
+		require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	})
+	t.Run("no cgo", func(t *testing.T) {
+		nocgo := startService(t, buildPlugin(t, "svc-nocgo", "patch/agent/testdata/svc", []string{"CGO_ENABLED=0"}, trimpath...))
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, nocgo.pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "no_cgo", res.Code, res.Error)
+		require.Contains(t, res.Error, "--replace OLD=NEW")
+		require.Equal(t, "Helo, Ada!", nocgo.mustGet(t, "/greet?name=Ada"))
+	})
+	t.Run("no agent", func(t *testing.T) {
+		p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
+		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		res, errOut, code := applyPluginJSON(t, p.Pid, fix)
+		require.Equal(t, 1, code, errOut)
+		require.Equal(t, "no_agent", res.Code, res.Error)
+		require.Contains(t, errOut, "agent.Start")
+	})
+}
+
+// runtimeVersion is the go toolchain's release ("go1.26.8").
+func runtimeVersion(t *testing.T) string {
+	out, err := exec.Command("go", "env", "GOVERSION").Output()
+	require.NoError(t, err)
+	return strings.TrimSpace(string(out))
+}
+
+// TestPluginTransitionResume: a gradual plugin apply streams its progress
+// with --json as any apply does; left in transition at its timeout (exit
+// 3), status lists the goroutine it waits for, and apply --resume
+// finishes it once that goroutine left the old code.
+func TestPluginTransitionResume(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	pid := fmt.Sprint(svc.pid)
+	done := make(chan string, 1)
+	go func() { b, _ := svc.get("/greet?name=Slow&wait=4s"); done <- b }()
+	time.Sleep(300 * time.Millisecond)
+
+	out, errOut, code := hp(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
+	require.Equal(t, 3, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.GreaterOrEqual(t, len(lines), 2, out)
+	type line struct {
+		Event, ID, State string
+		Pending          int
+	}
+	var events []string
+	var last line
+	for _, l := range lines {
+		last = line{}
+		require.NoError(t, json.Unmarshal([]byte(l), &last), l)
+		events = append(events, last.Event)
+	}
+	require.Equal(t, "transition", events[0], out)
+	require.Equal(t, "timeout", events[len(events)-2], out)
+	// The last line is the result (patch.Result's own JSON, as any
+	// streaming apply prints it).
+	require.Equal(t, "transition", last.State, out)
+	require.Equal(t, 1, last.Pending)
+	require.Equal(t, "Hello, Ada! (wrapped)", svc.mustGet(t, "/greet?name=Ada"), "new goroutines run the new code")
+
+	out, errOut, code = hp(t, "status", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, last.ID+`\s+transition\s+1\s`, out)
+	require.Regexp(t, `(?m)^  goroutine \d+$`, out)
+
+	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	require.Equal(t, "Helo, Slow!", <-done, "the parked request kept the old code")
+	out, errOut, code = hp(t, "status", "--pid", pid)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, last.ID+`\s+applied\s+0\s`, out)
+}
+
+// TestPluginPause measures the pause of the plugin path (agent, helper
+// process) next to the CLI's stop mode on the same service, each on an
+// idle service; go test -v prints them.
+func TestPluginPause(t *testing.T) {
+	needPluginTools(t)
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	const runs = 3
+	var cli, plug []int64
+	for i := 0; i < runs; i++ {
+		svc := testSvc(t)
+		pid := fmt.Sprint(svc.pid)
+		out, errOut, code := hp(t, "apply", "--pid", pid, "--replace", "main.greeting=main.greetingCompiled", "--json")
+		require.Equal(t, 0, code, errOut)
+		var res applyJSON
+		require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+		cli = append(cli, res.PauseUS)
+		require.Equal(t, "Hello, Ada! (compiled in)", svc.mustGet(t, "/greet?name=Ada"))
+		_, errOut, code = hp(t, "revert", "--pid", pid, "--all")
+		require.Equal(t, 0, code, errOut)
+
+		res, errOut, code = applyPluginJSON(t, svc.pid, fix, "--mode", "stop")
+		require.Equal(t, 0, code, errOut)
+		plug = append(plug, res.PauseUS)
+		require.Equal(t, "Hello, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	}
+	t.Logf("apply pause, stop mode, same service (us): CLI --replace %v, agent --plugin %v", cli, plug)
+	for _, p := range append(cli, plug...) {
+		require.Positive(t, p)
+		require.Less(t, p, int64(time.Second/time.Microsecond))
+	}
+}
+
+// TestPluginNamespaces: a service in its own PID and mount namespaces (as
+// in a container), whose agent directory the host cannot see: the CLI
+// finds its socket through /proc/PID/root under the PID the service has
+// in its namespace, and hands it the plugin as an open file.
+func TestPluginNamespaces(t *testing.T) {
+	needPluginTools(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil || os.Getuid() != 0 {
+		t.Skip("needs root and unshare (util-linux) to run the service in its own namespaces")
+	}
+	bin := buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
+	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	dir := fmt.Sprintf("/tmp/hotpatch-agent-%d", os.Getuid())
+	require.NoError(t, os.MkdirAll(dir, 0o700))
+	// A private tmpfs over the agents' directory, seen by the service only.
+	script := fmt.Sprintf("mount -t tmpfs -o mode=0700 tmpfs %s && exec %s", dir, bin)
+	cmd := exec.Command(unshare, "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "sh", "-c", script)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var log strings.Builder
+	cmd.Stderr = &lockedWriter{w: &log}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err, "service log:\n%s", log.String())
+	svc := &service{addr: strings.TrimSpace(strings.TrimPrefix(line, "listening on ")), log: &log}
+	go io.Copy(io.Discard, stdout)
+	// The service is the child of unshare's fork: its host PID.
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	require.NoError(t, err)
+	svc.pid, err = strconv.Atoi(strings.TrimSpace(string(children)))
+	require.NoError(t, err, "children of unshare: %q", children)
+	t.Cleanup(func() { syscall.Kill(svc.pid, syscall.SIGKILL) })
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", svc.pid))
+	require.NoError(t, err)
+	require.Regexp(t, fmt.Sprintf(`NSpid:\s+%d\s+1\n`, svc.pid), string(status), "PID 1 in its namespace")
+	_, err = os.Stat(filepath.Join(dir, "1.sock"))
+	require.ErrorIs(t, err, os.ErrNotExist, "the host does not see its socket")
+
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	res, errOut, code := applyPluginJSON(t, svc.pid, fix)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "Hello, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+}

@@ -37,6 +37,10 @@ type PluginOptions struct {
 	// Progress, when set, is called after every pause of a transition
 	// (ApplyOptions.Progress).
 	Progress func(Progress)
+	// Supersede is the ID of an applied patch of this process that the
+	// fixes replace in one pause, so that no call runs the original code
+	// between the two (ApplyOptions.Supersede).
+	Supersede string
 }
 
 // ApplyPlugin applies fixes as one patch set (one ID, one pause or one
@@ -171,7 +175,8 @@ func applyPairs(pairs []funcPair, o PluginOptions) (*Handle, error) {
 	if o.Mode == "" {
 		o.Mode = ModeAuto
 	}
-	req := selfRequest{Op: "apply", Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout, Force: o.Force, Interval: o.Interval}}
+	req := selfRequest{Op: "apply", Opts: selfOpts{Mode: o.Mode, Timeout: o.Timeout, OnTimeout: o.OnTimeout, Force: o.Force, Interval: o.Interval,
+		Supersede: o.Supersede}}
 	for _, p := range pairs {
 		if p.old.entry == p.new.entry {
 			return nil, &Error{Op: "apply", Pid: os.Getpid(), Func: p.old.name, Err: ErrBadRequest, Hint: "the target and the replacement are the same function"}

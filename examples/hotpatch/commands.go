@@ -63,13 +63,16 @@ func cmdApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *plugin != "" {
-		if len(reps) > 0 || *lib != "" || *resume || *unpinned || *allowInlined || *skipSig || *supersede != "" || c.many() {
-			return fmt.Errorf("%w: --plugin takes no --replace, --lib, --unpinned, --resume, --allow-inlined, --skip-signature-check, --supersede, --exe or --build-id (its manifest names the functions, and their checks apply; one service at a time)", errUsage)
+		if len(reps) > 0 || *lib != "" || *resume || *unpinned || *allowInlined || *skipSig || c.many() {
+			return fmt.Errorf("%w: --plugin takes no --replace, --lib, --unpinned, --resume, --allow-inlined, --skip-signature-check, --exe or --build-id (its manifest names the functions, and their checks apply; one service at a time)", errUsage)
+		}
+		if *supersede != "" && patch.Mode(*mode) == patch.ModeGradual {
+			return fmt.Errorf("%w: --supersede switches in one pause: use --mode stop (or auto), not gradual", errUsage)
 		}
 		c.mode, c.plugin = patch.Mode(*mode), true
 		streaming := c.json && patch.Mode(*mode) != patch.ModeStop
 		req := agent.Request{Mode: patch.Mode(*mode), Timeout: c.timeout, OnTimeout: patch.OnTimeout(*onTimeout), Force: *force, Interval: *interval,
-			Progress: newProgress(stdout, stderr, streaming, c.timeout).report}
+			Supersede: *supersede, Progress: newProgress(stdout, stderr, streaming, c.timeout).report}
 		return c.applyPlugin(ctx, *plugin, req, streaming, stderr)
 	}
 	c.mode, c.supersede = patch.Mode(*mode), *supersede

@@ -218,6 +218,8 @@ type applyJSON struct {
 	} `json:"functions"`
 	Error string `json:"error"`
 	Code  string `json:"code"`
+	// Superseded is the patch an apply --supersede replaced.
+	Superseded string `json:"superseded"`
 }
 
 func applyPluginJSON(t *testing.T, pid int, plugin string, extra ...string) (applyJSON, string, int) {
@@ -609,4 +611,77 @@ func TestPluginNamespaces(t *testing.T) {
 	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
 	require.Equal(t, 0, code, errOut)
 	require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
+}
+
+// TestPluginSupersede: fix v1 (a wrap) goes in through the agent, then fix
+// v2 (a plain replacement) supersedes it with --supersede under HTTP load.
+// No request started after v1's apply returned and before v2's revert
+// began is answered by the original; reverting v2 brings the original
+// back (not v1); no request fails.
+func TestPluginSupersede(t *testing.T) {
+	needPluginTools(t)
+	svc := testSvc(t)
+	v1 := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	v2 := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	const path = "/greet?name=Ada"
+	const original, fixV1, fixV2 = "Helo, Ada!", "Hello, Ada! (wrapped)", "Hello, Ada!"
+	require.Equal(t, original, svc.mustGet(t, path))
+
+	var phase atomic.Int32 // 1 from v1 applied to v2's revert
+	var mu sync.Mutex
+	inPhase1 := map[string]int{}
+	var failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := phase.Load()
+				b, err := svc.get(path)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				if p == 1 {
+					mu.Lock()
+					inPhase1[b]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	r1, errOut, code := applyPluginJSON(t, svc.pid, v1)
+	require.Equal(t, 0, code, errOut)
+	phase.Store(1)
+	time.Sleep(200 * time.Millisecond)
+	out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", v2, "--supersede", r1.ID, "--json")
+	require.Equal(t, 0, code, errOut)
+	r2 := parseApply(t, out, errOut)
+	require.Equal(t, r1.ID, r2.Superseded, out)
+	time.Sleep(200 * time.Millisecond)
+	require.Equal(t, fixV2, svc.mustGet(t, path))
+
+	st, errOut, code := hp(t, "status", "--pid", fmt.Sprint(svc.pid), "--json")
+	require.Equal(t, 0, code, errOut)
+	require.NotRegexp(t, `"id":\s*"`+r1.ID+`"`, st, "v1's record is gone")
+	require.Regexp(t, `"supersedes":\s*"`+r1.ID+`"`, st)
+
+	phase.Store(2)
+	_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", r2.ID)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, original, svc.mustGet(t, path), "reverting v2 brings the original back")
+	close(stop)
+	wg.Wait()
+	require.Zero(t, failed.Load(), "failed requests")
+	require.Zero(t, inPhase1[original], "answers between v1 and v2's revert: %v", inPhase1)
+	require.Positive(t, inPhase1[fixV1], "answers: %v", inPhase1)
+	require.Positive(t, inPhase1[fixV2], "answers: %v", inPhase1)
 }

@@ -317,7 +317,7 @@ func (a *Agent) apply(req Request, file *os.File, progress func(patch.Progress))
 		return nil, err
 	}
 	o := patch.PluginOptions{FuncOptions: patch.FuncOptions{Mode: req.Mode, Timeout: req.Timeout, OnTimeout: req.OnTimeout},
-		Force: req.Force, Interval: req.Interval, Progress: progress}
+		Force: req.Force, Interval: req.Interval, Progress: progress, Supersede: req.Supersede}
 	h, err := patch.ApplyPlugin(fixes, o)
 	if h == nil {
 		return nil, err

@@ -24,6 +24,9 @@ type Request struct {
 	OnTimeout patch.OnTimeout `json:"on_timeout,omitempty"`
 	Force     bool            `json:"force,omitempty"`
 	Interval  time.Duration   `json:"interval,omitempty"`
+	// Supersede is the ID of an applied patch of the service that this
+	// plugin's fixes replace in one pause (patch.ApplyOptions.Supersede).
+	Supersede string `json:"supersede,omitempty"`
 	// Progress, when set, receives the progress reports of a transition
 	// (patch.ApplyOptions.Progress) as the agent sends them.
 	Progress func(patch.Progress) `json:"-"`

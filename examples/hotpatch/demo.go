@@ -32,8 +32,12 @@ var demoSource []byte
 // service is killed and the temporary directory removed.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	c := newFlags("demo", stdout, false, false, false)
+	goFix := c.fs.Bool("go-fix", false, "fix the Go service of examples/pluginfix with a Go plugin through its agent (hotpatch apply --plugin), from a hotpatch source checkout")
 	if err := c.parse(args); err != nil {
 		return err
+	}
+	if *goFix {
+		return demoGoFix(ctx, stdout, stderr)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -88,54 +92,15 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	}
 	pid, url := svc.Process.Pid, "http://"+m[2]+"/hello?name=operator"
 	say("   started: pid %d, serving %s", pid, url)
-	client := &http.Client{Timeout: 5 * time.Second}
-	hello := func() string {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.TrimSpace(string(b))
-	}
+	hello := func() string { return demoGet(ctx, url) }
 	say("   GET -> %q   <- the bug", hello())
 	say("")
 
 	say("2. Load: 4 clients call the service continuously for the rest of the demo.")
-	var ok, failed, fixed atomic.Int64
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { stopLoad(); wg.Wait() }()
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for loadCtx.Err() == nil {
-				req, _ := http.NewRequestWithContext(loadCtx, http.MethodGet, url, nil)
-				resp, err := client.Do(req)
-				if err != nil {
-					if loadCtx.Err() == nil {
-						failed.Add(1)
-					}
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-					continue
-				}
-				ok.Add(1)
-				if strings.HasPrefix(string(b), "Hello,") {
-					fixed.Add(1)
-				}
-			}
-		}()
-	}
+	load := startDemoLoad(ctx, url, "Hello,")
+	defer load.stop()
+	ok, failed, fixed := &load.ok, &load.failed, &load.fixed
+	stopLoad := load.stop
 	sleep(ctx, 300*time.Millisecond)
 	say("   %d requests served so far, %d failed", ok.Load(), failed.Load())
 	say("")
@@ -194,7 +159,6 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	say("   GET -> %q   <- the original code again", hello())
 	sleep(ctx, 200*time.Millisecond)
 	stopLoad()
-	wg.Wait()
 	say("")
 	say("6. Under load throughout: %d requests served (%d of them by the fix), %d failed.", ok.Load(), fixed.Load(), failed.Load())
 	if svc.Process.Signal(syscall.Signal(0)) != nil {
@@ -244,4 +208,68 @@ func buildDemo(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("demo: go build the service: %v\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// demoClient is the demo's HTTP client.
+var demoClient = &http.Client{Timeout: 5 * time.Second}
+
+// demoGet returns the body of a GET of url, or the error as text.
+func demoGet(ctx context.Context, url string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	resp, err := demoClient.Do(req)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b))
+}
+
+// demoLoad is 4 clients calling url until stop: the requests served, those
+// answered with the fix (a body starting with fixedPrefix) and the failed.
+type demoLoad struct {
+	ok, failed, fixed atomic.Int64
+	cancel            context.CancelFunc
+	wg                sync.WaitGroup
+}
+
+func startDemoLoad(ctx context.Context, url, fixedPrefix string) *demoLoad {
+	l := &demoLoad{}
+	ctx, l.cancel = context.WithCancel(ctx)
+	for i := 0; i < 4; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				resp, err := demoClient.Do(req)
+				if err != nil {
+					if ctx.Err() == nil {
+						l.failed.Add(1)
+					}
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					l.failed.Add(1)
+					continue
+				}
+				l.ok.Add(1)
+				if strings.HasPrefix(string(b), fixedPrefix) {
+					l.fixed.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// stop ends the load and waits for its clients.
+func (l *demoLoad) stop() {
+	l.cancel()
+	l.wg.Wait()
 }

@@ -11,7 +11,7 @@
 //	hotpatch apply|revert --all|status (--exe PATH | --build-id ID) ...
 //	hotpatch syms    --pid PID [--json] [SUBSTRING]
 //	hotpatch threads --pid PID [--goroutines] [--json]
-//	hotpatch demo
+//	hotpatch demo [--go-fix]
 //	hotpatch version
 //	hotpatch help [COMMAND]
 //
@@ -98,8 +98,8 @@ func init() {
 			example:  "hotpatch threads --pid 1234 --goroutines",
 			run:      cmdThreads},
 		{name: "demo", summary: "build a bundled service, patch it live under load, revert it",
-			synopsis: []string{"demo"},
-			example:  "hotpatch demo",
+			synopsis: []string{"demo", "demo --go-fix   # a Go plugin into a Go service through its agent (run inside a hotpatch checkout)"},
+			example:  "hotpatch demo\n  go run ./examples/hotpatch demo --go-fix",
 			run:      cmdDemo},
 		{name: "version", summary: "print the hotpatch version, its Go release and commit",
 			synopsis: []string{"version"},

@@ -229,6 +229,19 @@ func TestDemo(t *testing.T) {
 	require.Regexp(t, `requests served \(\d+ of them by the fix\), 0 failed`, out)
 }
 
+// TestDemoGoFix: demo --go-fix builds the plugin example, fixes the live
+// service through its agent under load, and reverts it, no request failing.
+func TestDemoGoFix(t *testing.T) {
+	needPluginTools(t)
+	out, errOut, code := hotpatch(t, "demo", "--go-fix")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	require.Contains(t, out, `GET -> "Helo, operator!"   <- the bug`)
+	require.Contains(t, out, `GET -> "Hello, operator!"   <- fixed`)
+	require.Regexp(t, `applied hp-[0-9a-f]{8}: 1 function\(s\)`, out)
+	require.Regexp(t, `hp-[0-9a-f]{8}\s+applied\s+0`, out, "status")
+	require.Regexp(t, `requests served \([1-9]\d* of them by the fix\), 0 failed`, out)
+}
+
 // TestCLIGradualKilled: apply --mode gradual streams JSON events; the tool
 // is killed with SIGKILL mid-transition; the target keeps serving
 // consistently, status from a new process reports the transition and its

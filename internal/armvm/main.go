@@ -66,7 +66,7 @@ var Packages = []Package{
 	{Path: "examples/hotpatch"},
 	// Process-level patches of the C and Go services on arm64.
 	// Every test of the package; Example compiles its target with gcc.
-	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 10 * time.Minute},
+	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 15 * time.Minute},
 	// Tests that patch themselves through the self-patch helper.
 	{Path: "patch/patchtest"},
 }

@@ -70,6 +70,9 @@ func (p *Process) Release() error {
 			p.endHold()
 			return nil
 		}
+		if !p.canExit() {
+			return p.detachHeld()
+		}
 		old = p.tid
 		p.letGo()
 		return nil
@@ -129,6 +132,22 @@ func (p *Process) holdAll() error {
 	}
 	p.service()
 	return nil
+}
+
+// canExit reports whether the ptrace thread ends when its goroutine does:
+// the Go runtime never ends the process's main thread (it parks it
+// instead), on which the ptrace goroutine may have been started.
+func (p *Process) canExit() bool { return p.tid != os.Getpid() }
+
+// detachHeld ends the hold of a running process by stopping every thread
+// and detaching it (when the ptrace thread cannot exit, see canExit).
+func (p *Process) detachHeld() error {
+	if err := p.stopHeld(); err != nil {
+		return err
+	}
+	p.endHold()
+	p.stopped = true
+	return p.resumeAll()
 }
 
 // startHold marks the process held and starts listening for SIGCHLD.

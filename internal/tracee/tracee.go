@@ -265,6 +265,9 @@ func (p *Process) Resume() error { return p.do(p.resumeAll) }
 func (p *Process) Close() error {
 	err := p.do(func() error {
 		err := p.resumeAll()
+		if p.held && !p.canExit() {
+			err = errors.Join(err, p.detachHeld())
+		}
 		p.endHold() // held threads are detached as the ptrace thread exits
 		p.closed = true
 		if p.memfd >= 0 {

@@ -22,7 +22,7 @@ import (
 // across their pauses) and release them: the count of real-time signals
 // its handler saw equals the count sent, and it never stalls.
 func TestSignalsWhileHeld(t *testing.T) {
-	const rtsig = unix.Signal(40) // cservice counts it
+	const rtsig = unix.Signal(40)                               // cservice counts it
 	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2")) // 4 sleepers, a reader
 	p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
 	tg := attach(t, p.Pid)

@@ -302,17 +302,57 @@ func (p *Process) serviceEvent(tid int, ws unix.WaitStatus) {
 func (p *Process) stopHeld() error {
 	for _, t := range p.threads {
 		if !t.stopped {
-			if err := interrupt(t.tid); err != nil && err != unix.ESRCH {
+			err := interrupt(t.tid)
+			if err == unix.ESRCH && taskState(p.pid, t.tid) == 'Z' {
+				// A leader that ended (pthread_exit) stays a zombie,
+				// never reported while other threads live.
+				delete(p.threads, t.tid)
+				continue
+			}
+			if err != nil && err != unix.ESRCH {
 				p.abandon()
 				return fmt.Errorf("tracee: pid %d: interrupt thread %d: %w", p.pid, t.tid, err)
 			}
 		}
 	}
-	if err := p.waitAllStopped(); err != nil {
+	if err := p.waitHeldStopped(); err != nil {
 		p.abandon()
 		return err
 	}
 	return nil
+}
+
+// waitHeldStopped waits for each interrupted thread in turn (wait4 of its
+// own tid, as cheap as the floor's; a wait for any tracee makes the kernel
+// scan them all, once per thread), handling what each reports on the way
+// (a signal, a clone: the new thread is waited for too).
+func (p *Process) waitHeldStopped() error {
+	for {
+		var running []int
+		for tid, t := range p.threads {
+			if !t.stopped {
+				running = append(running, tid)
+			}
+		}
+		if len(running) == 0 {
+			return nil
+		}
+		for _, tid := range running {
+			for t := p.threads[tid]; t != nil && !t.stopped; t = p.threads[tid] {
+				_, ws, err := wait4(tid, 0)
+				if err == unix.ECHILD {
+					delete(p.threads, tid)
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("tracee: pid %d: wait for thread %d: %w", p.pid, tid, err)
+				}
+				if err := p.handleStopEvent(tid, ws); err != nil {
+					return err
+				}
+			}
+		}
+	}
 }
 
 // resumeHeld continues every stopped held thread, delivering the signals it

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -337,6 +338,9 @@ func (p *Process) waitHeldStopped() error {
 		if len(running) == 0 {
 			return nil
 		}
+		// The leader last: once it has exited (a killed process), its
+		// exit is reported only after every other thread's is reaped.
+		sort.Slice(running, func(i, j int) bool { return running[j] == p.pid && running[i] != p.pid })
 		for _, tid := range running {
 			for t := p.threads[tid]; t != nil && !t.stopped; t = p.threads[tid] {
 				_, ws, err := wait4(tid, 0)

@@ -173,6 +173,13 @@ func Open(pid int, opts ...Option) (*Process, error) {
 // by it (a safety net: nothing is ever left stopped by a closed Process).
 func (p *Process) loop() {
 	runtime.LockOSThread()
+	// Not on the main thread, if the scheduler lets us off it: that one
+	// never exits (see canExit), so a hold on it ends with a stop.
+	for i := 0; i < 20 && unix.Gettid() == os.Getpid(); i++ {
+		runtime.UnlockOSThread()
+		time.Sleep(50 * time.Microsecond)
+		runtime.LockOSThread()
+	}
 	p.tid = unix.Gettid()
 	p.pollMode = false // a new thread has no other children
 	tick := time.NewTimer(serviceTick)

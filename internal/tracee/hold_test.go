@@ -155,29 +155,10 @@ func TestHoldStops(t *testing.T) {
 
 			require.NoError(t, p.Hold())
 			require.NoError(t, p.Close())
-			requireUntracedSoon(t, tg.pid)
+			requireUntraced(t, tg.pid)
 			tg.waitBeats(tg.mark(), tc.beats...)
 			assert.Empty(t, tg.errs())
 		})
-	}
-}
-
-// requireUntracedSoon waits (up to safety) until no thread of pid is traced.
-func requireUntracedSoon(t *testing.T, pid int) {
-	t.Helper()
-	deadline := time.Now().Add(safety)
-	for {
-		traced := 0
-		for _, tr := range tracerPids(t, pid) {
-			if tr != 0 {
-				traced++
-			}
-		}
-		if traced == 0 {
-			return
-		}
-		require.True(t, time.Now().Before(deadline), "%d threads still traced", traced)
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -195,8 +176,7 @@ func TestHolderDeath(t *testing.T) {
 		// The thread that takes it stops for the tracer, which never
 		// answers: no "usr1" line until the tracer is gone.
 		waitTraced(t, tg.pid)
-		require.NoError(t, cmd.Process.Kill())
-		_ = cmd.Wait()
+		require.NoError(t, cmd.Process.Kill()) // fixture waits for it
 		want := fmt.Sprintf("usr1 %d", round)
 		got, _ := tg.WaitLine(t, m, want, func(s string) bool { return strings.HasPrefix(s, "usr1 ") }, safety)
 		require.Equal(t, want, got)

@@ -270,10 +270,13 @@ func (p *Process) Resume() error { return p.do(p.resumeAll) }
 
 // Close resumes the process if stopped and releases the ptrace thread.
 func (p *Process) Close() error {
+	old := 0 // the ptrace thread, when its exit detaches held threads
 	err := p.do(func() error {
 		err := p.resumeAll()
 		if p.held && !p.canExit() {
 			err = errors.Join(err, p.detachHeld())
+		} else if p.held {
+			old = p.tid
 		}
 		p.endHold() // held threads are detached as the ptrace thread exits
 		p.closed = true
@@ -285,6 +288,9 @@ func (p *Process) Close() error {
 		close(p.quit)
 		return err
 	})
+	if old != 0 {
+		waitThreadGone(old)
+	}
 	if err == ErrClosed {
 		return nil
 	}

@@ -552,6 +552,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		// A few quick tries; then the tasks that stay get their universe.
 		pol.Timeout = min(o.Timeout, autoStopTries)
 	}
+	release := t.hold(src)
 	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			step("apply:paused")
@@ -569,6 +570,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 			}
 			return t.writeAll(region, writes, stateApplied)
 		})
+	release()
 	if mode == ModeAuto && errors.Is(err, consistency.ErrBlocked) && canDispatch && ctx.Err() == nil {
 		t.log.Debug("stop-and-check blocked; switching to a gradual transition", "id", id)
 		return t.gradualApply(ctx, rec, o)
@@ -904,6 +906,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	if err != nil {
 		return fail(err)
 	}
+	release := t.hold(src)
 	res, err := consistency.StopAndCheck(ctx, src, regions,
 		consistency.Policy{Timeout: timeout, Retry: t.retryReport(o, rec.ID)}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
@@ -913,6 +916,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 			}
 			return t.writeAll(rec.Region, writes, stateReverted)
 		})
+	release()
 	out.Pause, out.PauseMicros, out.Attempts = res.Pause, res.Pause.Microseconds(), res.Attempts
 	if err != nil {
 		return fail(err)

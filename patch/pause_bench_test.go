@@ -15,13 +15,16 @@ import (
 
 	"github.com/hotpatch-dev/hotpatch/internal/consistency"
 	"github.com/hotpatch-dev/hotpatch/internal/fixture"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/patch"
 )
 
 // BenchmarkPause measures, side by side in one run, the pause of an apply
 // and its floor: interrupting, waiting for and resuming the same threads,
 // already attached (attachedFloor), and what stopping costs as tracee does it
-// today (Stop and Resume: seize, interrupt, wait, detach). Each iteration
+// without a hold (Stop and Resume: seize, interrupt, wait, detach) and with
+// the threads held beforehand, as applies to C targets do ("held-stop-
+// resume": interrupt, wait, continue through tracee). Each iteration
 // measures both, then applies and reverts; for Go targets it also measures the
 // snapshot alone, walking every goroutine in the stop ("take-full", what the
 // pause did before goroutines were walked ahead) and walking again only
@@ -62,7 +65,7 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 		b.Fatal(err)
 	}
 	proc := src.Proc
-	var attached, floor, apply, revert, full, incr []time.Duration
+	var attached, floor, held, apply, revert, full, incr []time.Duration
 	threads, tasks := 0, 0
 	for i := 0; i < b.N; i++ {
 		d, err := attachedFloor(proc.Pid())
@@ -79,6 +82,9 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 			b.Fatal(err)
 		}
 		floor = append(floor, time.Since(start))
+		if !goTarget {
+			held = append(held, heldPause(b, proc))
+		}
 		if goTarget {
 			var snap consistency.Snapshot
 			snap, full = takePause(b, src, nil, full)
@@ -102,6 +108,9 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 	b.StopTimer()
 	reportPauses(b, "floor", attached)
 	reportPauses(b, "seize-stop-detach", floor)
+	if !goTarget {
+		reportPauses(b, "held-stop-resume", held)
+	}
 	reportPauses(b, "apply-pause", apply)
 	reportPauses(b, "revert-pause", revert)
 	if goTarget {
@@ -111,6 +120,27 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 	}
 	b.ReportMetric(float64(threads), "threads")
 	b.ReportMetric(float64(runtime.NumCPU()), "cpus")
+}
+
+// heldPause measures a stop as an apply of a C target makes it: the
+// threads held (seized) beforehand, Stop and Resume are interrupt, wait,
+// continue, as in the floor but through tracee.
+func heldPause(b *testing.B, proc *tracee.Process) time.Duration {
+	if err := proc.Hold(); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if err := proc.Stop(); err != nil {
+		b.Fatal(err)
+	}
+	if err := proc.Resume(); err != nil {
+		b.Fatal(err)
+	}
+	d := time.Since(start)
+	if err := proc.Release(); err != nil {
+		b.Fatal(err)
+	}
+	return d
 }
 
 // takePause stops the target, takes a snapshot (reusing prior's walks when

@@ -113,6 +113,16 @@ func (p *Process) borrow(tid int, sleeper bool, f func(t *thread) error) error {
 		}
 	case tid != 0:
 		return fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
+	case p.held:
+		// Held threads are ours already: stop them all for the call.
+		if err := p.stopAll(); err != nil {
+			return err
+		}
+		err := p.borrow(0, sleeper, f)
+		if rerr := p.resumeAll(); err == nil {
+			err = rerr
+		}
+		return err
 	default:
 		var err error
 		if t, err = p.stopOne(sleeper); err != nil {

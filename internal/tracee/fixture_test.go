@@ -148,6 +148,9 @@ func TestMain(m *testing.M) {
 	case "marker":
 		markerChild()
 		os.Exit(0)
+	case "holder":
+		holderChild()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

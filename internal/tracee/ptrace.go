@@ -31,6 +31,8 @@ func interrupt(tid int) error { return ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0) 
 
 func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
 
+func listen(tid int) error { return ptrace(unix.PTRACE_LISTEN, tid, 0, 0) }
+
 func detach(tid, sig int) error { return ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }
 
 // sigchld is the part of siginfo_t that waitid fills in.
@@ -75,7 +77,7 @@ func (p *Process) nextEvent() (int, unix.WaitStatus, error) {
 			case e != 0:
 				return 0, 0, e
 			}
-			if tid := int(si.pid); p.threads[tid] != nil {
+			if tid := int(si.pid); p.threads[tid] != nil || p.adopt(tid) {
 				wpid, ws, err := wait4(tid, unix.WNOHANG)
 				if err == nil && wpid == tid {
 					return tid, ws, nil

@@ -52,9 +52,13 @@ func setSigmask(tid int, mask uint64) error {
 
 // peekWait waits for an event of any child of this OS thread (waitid
 // P_ALL with WNOWAIT: the event stays pending) and describes it in si.
-func peekWait(si *sigchld) unix.Errno {
+func peekWait(si *sigchld) unix.Errno { return peekWaitOpts(si, 0) }
+
+// peekWaitOpts is peekWait with more waitid options (WNOHANG: si.pid stays
+// 0 when no child has an event).
+func peekWaitOpts(si *sigchld, opts int) unix.Errno {
 	_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_ALL, 0, uintptr(unsafe.Pointer(si)),
-		unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT|waitFlags, 0, 0)
+		uintptr(unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT|waitFlags|opts), 0, 0)
 	return e
 }
 

@@ -17,10 +17,19 @@ func (p *Process) stopAll() error {
 	if err := p.id.same(p.pid); err != nil {
 		return err
 	}
-	p.threads = map[int]*thread{}
+	if p.held {
+		if err := p.stopHeld(); err != nil {
+			return err
+		}
+	} else {
+		p.threads = map[int]*thread{}
+	}
 	p.order = nil
 	dead := map[int]bool{} // tids that vanished while we tried to seize them
-	for {
+	// Held threads: once every thread seen has been through a stop since
+	// it was seized, none can be inside a clone that began before (whose
+	// child would not be auto-attached): later stops need not list them.
+	for !p.complete {
 		tids, err := listTasks(p.pid)
 		if err != nil {
 			p.abandon()
@@ -53,6 +62,7 @@ func (p *Process) stopAll() error {
 			return err
 		}
 	}
+	p.complete = p.held
 	if len(p.threads) == 0 {
 		return p.exited()
 	}
@@ -80,6 +90,17 @@ func (p *Process) stopAll() error {
 // attach seizes tid with opts and interrupts it. gone reports a thread that
 // exited (or is a zombie) meanwhile.
 func (p *Process) attach(tid, opts int) (gone bool, err error) {
+	if gone, err = p.seizeThread(tid, opts); gone || err != nil {
+		return gone, err
+	}
+	if err := interrupt(tid); err != nil && err != unix.ESRCH {
+		return false, fmt.Errorf("tracee: pid %d: interrupt thread %d: %w", p.pid, tid, err)
+	}
+	return false, nil
+}
+
+// seizeThread seizes tid with opts, leaving it running, and records it.
+func (p *Process) seizeThread(tid, opts int) (gone bool, err error) {
 	// PTRACE_O_TRACESYSGOOD: remote system calls rely on it (runSyscall).
 	err = seize(tid, opts|unix.PTRACE_O_TRACESYSGOOD)
 	switch {
@@ -103,9 +124,6 @@ func (p *Process) attach(tid, opts int) (gone bool, err error) {
 		return false, fmt.Errorf("tracee: pid %d: seize thread %d: %w", p.pid, tid, err)
 	}
 	p.threads[tid] = &thread{tid: tid}
-	if err := interrupt(tid); err != nil && err != unix.ESRCH {
-		return false, fmt.Errorf("tracee: pid %d: interrupt thread %d: %w", p.pid, tid, err)
-	}
 	return false, nil
 }
 
@@ -165,6 +183,7 @@ func (p *Process) handleStopEvent(tid int, ws unix.WaitStatus) error {
 		// Our interrupt (SIGTRAP) or a group-stop (SIGSTOP & co).
 		t.stopped = true
 		t.inSigStop = false
+		t.groupStop = 0
 		if isStopSignal(sig) {
 			t.groupStop = sig
 		}
@@ -172,10 +191,7 @@ func (p *Process) handleStopEvent(tid int, ws unix.WaitStatus) error {
 	case unix.PTRACE_EVENT_CLONE:
 		// The new thread is auto-attached (PTRACE_O_TRACECLONE) and
 		// reports a PTRACE_EVENT_STOP on its own.
-		msg, err := getEventMsg(tid)
-		if err == nil && msg != 0 && p.threads[int(msg)] == nil {
-			p.threads[int(msg)] = &thread{tid: int(msg)}
-		}
+		p.cloned(tid)
 		sig = 0
 	case 0:
 		// Signal-delivery-stop: deliver the signal now (sig), keep going.
@@ -239,6 +255,9 @@ func (p *Process) resumeAll() error {
 	if !p.stopped {
 		return nil
 	}
+	if p.held {
+		return p.resumeHeld()
+	}
 	p.stopped = false
 	p.order = nil
 	var firstErr error
@@ -288,8 +307,27 @@ func (p *Process) resumeAll() error {
 	return firstErr
 }
 
+// cloned records the new thread of a PTRACE_EVENT_CLONE of tid. The new
+// thread may have reported (as an unknown thread, see adopt) and exited
+// before this event was seen: one whose task is gone is not recorded, as
+// it would never report again.
+func (p *Process) cloned(tid int) {
+	msg, err := getEventMsg(tid)
+	if err != nil || msg == 0 || p.threads[int(msg)] != nil || taskState(p.pid, int(msg)) == 0 {
+		return
+	}
+	p.threads[int(msg)] = &thread{tid: int(msg)}
+}
+
 // release detaches a stopped thread, delivering the signals it owes.
 func (p *Process) release(t *thread) error {
+	return detach(t.tid, p.owed(t))
+}
+
+// owed sends a stopped thread the signals it holds back (see pending) but
+// one, which it returns to be injected as it is restarted when it stopped
+// for it, with its own siginfo.
+func (p *Process) owed(t *thread) int {
 	sig := 0
 	if len(t.pending) > 0 {
 		first := t.pending[0]
@@ -307,5 +345,5 @@ func (p *Process) release(t *thread) error {
 		}
 		t.pending = nil
 	}
-	return detach(t.tid, sig)
+	return sig
 }

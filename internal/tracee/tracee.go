@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,6 +81,14 @@ type Process struct {
 	threads  map[int]*thread
 	order    []int // leader first
 	pollMode bool  // another child of the ptrace thread has pending events
+	tid      int   // the ptrace thread
+	// held: the threads stay seized between stops (Hold); complete: every
+	// thread of the process is known (see stopAll); sigch wakes the ptrace
+	// goroutine to service the held threads (hold.go); respawn: the ptrace
+	// thread exits after the current request, detaching every tracee,
+	// and a new one takes over.
+	held, complete, respawn bool
+	sigch                   chan os.Signal
 	// objects caches the ELF segments of the target's mapped objects by
 	// "start path" of their first mapping (system call stubs, pad.go).
 	objects map[string]*object
@@ -163,12 +173,39 @@ func Open(pid int, opts ...Option) (*Process, error) {
 // by it (a safety net: nothing is ever left stopped by a closed Process).
 func (p *Process) loop() {
 	runtime.LockOSThread()
+	// Not on the main thread, if the scheduler lets us off it: that one
+	// never exits (see canExit), so a hold on it ends with a stop.
+	for i := 0; i < 20 && unix.Gettid() == os.Getpid(); i++ {
+		runtime.UnlockOSThread()
+		time.Sleep(50 * time.Microsecond)
+		runtime.LockOSThread()
+	}
+	p.tid = unix.Gettid()
+	p.pollMode = false // a new thread has no other children
+	tick := time.NewTimer(serviceTick)
+	defer tick.Stop()
 	for {
+		var wake <-chan os.Signal
+		var ticks <-chan time.Time
+		if p.held && !p.stopped {
+			wake, ticks = p.sigch, tick.C
+			tick.Reset(serviceTick)
+		}
 		select {
 		case f := <-p.reqs:
 			f()
+		case <-wake:
+		case <-ticks:
 		case <-p.quit:
 			return
+		}
+		if p.held && !p.stopped {
+			p.service()
+		}
+		if p.respawn {
+			p.respawn = false
+			go p.loop()
+			return // the kernel detaches what this thread traced
 		}
 	}
 }
@@ -233,8 +270,15 @@ func (p *Process) Resume() error { return p.do(p.resumeAll) }
 
 // Close resumes the process if stopped and releases the ptrace thread.
 func (p *Process) Close() error {
+	old := 0 // the ptrace thread, when its exit detaches held threads
 	err := p.do(func() error {
 		err := p.resumeAll()
+		if p.held && !p.canExit() {
+			err = errors.Join(err, p.detachHeld())
+		} else if p.held {
+			old = p.tid
+		}
+		p.endHold() // held threads are detached as the ptrace thread exits
 		p.closed = true
 		if p.memfd >= 0 {
 			unix.Close(p.memfd) // drops the lock
@@ -244,6 +288,9 @@ func (p *Process) Close() error {
 		close(p.quit)
 		return err
 	})
+	if old != 0 {
+		waitThreadGone(old)
+	}
 	if err == ErrClosed {
 		return nil
 	}

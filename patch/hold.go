@@ -1,0 +1,34 @@
+//go:build linux
+
+package patch
+
+import "github.com/hotpatch-dev/hotpatch/internal/consistency"
+
+// hold keeps every thread of a C target seized (tracee's Hold) across the
+// pauses of one operation, from before its first stop to after its last,
+// so that each pause is only interrupt, wait, (walk, check, write),
+// continue; the returned func ends the hold (the kernel detaches every
+// thread without stopping it).
+//
+// Go targets keep a seize and a detach in every pause: while held, every
+// signal the process receives (the runtime's SIGURG preemption, sent by
+// sysmon to every goroutine running 10 ms) stops its thread until our
+// ptrace thread continues it, and their pause is bounded by re-reading the
+// goroutines (docs/pause-limits.md), not by the seize.
+//
+// A hold that cannot be taken leaves the operation to seize in each pause
+// as before (the stop reports what is wrong).
+func (t *Target) hold(src consistency.Source) func() {
+	if src.Go != nil {
+		return func() {}
+	}
+	if err := t.proc.Hold(); err != nil {
+		t.log.Debug("threads not held; each pause seizes them", "err", err)
+		return func() {}
+	}
+	return func() {
+		if err := t.proc.Release(); err != nil {
+			t.log.Warn("releasing the threads", "err", err)
+		}
+	}
+}

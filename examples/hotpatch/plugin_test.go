@@ -40,6 +40,17 @@ func needPluginTools(t *testing.T) {
 	}
 }
 
+// slowed is d, or five times d in the arm64 VM lane (HOTPATCH_VM), where
+// an apply takes seconds (qemu emulates the CPU; loading a plugin alone
+// takes seconds): the time a request stays parked in the old code must
+// outlast the apply, or the apply finds no goroutine to wait for.
+func slowed(d time.Duration) time.Duration {
+	if os.Getenv("HOTPATCH_VM") != "" {
+		return 5 * d
+	}
+	return d
+}
+
 // hp runs the CLI as hotpatch does, killed after two minutes: a hung
 // apply fails its test instead of the whole binary's timeout.
 func hp(t *testing.T, args ...string) (stdout, stderr string, code int) {
@@ -310,7 +321,7 @@ func TestPluginWrapAndByValue(t *testing.T) {
 func TestPluginParked(t *testing.T) {
 	needPluginTools(t)
 	fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
-	const slow, fast = "/greet?name=Slow&wait=3s", "/greet?name=Ada"
+	slow, fast := "/greet?name=Slow&wait="+slowed(3*time.Second).String(), "/greet?name=Ada"
 
 	t.Run("stop", func(t *testing.T) {
 		svc := testSvc(t)
@@ -338,12 +349,12 @@ func TestPluginParked(t *testing.T) {
 		applied := make(chan outcome, 1)
 		start := time.Now()
 		go func() {
-			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", "10s", "--json")
+			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", slowed(10*time.Second).String(), "--json")
 			applied <- outcome{out, errOut, code, time.Now()}
 		}()
 		// While the slow request is parked in the old code, new requests
 		// run the new code.
-		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, 2*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, slowed(2*time.Second), 20*time.Millisecond)
 		select {
 		case o := <-applied:
 			t.Fatalf("the apply returned while a goroutine was still on the old code: %+v", o)
@@ -444,7 +455,7 @@ func TestPluginTransitionResume(t *testing.T) {
 	fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
 	pid := fmt.Sprint(svc.pid)
 	done := make(chan string, 1)
-	go func() { b, _ := svc.get("/greet?name=Slow&wait=4s"); done <- b }()
+	go func() { b, _ := svc.get("/greet?name=Slow&wait=" + slowed(4*time.Second).String()); done <- b }()
 	time.Sleep(300 * time.Millisecond)
 
 	out, errOut, code := hp(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
@@ -475,7 +486,7 @@ func TestPluginTransitionResume(t *testing.T) {
 	require.Regexp(t, last.ID+`\s+transition\s+1\s`, out)
 	require.Regexp(t, `(?m)^  goroutine \d+$`, out)
 
-	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
+	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", slowed(10*time.Second).String())
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	require.Equal(t, "Helo, Slow!", <-done, "the parked request kept the old code")
 	out, errOut, code = hp(t, "status", "--pid", pid)

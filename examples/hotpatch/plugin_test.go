@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,15 +25,30 @@ import (
 )
 
 // Go plugins need cgo, so these tests build the service and its plugins
-// with the go toolchain and gcc at run time: they skip where those are
-// missing (the arm64 VM lane, which runs prebuilt fixtures only).
+// with the go toolchain and gcc at run time on the host, and skip where
+// those are missing; the arm64 VM lane, which has neither, runs them on
+// builds prebuilt for it (fixture.Catalog).
 func needPluginTools(t *testing.T) {
 	t.Helper()
+	if os.Getenv(fixture.EnvPrebuilt) != "" {
+		return
+	}
 	for _, tool := range []string{"go", "gcc"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("Go plugins are built here with cgo: %s is not installed (the arm64 VM lane has no toolchain)", tool)
+			t.Skipf("Go plugins are built here with cgo: %s is not installed", tool)
 		}
 	}
+}
+
+// slowed is d, or five times d in the arm64 VM lane (HOTPATCH_VM), where
+// an apply takes seconds (qemu emulates the CPU; loading a plugin alone
+// takes seconds): the time a request stays parked in the old code must
+// outlast the apply, or the apply finds no goroutine to wait for.
+func slowed(d time.Duration) time.Duration {
+	if os.Getenv("HOTPATCH_VM") != "" {
+		return 5 * d
+	}
+	return d
 }
 
 // hp runs the CLI as hotpatch does, killed after two minutes: a hung
@@ -58,40 +74,14 @@ func hp(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-var pluginBuilds struct {
-	sync.Mutex
-	dir  string
-	done map[string]string
-}
-
-// buildPlugin builds package pkg (relative to the repository, or an
-// absolute directory with its own go.mod) once per test binary, with cgo
-// and -trimpath unless flags say otherwise; env adds to the environment.
-func buildPlugin(t *testing.T, name, pkg string, env []string, flags ...string) string {
+// buildPlugin builds package pkg (a directory of the repository,
+// slash-separated: a package of its module or a module of its own) with
+// cgo and flags, once per test binary; env adds to the environment. The
+// build must be listed in fixture.Catalog: the arm64 VM lane runs it
+// prebuilt.
+func buildPlugin(t *testing.T, pkg string, env []string, flags ...string) string {
 	t.Helper()
-	pluginBuilds.Lock()
-	defer pluginBuilds.Unlock()
-	if pluginBuilds.done == nil {
-		// Next to the CLI that TestMain built, and removed with it.
-		dir, err := os.MkdirTemp(filepath.Dir(hotpatchBin), "plugins-")
-		require.NoError(t, err)
-		pluginBuilds.dir, pluginBuilds.done = dir, map[string]string{}
-	}
-	if out, ok := pluginBuilds.done[name]; ok {
-		return out
-	}
-	out := filepath.Join(pluginBuilds.dir, name)
-	args := append([]string{"build", "-o", out}, flags...)
-	cmd := exec.Command("go", append(args, ".")...)
-	cmd.Dir = pkg
-	if !filepath.IsAbs(pkg) {
-		cmd.Dir = fixture.Source(pkg)
-	}
-	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=1"), env...)
-	b, err := cmd.CombinedOutput()
-	require.NoError(t, err, "go %s in %s:\n%s", strings.Join(args, " "), cmd.Dir, b)
-	pluginBuilds.done[name] = out
-	return out
+	return fixture.BuildGoPackage(t, pkg, env, flags...)
 }
 
 var (
@@ -258,8 +248,8 @@ func TestPluginUsage(t *testing.T) {
 // request fails.
 func TestPluginApplyUnderLoad(t *testing.T) {
 	needPluginTools(t)
-	svc := startService(t, buildPlugin(t, "example-service", "examples/pluginfix/service", nil, trimpath...))
-	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	svc := startService(t, buildPlugin(t, "examples/pluginfix/service", nil, trimpath...))
+	fix := buildPlugin(t, "examples/pluginfix/fix", nil, asPlugin...)
 	const path = "/greet?name=Ada"
 	require.Equal(t, "Helo, Ada!", svc.mustGet(t, path))
 
@@ -296,7 +286,7 @@ func TestPluginApplyUnderLoad(t *testing.T) {
 
 // testSvc builds and starts the agent tests' service.
 func testSvc(t *testing.T) *service {
-	return startService(t, buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...))
+	return startService(t, buildPlugin(t, "patch/agent/testdata/svc", nil, trimpath...))
 }
 
 // TestPluginWrapAndByValue: a fix that wraps the original (it calls the
@@ -312,7 +302,7 @@ func TestPluginWrapAndByValue(t *testing.T) {
 		{"bytype", "/shout?name=Ada", "ada", "ADA"},
 	} {
 		t.Run(tt.plugin, func(t *testing.T) {
-			so := buildPlugin(t, tt.plugin+".so", "patch/agent/testdata/"+tt.plugin, nil, asPlugin...)
+			so := buildPlugin(t, "patch/agent/testdata/"+tt.plugin, nil, asPlugin...)
 			require.Equal(t, tt.before, svc.mustGet(t, tt.path))
 			res, errOut, code := applyPluginJSON(t, svc.pid, so)
 			require.Equal(t, 0, code, errOut)
@@ -330,8 +320,8 @@ func TestPluginWrapAndByValue(t *testing.T) {
 // the new code meanwhile, and the apply returns once it left.
 func TestPluginParked(t *testing.T) {
 	needPluginTools(t)
-	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
-	const slow, fast = "/greet?name=Slow&wait=3s", "/greet?name=Ada"
+	fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	slow, fast := "/greet?name=Slow&wait="+slowed(3*time.Second).String(), "/greet?name=Ada"
 
 	t.Run("stop", func(t *testing.T) {
 		svc := testSvc(t)
@@ -359,12 +349,12 @@ func TestPluginParked(t *testing.T) {
 		applied := make(chan outcome, 1)
 		start := time.Now()
 		go func() {
-			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", "10s", "--json")
+			out, errOut, code := hp(t, "apply", "--pid", fmt.Sprint(svc.pid), "--plugin", fix, "--mode", "gradual", "--timeout", slowed(10*time.Second).String(), "--json")
 			applied <- outcome{out, errOut, code, time.Now()}
 		}()
 		// While the slow request is parked in the old code, new requests
 		// run the new code.
-		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, 2*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, slowed(2*time.Second), 20*time.Millisecond)
 		select {
 		case o := <-applied:
 			t.Fatalf("the apply returned while a goroutine was still on the old code: %+v", o)
@@ -384,56 +374,34 @@ func TestPluginParked(t *testing.T) {
 func TestPluginErrors(t *testing.T) {
 	needPluginTools(t)
 	svc := testSvc(t)
-	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	require.NoError(t, err)
-	// A plugin of its own module that replaces golang.org/x/sys (which
-	// the service has at v0.49.0) by a local copy of it.
-	othermod := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(othermod, "go.mod"), []byte(fmt.Sprintf(
-		"module example.com/othermod\n\ngo 1.26.0\n\nrequire golang.org/x/sys v0.49.0\n\nreplace golang.org/x/sys => %s/golang.org/x/sys@v0.49.0\n",
-		strings.TrimSpace(string(modcache)))), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(othermod, "main.go"), []byte(
-		"package main\n\nimport \"golang.org/x/sys/unix\"\n\nvar Hotpatch = unix.Getpid\n\nfunc main() {}\n"), 0o644))
-
-	// The same build information, another source of package greet (an
-	// overlay of greet.go): only the package fingerprints tell.
-	greetSrc := fixture.Source("patch/agent/testdata/svc/greet/greet.go")
-	b, err := os.ReadFile(greetSrc)
-	require.NoError(t, err)
-	overlay := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(overlay, "greet.go"), []byte(strings.Replace(string(b), "strings.ToLower(name)", `strings.ToLower(name) + "!"`, 1)), 0o644))
-	ov, err := json.Marshal(map[string]any{"Replace": map[string]string{greetSrc: filepath.Join(overlay, "greet.go")}})
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(overlay, "overlay.json"), ov, 0o644))
-
 	tests := []struct {
 		name, code string
 		plugin     func(t *testing.T) string
 		want       []string
 	}{
 		{"other package source", "package", func(t *testing.T) string {
-			return buildPlugin(t, "bytype-overlay.so", "patch/agent/testdata/bytype", nil, append(asPlugin, "-overlay", filepath.Join(overlay, "overlay.json"))...)
+			return buildPlugin(t, "patch/agent/testdata/bytype", nil, append(asPlugin, "-overlay", fixture.Source("patch/agent/testdata/greetoverlay/overlay.json"))...)
 		}, []string{"patch/agent/testdata/svc/greet", "fingerprint"}},
 		{"signature", "signature", func(t *testing.T) string {
-			return buildPlugin(t, "sigfix.so", "patch/agent/testdata/sigfix", nil, asPlugin...)
+			return buildPlugin(t, "patch/agent/testdata/sigfix", nil, asPlugin...)
 		}, []string{"main.greeting(string, time.Duration) string", "sigfix.greeting(string) string", "the plugin's fix"}},
 		{"unknown name", "unknown_symbol", func(t *testing.T) string {
-			return buildPlugin(t, "unknownfix.so", "patch/agent/testdata/unknownfix", nil, asPlugin...)
+			return buildPlugin(t, "patch/agent/testdata/unknownfix", nil, asPlugin...)
 		}, []string{"main.greetingg", "main.greeting"}},
 		{"no manifest", "manifest", func(t *testing.T) string {
-			return buildPlugin(t, "nomanifest.so", "patch/agent/testdata/nomanifest", nil, asPlugin...)
+			return buildPlugin(t, "patch/agent/testdata/nomanifest", nil, asPlugin...)
 		}, []string{"exports no variable Hotpatch"}},
 		{"other toolchain", "toolchain", func(t *testing.T) string {
-			return buildPlugin(t, "oldgo.so", fixture.Source("patch/agent/testdata/oldgo"), []string{"GOTOOLCHAIN=go1.25.14"}, asPlugin...)
-		}, []string{"go1.25.14", runtimeVersion(t)}},
+			return buildPlugin(t, "patch/agent/testdata/oldgo", []string{"GOTOOLCHAIN=go1.25.14"}, asPlugin...)
+		}, []string{"go1.25.14", runtime.Version()}},
 		{"other module version", "module_version", func(t *testing.T) string {
-			return buildPlugin(t, "othermod.so", othermod, []string{"GOFLAGS=-mod=mod"}, asPlugin...)
+			return buildPlugin(t, "patch/agent/testdata/othermod", nil, asPlugin...)
 		}, []string{"golang.org/x/sys", "v0.49.0"}},
 		{"no -trimpath", "build_setting", func(t *testing.T) string {
-			return buildPlugin(t, "notrim.so", "examples/pluginfix/fix", nil, "-buildmode=plugin")
+			return buildPlugin(t, "examples/pluginfix/fix", nil, "-buildmode=plugin")
 		}, []string{"-trimpath"}},
 		{"not a plugin", "not_plugin", func(t *testing.T) string {
-			return buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
+			return buildPlugin(t, "patch/agent/testdata/svc", nil, trimpath...)
 		}, []string{"-buildmode=exe"}},
 	}
 	for _, tt := range tests {
@@ -448,7 +416,7 @@ func TestPluginErrors(t *testing.T) {
 		})
 	}
 	t.Run("loaded twice", func(t *testing.T) {
-		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
 		res, errOut, code := applyPluginJSON(t, svc.pid, fix)
 		require.Equal(t, 0, code, errOut)
 		_, errOut, code = hp(t, "revert", "--pid", fmt.Sprint(svc.pid), "--id", res.ID)
@@ -459,8 +427,8 @@ func TestPluginErrors(t *testing.T) {
 		require.Equal(t, "Helo, Ada!", svc.mustGet(t, "/greet?name=Ada"))
 	})
 	t.Run("no cgo", func(t *testing.T) {
-		nocgo := startService(t, buildPlugin(t, "svc-nocgo", "patch/agent/testdata/svc", []string{"CGO_ENABLED=0"}, trimpath...))
-		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		nocgo := startService(t, buildPlugin(t, "patch/agent/testdata/svc", []string{"CGO_ENABLED=0"}, trimpath...))
+		fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
 		res, errOut, code := applyPluginJSON(t, nocgo.pid, fix)
 		require.Equal(t, 1, code, errOut)
 		require.Equal(t, "no_cgo", res.Code, res.Error)
@@ -469,19 +437,12 @@ func TestPluginErrors(t *testing.T) {
 	})
 	t.Run("no agent", func(t *testing.T) {
 		p := fixture.Start(t, fixture.BuildGo(t, "gotasks", ""))
-		fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+		fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
 		res, errOut, code := applyPluginJSON(t, p.Pid, fix)
 		require.Equal(t, 1, code, errOut)
 		require.Equal(t, "no_agent", res.Code, res.Error)
 		require.Contains(t, errOut, "agent.Start")
 	})
-}
-
-// runtimeVersion is the go toolchain's release ("go1.26.8").
-func runtimeVersion(t *testing.T) string {
-	out, err := exec.Command("go", "env", "GOVERSION").Output()
-	require.NoError(t, err)
-	return strings.TrimSpace(string(out))
 }
 
 // TestPluginTransitionResume: a gradual plugin apply streams its progress
@@ -491,10 +452,10 @@ func runtimeVersion(t *testing.T) string {
 func TestPluginTransitionResume(t *testing.T) {
 	needPluginTools(t)
 	svc := testSvc(t)
-	fix := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
 	pid := fmt.Sprint(svc.pid)
 	done := make(chan string, 1)
-	go func() { b, _ := svc.get("/greet?name=Slow&wait=4s"); done <- b }()
+	go func() { b, _ := svc.get("/greet?name=Slow&wait=" + slowed(4*time.Second).String()); done <- b }()
 	time.Sleep(300 * time.Millisecond)
 
 	out, errOut, code := hp(t, "apply", "--pid", pid, "--plugin", fix, "--mode", "gradual", "--timeout", "700ms", "--on-timeout", "stay", "--json")
@@ -525,7 +486,7 @@ func TestPluginTransitionResume(t *testing.T) {
 	require.Regexp(t, last.ID+`\s+transition\s+1\s`, out)
 	require.Regexp(t, `(?m)^  goroutine \d+$`, out)
 
-	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", "10s")
+	out, errOut, code = hp(t, "apply", "--pid", pid, "--resume", "--id", last.ID, "--timeout", slowed(10*time.Second).String())
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
 	require.Equal(t, "Helo, Slow!", <-done, "the parked request kept the old code")
 	out, errOut, code = hp(t, "status", "--pid", pid)
@@ -538,7 +499,7 @@ func TestPluginTransitionResume(t *testing.T) {
 // idle service; go test -v prints them.
 func TestPluginPause(t *testing.T) {
 	needPluginTools(t)
-	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	fix := buildPlugin(t, "examples/pluginfix/fix", nil, asPlugin...)
 	const runs = 3
 	var cli, plug []int64
 	for i := 0; i < runs; i++ {
@@ -575,8 +536,8 @@ func TestPluginNamespaces(t *testing.T) {
 	if err != nil || os.Getuid() != 0 {
 		t.Skip("needs root and unshare (util-linux) to run the service in its own namespaces")
 	}
-	bin := buildPlugin(t, "svc", "patch/agent/testdata/svc", nil, trimpath...)
-	fix := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	bin := buildPlugin(t, "patch/agent/testdata/svc", nil, trimpath...)
+	fix := buildPlugin(t, "examples/pluginfix/fix", nil, asPlugin...)
 	dir := fmt.Sprintf("/tmp/hotpatch-agent-%d", os.Getuid())
 	require.NoError(t, os.MkdirAll(dir, 0o700))
 	// A private tmpfs over the agents' directory, seen by the service only.
@@ -621,8 +582,8 @@ func TestPluginNamespaces(t *testing.T) {
 func TestPluginSupersede(t *testing.T) {
 	needPluginTools(t)
 	svc := testSvc(t)
-	v1 := buildPlugin(t, "wrapfix.so", "patch/agent/testdata/wrapfix", nil, asPlugin...)
-	v2 := buildPlugin(t, "example-fix.so", "examples/pluginfix/fix", nil, asPlugin...)
+	v1 := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
+	v2 := buildPlugin(t, "examples/pluginfix/fix", nil, asPlugin...)
 	const path = "/greet?name=Ada"
 	const original, fixV1, fixV2 = "Helo, Ada!", "Hello, Ada! (wrapped)", "Hello, Ada!"
 	require.Equal(t, original, svc.mustGet(t, path))

@@ -63,19 +63,24 @@ var Packages = []Package{
 		SkipWhy: "compiles C with the aarch64 cross gcc, which the VM has not; it runs on the host (make test-arm64-user)"},
 	{Path: "internal/execmem"},
 	// The CLI, run as its own process against live targets, and the demo.
-	{Path: "examples/hotpatch"},
+	// Its Go plugin tests apply prebuilt plugins, seconds each under TCG.
+	{Path: "examples/hotpatch", Timeout: 10 * time.Minute},
 	// Process-level patches of the C and Go services on arm64.
 	// Every test of the package; Example compiles its target with gcc.
 	{Path: "patch", Skip: "^Example$", SkipWhy: "compiles its target with gcc, which the VM has not (the tests run the same patch on prebuilt fixtures)", Timeout: 15 * time.Minute},
 	// Tests that patch themselves through the self-patch helper.
 	{Path: "patch/patchtest"},
+	// The in-process agent that applies Go plugins (its socket, peer
+	// check and build-information checks; the plugins themselves are
+	// applied by examples/hotpatch's TestPlugin* tests).
+	{Path: "patch/agent"},
 }
 
 const marker = "@@hotpatch-vm"
 
 var (
 	keep    = flag.Bool("keep", false, "keep the work directory")
-	timeout = flag.Duration("timeout", 18*time.Minute, "hard limit on the VM's run time (a full lane takes about 6.5 minutes on 2 quiet cores, twice that when they are shared)")
+	timeout = flag.Duration("timeout", 25*time.Minute, "hard limit on the VM's run time (a full lane took about 6.5 minutes on 2 quiet cores before the Go plugin tests, which add about 5; twice that when the cores are shared)")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
 	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
 )

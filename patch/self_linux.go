@@ -232,6 +232,11 @@ func runHelper(v string) int {
 				progress = func(p Progress) { enc.Encode(selfResponse{Pid: os.Getpid(), Progress: &p}) }
 			}
 			resp := serveSelf(&tgt, ppid, req, progress)
+			if req.forOperator() {
+				// The operator's next step (status, revert) is another
+				// tool, which would wait for the process's lock.
+				tgt.idle()
+			}
 			if err := enc.Encode(resp); err != nil {
 				return 0
 			}
@@ -246,6 +251,17 @@ func runHelper(v string) int {
 var selfIdle = 5 * time.Second
 
 const selfIdleEnv = "HOTPATCH_SELF_IDLE"
+
+// forOperator reports whether req applies a plugin the agent received from
+// an operator's hotpatch (whose next command is another process).
+func (req selfRequest) forOperator() bool {
+	for _, r := range req.Reps {
+		if r.Plugin {
+			return true
+		}
+	}
+	return false
+}
 
 func serveSelf(st *selfTarget, ppid int, req selfRequest, progress func(Progress)) selfResponse {
 	resp := selfResponse{Pid: os.Getpid()}

@@ -120,6 +120,9 @@ bench: deps
 	$(GO) run ./internal/benchreport -out docs $$dir/pause.txt $$dir/dispatch.txt $$dir/restart.txt
 	@echo "wrote docs/performance.md and docs/pause.svg"
 	$(MAKE) --no-print-directory bench-gomonkey
+	@# The apply pause of a Go plugin through the agent next to the CLI's
+	@# stop mode, on the same service.
+	$(GO) test ./examples/hotpatch -run '^$$' -bench '^BenchmarkPluginPause$$' -benchtime 5x -count 1
 
 # bench-gomonkey measures, side by side in one run, an in-process
 # apply+revert and a call through a patch with hotpatch and with gomonkey

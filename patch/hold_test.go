@@ -5,6 +5,7 @@ package patch_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -26,6 +27,13 @@ func TestSignalsWhileHeld(t *testing.T) {
 	p := fixture.Start(t, fixture.BuildC(t, "cservice", "-O2")) // 4 sleepers, a reader
 	p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
 	tg := attach(t, p.Pid)
+	// Under the arm64 VM's emulation every signal costs a ptrace stop
+	// hundreds of times slower: fewer cycles, a slower sender (the same
+	// paths run).
+	cycles, gap := 200, 20*time.Microsecond
+	if os.Getenv("HOTPATCH_VM") != "" {
+		cycles, gap = 20, 500*time.Microsecond
+	}
 	stop, sent := make(chan struct{}), make(chan int)
 	go func() {
 		n := 0
@@ -39,10 +47,10 @@ func TestSignalsWhileHeld(t *testing.T) {
 			if unix.Kill(p.Pid, rtsig) == nil {
 				n++
 			}
-			time.Sleep(20 * time.Microsecond)
+			time.Sleep(gap)
 		}
 	}()
-	for i := 0; i < 200; i++ {
+	for i := 0; i < cycles; i++ {
 		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: "compute", New: "compute_fixed"}}, patch.ApplyOptions{})
 		require.NoError(t, err, "apply %d", i)
 		_, err = tg.Revert(context.Background(), res.ID, patch.ApplyOptions{})

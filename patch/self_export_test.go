@@ -22,3 +22,6 @@ func StopSelfHelper() {
 		self.h = nil
 	}
 }
+
+// DonatePadding maps the donated page now (the helper's start does it).
+func DonatePadding() { donatePadding() }

@@ -404,6 +404,7 @@ func (h *helper) call(req selfRequest, progress func(Progress)) (selfResponse, e
 
 // startHelper starts the helper and checks that it answers as one.
 func startHelper() (*helper, error) {
+	donatePadding()
 	fail := func(err error, hint string) (*helper, error) {
 		return nil, &Error{Op: "self", Pid: os.Getpid(), Err: fmt.Errorf("%w: %w", ErrSelfHelper, err), Hint: hint}
 	}

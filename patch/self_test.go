@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/patch"
 	"github.com/hotpatch-dev/hotpatch/patch/internal/selffix"
 )
@@ -517,4 +518,46 @@ func TestFuncUnderYama(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	require.Contains(t, string(out), "patched answer 2", "%s", out)
 	require.Contains(t, string(out), "reverted answer 1", "%s", out)
+}
+
+// TestDonatedPadding: where a system call stub must lie near the thread's
+// pc (arm64), the self-patching program maps a page for the stubs within
+// reach of its whole text, starting with tracee.DonatedPadMagic, read-only
+// and executable; elsewhere it maps none.
+func TestDonatedPadding(t *testing.T) {
+	patch.DonatePadding()
+	maps, err := os.ReadFile("/proc/self/maps")
+	require.NoError(t, err)
+	exe, err := os.Readlink("/proc/self/exe")
+	require.NoError(t, err)
+	var textLo, textHi, padAt uint64
+	for _, l := range strings.Split(string(maps), "\n") {
+		fs := strings.Fields(l)
+		if len(fs) < 5 {
+			continue
+		}
+		var lo, hi uint64
+		fmt.Sscanf(fs[0], "%x-%x", &lo, &hi)
+		switch {
+		case len(fs) >= 6 && fs[5] == exe && strings.Contains(fs[1], "x"):
+			textLo, textHi = lo, hi
+		case len(fs) == 5 && fs[1] == "r-xp" && hi-lo == 64<<10:
+			b := make([]byte, len(tracee.DonatedPadMagic))
+			f, err := os.Open("/proc/self/mem")
+			require.NoError(t, err)
+			f.ReadAt(b, int64(lo))
+			f.Close()
+			if string(b) == tracee.DonatedPadMagic {
+				padAt = lo
+			}
+		}
+	}
+	require.NotZero(t, textLo, "the program's text mapping")
+	if tracee.StubReach == 0 {
+		require.Zero(t, padAt, "no page where any padding will do")
+		return
+	}
+	require.NotZero(t, padAt, "a donated page:\n%s", maps)
+	far := max(padAt+64<<10, textHi) - min(padAt, textLo)
+	require.Less(t, far, uint64(tracee.StubReach), "within reach of the whole text")
 }

@@ -231,6 +231,7 @@ func (p *Process) findPads(maps []mapping, size uint64) []pad {
 			}
 		}
 	}
+	out = append(out, p.donatedPads(maps, size)...)
 	for i := 1; i < len(out); i++ { // stable insertion sort by rank
 		for j := i; j > 0 && out[j].rank < out[j-1].rank; j-- {
 			out[j], out[j-1] = out[j-1], out[j]
@@ -408,6 +409,33 @@ func (p *Process) padOriginal(maps []mapping, pd pad) []byte {
 	// Past the end of the file, the page is zero.
 	if _, err := f.ReadAt(out, int64(m.off+pd.addr-m.start)); err != nil && !errors.Is(err, io.EOF) {
 		return nil
+	}
+	return out
+}
+
+// DonatedPadMagic starts a page a process maps for our system call stubs
+// (a private anonymous executable mapping; not "HOTPATCH", which starts a
+// patch record): a self-patching Go program on
+// arm64, whose text may have too little padding within a branch's reach of
+// its threads' pcs. The stubs go after its first DonatedPadHeader bytes.
+const (
+	DonatedPadMagic  = "HPSTUBPADDING\x00\x00\x00"
+	DonatedPadHeader = 64
+)
+
+// donatedPads returns the pages the process donated (DonatedPadMagic),
+// ranked with the executable's own padding.
+func (p *Process) donatedPads(maps []mapping, size uint64) []pad {
+	var out []pad
+	for _, m := range maps {
+		if m.path != "" || len(m.perms) < 4 || m.perms[2] != 'x' || m.perms[3] != 'p' || m.end-m.start < DonatedPadHeader+size {
+			continue
+		}
+		var magic [len(DonatedPadMagic)]byte
+		if n, _ := p.readMem(magic[:], m.start); n != len(magic) || string(magic[:]) != DonatedPadMagic {
+			continue
+		}
+		out = append(out, pad{addr: m.start + DonatedPadHeader, size: m.end - m.start - DonatedPadHeader, rank: 0})
 	}
 	return out
 }

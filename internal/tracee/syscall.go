@@ -36,6 +36,10 @@ func (p *Process) syscallOn(tid int, name string, nr uint64, args ...uint64) (ui
 	return res, err
 }
 
+// StubReach is how far from a thread's pc its system call stub may lie
+// (0: anywhere).
+const StubReach = stubReach
+
 // ErrNoPadding is returned when no unused executable bytes are within
 // reach of the borrowed thread for a system call stub.
 var ErrNoPadding = errors.New("no padding for a system call stub")

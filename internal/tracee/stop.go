@@ -114,7 +114,12 @@ func (p *Process) seizeThread(tid, opts int) (gone bool, err error) {
 		case 0, 'Z', 'X', 'x':
 			return true, nil
 		}
-		if tr := taskTracer(p.pid, tid); tr != 0 {
+		if tr := taskTracer(p.pid, tid); tr == p.tid {
+			// Ours already: the kernel attached it when a thread we
+			// seized with PTRACE_O_TRACECLONE created it.
+			p.threads[tid] = &thread{tid: tid}
+			return false, nil
+		} else if tr != 0 {
 			return false, &PermissionError{Pid: p.pid, Reason: fmt.Sprintf("already traced by pid %d", tr), Err: err,
 				Hint: "detach the other tracer (gdb, strace, another hotpatch) first"}
 		}

@@ -114,11 +114,22 @@ func (p *Process) borrow(tid int, sleeper bool, f func(t *thread) error) error {
 	case tid != 0:
 		return fmt.Errorf("tracee: pid %d thread %d: %w", p.pid, tid, ErrNotStopped)
 	case p.held:
-		// Held threads are ours already: stop them all for the call.
+		// Held threads are ours already: stop them all for the call, on
+		// the thread stopOne would choose: with sleeper, one blocked in a
+		// system call (in a C program: in libc, whose padding a stub
+		// needs within a branch's reach on arm64; the first thread may be
+		// busy in an executable with too little).
+		pick := 0
+		if sleeper {
+			pick = p.sleeping()
+		}
 		if err := p.stopAll(); err != nil {
 			return err
 		}
-		err := p.borrow(0, sleeper, f)
+		if pick != 0 && (p.threads[pick] == nil || !p.threads[pick].stopped) {
+			pick = 0
+		}
+		err := p.borrow(pick, sleeper, f)
 		if rerr := p.resumeAll(); err == nil {
 			err = rerr
 		}
@@ -481,4 +492,15 @@ func (p *Process) Borrow(tid int, f func(*Thread) error) error {
 	return p.do(func() error {
 		return p.borrow(tid, true, func(t *thread) error { return f(&Thread{p, t}) })
 	})
+}
+
+// sleeping returns a thread of the process blocked in the kernel (state
+// S), the leader first, or 0.
+func (p *Process) sleeping() int {
+	for _, tid := range p.order {
+		if p.threads[tid] != nil && taskState(p.pid, tid) == 'S' {
+			return tid
+		}
+	}
+	return 0
 }

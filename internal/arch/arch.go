@@ -43,6 +43,10 @@ type Arch struct {
 	RelativeReloc uint32
 	// regNames are the registers' names by DWARF number.
 	regNames []string
+	// CompareWords is the machine code of a routine that compares lists of
+	// words of a stopped process with what they held before (see
+	// compare.go), run in the target by tracee.Routine.
+	CompareWords []byte
 	// fillerRun is FillerRun for this architecture.
 	fillerRun func([]byte) int
 }
@@ -56,7 +60,8 @@ var AMD64 = &Arch{
 	RelativeReloc: uint32(elf.R_X86_64_RELATIVE),
 	regNames: []string{"rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
 		"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip"},
-	fillerRun: fillerRunAMD64,
+	fillerRun:    fillerRunAMD64,
+	CompareWords: compareAMD64,
 }
 
 // ARM64 is AArch64 (DWARF for AArch64: x0-x30 are 0-30, sp is 31).
@@ -69,6 +74,7 @@ var ARM64 = &Arch{
 	RelativeReloc: uint32(elf.R_AARCH64_RELATIVE),
 	regNames:      arm64RegNames(),
 	fillerRun:     fillerRunARM64,
+	CompareWords:  compareARM64,
 }
 
 func arm64RegNames() []string {

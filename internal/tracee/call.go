@@ -16,6 +16,16 @@ var ErrCallCrashed = errors.New("remote call crashed")
 // registers); nothing was changed in the target.
 var ErrCallThreadState = errors.New("thread state cannot be carried through a remote call")
 
+// ErrCallRanOn is returned by a call made in a stop (Routine.Run) whose
+// thread ran some of its own code after the call, before the tracer stopped
+// it again (the tracer was too slow for the stub's spin): what the call
+// computed may no longer describe the target.
+var ErrCallRanOn = errors.New("tracee: the borrowed thread ran its own code after the call")
+
+// spinCount is how many times a spinning return stub loops (about 0.1 s)
+// waiting for the tracer to stop it before it restores the thread itself.
+const spinCount = 1 << 28
+
 // CallError is a function called in the target that died of a signal (a
 // fault, or abort). The thread's registers were restored and the signal
 // was not delivered, so the target keeps running; but whatever the function
@@ -242,33 +252,55 @@ func (s *callState) restore(tid int) error {
 // records it, so that a tracer killed during the call or right after it
 // loses nothing (a library handle, say).
 func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint64) (uint64, error) {
+	return p.runCallAt(t, name, fn, store, args, nil)
+}
+
+// callPages is memory mapped beforehand for a remote call (a Routine's):
+// the return stub goes at code, the call's data at data (dataSize bytes),
+// and the callee runs on its own stack below stackTop rather than below the
+// thread's stack pointer. Its stub spins (returnStub) and the call fails
+// with ErrCallRanOn if the thread ran its own code before the tracer
+// stopped it again.
+type callPages struct {
+	code, data, dataSize, stackTop uint64
+}
+
+func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uint64, at *callPages) (uint64, error) {
 	s, err := p.saveCall(t)
 	if err != nil {
 		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, err)
 	}
 	data := ctxData(s)
-	dataSize := (uint64(len(data)) + ScratchFooterSize + pageSize - 1) &^ (pageSize - 1)
-	// Scratch: a tool killed before it unmaps them leaves pages a later
-	// one finds (and removes once no task runs in them).
-	dataAddr, err := p.mmapScratch(t, dataSize, ProtRead|ProtWrite)
-	if err != nil {
-		return 0, err
+	var dataAddr, codeAddr uint64
+	free := func() {}
+	sp := s.regs.SP()
+	if at != nil {
+		if uint64(len(data)) > at.dataSize {
+			return 0, fmt.Errorf("tracee: remote call of %s: the thread's state (%d bytes) does not fit in %d", name, len(data), at.dataSize)
+		}
+		dataAddr, codeAddr, sp = at.data, at.code, at.stackTop
+	} else {
+		dataSize := (uint64(len(data)) + ScratchFooterSize + pageSize - 1) &^ (pageSize - 1)
+		// Scratch: a tool killed before it unmaps them leaves pages a later
+		// one finds (and removes once no task runs in them).
+		if dataAddr, err = p.mmapScratch(t, dataSize, ProtRead|ProtWrite); err != nil {
+			return 0, err
+		}
+		step("call:data-mapped")
+		if codeAddr, err = p.mmapScratch(t, pageSize, ProtRead|ProtExec); err != nil {
+			p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
+			return 0, err
+		}
+		free = func() {
+			// The thread is stopped outside the stub: nothing uses the pages.
+			p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
+			p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
+		}
 	}
-	step("call:data-mapped")
-	codeAddr, err := p.mmapScratch(t, pageSize, ProtRead|ProtExec)
-	if err != nil {
-		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
-		return 0, err
-	}
-	stub := returnStub(dataAddr, store, s)
-	free := func() {
-		// The thread is stopped outside the stub: nothing uses the pages.
-		p.runSyscallErr(t, "munmap", sysMunmap, codeAddr, pageSize)
-		p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
-	}
+	stub := returnStub(dataAddr, store, s, at != nil)
 	// The callee's stack and what the ABI wants on it (x86-64: the return
 	// address; arm64: nothing, the return address goes in x30).
-	sp, push := callStack(s.regs.SP(), codeAddr)
+	sp, push := callStack(sp, codeAddr)
 	err = p.writeMem(dataAddr, data)
 	if err == nil {
 		err = p.writeMem(codeAddr, stub)
@@ -287,7 +319,7 @@ func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint6
 		return 0, p.threadErr(t.tid, "set registers", err)
 	}
 	step("call:set-up")
-	res, cerr := p.waitCall(t, name, fn, s, dataAddr, codeAddr, uint64(len(stub)))
+	res, cerr := p.waitCall(t, name, fn, s, dataAddr, codeAddr, uint64(len(stub)), at != nil)
 	step("call:returned")
 	if p.threads[t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
@@ -315,12 +347,20 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 // stopped again outside the stub, holding the signals that arrive
 // meanwhile. If the called code crashes, it restores s through ptrace and
 // returns a *CallError.
-func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64) (uint64, error) {
+//
+// With spin (a spinning stub, callPages), the call is over once the stub
+// sets its spinning flag, and a thread stopped outside the stub ran its own
+// code meanwhile: ErrCallRanOn.
+func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, spin bool) (uint64, error) {
 	if err := cont(t.tid, 0); err != nil {
 		return 0, p.threadErr(t.tid, "continue", err)
 	}
 	var result [16]byte
 	done := false
+	maxBackoff := 500 * time.Microsecond
+	if spin {
+		maxBackoff = 20 * time.Microsecond // the thread spins until we stop it
+	}
 	interrupted := false
 	backoff := 10 * time.Microsecond
 	for {
@@ -335,7 +375,7 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		if tid != t.tid {
 			// No event yet: is the call done?
 			if !done {
-				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxDone] == 1 {
+				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && (result[ctxDone] == 1 || spin && result[ctxSpinning] == 1) {
 					done = true
 					backoff = 10 * time.Microsecond
 				}
@@ -348,7 +388,7 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 				continue
 			}
 			time.Sleep(backoff)
-			backoff = min(2*backoff, 500*time.Microsecond)
+			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
 		if ws.Exited() || ws.Signaled() {
@@ -380,6 +420,9 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 					return 0, p.threadErr(t.tid, "leave the return stub", err)
 				}
 				return binaryLE(result[ctxResult:]), nil
+			}
+			if spin {
+				return binaryLE(result[ctxResult:]), fmt.Errorf("tracee: remote call of %s on thread %d: %w", name, t.tid, ErrCallRanOn)
 			}
 			return binaryLE(result[ctxResult:]), nil
 		}

@@ -96,11 +96,12 @@ func (p *Process) archPrepare(t *thread, s *callState) error { return nil }
 
 // Layout of a remote call's data page (see returnStub).
 const (
-	ctxResult = 0   // the call's rax
-	ctxDone   = 8   // set to 1 once the thread restored itself
-	ctxFlags  = 16  // rflags
-	ctxGP     = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
-	ctxFP     = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
+	ctxResult   = 0   // the call's rax
+	ctxDone     = 8   // set to 1 once the thread restored itself
+	ctxSpinning = 9   // set to 1 once a spinning stub waits for the tracer
+	ctxFlags    = 16  // rflags
+	ctxGP       = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
+	ctxFP       = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
 )
 
 // ctxData is the data page of a remote call that returns to s.resume with
@@ -128,7 +129,13 @@ func ctxData(s *callState) []byte {
 // interrupted pc. It touches no memory but its own pages, the call's
 // stack (below the red zone) and store; the interrupted state is restored without the
 // tracer, so a tracer killed during the call leaves a target that runs on.
-func returnStub(data, store uint64, s *callState) []byte {
+//
+// With spin, the stub first sets the spinning flag and counts down
+// spinCount before it restores anything: a tracer that stops it there
+// restores the thread through ptrace, so that the thread runs none of its
+// own code between the call and the tracer's stop (CallInStop); a tracer
+// gone or too slow only delays it.
+func returnStub(data, store uint64, s *callState, spin bool) []byte {
 	pc, xsave := s.resume.PC(), s.fp.typ == fpRegSet
 	var c []byte
 	d32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
@@ -145,6 +152,14 @@ func returnStub(data, store uint64, s *callState) []byte {
 	}
 	c = append(c, 0x49, 0x89, 0x83) // mov [r11+result], rax
 	c = append(c, d32(ctxResult)...)
+	if spin {
+		c = append(c, 0x41, 0xc6, 0x83) // mov byte [r11+spinning], 1
+		c = append(c, d32(ctxSpinning)...)
+		c = append(c, 1)
+		c = append(c, 0xb9) // mov ecx, spinCount (restored below)
+		c = append(c, d32(spinCount)...)
+		c = append(c, 0xff, 0xc9, 0x75, 0xfc) // 1: dec ecx; jnz 1b (rflags restored below)
+	}
 	c = append(c, 0xb8, 0xff, 0xff, 0xff, 0xff) // mov eax, -1
 	c = append(c, 0xba, 0xff, 0xff, 0xff, 0xff) // mov edx, -1
 	if xsave {

@@ -153,9 +153,10 @@ func (p *Process) archPrepare(t *thread, s *callState) error {
 // (only possible once the tracer is gone: it holds signals during a call)
 // has the 16 KiB below it as its stack.
 const (
-	ctxResult = 0 // the call's x0
-	ctxDone   = 8 // set to 1 once the stub no longer needs the call's state
-	ctxFrame  = 0x4000
+	ctxResult   = 0 // the call's x0
+	ctxDone     = 8 // set to 1 once the stub no longer needs the call's state
+	ctxSpinning = 9 // set to 1 once a spinning stub waits for the tracer
+	ctxFrame    = 0x4000
 )
 
 // struct rt_sigframe { siginfo_t info; struct ucontext uc; } of
@@ -224,6 +225,9 @@ func a64Movk(rd, imm, hw uint32) uint32 { return 0xf2800000 | hw<<21 | imm<<5 | 
 // a64Str is STR Xt, [Xn, #off] (off a multiple of 8 below 32 KiB).
 func a64Str(rt, rn, off uint32) uint32 { return 0xf9000000 | (off/8)<<10 | rn<<5 | rt }
 
+// a64Strb is STRB Wt, [Xn, #off] (off below 4096).
+func a64Strb(rt, rn, off uint32) uint32 { return 0x39000000 | off<<10 | rn<<5 | rt }
+
 // a64Add is ADD Xd|SP, Xn|SP, #imm12 {, LSL #12}.
 func a64Add(rd, rn, imm, lsl12 uint32) uint32 { return 0x91000000 | lsl12<<22 | imm<<10 | rn<<5 | rd }
 
@@ -256,15 +260,31 @@ func a64Mov64(rd uint32, v uint64) []uint32 {
 // puts it back through ptrace, restart block intact; without a tracer the
 // stub finishes the call and returns past the svc with its result, as the
 // thread itself would have.
-func returnStub(data, store uint64, s *callState) []byte {
+//
+// With spin, the stub sets the spinning flag once the result is stored and
+// counts x1 down from spinCount before anything else: a tracer that stops
+// it there restores the thread through ptrace (nothing of the thread's
+// state has been touched yet), so that the thread runs none of its own
+// code between the call and the tracer's stop (CallInStop); a tracer gone
+// or too slow only delays it.
+func returnStub(data, store uint64, s *callState, spin bool) []byte {
 	var w []uint32
 	if store != 0 {
 		w = append(w, a64Mov64(17, store)...)
 		w = append(w, a64Str(0, 17, 0))
 	}
 	w = append(w, a64Mov64(16, data)...)
+	w = append(w, a64Str(0, 16, ctxResult))
+	if spin {
+		w = append(w,
+			a64Movz(1, 1, 0),
+			a64Strb(1, 16, ctxSpinning),
+			a64Movz(1, spinCount>>16, 1),
+			0xf1000421, // 1: subs x1, x1, #1
+			0x54ffffe1, // b.ne 1b
+		)
+	}
 	w = append(w,
-		a64Str(0, 16, ctxResult),
 		a64Add(17, 16, ctxFrame>>12, 1),
 		a64Movz(0, 0, 0),
 		a64Add(1, 17, sfUcStack, 0),

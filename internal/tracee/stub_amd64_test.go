@@ -19,7 +19,7 @@ func TestReturnStubDecodes(t *testing.T) {
 		if !xsave {
 			s.fp.typ = fpRegSetFallback
 		}
-		code := returnStub(0x7f0000001000, 0, s)
+		code := returnStub(0x7f0000001000, 0, s, false)
 		ops := decodeStub(t, code)
 		fp := "xrstor64 ptr [r11+0xc0]"
 		if !xsave {

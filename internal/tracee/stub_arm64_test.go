@@ -21,7 +21,7 @@ func TestReturnStubDecodes(t *testing.T) {
 		store   uint64
 	}{{false, 0}, {true, 0}, {false, store}} {
 		restart := tc.restart
-		code := returnStub(data, tc.store, &callState{restart: restart})
+		code := returnStub(data, tc.store, &callState{restart: restart}, false)
 		var ops []string
 		for off := 0; off < len(code); off += 4 {
 			in, err := arm64asm.Decode(code[off:])

@@ -1,0 +1,113 @@
+package tracee
+
+import (
+	"encoding/binary"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
+)
+
+// hostArch is the architecture the tests' targets run on.
+func hostArch() *arch.Arch {
+	if runtime.GOARCH == "arm64" {
+		return arch.ARM64
+	}
+	return arch.AMD64
+}
+
+// TestRoutineCompare runs arch.CompareWords in a stopped C process through
+// a Routine: it compares words of its own data and of the target's code
+// with expected values, some equal and some not, and must report exactly
+// the groups that differ; every thread's registers are the same after the
+// run as before it (the borrowed one restored, none ran), the target runs
+// on, and Unmap leaves its maps as they were. A routine that faults is a
+// *CallError and the target runs on.
+func TestRoutineCompare(t *testing.T) {
+	c := startCall(t)
+	before, err := readMaps(c.Pid)
+	require.NoError(t, err)
+	r, err := c.p.MapRoutine(hostArch().CompareWords, 1<<20)
+	require.NoError(t, err)
+
+	le := binary.LittleEndian
+	const (
+		wordsAt  = 0
+		itemsAt  = 4096
+		expectAt = 8192
+		outAt    = 12288
+	)
+	own := make([]byte, 64*8)
+	for i := range 64 {
+		le.PutUint64(own[8*i:], uint64(i)*0x0101010101010101+7)
+	}
+	require.NoError(t, r.Write(wordsAt, own))
+	word := func(i int) uint64 { return le.Uint64(own[8*i:]) }
+	code := c.addr(t, "add6")
+	codeWords := make([]byte, 16)
+	_, err = c.p.ReadAt(codeWords, int64(code))
+	require.NoError(t, err)
+
+	var items, expect []uint64
+	item := func(addr uint64, want ...uint64) {
+		items = append(items, arch.CompareItem(addr, len(want)))
+		expect = append(expect, want...)
+	}
+	end := func() { items = append(items, 0) }
+	data := r.Data + wordsAt
+	// Group 0: equal. Group 1: one word of its second item differs.
+	// Group 2: the target's own code, equal. Group 3: its last word differs.
+	item(data, word(0), word(1), word(2))
+	end()
+	item(data+4*8, word(4))
+	item(data+5*8, word(5), word(6)^1<<40)
+	end()
+	item(code, le.Uint64(codeWords), le.Uint64(codeWords[8:]))
+	end()
+	item(data+63*8, word(63)+1)
+	end()
+	put := func(off uint64, ws []uint64) {
+		b := make([]byte, 8*len(ws))
+		for i, w := range ws {
+			le.PutUint64(b[8*i:], w)
+		}
+		require.NoError(t, r.Write(off, b))
+	}
+	put(itemsAt, items)
+	put(expectAt, expect)
+	require.NoError(t, r.Write(outAt, []byte{9, 9, 9, 9, 9}))
+
+	require.NoError(t, c.p.Stop())
+	regsBefore, err := c.p.AllRegs()
+	require.NoError(t, err)
+	changed, err := r.Run(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 4)
+	require.NoError(t, err)
+	regsAfter, err := c.p.AllRegs()
+	require.NoError(t, err)
+	require.Equal(t, regsBefore, regsAfter, "every thread as it was stopped")
+	out := make([]byte, 5)
+	_, err = c.p.ReadAt(out, int64(r.Data+outAt))
+	require.NoError(t, err)
+	require.NoError(t, c.p.Resume())
+	require.Equal(t, uint64(2), changed)
+	require.Equal(t, []byte{0, 1, 0, 1, 9}, out, "one flag per group, nothing written past them")
+
+	// A word it cannot read: the routine faults, the thread is put back.
+	put(itemsAt, []uint64{arch.CompareItem(0x1000, 1), 0})
+	require.NoError(t, c.p.Stop())
+	_, err = r.Run(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 1)
+	require.ErrorIs(t, err, ErrCallCrashed)
+	require.NoError(t, c.p.Resume())
+	c.healthy(t)
+
+	// Not stopped: refused.
+	_, err = r.Run(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 0)
+	require.ErrorIs(t, err, ErrNotStopped)
+
+	require.NoError(t, r.Unmap())
+	after, err := readMaps(c.Pid)
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+}

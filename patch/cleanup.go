@@ -72,7 +72,7 @@ func (t *Target) Leftovers() (_ []Leftover, err error) {
 	}
 	var out []Leftover
 	for _, m := range maps {
-		if (m.Path != "" && m.Path != "[anon:hotpatch]") || len(m.Perms) < 1 || m.Perms[0] != 'r' {
+		if !anonymous(m) || len(m.Perms) < 1 || m.Perms[0] != 'r' {
 			continue
 		}
 		hdr := make([]byte, len(mappedMagic)+8)

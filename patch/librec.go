@@ -141,7 +141,7 @@ func (t *Target) libRecords() ([]libRecord, error) {
 	}
 	var out []libRecord
 	for _, m := range maps {
-		if (m.Path != "" && m.Path != "[anon:hotpatch]") || m.Perms != "rw-p" || m.End-m.Start < libRecSize {
+		if !anonymous(m) || m.Perms != "rw-p" || m.End-m.Start < libRecSize {
 			continue
 		}
 		hdr := make([]byte, len(libRecMagic))

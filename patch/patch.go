@@ -722,7 +722,7 @@ func (t *Target) Status() (_ []Record, err error) {
 	}
 	var out []Record
 	for _, m := range maps {
-		if (m.Path != "" && m.Path != "[anon:hotpatch]") || len(m.Perms) < 3 || m.Perms[2] != 'x' {
+		if !anonymous(m) || len(m.Perms) < 3 || m.Perms[2] != 'x' {
 			continue
 		}
 		rec, state, ok, err := readRecord(t.proc, m)
@@ -759,6 +759,15 @@ func (t *Target) Status() (_ []Record, err error) {
 // says what the writer meant, the bytes say what happened (the writer may have
 // been killed between the two). Bytes it cannot read are an error: no state
 // is guessed without them.
+// anonymous reports whether m can hold memory we mapped: no file behind it
+// ("", or named by us), or "[heap]" — the kernel's name for any mapping
+// that covers the program break, even one made by mmap: a Go program never
+// moves its break, and memory we map near its data (within a jump's reach
+// of its code) can cover it (Status then missed a patch: "not applied").
+func anonymous(m elfsym.Mapping) bool {
+	return m.Path == "" || m.Path == "[anon:hotpatch]" || m.Path == "[heap]"
+}
+
 func liveState(mem readerAt, rec *Record, state uint32) (State, error) {
 	var orig, jumps, stubs int
 	for _, f := range rec.Functions {

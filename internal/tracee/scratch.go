@@ -249,7 +249,7 @@ func (p *Process) orphans(intents [][7]uint64) ([][2]uint64, error) {
 		}
 		seen[addr] = true
 		for _, m := range maps {
-			if m.start != addr || m.end != addr+size || m.path != "" {
+			if m.start != addr || m.end != addr+size || (m.path != "" && m.path != "[heap]") {
 				continue
 			}
 			b := make([]byte, size)

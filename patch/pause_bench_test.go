@@ -94,6 +94,12 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 				b.Fatal(err)
 			}
 			_, incr = takePause(b, src, prior, incr)
+			if prior.NativeErr != nil {
+				b.Fatal(prior.NativeErr)
+			}
+			if err := prior.Close(); err != nil {
+				b.Fatal(err)
+			}
 		}
 		res, err := tg.Apply(context.Background(), []patch.Replacement{{Old: old, New: new}}, patch.ApplyOptions{})
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
 )
 
@@ -30,11 +31,43 @@ import (
 // inputs read before the stop need not be consistent with each other (the
 // target was running): only their equality with what the stopped target
 // holds matters.
+//
+// With many goroutines, Prewalk also maps in the target a native check
+// (nativeCheck): in the stop, the target compares every g and every
+// recorded word itself, and only what changed is read back. Close unmaps
+// it.
 type Walks struct {
-	byG map[uint64]*walkRecord
+	byG    map[uint64]*walkRecord
+	native *nativeCheck
 	// Reused and Rewalked count, for the last TakeAfter given these Walks,
-	// the goroutines whose recorded walk was reused and those walked again.
-	Reused, Rewalked int
+	// the goroutines whose recorded walk was reused and those walked again;
+	// Native, those of the reused whose inputs the target compared itself.
+	Reused, Rewalked, Native int
+	// NativeErr is why the last TakeAfter could not use the native check
+	// (it then read every input back), or nil.
+	NativeErr error
+}
+
+// Close removes what Prewalk mapped in the target, if anything. The Walks
+// still serve TakeAfter, which then reads every input back.
+func (w *Walks) Close() error {
+	if w == nil {
+		return nil
+	}
+	err := w.native.close()
+	w.native = nil
+	return err
+}
+
+// runNative runs the native check in the stopped target, if there is one,
+// and returns which of its groups are unchanged (nil: none known).
+func (w *Walks) runNative(p *tracee.Process) []bool {
+	if w == nil || w.native == nil {
+		return nil
+	}
+	same, err := w.native.run(p)
+	w.NativeErr = err
+	return same
 }
 
 // walkRecord is one goroutine's walk and its inputs: the bytes of the
@@ -140,9 +173,18 @@ func (src Source) Prewalk() (*Walks, error) {
 	if src.Go == nil {
 		return nil, nil
 	}
-	gs, err := src.Go.Goroutines(parallelReader{src.Proc})
+	mem := parallelReader{src.Proc}
+	addrs, err := src.Go.AllGs(mem)
 	if err != nil {
 		return nil, fmt.Errorf("consistency: goroutines before the stop: %w", err)
+	}
+	raw, err := src.Go.ReadGBytes(mem, addrs)
+	if err != nil {
+		return nil, fmt.Errorf("consistency: goroutines before the stop: %w", err)
+	}
+	gs := make([]goruntime.G, len(addrs))
+	for i, a := range addrs {
+		gs[i] = src.Go.DecodeG(a, raw[i])
 	}
 	walk := make([]goruntime.G, 0, len(gs))
 	for _, g := range gs {
@@ -164,6 +206,8 @@ func (src Source) Prewalk() (*Walks, error) {
 			w.byG[g.Addr] = rec
 		}
 	}
+	// Without it, every input is read back in the stop: not an error.
+	w.native, _ = src.prepareNative(src.Unwinder.Arch.Target, addrs, raw, gs, w.byG)
 	return w, nil
 }
 
@@ -183,16 +227,25 @@ func (w *Walks) Reads(g uint64) []uint64 {
 }
 
 // reuse returns, for each of walk's goroutines, its recorded walk when its
-// inputs in the stopped target equal the recorded ones (ok[i]), re-reading
-// every recorded read in one batch.
-func (w *Walks) reuse(src Source, walk []goruntime.G) (stacks []unwind.Stack, ok []bool) {
+// inputs in the stopped target equal the recorded ones (ok[i]): proven by
+// the native check (known[i]), or by re-reading every other recorded read
+// in one batch.
+func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord) (stacks []unwind.Stack, ok []bool) {
 	stacks, ok = make([]unwind.Stack, len(walk)), make([]bool, len(walk))
 	if w == nil {
 		return stacks, ok
 	}
+	w.Native = 0
 	cands := make([]*walkRecord, len(walk))
 	n, size := 0, 0
 	for i, g := range walk {
+		if known != nil && known[i] != nil {
+			if rec := known[i].walk; rec != nil {
+				stacks[i], ok[i] = rec.stack, true
+				w.Native++
+			}
+			continue
+		}
 		if rec := w.byG[g.Addr]; rec != nil && rec.in == inputsOf(g) {
 			cands[i] = rec
 			n += len(rec.spans)

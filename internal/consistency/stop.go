@@ -76,6 +76,9 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		}
 		rerr := p.Resume()
 		res.Pause = time.Since(start)
+		// What Prewalk mapped in the target goes: a failure to unmap it
+		// leaves scratch memory a later tool removes (tracee.Recover).
+		prior.Close()
 		if err != nil {
 			return res, errors.Join(err, rerr)
 		}

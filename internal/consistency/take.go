@@ -21,6 +21,10 @@ type Source struct {
 	// Go is the runtime of a Go target, whose goroutines are tasks too;
 	// nil for other targets.
 	Go *goruntime.Runtime
+	// NativeMin is the fewest goroutines for which Prewalk has the
+	// stopped target compare their inputs itself (0: a default of 512;
+	// negative: never).
+	NativeMin int
 }
 
 // stackPrefetch bounds how much of a parked goroutine's stack is read in
@@ -42,6 +46,10 @@ func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
 func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	p := src.Proc
 	var s Snapshot
+	// First, before any register is read: the native check runs on one
+	// of the threads, which is then as it was — or, when it ran on
+	// (tracee.ErrCallRanOn), is read as it is now.
+	same := prior.runNative(p)
 	threads := map[int]int{} // tid → index in s.Tasks
 	all, err := p.AllRegs()  // one hand-off to the ptrace thread, not one per thread
 	if err != nil {
@@ -68,7 +76,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	if src.Go == nil {
 		return s, nil
 	}
-	gs, err := src.Go.Goroutines(parallelReader{p})
+	gs, known, err := src.goroutines(prior, same)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
@@ -77,7 +85,11 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	goTasks := make([]Task, 0, len(gs))
 	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
 	gOf := make([]goruntime.G, 0, len(gs))
-	for _, g := range gs {
+	var walkKnown []*gRecord // walk index → the g's record when proven unchanged
+	if known != nil {
+		walkKnown = make([]*gRecord, 0, len(gs))
+	}
+	for gi, g := range gs {
 		if !g.Live() {
 			continue
 		}
@@ -108,8 +120,11 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		}
 		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
 		walk = append(walk, g)
+		if known != nil {
+			walkKnown = append(walkKnown, known[gi])
+		}
 	}
-	if err := src.walkFromG(goTasks, walkOf, walk, prior); err != nil {
+	if err := src.walkFromG(goTasks, walkOf, walk, walkKnown, prior); err != nil {
 		return Snapshot{}, err
 	}
 	for i := range goTasks {
@@ -138,6 +153,43 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	}
 	out.Tasks = append(out.Tasks, goTasks...)
 	return out, nil
+}
+
+// goroutines returns every g of the stopped target and, where the native
+// check proved a g and its walk's inputs unchanged (same, from runNative),
+// its record (known[i]), the others read from the target.
+func (src Source) goroutines(prior *Walks, same []bool) (gs []goruntime.G, known []*gRecord, err error) {
+	mem := parallelReader{src.Proc}
+	if same == nil {
+		gs, err := src.Go.Goroutines(mem)
+		return gs, nil, err
+	}
+	addrs, err := src.Go.AllGs(mem)
+	if err != nil {
+		return nil, nil, err
+	}
+	gs, known = make([]goruntime.G, len(addrs)), make([]*gRecord, len(addrs))
+	nc := prior.native
+	for k, i := range nc.at {
+		if same[k] && i < len(addrs) && addrs[i] == nc.groups[k].g.Addr {
+			gs[i], known[i] = nc.groups[k].g, &nc.groups[k]
+		}
+	}
+	var fresh []uint64
+	var at []int
+	for i, a := range addrs {
+		if known[i] == nil {
+			fresh, at = append(fresh, a), append(at, i)
+		}
+	}
+	read, err := src.Go.GoroutinesAt(mem, fresh)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, i := range at {
+		gs[i] = read[k]
+	}
+	return gs, known, nil
 }
 
 // onStack reports whether a walk ran on g's stack.
@@ -264,9 +316,10 @@ func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
 
 // walkFromG sets the stack of goTasks[i] for every walkOf[i] >= 0 by walking
 // walk[walkOf[i]] from its g, reusing prior's walks where their inputs are
-// unchanged.
-func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, prior *Walks) error {
-	stacks, reused := prior.reuse(src, walk)
+// unchanged (known[j], when set, is walk[j]'s record proven unchanged by the
+// native check).
+func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, known []*gRecord, prior *Walks) error {
+	stacks, reused := prior.reuse(src, walk, known)
 	var again []goruntime.G
 	var at []int
 	for j, g := range walk {

@@ -607,6 +607,15 @@ func (g *G) Live() bool { return g.Status != Idle && g.Status != Dead && g.Statu
 // Goroutines reads every g of runtime.allgs, dead ones included. The target
 // must be stopped. Reads are batched through rv when mem implements it.
 func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
+	addrs, err := r.AllGs(mem)
+	if err != nil {
+		return nil, err
+	}
+	return r.GoroutinesAt(mem, addrs)
+}
+
+// AllGs returns the address of every g in runtime.allgs, in its order.
+func (r *Runtime) AllGs(mem io.ReaderAt) ([]uint64, error) {
 	n, err := readWord(mem, r.AllGLen)
 	if err != nil {
 		return nil, fmt.Errorf("goruntime: read runtime.allglen: %w", err)
@@ -621,10 +630,37 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 	if err != nil {
 		return nil, fmt.Errorf("goruntime: read runtime.allgptr: %w", err)
 	}
-	gs, err := r.readGs(mem, p, int(n))
+	// A chunk at a time: buffers grow with what the target's memory
+	// really holds, never with a count read from it.
+	var addrs []uint64
+	for start := 0; start < int(n); start += gChunk {
+		k := min(gChunk, int(n)-start)
+		ptrs := make([]byte, 8*k)
+		at := p + 8*uint64(start)
+		if _, err := mem.ReadAt(ptrs, int64(at)); err != nil {
+			return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", at, err)
+		}
+		for i := range k {
+			addrs = append(addrs, binary.LittleEndian.Uint64(ptrs[8*i:]))
+		}
+	}
+	return addrs, nil
+}
+
+// GoroutinesAt reads the g's at addrs and the thread of each one's m.
+func (r *Runtime) GoroutinesAt(mem io.ReaderAt, addrs []uint64) ([]G, error) {
+	gs, err := r.readGs(mem, addrs)
 	if err != nil {
 		return nil, err
 	}
+	if err := r.threadsOf(mem, gs); err != nil {
+		return nil, err
+	}
+	return gs, nil
+}
+
+// threadsOf sets Thread and Current of every live g bound to an m.
+func (r *Runtime) threadsOf(mem io.ReaderAt, gs []G) error {
 	var ms []uint64
 	mIdx := map[uint64]int{}
 	for i := range gs {
@@ -635,54 +671,59 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 			}
 		}
 	}
-	if len(ms) > 0 {
-		l := r.Layout
-		size := max(l.MProcID, l.MCurG) + 8
-		mraw := make([][]byte, len(ms))
-		for i := range mraw {
-			mraw[i] = make([]byte, size)
-		}
-		if err := readMany(mem, ms, mraw); err != nil {
-			return nil, fmt.Errorf("goruntime: read m: %w", err)
-		}
-		for i := range gs {
-			if j, ok := mIdx[gs[i].M]; ok {
-				gs[i].Thread = int(binary.LittleEndian.Uint64(mraw[j][l.MProcID:]))
-				gs[i].Current = binary.LittleEndian.Uint64(mraw[j][l.MCurG:]) == gs[i].Addr
-			}
+	if len(ms) == 0 {
+		return nil
+	}
+	l := r.Layout
+	size := max(l.MProcID, l.MCurG) + 8
+	mraw := make([][]byte, len(ms))
+	for i := range mraw {
+		mraw[i] = make([]byte, size)
+	}
+	if err := readMany(mem, ms, mraw); err != nil {
+		return fmt.Errorf("goruntime: read m: %w", err)
+	}
+	for i := range gs {
+		if j, ok := mIdx[gs[i].M]; ok {
+			gs[i].Thread = int(binary.LittleEndian.Uint64(mraw[j][l.MProcID:]))
+			gs[i].Current = binary.LittleEndian.Uint64(mraw[j][l.MCurG:]) == gs[i].Addr
 		}
 	}
-	return gs, nil
+	return nil
 }
 
-// gChunk is how many g's Goroutines reads at a time: buffers grow with
-// what the target's memory really holds, never with a count read from it.
+// gChunk is how many g's are read at a time.
 const gChunk = 4096
 
-// readGs reads the n g's of the allgs array at p, a chunk at a time.
-func (r *Runtime) readGs(mem io.ReaderAt, p uint64, n int) ([]G, error) {
-	var gs []G
-	for start := 0; start < n; start += gChunk {
-		k := min(gChunk, n-start)
-		ptrs := make([]byte, 8*k)
-		at := p + 8*uint64(start)
-		if _, err := mem.ReadAt(ptrs, int64(at)); err != nil {
-			return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", at, err)
+// GBytes is how many bytes of a g DecodeG reads: GSize rounded up to a
+// word.
+func (r *Runtime) GBytes() int { return (r.Layout.GSize + 7) &^ 7 }
+
+// ReadGBytes reads GBytes bytes of each g at addrs.
+func (r *Runtime) ReadGBytes(mem io.ReaderAt, addrs []uint64) ([][]byte, error) {
+	n := r.GBytes()
+	raw := make([][]byte, len(addrs))
+	arena := make([]byte, len(addrs)*n)
+	for i := range raw {
+		raw[i], arena = arena[:n:n], arena[n:]
+	}
+	if err := readMany(mem, addrs, raw); err != nil {
+		return nil, fmt.Errorf("goruntime: read g: %w", err)
+	}
+	return raw, nil
+}
+
+// readGs reads the g's at addrs, a chunk at a time.
+func (r *Runtime) readGs(mem io.ReaderAt, addrs []uint64) ([]G, error) {
+	gs := make([]G, 0, min(len(addrs), gChunk))
+	for start := 0; start < len(addrs); start += gChunk {
+		chunk := addrs[start:min(start+gChunk, len(addrs))]
+		raw, err := r.ReadGBytes(mem, chunk)
+		if err != nil {
+			return nil, err
 		}
-		addrs := make([]uint64, k)
-		for i := range addrs {
-			addrs[i] = binary.LittleEndian.Uint64(ptrs[8*i:])
-		}
-		raw := make([][]byte, k)
-		arena := make([]byte, k*r.Layout.GSize)
 		for i := range raw {
-			raw[i], arena = arena[:r.Layout.GSize:r.Layout.GSize], arena[r.Layout.GSize:]
-		}
-		if err := readMany(mem, addrs, raw); err != nil {
-			return nil, fmt.Errorf("goruntime: read g: %w", err)
-		}
-		for i := range raw {
-			gs = append(gs, r.decodeG(addrs[i], raw[i]))
+			gs = append(gs, r.DecodeG(chunk[i], raw[i]))
 		}
 	}
 	return gs, nil
@@ -713,10 +754,13 @@ func (r *Runtime) readG(mem io.ReaderAt, addr uint64) (G, error) {
 	if _, err := mem.ReadAt(b, int64(addr)); err != nil {
 		return G{}, err
 	}
-	return r.decodeG(addr, b), nil
+	return r.DecodeG(addr, b), nil
 }
 
-func (r *Runtime) decodeG(addr uint64, b []byte) G {
+// DecodeG decodes the bytes of the g at addr (at least GBytes of them, or
+// Layout.GSize). It sets neither Thread nor Current, which are read from
+// the g's m (GoroutinesAt).
+func (r *Runtime) DecodeG(addr uint64, b []byte) G {
 	l := r.Layout
 	w := func(off int) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
 	g := G{

@@ -1,0 +1,182 @@
+package consistency
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/hotpatch-dev/hotpatch/internal/arch"
+	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
+	"github.com/hotpatch-dev/hotpatch/internal/tracee"
+)
+
+// defaultNativeMin is the fewest goroutines for which Prewalk prepares a
+// native check (Source.NativeMin): below it, mapping the routine costs more
+// than the reads it saves.
+const defaultNativeMin = 512
+
+// nativeCheck has the stopped target compare, itself, every word that
+// decides a goroutine's g and walk with what Prewalk read (arch.CompareWords
+// run by a tracee.Routine): the same comparison TakeAfter makes by reading
+// the words back, without pinning a page per read. A group is one g: its
+// GBytes bytes, then every word its walk read.
+type nativeCheck struct {
+	routine *tracee.Routine
+	groups  []gRecord
+	// at[i] is groups[i]'s index in runtime.allgs (which only grows, in
+	// order: a g keeps its index).
+	at                          []int
+	itemsOff, expectOff, outOff uint64
+}
+
+// gRecord is a g as Prewalk read it and its walk (nil: not walked then).
+type gRecord struct {
+	g    goruntime.G
+	walk *walkRecord
+}
+
+// prepareNative builds the groups of every g not bound to an m (whose
+// thread would have to be read in the stop) and maps them with the routine
+// in the target; nil when too few goroutines make it worth it.
+func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs []goruntime.G, byG map[uint64]*walkRecord) (*nativeCheck, error) {
+	least := src.NativeMin
+	if least == 0 {
+		least = defaultNativeMin
+	}
+	if least < 0 || len(addrs) < least || a == nil || len(a.CompareWords) == 0 {
+		return nil, nil
+	}
+	nc := &nativeCheck{}
+	var items, expect []uint64
+	for i, addr := range addrs {
+		if gs[i].M != 0 {
+			continue
+		}
+		rec := byG[addr]
+		its, exp, ok := groupItems(addr, raw[i], rec)
+		if !ok {
+			continue
+		}
+		items = append(append(items, its...), 0)
+		expect = append(expect, exp...)
+		nc.groups = append(nc.groups, gRecord{g: gs[i], walk: rec})
+		nc.at = append(nc.at, i)
+	}
+	if len(nc.groups) < least {
+		return nil, nil
+	}
+	nc.itemsOff = 0
+	nc.expectOff = uint64(8 * len(items))
+	nc.outOff = nc.expectOff + uint64(8*len(expect))
+	r, err := src.Proc.MapRoutine(a.CompareWords, nc.outOff+uint64(len(nc.groups)))
+	if err != nil {
+		return nil, err
+	}
+	nc.routine = r
+	if err := r.Write(nc.itemsOff, wordBytes(items)); err != nil {
+		return nil, errors.Join(err, nc.close())
+	}
+	if err := r.Write(nc.expectOff, wordBytes(expect)); err != nil {
+		return nil, errors.Join(err, nc.close())
+	}
+	return nc, nil
+}
+
+// groupItems returns the items and expected words of the g at addr, read
+// as raw, and of every read of its walk rec (nil: none); not ok when a read
+// is not of whole aligned words or an address does not fit an item.
+func groupItems(addr uint64, raw []byte, rec *walkRecord) (items, expect []uint64, ok bool) {
+	if addr%8 != 0 || addr >= 1<<48 || len(raw)%8 != 0 || len(raw)/8 > arch.MaxCompareWords {
+		return nil, nil, false
+	}
+	items = append(items, arch.CompareItem(addr, len(raw)/8))
+	for off := 0; off < len(raw); off += 8 {
+		expect = append(expect, binary.LittleEndian.Uint64(raw[off:]))
+	}
+	if rec == nil {
+		return items, expect, true
+	}
+	type word struct{ addr, v uint64 }
+	var ws []word
+	for _, r := range rec.reads {
+		a := rec.spans[r.span].addr + uint64(r.off)
+		if a%8 != 0 || r.n%8 != 0 || a+uint64(r.n) >= 1<<48 {
+			return nil, nil, false
+		}
+		for k := 0; k < r.n; k += 8 {
+			ws = append(ws, word{a + uint64(k), binary.LittleEndian.Uint64(rec.spans[r.span].data[r.off+k:])})
+		}
+	}
+	slices.SortFunc(ws, func(x, y word) int { return cmpU64(x.addr, y.addr) })
+	ws = slices.CompactFunc(ws, func(x, y word) bool { return x.addr == y.addr })
+	for i := 0; i < len(ws); {
+		j := i + 1
+		for j < len(ws) && ws[j].addr == ws[j-1].addr+8 && j-i < arch.MaxCompareWords {
+			j++
+		}
+		items = append(items, arch.CompareItem(ws[i].addr, j-i))
+		for _, w := range ws[i:j] {
+			expect = append(expect, w.v)
+		}
+		i = j
+	}
+	return items, expect, true
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func wordBytes(ws []uint64) []byte {
+	b := make([]byte, 8*len(ws))
+	for i, w := range ws {
+		binary.LittleEndian.PutUint64(b[8*i:], w)
+	}
+	return b
+}
+
+// run compares, in the stopped target, every group with what Prewalk
+// read, and returns which are unchanged.
+func (nc *nativeCheck) run(p *tracee.Process) ([]bool, error) {
+	r := nc.routine
+	changed, err := r.Run(r.Data+nc.itemsOff, r.Data+nc.expectOff, r.Data+nc.outOff, uint64(len(nc.groups)))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, len(nc.groups))
+	if _, err := p.ReadAt(out, int64(r.Data+nc.outOff)); err != nil {
+		return nil, err
+	}
+	same := make([]bool, len(out))
+	n := uint64(0)
+	for i, b := range out {
+		switch b {
+		case 0:
+			same[i] = true
+		case 1:
+			n++
+		default:
+			return nil, fmt.Errorf("consistency: native check: flag %d of group %d", b, i)
+		}
+	}
+	if n != changed {
+		return nil, fmt.Errorf("consistency: native check: %d groups flagged, the routine counted %d", n, changed)
+	}
+	return same, nil
+}
+
+func (nc *nativeCheck) close() error {
+	if nc == nil || nc.routine == nil {
+		return nil
+	}
+	err := nc.routine.Unmap()
+	nc.routine = nil
+	return err
+}

@@ -208,6 +208,12 @@ func (src Source) Prewalk() (*Walks, error) {
 	}
 	// Without it, every input is read back in the stop: not an error.
 	w.native, _ = src.prepareNative(src.Unwinder.Arch.Target, addrs, raw, gs, w.byG)
+	if len(walk) >= parallelGs*16 {
+		// What the stop allocates for many goroutines would likely start
+		// a collection of our heap in it (marking steals CPU and stalls
+		// allocation): collect now, while the target runs.
+		runtime.GC()
+	}
 	return w, nil
 }
 

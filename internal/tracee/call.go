@@ -22,6 +22,10 @@ var ErrCallThreadState = errors.New("thread state cannot be carried through a re
 // computed may no longer describe the target.
 var ErrCallRanOn = errors.New("tracee: the borrowed thread ran its own code after the call")
 
+// maxBusyPolls bounds the polls of a spinning call's flag made without
+// sleeping (a poll is a read of the target's memory, about a microsecond).
+const maxBusyPolls = 100_000
+
 // spinCount is how many times a spinning return stub loops (about 0.1 s)
 // waiting for the tracer to stop it before it restores the thread itself.
 const spinCount = 1 << 28
@@ -363,8 +367,13 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 	}
 	interrupted := false
 	backoff := 10 * time.Microsecond
+	busy := 0 // polls made without sleeping (spin: the call is short)
 	for {
-		tid, ws, err := wait4(t.tid, unix.WNOHANG)
+		opts := unix.WNOHANG
+		if spin && interrupted {
+			opts = 0 // the interrupt stops it at once: no polling
+		}
+		tid, ws, err := wait4(t.tid, opts)
 		if err != nil {
 			if err == unix.ECHILD {
 				p.lost(t.tid)
@@ -385,6 +394,16 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 					return 0, p.threadErr(t.tid, "interrupt", err)
 				}
 				interrupted = true
+				continue
+			}
+			if spin && busy < maxBusyPolls {
+				// A routine runs a few ms at most: poll without sleeping
+				// (a sleep costs a scheduling round trip each), yielding
+				// the core (polling alone kept a borrowed thread queued
+				// behind us 8 ms on a busy machine; a sleep costs 1–2 ms).
+				busy++
+				// The borrowed thread may be waiting for this core.
+				unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 				continue
 			}
 			time.Sleep(backoff)

@@ -26,7 +26,7 @@ type callTarget struct {
 	syms *elfsym.Table
 }
 
-func startCall(t *testing.T) *callTarget {
+func startCall(t testing.TB) *callTarget {
 	t.Helper()
 	fp := fixture.Start(t, fixture.BuildC(t, "ccall", "-O2", "-fomit-frame-pointer"))
 	p := openT(t, fp.Pid)

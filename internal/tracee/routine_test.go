@@ -111,3 +111,25 @@ func TestRoutineCompare(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before, after)
 }
+
+// BenchmarkRoutineRun is the fixed cost of running a routine in a stopped
+// process (arch.CompareWords over no group): borrowing a thread, its
+// state saved and restored, the stub spun and stopped.
+func BenchmarkRoutineRun(b *testing.B) {
+	c := startCall(b)
+	r, err := c.p.MapRoutine(hostArch().CompareWords, 4096)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Unmap()
+	if err := c.p.Stop(); err != nil {
+		b.Fatal(err)
+	}
+	defer c.p.Resume()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := r.Run(r.Data, r.Data, r.Data, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

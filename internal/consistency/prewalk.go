@@ -232,14 +232,14 @@ func (w *Walks) Reads(g uint64) []uint64 {
 	return out
 }
 
-// reuse returns, for each of walk's goroutines, its recorded walk when its
-// inputs in the stopped target equal the recorded ones (ok[i]): proven by
+// reuse sets, for each of walk's goroutines, its recorded walk (set(i, …),
+// ok[i]) when its inputs in the stopped target equal the recorded ones: proven by
 // the native check (known[i]), or by re-reading every other recorded read
 // in one batch.
-func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord) (stacks []unwind.Stack, ok []bool) {
-	stacks, ok = make([]unwind.Stack, len(walk)), make([]bool, len(walk))
+func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func(int, unwind.Stack)) (ok []bool) {
+	ok = make([]bool, len(walk))
 	if w == nil {
-		return stacks, ok
+		return ok
 	}
 	w.Native = 0
 	cands := make([]*walkRecord, len(walk))
@@ -247,7 +247,8 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord) (stacks 
 	for i, g := range walk {
 		if known != nil && known[i] != nil {
 			if rec := known[i].walk; rec != nil {
-				stacks[i], ok[i] = rec.stack, true
+				set(i, rec.stack)
+				ok[i] = true
 				w.Native++
 			}
 			continue
@@ -273,7 +274,7 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord) (stacks 
 	}
 	if err := readMany(src.Proc, addrs, bufs); err != nil {
 		// Nothing re-read, nothing reused: every goroutine is walked again.
-		return stacks, ok
+		return ok
 	}
 	k := 0
 	for i, rec := range cands {
@@ -281,11 +282,12 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord) (stacks 
 			continue
 		}
 		if rec.same(bufs[k : k+len(rec.spans)]) {
-			stacks[i], ok[i] = rec.stack, true
+			set(i, rec.stack)
+			ok[i] = true
 		}
 		k += len(rec.spans)
 	}
-	return stacks, ok
+	return ok
 }
 
 // same reports whether every read of the walk finds its bytes in now, the

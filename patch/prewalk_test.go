@@ -40,7 +40,26 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 	if native {
 		src.NativeMin = 1
 	}
-	prior, err := src.Prewalk()
+	// A region every parked goroutine returns into (their caller's call
+	// site): each is a blocker, found by the check made before the stop
+	// or in it.
+	require.NoError(t, src.Proc.Stop())
+	first, err := src.Take()
+	require.NoError(t, src.Proc.Resume())
+	require.NoError(t, err)
+	count := map[uint64]int{}
+	var pc uint64
+	for _, task := range first.Tasks {
+		if task.Kind == "goroutine" && task.Stack.Reliable && len(task.Stack.Frames) > 2 {
+			f := task.Stack.Frames[1].PC
+			if count[f]++; count[f] > count[pc] {
+				pc = f
+			}
+		}
+	}
+	require.NotZero(t, pc)
+	regions := []consistency.Region{{Name: "call site", Start: pc - 1, End: pc}}
+	prior, err := src.PrewalkFor(regions)
 	require.NoError(t, err)
 	defer func() { require.NoError(t, prior.Close()) }()
 
@@ -52,6 +71,9 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 	again, err := src.TakeAfter(prior)
 	require.NoError(t, err)
 	require.Equal(t, full, again)
+	blockers := consistency.Check(full, regions)
+	require.Len(t, blockers, 200, "the 200 parked goroutines")
+	require.Equal(t, blockers, consistency.CheckAfter(again, regions, prior))
 	require.Greater(t, prior.Reused, 200, "the parked goroutines did not move: their walks are reused")
 	require.NoError(t, prior.NativeErr)
 	if native {
@@ -102,6 +124,7 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 		require.NoError(t, ferr)
 		require.NoError(t, aerr)
 		require.Equal(t, full, again, "word %#x changed", addr)
+		require.Equal(t, consistency.Check(full, regions), consistency.CheckAfter(again, regions, prior), "word %#x changed", addr)
 		require.NoError(t, prior.NativeErr)
 		if !inG {
 			// (A changed g may no longer be walked at all.)

@@ -8,6 +8,7 @@ package consistency
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
@@ -81,44 +82,68 @@ type Blocker struct {
 // not sure of is never assumed clean).
 func Check(s Snapshot, regions []Region) []Blocker {
 	var out []Blocker
-	for _, t := range s.Tasks {
-		blocked := false
-		for i, f := range t.Stack.Frames {
-			for _, r := range regions {
-				// A caller's pc is a return address: the call before it
-				// counts too (a call of a noreturn function may be a
-				// function's last instruction, its return address the
-				// function's end).
-				in := f.PC >= r.Start && f.PC < r.End
-				if i > 0 && !in {
-					in = f.PC-1 >= r.Start && f.PC-1 < r.End
+	for i := range s.Tasks {
+		out = checkTask(out, &s.Tasks[i], regions)
+	}
+	return out
+}
+
+// CheckAfter is Check for a snapshot TakeAfter took with prior: a task
+// whose walk it reused unchanged, and which prior checked against the same
+// regions before the stop (PrewalkFor), is clean without being looked at
+// again (Check is a function of the stack and the regions only).
+func CheckAfter(s Snapshot, regions []Region, prior *Walks) []Blocker {
+	if prior == nil || len(prior.clean) != len(s.Tasks) || !slices.Equal(prior.regions, regions) {
+		return Check(s, regions)
+	}
+	var out []Blocker
+	for i := range s.Tasks {
+		if !prior.clean[i] {
+			out = checkTask(out, &s.Tasks[i], regions)
+		}
+	}
+	return out
+}
+
+// checkTask appends t's blockers to out.
+func checkTask(out []Blocker, t *Task, regions []Region) []Blocker {
+	blocked := false
+	for i := range t.Stack.Frames {
+		pc := t.Stack.Frames[i].PC
+		for _, r := range regions {
+			// A caller's pc is a return address: the call before it
+			// counts too (a call of a noreturn function may be a
+			// function's last instruction, its return address the
+			// function's end).
+			in := pc >= r.Start && pc < r.End
+			if i > 0 && !in {
+				in = pc-1 >= r.Start && pc-1 < r.End
+			}
+			if in {
+				reason := fmt.Sprintf("executing in %s", r.Name)
+				if i > 0 {
+					reason = fmt.Sprintf("%s is on its stack (frame %d), it will return into it", r.Name, i)
 				}
-				if in {
-					reason := fmt.Sprintf("executing in %s", r.Name)
-					if i > 0 {
-						reason = fmt.Sprintf("%s is on its stack (frame %d), it will return into it", r.Name, i)
-					}
-					out = append(out, Blocker{Task: t, Func: r.Name, Frame: i, Reason: reason})
-					blocked = true
-				}
+				out = append(out, Blocker{Task: *t, Func: r.Name, Frame: i, Reason: reason})
+				blocked = true
 			}
 		}
-		for _, r := range regions {
-			if blocked {
+	}
+	for _, r := range regions {
+		if blocked {
+			break
+		}
+		for _, u := range t.Stack.Unwalked {
+			if r.Start < u.End && u.Start < r.End {
+				out = append(out, Blocker{Task: *t, Func: r.Name, Frame: len(t.Stack.Frames),
+					Reason: fmt.Sprintf("%s may be on its stack above its last frame, which could not be walked further (%s): it may return into it", r.Name, t.Stack.Reason)})
+				blocked = true
 				break
 			}
-			for _, u := range t.Stack.Unwalked {
-				if r.Start < u.End && u.Start < r.End {
-					out = append(out, Blocker{Task: t, Func: r.Name, Frame: len(t.Stack.Frames),
-						Reason: fmt.Sprintf("%s may be on its stack above its last frame, which could not be walked further (%s): it may return into it", r.Name, t.Stack.Reason)})
-					blocked = true
-					break
-				}
-			}
 		}
-		if !t.Stack.Reliable && !blocked {
-			out = append(out, Blocker{Task: t, Frame: -1, Reason: "stack unreliable: " + t.Stack.Reason})
-		}
+	}
+	if !t.Stack.Reliable && !blocked {
+		out = append(out, Blocker{Task: *t, Frame: -1, Reason: "stack unreliable: " + t.Stack.Reason})
 	}
 	return out
 }

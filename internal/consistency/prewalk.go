@@ -46,6 +46,26 @@ type Walks struct {
 	// NativeErr is why the last TakeAfter could not use the native check
 	// (it then read every input back), or nil.
 	NativeErr error
+	// regions are those PrewalkFor checked every walk against; clean[i]
+	// is set, for the last TakeAfter, when its task i has a walk reused
+	// unchanged that had no blocker (CheckAfter).
+	regions []Region
+	clean   []bool
+}
+
+// PrewalkFor is Prewalk that also checks every walk against regions
+// before the stop, so that CheckAfter need not look at a walk reused
+// unchanged in it again.
+func (src Source) PrewalkFor(regions []Region) (*Walks, error) {
+	w, err := src.Prewalk()
+	if w == nil || err != nil {
+		return w, err
+	}
+	w.regions = slices.Clone(regions)
+	for _, rec := range w.byG {
+		rec.clean = len(checkTask(nil, &Task{Stack: rec.stack}, regions)) == 0
+	}
+	return w, nil
 }
 
 // Close removes what Prewalk mapped in the target, if anything. The Walks
@@ -78,6 +98,7 @@ type walkRecord struct {
 	spans []recordedRead
 	reads []readInSpan
 	stack unwind.Stack
+	clean bool // no blocker in the regions of PrewalkFor
 }
 
 // readInSpan is one recorded read: bytes [off, off+n) of spans[span].
@@ -236,7 +257,7 @@ func (w *Walks) Reads(g uint64) []uint64 {
 // ok[i]) when its inputs in the stopped target equal the recorded ones: proven by
 // the native check (known[i]), or by re-reading every other recorded read
 // in one batch.
-func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func(int, unwind.Stack)) (ok []bool) {
+func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func(int, *walkRecord)) (ok []bool) {
 	ok = make([]bool, len(walk))
 	if w == nil {
 		return ok
@@ -247,7 +268,7 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func
 	for i, g := range walk {
 		if known != nil && known[i] != nil {
 			if rec := known[i].walk; rec != nil {
-				set(i, rec.stack)
+				set(i, rec)
 				ok[i] = true
 				w.Native++
 			}
@@ -282,7 +303,7 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func
 			continue
 		}
 		if rec.same(bufs[k : k+len(rec.spans)]) {
-			set(i, rec.stack)
+			set(i, rec)
 			ok[i] = true
 		}
 		k += len(rec.spans)

@@ -60,7 +60,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		// Goroutines are walked while the target runs; the stop walks
 		// again only those whose inputs changed. A failed walk here
 		// only means everything is walked in the stop.
-		prior, _ := src.Prewalk()
+		prior, _ := src.PrewalkFor(regions)
 		start := time.Now()
 		p := src.Proc
 		if err := p.Stop(); err != nil {
@@ -69,7 +69,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		snap, err := src.TakeAfter(prior)
 		var blockers []Blocker
 		if err == nil {
-			blockers = Check(snap, regions)
+			blockers = CheckAfter(snap, regions, prior)
 			if len(blockers) == 0 {
 				err = act(snap)
 			}

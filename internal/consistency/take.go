@@ -50,6 +50,9 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	// of the threads, which is then as it was — or, when it ran on
 	// (tracee.ErrCallRanOn), is read as it is now.
 	same := prior.runNative(p)
+	if prior != nil {
+		prior.clean = nil
+	}
 	threads := map[int]int{} // tid → index in s.Tasks
 	all, err := p.AllRegs()  // one hand-off to the ptrace thread, not one per thread
 	if err != nil {
@@ -88,8 +91,8 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	allTasks := make([]Task, len(tids)+len(gs))
 	goTasks := allTasks[len(tids):len(tids)]
 	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
-	gOf := make([]int32, 0, len(gs)) // goTasks index → index in gs
-	var walkKnown []*gRecord // walk index → the g's record when proven unchanged
+	gOf := make([]int32, 0, len(gs))  // goTasks index → index in gs
+	var walkKnown []*gRecord          // walk index → the g's record when proven unchanged
 	if known != nil {
 		walkKnown = make([]*gRecord, 0, len(gs))
 	}
@@ -128,7 +131,11 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 			walkKnown = append(walkKnown, known[gi])
 		}
 	}
-	if err := src.walkFromG(goTasks, walkOf, walk, walkKnown, prior); err != nil {
+	var goClean []bool
+	if prior != nil && prior.regions != nil {
+		goClean = make([]bool, len(goTasks))
+	}
+	if err := src.walkFromG(goTasks, walkOf, walk, walkKnown, prior, goClean); err != nil {
 		return Snapshot{}, err
 	}
 	for i := range goTasks {
@@ -157,6 +164,10 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	}
 	first := len(tids) - len(threadTasks)
 	copy(allTasks[first:], threadTasks)
+	if goClean != nil {
+		// Task i of the snapshot is clean when its reused walk was.
+		prior.clean = append(make([]bool, len(threadTasks)), goClean...)
+	}
 	return Snapshot{Tasks: allTasks[first : len(tids)+len(goTasks) : len(tids)+len(goTasks)]}, nil
 }
 
@@ -323,14 +334,22 @@ func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
 // walk[walkOf[i]] from its g, reusing prior's walks where their inputs are
 // unchanged (known[j], when set, is walk[j]'s record proven unchanged by the
 // native check).
-func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, known []*gRecord, prior *Walks) error {
+//
+// clean, when not nil, is set for each task whose reused walk PrewalkFor
+// found clean.
+func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, known []*gRecord, prior *Walks, clean []bool) error {
 	taskOf := make([]int, len(walk)) // walk index → goTasks index
 	for i, j := range walkOf {
 		if j >= 0 {
 			taskOf[j] = i
 		}
 	}
-	reused := prior.reuse(src, walk, known, func(j int, st unwind.Stack) { goTasks[taskOf[j]].Stack = st })
+	reused := prior.reuse(src, walk, known, func(j int, rec *walkRecord) {
+		goTasks[taskOf[j]].Stack = rec.stack
+		if clean != nil {
+			clean[taskOf[j]] = rec.clean
+		}
+	})
 	var again []goruntime.G
 	var at []int
 	for j, g := range walk {

@@ -257,7 +257,7 @@ func (w *Walks) Reads(g uint64) []uint64 {
 // ok[i]) when its inputs in the stopped target equal the recorded ones: proven by
 // the native check (known[i]), or by re-reading every other recorded read
 // in one batch.
-func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func(int, *walkRecord)) (ok []bool) {
+func (w *Walks) reuse(src Source, walk []*goruntime.G, known []*gRecord, set func(int, *walkRecord)) (ok []bool) {
 	ok = make([]bool, len(walk))
 	if w == nil {
 		return ok
@@ -274,7 +274,7 @@ func (w *Walks) reuse(src Source, walk []goruntime.G, known []*gRecord, set func
 			}
 			continue
 		}
-		if rec := w.byG[g.Addr]; rec != nil && rec.in == inputsOf(g) {
+		if rec := w.byG[g.Addr]; rec != nil && rec.in == inputsOf(*g) {
 			cands[i] = rec
 			n += len(rec.spans)
 			for _, sp := range rec.spans {

@@ -84,7 +84,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
 	covered := map[int]goruntime.G{} // thread → the goroutine it runs, reported with its stack
-	walk := make([]goruntime.G, 0, len(gs))
+	walk := make([]*goruntime.G, 0, len(gs))
 	// One slice for the snapshot: the goroutines' tasks go after room for
 	// every thread's, which are put right before them once known (copying
 	// 100,000 tasks of 200 bytes into a new slice cost milliseconds).
@@ -96,7 +96,8 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	if known != nil {
 		walkKnown = make([]*gRecord, 0, len(gs))
 	}
-	for gi, g := range gs {
+	for gi, gp := range gs {
+		g := *gp
 		if !g.Live() {
 			continue
 		}
@@ -126,7 +127,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 			continue
 		}
 		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
-		walk = append(walk, g)
+		walk = append(walk, gp)
 		if known != nil {
 			walkKnown = append(walkKnown, known[gi])
 		}
@@ -140,7 +141,7 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	}
 	for i := range goTasks {
 		if len(goTasks[i].Stack.Callbacks) > 0 {
-			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, gs[gOf[i]])
+			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, *gs[gOf[i]])
 		}
 	}
 	// A covered thread is reported as its goroutine, and, apart, with the
@@ -174,21 +175,21 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 // goroutines returns every g of the stopped target and, where the native
 // check proved a g and its walk's inputs unchanged (same, from runNative),
 // its record (known[i]), the others read from the target.
-func (src Source) goroutines(prior *Walks, same []bool) (gs []goruntime.G, known []*gRecord, err error) {
+func (src Source) goroutines(prior *Walks, same []bool) (gs []*goruntime.G, known []*gRecord, err error) {
 	mem := parallelReader{src.Proc}
 	if same == nil {
-		gs, err := src.Go.Goroutines(mem)
-		return gs, nil, err
+		read, err := src.Go.Goroutines(mem)
+		return pointers(read), nil, err
 	}
 	addrs, err := src.Go.AllGs(mem)
 	if err != nil {
 		return nil, nil, err
 	}
-	gs, known = make([]goruntime.G, len(addrs)), make([]*gRecord, len(addrs))
+	gs, known = make([]*goruntime.G, len(addrs)), make([]*gRecord, len(addrs))
 	nc := prior.native
 	for k, i := range nc.at {
 		if same[k] && i < len(addrs) && addrs[i] == nc.groups[k].g.Addr {
-			gs[i], known[i] = nc.groups[k].g, &nc.groups[k]
+			gs[i], known[i] = &nc.groups[k].g, &nc.groups[k]
 		}
 	}
 	var fresh []uint64
@@ -203,9 +204,18 @@ func (src Source) goroutines(prior *Walks, same []bool) (gs []goruntime.G, known
 		return nil, nil, err
 	}
 	for k, i := range at {
-		gs[i] = read[k]
+		gs[i] = &read[k]
 	}
 	return gs, known, nil
+}
+
+// pointers returns a pointer to each of gs.
+func pointers(gs []goruntime.G) []*goruntime.G {
+	out := make([]*goruntime.G, len(gs))
+	for i := range gs {
+		out[i] = &gs[i]
+	}
+	return out
 }
 
 // onStack reports whether a walk ran on g's stack.
@@ -337,7 +347,7 @@ func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
 //
 // clean, when not nil, is set for each task whose reused walk PrewalkFor
 // found clean.
-func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, known []*gRecord, prior *Walks, clean []bool) error {
+func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []*goruntime.G, known []*gRecord, prior *Walks, clean []bool) error {
 	taskOf := make([]int, len(walk)) // walk index → goTasks index
 	for i, j := range walkOf {
 		if j >= 0 {
@@ -354,7 +364,7 @@ func (src Source) walkFromG(goTasks []Task, walkOf []int, walk []goruntime.G, kn
 	var at []int
 	for j, g := range walk {
 		if !reused[j] && g.SP >= g.StackLo && g.SP < g.StackHi {
-			again, at = append(again, g), append(at, j)
+			again, at = append(again, *g), append(at, j)
 		}
 	}
 	walked, _, err := src.walkGs(again, false)

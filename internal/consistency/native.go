@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 
 	"github.com/hotpatch-dev/hotpatch/internal/arch"
@@ -28,6 +29,14 @@ type nativeCheck struct {
 	// order: a g keeps its index).
 	at                          []int
 	itemsOff, expectOff, outOff uint64
+	// parts split the groups for threads side by side: each is the
+	// routine's arguments (offsets in its data, and a count of groups).
+	parts []nativePart
+}
+
+// nativePart is a run of groups for one thread.
+type nativePart struct {
+	items, expect, out, groups uint64
 }
 
 // gRecord is a g as Prewalk read it and its walk (nil: not walked then).
@@ -49,6 +58,8 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	}
 	nc := &nativeCheck{}
 	var items, expect []uint64
+	// Where each group starts in items and expect, to split them.
+	var starts [][2]int
 	for i, addr := range addrs {
 		if gs[i].M != 0 {
 			continue
@@ -58,6 +69,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 		if !ok {
 			continue
 		}
+		starts = append(starts, [2]int{len(items), len(expect)})
 		items = append(append(items, its...), 0)
 		expect = append(expect, exp...)
 		nc.groups = append(nc.groups, gRecord{g: gs[i], walk: rec})
@@ -69,6 +81,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	nc.itemsOff = 0
 	nc.expectOff = uint64(8 * len(items))
 	nc.outOff = nc.expectOff + uint64(8*len(expect))
+	nc.parts = splitParts(nc, starts, len(expect), nativeThreads())
 	r, err := src.Proc.MapRoutine(a.CompareWords, nc.outOff+uint64(len(nc.groups)))
 	if err != nil {
 		return nil, err
@@ -142,13 +155,59 @@ func wordBytes(ws []uint64) []byte {
 	return b
 }
 
+// nativeThreads is how many of the target's threads the native check runs
+// on: one per two cores of the machine, since the tracer polls each call's
+// flag on a core of its own (on this project's 2-core machine, two threads
+// made the check 2–10× slower than one: a thread waited for a core behind
+// the poller). tracee.Routine.RunEach runs the rest in further rounds when
+// the target has fewer threads.
+func nativeThreads() int {
+	return max(1, min(runtime.NumCPU()/2, tracee.MaxRoutineThreads))
+}
+
+// splitParts splits nc's groups into n runs of about as many expected
+// words each (the work), starts[i] being where group i starts in items and
+// expect.
+func splitParts(nc *nativeCheck, starts [][2]int, words, n int) []nativePart {
+	var parts []nativePart
+	first := 0
+	for k := 1; k <= n && first < len(starts); k++ {
+		end := len(starts)
+		if k < n {
+			// The group boundary nearest k/n of the words.
+			want := words * k / n
+			end, _ = slices.BinarySearchFunc(starts, want, func(s [2]int, w int) int { return cmpU64(uint64(s[1]), uint64(w)) })
+			if end > first+1 && (end == len(starts) || want-starts[end-1][1] < starts[end][1]-want) {
+				end--
+			}
+			end = max(end, first+1)
+		}
+		parts = append(parts, nativePart{
+			items:  nc.itemsOff + uint64(8*starts[first][0]),
+			expect: nc.expectOff + uint64(8*starts[first][1]),
+			out:    nc.outOff + uint64(first),
+			groups: uint64(end - first),
+		})
+		first = end
+	}
+	return parts
+}
+
 // run compares, in the stopped target, every group with what Prewalk
 // read, and returns which are unchanged.
 func (nc *nativeCheck) run(p *tracee.Process) ([]bool, error) {
 	r := nc.routine
-	changed, err := r.Run(r.Data+nc.itemsOff, r.Data+nc.expectOff, r.Data+nc.outOff, uint64(len(nc.groups)))
+	calls := make([][]uint64, len(nc.parts))
+	for i, pt := range nc.parts {
+		calls[i] = []uint64{r.Data + pt.items, r.Data + pt.expect, r.Data + pt.out, pt.groups}
+	}
+	each, err := r.RunEach(calls)
 	if err != nil {
 		return nil, err
+	}
+	changed := uint64(0)
+	for _, n := range each {
+		changed += n
 	}
 	out := make([]byte, len(nc.groups))
 	if _, err := p.ReadAt(out, int64(r.Data+nc.outOff)); err != nil {

@@ -266,13 +266,36 @@ func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint6
 // with ErrCallRanOn if the thread ran its own code before the tracer
 // stopped it again.
 type callPages struct {
-	code, data, dataSize, stackTop uint64
+	code, stubSize, data, dataSize, stackTop uint64
 }
 
 func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uint64, at *callPages) (uint64, error) {
+	c, err := p.prepareCall(t, name, fn, store, args, at)
+	if err != nil {
+		return 0, err
+	}
+	return p.finishCall(c, false)
+}
+
+// pendingCall is a remote call set up on its thread (prepareCall), not yet
+// waited for (finishCall).
+type pendingCall struct {
+	t                           *thread
+	name                        string
+	fn                          uint64
+	s                           *callState
+	dataAddr, codeAddr, stubLen uint64
+	spin                        bool
+	free                        func()
+}
+
+// prepareCall sets up a call of fn on the stopped thread t: its state
+// saved, the stub and the call's data written, its registers set. The
+// thread is not continued.
+func (p *Process) prepareCall(t *thread, name string, fn, store uint64, args []uint64, at *callPages) (*pendingCall, error) {
 	s, err := p.saveCall(t)
 	if err != nil {
-		return 0, fmt.Errorf("tracee: remote call of %s: %w", name, err)
+		return nil, fmt.Errorf("tracee: remote call of %s: %w", name, err)
 	}
 	data := ctxData(s)
 	var dataAddr, codeAddr uint64
@@ -280,7 +303,7 @@ func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uin
 	sp := s.regs.SP()
 	if at != nil {
 		if uint64(len(data)) > at.dataSize {
-			return 0, fmt.Errorf("tracee: remote call of %s: the thread's state (%d bytes) does not fit in %d", name, len(data), at.dataSize)
+			return nil, fmt.Errorf("tracee: remote call of %s: the thread's state (%d bytes) does not fit in %d", name, len(data), at.dataSize)
 		}
 		dataAddr, codeAddr, sp = at.data, at.code, at.stackTop
 	} else {
@@ -288,12 +311,12 @@ func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uin
 		// Scratch: a tool killed before it unmaps them leaves pages a later
 		// one finds (and removes once no task runs in them).
 		if dataAddr, err = p.mmapScratch(t, dataSize, ProtRead|ProtWrite); err != nil {
-			return 0, err
+			return nil, err
 		}
 		step("call:data-mapped")
 		if codeAddr, err = p.mmapScratch(t, pageSize, ProtRead|ProtExec); err != nil {
 			p.runSyscallErr(t, "munmap", sysMunmap, dataAddr, dataSize)
-			return 0, err
+			return nil, err
 		}
 		free = func() {
 			// The thread is stopped outside the stub: nothing uses the pages.
@@ -302,6 +325,9 @@ func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uin
 		}
 	}
 	stub := returnStub(dataAddr, store, s, at != nil)
+	if at != nil && uint64(len(stub)) > at.stubSize {
+		return nil, fmt.Errorf("tracee: remote call of %s: a return stub of %d bytes, room for %d", name, len(stub), at.stubSize)
+	}
 	// The callee's stack and what the ABI wants on it (x86-64: the return
 	// address; arm64: nothing, the return address goes in x30).
 	sp, push := callStack(sp, codeAddr)
@@ -314,21 +340,28 @@ func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uin
 	}
 	if err != nil {
 		free()
-		return 0, err
+		return nil, err
 	}
 	r := s.regs
 	r.setupCall(fn, sp, codeAddr, args)
 	if err := setRegs(t.tid, &r); err != nil {
 		free()
-		return 0, p.threadErr(t.tid, "set registers", err)
+		return nil, p.threadErr(t.tid, "set registers", err)
 	}
 	step("call:set-up")
-	res, cerr := p.waitCall(t, name, fn, s, dataAddr, codeAddr, uint64(len(stub)), at != nil)
+	return &pendingCall{t: t, name: name, fn: fn, s: s, dataAddr: dataAddr, codeAddr: codeAddr,
+		stubLen: uint64(len(stub)), spin: at != nil, free: free}, nil
+}
+
+// finishCall runs a prepared call (continued already when started) to its
+// end and puts its thread back.
+func (p *Process) finishCall(c *pendingCall, started bool) (uint64, error) {
+	res, cerr := p.waitCall(c.t, c.name, c.fn, c.s, c.dataAddr, c.codeAddr, c.stubLen, c.spin, started)
 	step("call:returned")
-	if p.threads[t.tid] == nil {
+	if p.threads[c.t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
 	}
-	free()
+	c.free()
 	return res, cerr
 }
 
@@ -352,12 +385,15 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 // meanwhile. If the called code crashes, it restores s through ptrace and
 // returns a *CallError.
 //
+// started: the thread was continued already (calls run side by side).
 // With spin (a spinning stub, callPages), the call is over once the stub
 // sets its spinning flag, and a thread stopped outside the stub ran its own
 // code meanwhile: ErrCallRanOn.
-func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, spin bool) (uint64, error) {
-	if err := cont(t.tid, 0); err != nil {
-		return 0, p.threadErr(t.tid, "continue", err)
+func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, spin, started bool) (uint64, error) {
+	if !started {
+		if err := cont(t.tid, 0); err != nil {
+			return 0, p.threadErr(t.tid, "continue", err)
+		}
 	}
 	var result [16]byte
 	done := false

@@ -21,14 +21,20 @@ type Routine struct {
 	codeSize, dataSize   uint64
 }
 
-// Layout of a routine's mappings: the code then (from routineStub) the
-// return stub of its calls; the data mapping holds the call's state, then
-// the routine's own stack, then the caller's data.
+// Layout of a routine's mappings: the code, then (from routineStub) the
+// return stub of each thread's call, in slots of routineStubSlot; the data
+// mapping holds each thread's call state and stack, then the caller's data.
 const (
-	routineStub      = 2048
-	routineCallState = 64 << 10
-	routineStack     = 16 << 10
-	routineData      = routineCallState + routineStack
+	// MaxRoutineThreads is how many threads RunEach runs a routine on
+	// at most.
+	MaxRoutineThreads = 8
+	routineCode       = 2 * pageSize
+	routineStub       = 2048
+	routineStubSlot   = 512
+	routineCallState  = 64 << 10
+	routineStack      = 16 << 10
+	routinePerThread  = routineCallState + routineStack
+	routineData       = MaxRoutineThreads * routinePerThread
 )
 
 // MapRoutine maps code (at most 2 KiB) and dataSize bytes of data in the
@@ -38,7 +44,7 @@ func (p *Process) MapRoutine(code []byte, dataSize uint64) (*Routine, error) {
 	if len(code) == 0 || len(code) > routineStub {
 		return nil, fmt.Errorf("tracee: routine of %d bytes: want 1 to %d", len(code), routineStub)
 	}
-	r := &Routine{p: p, codeSize: pageSize, DataSize: dataSize}
+	r := &Routine{p: p, codeSize: routineCode, DataSize: dataSize}
 	r.dataSize = (routineData + dataSize + ScratchFooterSize + pageSize - 1) &^ (pageSize - 1)
 	var err error
 	if r.codeMap, err = p.MmapScratch(r.codeSize, ProtRead|ProtExec); err != nil {
@@ -74,28 +80,93 @@ func (r *Routine) Write(off uint64, b []byte) error {
 // was too slow to stop the thread before the stub gave up waiting, and the
 // result is not to be trusted.
 func (r *Routine) Run(args ...uint64) (uint64, error) {
+	res, err := r.RunEach([][]uint64{args})
+	if err != nil {
+		return 0, err
+	}
+	return res[0], nil
+}
+
+// RunEach is Run for each of calls (at most MaxRoutineThreads), side by
+// side, each on its own thread of the stopped process (the leader first):
+// work split in independent parts uses the machine's cores. With fewer
+// threads than calls, the rest run in further rounds. It fails when any
+// call fails; every thread is put back either way.
+func (r *Routine) RunEach(calls [][]uint64) ([]uint64, error) {
 	p := r.p
-	if len(args) > maxCallArgs {
-		return 0, fmt.Errorf("tracee: routine: %d arguments, at most %d", len(args), maxCallArgs)
+	if len(calls) == 0 || len(calls) > MaxRoutineThreads {
+		return nil, fmt.Errorf("tracee: routine: %d calls, want 1 to %d", len(calls), MaxRoutineThreads)
 	}
-	at := &callPages{
-		code:     r.codeMap + routineStub,
-		data:     r.dataMap,
-		dataSize: routineCallState,
-		stackTop: r.dataMap + routineData,
+	for _, args := range calls {
+		if len(args) > maxCallArgs {
+			return nil, fmt.Errorf("tracee: routine: %d arguments, at most %d", len(args), maxCallArgs)
+		}
 	}
-	var res uint64
+	res := make([]uint64, len(calls))
 	err := p.do(func() error {
 		if !p.stopped {
 			return fmt.Errorf("tracee: pid %d: routine: %w", p.pid, ErrNotStopped)
 		}
-		return p.borrow(0, false, func(t *thread) error {
-			var err error
-			res, err = p.runCallAt(t, "routine", r.Code, 0, args, at)
-			return err
-		})
+		// Rounds of as many calls as threads take them side by side.
+		for next := 0; next < len(calls); {
+			n, err := p.runRound(r, calls[next:], res[next:])
+			if err != nil {
+				return err
+			}
+			next += n
+		}
+		return nil
 	})
 	return res, err
+}
+
+// runRound runs the first of calls side by side, each on its own stopped
+// thread, and returns how many it ran (at least one, or an error).
+func (p *Process) runRound(r *Routine, calls [][]uint64, res []uint64) (int, error) {
+	var pending []*pendingCall
+	var errs []error
+	for _, tid := range p.order {
+		if len(pending) == len(calls) {
+			break
+		}
+		t := p.threads[tid]
+		if t == nil || !t.stopped {
+			continue
+		}
+		c, err := p.prepareCall(t, "routine", r.Code, 0, calls[len(pending)], r.pages(len(pending)))
+		if err != nil {
+			errs = append(errs, err) // another thread may take it
+			continue
+		}
+		pending = append(pending, c)
+	}
+	if len(pending) == 0 {
+		return 0, fmt.Errorf("tracee: pid %d: routine: no thread can take a call: %w", p.pid, errors.Join(errs...))
+	}
+	started := make([]bool, len(pending))
+	for i, c := range pending {
+		started[i] = cont(c.t.tid, 0) == nil // else finishCall tries again
+	}
+	var failed []error
+	for i, c := range pending {
+		var err error
+		if res[i], err = p.finishCall(c, started[i]); err != nil {
+			failed = append(failed, err)
+		}
+	}
+	return len(pending), errors.Join(failed...)
+}
+
+// pages are the routine's pages for its call on the i-th thread.
+func (r *Routine) pages(i int) *callPages {
+	data := r.dataMap + uint64(i)*routinePerThread
+	return &callPages{
+		code:     r.codeMap + routineStub + uint64(i)*routineStubSlot,
+		stubSize: routineStubSlot,
+		data:     data,
+		dataSize: routineCallState,
+		stackTop: data + routinePerThread,
+	}
 }
 
 // Unmap removes the routine's mappings from the target.

@@ -94,6 +94,26 @@ func TestRoutineCompare(t *testing.T) {
 	require.Equal(t, uint64(2), changed)
 	require.Equal(t, []byte{0, 1, 0, 1, 9}, out, "one flag per group, nothing written past them")
 
+	// The same groups in two halves, side by side on two threads (group 0
+	// and 1: 5 item words and 6 expected; 2 and 3 after them).
+	require.NoError(t, r.Write(outAt, []byte{9, 9, 9, 9, 9}))
+	require.NoError(t, c.p.Stop())
+	regsBefore, err = c.p.AllRegs()
+	require.NoError(t, err)
+	each, err := r.RunEach([][]uint64{
+		{r.Data + itemsAt, r.Data + expectAt, r.Data + outAt, 2},
+		{r.Data + itemsAt + 5*8, r.Data + expectAt + 6*8, r.Data + outAt + 2, 2},
+	})
+	require.NoError(t, err)
+	regsAfter, err = c.p.AllRegs()
+	require.NoError(t, err)
+	require.Equal(t, regsBefore, regsAfter, "every thread as it was stopped")
+	_, err = c.p.ReadAt(out, int64(r.Data+outAt))
+	require.NoError(t, err)
+	require.NoError(t, c.p.Resume())
+	require.Equal(t, []uint64{1, 1}, each)
+	require.Equal(t, []byte{0, 1, 0, 1, 9}, out)
+
 	// A word it cannot read: the routine faults, the thread is put back.
 	put(itemsAt, []uint64{arch.CompareItem(0x1000, 1), 0})
 	require.NoError(t, c.p.Stop())

@@ -151,6 +151,9 @@ func TestMain(m *testing.M) {
 	case "holder":
 		holderChild()
 		os.Exit(0)
+	case "routiner":
+		routinerChild()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -2,8 +2,15 @@ package tracee
 
 import (
 	"encoding/binary"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
 	"runtime"
+	"strconv"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -152,4 +159,81 @@ func BenchmarkRoutineRun(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// A tool killed while its routine runs in the stopped target — the
+// routine's thread set up, about to be continued — leaves a target that
+// runs on: the tracer's death resumes every thread, the routine ends, its
+// stub spins for the tracer that is gone, then restores the thread itself
+// (the spin's end is what only this test runs). The routine's scratch
+// mappings are left, marked for a later tool (ScratchAt).
+func TestRoutineTracerKilled(t *testing.T) {
+	c := startCall(t)
+	require.NoError(t, c.p.Close()) // the helper holds the target
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=routiner", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid))
+	helper := startTarget(t, cmd)
+	helper.ExpectAfter(t, 0, regexp.MustCompile(`^dying$`), 30*time.Second)
+	helper.Wait()
+	time.Sleep(400 * time.Millisecond) // the stub's spin ends (about 0.1 s)
+	c.healthy(t)
+	m := c.Mark()
+	fmt.Fprintln(c.Stdin, "after the routine")
+	c.ExpectAfter(t, m, regexp.MustCompile(`^read 18 after the routine$`), 5*time.Second)
+	require.NoError(t, syscall.Kill(c.Pid, 0))
+
+	p := openT(t, c.Pid)
+	maps, err := readMaps(c.Pid)
+	require.NoError(t, err)
+	var scratch [][2]uint64
+	for _, m := range maps {
+		if addr, size, ok := p.ScratchAt(m.end); ok {
+			scratch = append(scratch, [2]uint64{addr, addr + size})
+		}
+	}
+	require.Len(t, scratch, 2, "the routine's code and data, marked")
+	require.NoError(t, p.Stop())
+	regs, err := p.AllRegs()
+	require.NoError(t, p.Resume())
+	require.NoError(t, err)
+	for tid, r := range regs {
+		for _, s := range scratch {
+			require.False(t, r.PC() >= s[0] && r.PC() < s[1], "thread %d still in the routine's pages at %#x", tid, r.PC())
+		}
+	}
+}
+
+// routinerChild maps a routine in TRACEE_TEST_PID, stops it, and kills
+// itself once the routine's thread is set up (step "call:set-up").
+func routinerChild() {
+	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
+	p, err := Open(pid)
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	r, err := p.MapRoutine(hostArch().CompareWords, 4096)
+	if err == nil {
+		item := make([]byte, 16)
+		binary.LittleEndian.PutUint64(item, arch.CompareItem(r.Data+1024, 1))
+		err = r.Write(0, item)
+	}
+	if err == nil {
+		err = p.Stop()
+	}
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready running")
+	StepHook = func(step string) {
+		if step == "call:set-up" {
+			fmt.Println("dying")
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	_, err = r.Run(r.Data, r.Data+2048, r.Data+3072, 1)
+	fmt.Println("returned", err)
+	select {}
 }

@@ -55,7 +55,7 @@ func plot(rows []pauseRow) string {
 		{"floor, sleeping", "#d62728", true, line(sleep, c.xs, "floor-median-us")},
 		{"apply, busy", "#1f77b4", false, line(busy, c.xs, "apply-pause-median-us")},
 		{"floor, busy", "#1f77b4", true, line(busy, c.xs, "floor-median-us")},
-		{"seize…detach, sleeping", "#9467bd", true, line(sleep, c.xs, "seize-stop-detach-median-us")},
+		{"held stop, sleeping", "#9467bd", true, line(sleep, c.xs, "held-stop-resume-median-us")},
 	}
 	gos := pick("go", "")
 	for _, r := range gos {

@@ -18,7 +18,11 @@ type pauseRow struct {
 
 func (r pauseRow) label() string {
 	if r.lang == "c" {
-		return fmt.Sprintf("C, %d threads %s", r.n, map[string]string{"sleep": "sleeping", "busy": "busy"}[r.mode])
+		noun := "threads"
+		if r.n == 1 {
+			noun = "thread"
+		}
+		return fmt.Sprintf("C, %d %s %s", r.n, noun, map[string]string{"sleep": "sleeping", "busy": "busy"}[r.mode])
 	}
 	return fmt.Sprintf("Go, %s parked goroutines", thousands(r.n))
 }
@@ -85,19 +89,27 @@ func report(all []result, mach, raw string) string {
 	w("## 1. The pause against its floor\n\n")
 	w("The floor is what stopping costs by itself: interrupting, waiting for and resuming the\n")
 	w("same threads, already attached, measured in the same iterations as the applies.\n")
-	w("\"Seize…detach\" is what stopping costs as tracee does it in every pause today:\n")
-	w("PTRACE_SEIZE of every thread, interrupt, wait, PTRACE_DETACH.\n\n")
-	w("| target | threads | floor (ms) | seize…detach (ms) | apply pause (ms) | × floor | revert pause (ms) | goal | |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|---|---|\n")
+	w("The stop alone, through tracee: \"held stop\" is how an apply stops a C target (its\n")
+	w("threads seized once before the first pause: interrupt, wait, continue); \"seize…detach\"\n")
+	w("is how it stops a Go target in each pause (PTRACE_SEIZE of every thread, interrupt,\n")
+	w("wait, PTRACE_DETACH).\n\n")
+	w("| target | threads | floor (ms) | held stop (ms) | seize…detach (ms) | apply pause (ms) | × floor | revert pause (ms) | goal | |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
 	for _, r := range rows {
 		g, met, has := r.goal()
-		w("| %s | %.0f | %.3f | %.3f | %.3f | %.2f | %.3f | %s | %s |\n", r.label(), r.m["threads"],
-			r.ms("floor-median-us"), r.ms("seize-stop-detach-median-us"), r.ms("apply-pause-median-us"),
+		held := "—"
+		if v, ok := r.m["held-stop-resume-median-us"]; ok {
+			held = fmt.Sprintf("%.3f", v/1000)
+		}
+		w("| %s | %.0f | %.3f | %s | %.3f | %.3f | %.2f | %.3f | %s | %s |\n", r.label(), r.m["threads"],
+			r.ms("floor-median-us"), held, r.ms("seize-stop-detach-median-us"), r.ms("apply-pause-median-us"),
 			r.m["apply-pause-median-us"]/r.m["floor-median-us"], r.ms("revert-pause-median-us"), g, verdict(met, has))
 	}
 	w("\nGo targets: the snapshot alone (stop, walk, resume), walking every goroutine in the\n")
 	w("stop against walking them before it and, in the stop, again only those whose inputs\n")
-	w("changed (consistency.Walks):\n\n")
+	w("changed (consistency.Walks) — from 512 goroutines on, the stopped target compares those\n")
+	w("inputs itself (a routine of ours run on one of its threads), and only what changed is\n")
+	w("read back:\n\n")
 	w("| target | tasks | floor (ms) | walk all in the stop (ms) | incremental (ms) | speed-up |\n")
 	w("|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {

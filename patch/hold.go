@@ -10,11 +10,11 @@ import "github.com/hotpatch-dev/hotpatch/internal/consistency"
 // continue; the returned func ends the hold (the kernel detaches every
 // thread without stopping it).
 //
-// Go targets keep a seize and a detach in every pause: while held, every
-// signal the process receives (the runtime's SIGURG preemption, sent by
-// sysmon to every goroutine running 10 ms) stops its thread until our
-// ptrace thread continues it, and their pause is bounded by re-reading the
-// goroutines (docs/pause-limits.md), not by the seize.
+// Go targets are held only around each pause (consistency.StopAndCheck
+// seizes right before the stop and releases right after it): while held,
+// every signal the process receives (the runtime's SIGURG preemption, sent
+// by sysmon to every goroutine running 10 ms) stops its thread until our
+// ptrace thread continues it, which must not last the whole operation.
 //
 // A hold that cannot be taken leaves the operation to seize in each pause
 // as before (the stop reports what is wrong).

@@ -82,9 +82,7 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 			b.Fatal(err)
 		}
 		floor = append(floor, time.Since(start))
-		if !goTarget {
-			held = append(held, heldPause(b, proc))
-		}
+		held = append(held, heldPause(b, proc))
 		if goTarget {
 			var snap consistency.Snapshot
 			snap, full = takePause(b, src, nil, full)
@@ -114,9 +112,7 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 	b.StopTimer()
 	reportPauses(b, "floor", attached)
 	reportPauses(b, "seize-stop-detach", floor)
-	if !goTarget {
-		reportPauses(b, "held-stop-resume", held)
-	}
+	reportPauses(b, "held-stop-resume", held)
 	reportPauses(b, "apply-pause", apply)
 	reportPauses(b, "revert-pause", revert)
 	if goTarget {
@@ -128,7 +124,7 @@ func benchPause(b *testing.B, tg *patch.Target, old, new string, goTarget bool) 
 	b.ReportMetric(float64(runtime.NumCPU()), "cpus")
 }
 
-// heldPause measures a stop as an apply of a C target makes it: the
+// heldPause measures a stop as an apply makes it: the
 // threads held (seized) beforehand, Stop and Resume are interrupt, wait,
 // continue, as in the floor but through tracee.
 func heldPause(b *testing.B, proc *tracee.Process) time.Duration {

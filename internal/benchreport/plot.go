@@ -66,7 +66,7 @@ func plot(rows []pauseRow) string {
 		{"walk all in the stop", "#ff7f0e", false, line(gos, g.xs, "take-full-median-us")},
 		{"incremental walk", "#2ca02c", false, line(gos, g.xs, "take-incremental-median-us")},
 		{"floor", "#7f7f7f", true, line(gos, g.xs, "floor-median-us")},
-		{"seize…detach", "#9467bd", true, line(gos, g.xs, "seize-stop-detach-median-us")},
+		{"held stop", "#9467bd", true, line(gos, g.xs, "held-stop-resume-median-us")},
 	}
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, p := range []panel{c, g} {

@@ -61,9 +61,12 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		// again only those whose inputs changed. A failed walk here
 		// only means everything is walked in the stop.
 		prior, _ := src.PrewalkFor(regions)
-		start := time.Now()
 		p := src.Proc
+		release := holdForPause(src)
+		start := time.Now()
 		if err := p.Stop(); err != nil {
+			release()
+			prior.Close()
 			return res, err
 		}
 		snap, err := src.TakeAfter(prior)
@@ -76,6 +79,7 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		}
 		rerr := p.Resume()
 		res.Pause = time.Since(start)
+		release()
 		// What Prewalk mapped in the target goes: a failure to unmap it
 		// leaves scratch memory a later tool removes (tracee.Recover).
 		prior.Close()
@@ -106,4 +110,23 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 			wait = pol.MaxBackoff
 		}
 	}
+}
+
+// holdForPause seizes every thread of a Go target right before its stop
+// (tracee's Hold), so that the pause is interrupt, wait, continue rather
+// than seize, interrupt, wait, detach; the returned func releases them
+// after it. A C target is held across the whole operation by its caller
+// already; a Go target is not held longer than this: while held, every
+// signal it receives (the runtime's SIGURG preemption) stops a thread
+// until tracee continues it. A hold that cannot be taken leaves the stop
+// to seize (it reports what is wrong).
+func holdForPause(src Source) func() {
+	p := src.Proc
+	if src.Go == nil || p.Held() {
+		return func() {}
+	}
+	if err := p.Hold(); err != nil {
+		return func() {}
+	}
+	return func() { p.Release() }
 }

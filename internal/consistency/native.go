@@ -57,6 +57,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 		return nil, nil
 	}
 	nc := &nativeCheck{}
+	gWords := src.Go.GWords()
 	var items, expect []uint64
 	// Where each group starts in items and expect, to split them.
 	var starts [][2]int
@@ -65,7 +66,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 			continue
 		}
 		rec := byG[addr]
-		its, exp, ok := groupItems(addr, raw[i], rec)
+		its, exp, ok := groupItems(addr, raw[i], gWords, rec)
 		if !ok {
 			continue
 		}
@@ -97,32 +98,46 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 }
 
 // groupItems returns the items and expected words of the g at addr, read
-// as raw, and of every read of its walk rec (nil: none); not ok when a read
-// is not of whole aligned words or an address does not fit an item.
-func groupItems(addr uint64, raw []byte, rec *walkRecord) (items, expect []uint64, ok bool) {
-	if addr%8 != 0 || addr >= 1<<48 || len(raw)%8 != 0 || len(raw)/8 > arch.MaxCompareWords {
+// as raw — the words at gWords, those its decoding reads — and of every
+// read of its walk rec (nil: none); not ok when a read is not of whole
+// aligned words or an address does not fit an item.
+func groupItems(addr uint64, raw []byte, gWords []int, rec *walkRecord) (items, expect []uint64, ok bool) {
+	if addr%8 != 0 || addr >= 1<<48 {
 		return nil, nil, false
 	}
-	items = append(items, arch.CompareItem(addr, len(raw)/8))
-	for off := 0; off < len(raw); off += 8 {
-		expect = append(expect, binary.LittleEndian.Uint64(raw[off:]))
+	var ws []cmpWord
+	for _, off := range gWords {
+		if off+8 > len(raw) {
+			return nil, nil, false
+		}
+		ws = append(ws, cmpWord{addr + uint64(off), binary.LittleEndian.Uint64(raw[off:])})
 	}
+	items, expect = appendRuns(items, expect, ws)
 	if rec == nil {
 		return items, expect, true
 	}
-	type word struct{ addr, v uint64 }
-	var ws []word
+	ws = ws[:0]
 	for _, r := range rec.reads {
 		a := rec.spans[r.span].addr + uint64(r.off)
 		if a%8 != 0 || r.n%8 != 0 || a+uint64(r.n) >= 1<<48 {
 			return nil, nil, false
 		}
 		for k := 0; k < r.n; k += 8 {
-			ws = append(ws, word{a + uint64(k), binary.LittleEndian.Uint64(rec.spans[r.span].data[r.off+k:])})
+			ws = append(ws, cmpWord{a + uint64(k), binary.LittleEndian.Uint64(rec.spans[r.span].data[r.off+k:])})
 		}
 	}
-	slices.SortFunc(ws, func(x, y word) int { return cmpU64(x.addr, y.addr) })
-	ws = slices.CompactFunc(ws, func(x, y word) bool { return x.addr == y.addr })
+	slices.SortFunc(ws, func(x, y cmpWord) int { return cmpU64(x.addr, y.addr) })
+	ws = slices.CompactFunc(ws, func(x, y cmpWord) bool { return x.addr == y.addr })
+	items, expect = appendRuns(items, expect, ws)
+	return items, expect, true
+}
+
+// cmpWord is a word of the target to compare and the value it held.
+type cmpWord struct{ addr, v uint64 }
+
+// appendRuns appends to items one item per run of consecutive words of ws
+// (sorted by address) and to expect their values.
+func appendRuns(items, expect []uint64, ws []cmpWord) ([]uint64, []uint64) {
 	for i := 0; i < len(ws); {
 		j := i + 1
 		for j < len(ws) && ws[j].addr == ws[j-1].addr+8 && j-i < arch.MaxCompareWords {
@@ -134,7 +149,7 @@ func groupItems(addr uint64, raw []byte, rec *walkRecord) (items, expect []uint6
 		}
 		i = j
 	}
-	return items, expect, true
+	return items, expect
 }
 
 func cmpU64(a, b uint64) int {

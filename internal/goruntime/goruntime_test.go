@@ -1,6 +1,7 @@
 package goruntime
 
 import (
+	"bytes"
 	"debug/elf"
 	"fmt"
 	"regexp"
@@ -393,5 +394,37 @@ func TestGSlot(t *testing.T) {
 				require.Equal(t, c.want, got)
 			}
 		})
+	}
+}
+
+// Bytes of a g outside GWords never change what DecodeG returns, and each
+// decoded field changes when a byte of its own changes: the native check
+// (consistency) compares only those words.
+func TestGWordsCoverDecode(t *testing.T) {
+	for release, l := range Known {
+		r := &Runtime{Layout: l}
+		words := map[int]bool{}
+		for _, w := range r.GWords() {
+			require.Zero(t, w%8, release)
+			words[w] = true
+		}
+		base := make([]byte, r.GBytes())
+		for i := range base {
+			base[i] = byte(i*7 + 3)
+		}
+		want := r.DecodeG(0x1000, base)
+		for i := range base {
+			b := bytes.Clone(base)
+			b[i] ^= 0xff
+			got := r.DecodeG(0x1000, b)
+			if !words[i&^7] {
+				require.Equal(t, want, got, "%s: byte %d is outside the words", release, i)
+			}
+		}
+		for _, off := range []int{l.GStackLo, l.GSchedPC, l.GStatus, l.GGoid, l.GWaitReason, l.GLockedM, l.GM} {
+			b := bytes.Clone(base)
+			b[off] ^= 0x01
+			require.NotEqual(t, want, r.DecodeG(0x1000, b), "%s: field at %d", release, off)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -698,6 +699,27 @@ const gChunk = 4096
 // GBytes is how many bytes of a g DecodeG reads: GSize rounded up to a
 // word.
 func (r *Runtime) GBytes() int { return (r.Layout.GSize + 7) &^ 7 }
+
+// GWords returns the offsets, in a g, of the words DecodeG reads (every
+// field it decodes lies within them), in increasing order: two g's whose
+// bytes agree on these words decode alike.
+func (r *Runtime) GWords() []int { return r.Layout.gWords() }
+
+func (l Layout) gWords() []int {
+	fields := [][2]int{ // offset, size
+		{l.GStackLo, 8}, {l.GStackHi, 8}, {l.GM, 8}, {l.GSchedSP, 8}, {l.GSchedPC, 8},
+		{l.GSchedLR, 8}, {l.GSchedBP, 8}, {l.GSyscallSP, 8}, {l.GSyscallPC, 8},
+		{l.GStatus, 4}, {l.GGoid, 8}, {l.GWaitReason, 1}, {l.GLockedM, 8},
+	}
+	var ws []int
+	for _, f := range fields {
+		for w := f[0] &^ 7; w < f[0]+f[1]; w += 8 {
+			ws = append(ws, w)
+		}
+	}
+	slices.Sort(ws)
+	return slices.Compact(ws)
+}
 
 // ReadGBytes reads GBytes bytes of each g at addrs.
 func (r *Runtime) ReadGBytes(mem io.ReaderAt, addrs []uint64) ([][]byte, error) {

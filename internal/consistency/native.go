@@ -1,6 +1,7 @@
 package consistency
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -126,7 +127,7 @@ func groupItems(addr uint64, raw []byte, gWords []int, rec *walkRecord) (items, 
 			ws = append(ws, cmpWord{a + uint64(k), binary.LittleEndian.Uint64(rec.spans[r.span].data[r.off+k:])})
 		}
 	}
-	slices.SortFunc(ws, func(x, y cmpWord) int { return cmpU64(x.addr, y.addr) })
+	slices.SortFunc(ws, func(x, y cmpWord) int { return cmp.Compare(x.addr, y.addr) })
 	ws = slices.CompactFunc(ws, func(x, y cmpWord) bool { return x.addr == y.addr })
 	items, expect = appendRuns(items, expect, ws)
 	return items, expect, true
@@ -150,16 +151,6 @@ func appendRuns(items, expect []uint64, ws []cmpWord) ([]uint64, []uint64) {
 		i = j
 	}
 	return items, expect
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func wordBytes(ws []uint64) []byte {
@@ -191,7 +182,7 @@ func splitParts(nc *nativeCheck, starts [][2]int, words, n int) []nativePart {
 		if k < n {
 			// The group boundary nearest k/n of the words.
 			want := words * k / n
-			end, _ = slices.BinarySearchFunc(starts, want, func(s [2]int, w int) int { return cmpU64(uint64(s[1]), uint64(w)) })
+			end, _ = slices.BinarySearchFunc(starts, want, func(s [2]int, w int) int { return cmp.Compare(s[1], w) })
 			if end > first+1 && (end == len(starts) || want-starts[end-1][1] < starts[end][1]-want) {
 				end--
 			}

@@ -46,9 +46,9 @@ func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
 func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	p := src.Proc
 	var s Snapshot
-	// First, before any register is read: the native check runs on one
-	// of the threads, which is then as it was — or, when it ran on
-	// (tracee.ErrCallRanOn), is read as it is now.
+	// First, before any register is read: the native check runs on some
+	// of the threads, each then as it was — or, when one ran on
+	// (tracee.ErrCallRanOn), read as it is now.
 	same := prior.runNative(p)
 	if prior != nil {
 		prior.clean = nil

@@ -256,7 +256,11 @@ func (s *callState) restore(tid int) error {
 // records it, so that a tracer killed during the call or right after it
 // loses nothing (a library handle, say).
 func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint64) (uint64, error) {
-	return p.runCallAt(t, name, fn, store, args, nil)
+	c, err := p.prepareCall(t, name, fn, store, args, nil)
+	if err != nil {
+		return 0, err
+	}
+	return p.finishCall(c, false)
 }
 
 // callPages is memory mapped beforehand for a remote call (a Routine's):
@@ -267,14 +271,6 @@ func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint6
 // stopped it again.
 type callPages struct {
 	code, stubSize, data, dataSize, stackTop uint64
-}
-
-func (p *Process) runCallAt(t *thread, name string, fn, store uint64, args []uint64, at *callPages) (uint64, error) {
-	c, err := p.prepareCall(t, name, fn, store, args, at)
-	if err != nil {
-		return 0, err
-	}
-	return p.finishCall(c, false)
 }
 
 // pendingCall is a remote call set up on its thread (prepareCall), not yet

@@ -180,8 +180,21 @@ func (tt *tortureTarget) release() {
 	if tt.busy < 0 {
 		return
 	}
-	if ex, _ := tt.p.Exited(); !ex {
-		command(tt.t, tt.p, fmt.Sprintf("stop %d", tt.busy), regexp.MustCompile(fmt.Sprintf(`^batch %d stopped 3$`, tt.busy)))
+	// The target may be killed meanwhile (TestTortureKillTarget kills it
+	// at the patcher's steps): then nobody answers, and that is fine.
+	mark := tt.p.Mark()
+	fmt.Fprintln(tt.p.Stdin, fmt.Sprintf("stop %d", tt.busy))
+	want := fmt.Sprintf("batch %d stopped 3", tt.busy)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if slices.Contains(tt.p.Lines()[mark:], want) {
+			break
+		}
+		if ex, _ := tt.p.Exited(); ex {
+			break
+		}
+		if time.Now().After(deadline) {
+			tt.t.Fatalf("the target did not say %q within 60s", want)
+		}
 	}
 	tt.busy = -1
 }

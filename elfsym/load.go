@@ -2,6 +2,7 @@ package elfsym
 
 import (
 	"bytes"
+	"cmp"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -349,20 +349,26 @@ func loadVDSO(mem io.ReaderAt, vm Mapping) (*Module, error) {
 	return m, nil
 }
 
-// index builds the lookup structures of the table.
+// index builds the lookup structures of the table. Modules do not
+// overlap in a process, so each is sorted alone; their symbols are unique
+// by (name, address), so the order is total.
 func (t *Table) index() {
-	t.syms = nil
-	for _, m := range t.Modules {
+	byText := slices.Clone(t.Modules)
+	slices.SortFunc(byText, func(a, b *Module) int { return cmp.Compare(a.TextStart, b.TextStart) })
+	n := 0
+	for _, m := range byText {
+		n += len(m.syms)
+	}
+	t.syms = make([]Symbol, 0, n)
+	for _, m := range byText {
+		slices.SortFunc(m.syms, symbolOrder)
 		t.syms = append(t.syms, m.syms...)
 		m.syms = nil
 	}
-	sort.SliceStable(t.syms, func(i, j int) bool {
-		a, b := &t.syms[i], &t.syms[j]
-		if a.Addr != b.Addr {
-			return a.Addr < b.Addr
-		}
-		return preferred(a, b)
-	})
+	if !slices.IsSortedFunc(t.syms, symbolOrder) {
+		// Modules whose symbols interleave (not seen in a process).
+		slices.SortFunc(t.syms, symbolOrder)
+	}
 	t.byName = make(map[string][]int, len(t.syms))
 	t.byAddr = t.byAddr[:0]
 	for i := range t.syms {
@@ -374,22 +380,32 @@ func (t *Table) index() {
 	}
 }
 
-// preferred orders aliases at one address: the first is what an address
-// symbolizes to.
-func preferred(a, b *Symbol) bool {
-	if a.Size != b.Size {
-		return a.Size > b.Size
+// symbolOrder orders symbols by address, aliases as aliasOrder does.
+func symbolOrder(a, b Symbol) int {
+	if a.Addr != b.Addr {
+		return cmp.Compare(a.Addr, b.Addr)
 	}
+	return aliasOrder(&a, &b)
+}
+
+// aliasOrder orders aliases at one address: the first is what an address
+// symbolizes to — the largest, then the one with the fewest leading
+// underscores, a global before a local, then the shortest name.
+func aliasOrder(a, b *Symbol) int {
 	ua := len(a.Name) - len(strings.TrimLeft(a.Name, "_"))
 	ub := len(b.Name) - len(strings.TrimLeft(b.Name, "_"))
-	if ua != ub {
-		return ua < ub
+	return cmp.Or(
+		cmp.Compare(b.Size, a.Size),
+		cmp.Compare(ua, ub),
+		cmp.Compare(local(a), local(b)),
+		cmp.Compare(len(a.Name), len(b.Name)),
+		strings.Compare(a.Name, b.Name))
+}
+
+// local is 1 for a local (static) symbol, 0 for others.
+func local(s *Symbol) int {
+	if s.bind == elf.STB_LOCAL {
+		return 1
 	}
-	if (a.bind == elf.STB_LOCAL) != (b.bind == elf.STB_LOCAL) {
-		return b.bind == elf.STB_LOCAL
-	}
-	if len(a.Name) != len(b.Name) {
-		return len(a.Name) < len(b.Name)
-	}
-	return a.Name < b.Name
+	return 0
 }

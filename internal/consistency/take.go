@@ -106,14 +106,19 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		if g.Status == goruntime.Waiting && t.Wait == "" {
 			t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
 		}
-		if i, ok := threads[g.Thread]; ok && (g.Status == goruntime.Running || g.Status == goruntime.Syscall) &&
-			onStack(s.Tasks[i].Stack, g) {
+		// The thread of a goroutine on one (most are parked: no lookup).
+		onThread := g.Status == goruntime.Running || g.Status == goruntime.Syscall
+		i, seen := 0, false
+		if onThread {
+			i, seen = threads[g.Thread]
+		}
+		if seen && onStack(s.Tasks[i].Stack, g) {
 			t.Stack = s.Tasks[i].Stack
 			covered[g.Thread] = g
 			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
 			continue
 		}
-		if _, seen := threads[g.Thread]; g.Status == goruntime.Running && !seen {
+		if g.Status == goruntime.Running && !seen {
 			// Its saved registers are stale while it runs, and the thread
 			// that runs it is not one we stopped: nothing can be proven.
 			t.Stack = unwind.Stack{Reason: fmt.Sprintf("running on thread %d, which is not among the stopped threads", g.Thread)}

@@ -447,7 +447,7 @@ func boot(kernel, initrd string) (string, error) {
 		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "2048",
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3")
+		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3 mitigations=off")
 	var out bytes.Buffer
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr, cmd.Stdin = pw, pw, nil

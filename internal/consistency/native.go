@@ -80,6 +80,8 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	if len(nc.groups) < least {
 		return nil, nil
 	}
+	// The routine reads arch.CompareLookahead words past each item.
+	items = append(items, make([]uint64, arch.CompareLookahead)...)
 	nc.itemsOff = 0
 	nc.expectOff = uint64(8 * len(items))
 	nc.outOff = nc.expectOff + uint64(8*len(expect))

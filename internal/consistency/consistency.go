@@ -54,6 +54,7 @@ func (t Task) String() string {
 
 // Snapshot is every task of a stopped target.
 type Snapshot struct {
+	// Tasks lists the threads, then the goroutines, in no particular order.
 	Tasks []Task
 }
 

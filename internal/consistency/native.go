@@ -33,17 +33,96 @@ type nativeCheck struct {
 	// parts split the groups for threads side by side: each is the
 	// routine's arguments (offsets in its data, and a count of groups).
 	parts []nativePart
+	// pre holds, from pre[room] on, the snapshot's task of each group with
+	// a walk, built before the stop (prebuild): a group the target finds
+	// unchanged has exactly that task, which TakeAfter then uses where it
+	// is, the threads' tasks put in the room before it. preGroup[j] is the
+	// group of pre[room+j], preClean[j] whether its walk had no blocker
+	// (PrewalkFor). nil once a TakeAfter used it.
+	pre      []Task
+	room     int
+	preGroup []int32
+	preClean []bool
 }
+
+// preSlack is how many more tasks than it holds pre has room for: the
+// goroutines found changed, born or bound to a thread since, built in the
+// stop, go there without a copy of the others.
+func preSlack(groups int) int { return 64 + groups/8 }
 
 // nativePart is a run of groups for one thread.
 type nativePart struct {
 	items, expect, out, groups uint64
 }
 
-// gRecord is a g as Prewalk read it and its walk (nil: not walked then).
+// gRecord is a g as Prewalk read it and its walk (nil: not walked then);
+// pre is the index of its task in nativeCheck.pre (from room), -1 when it
+// has none.
 type gRecord struct {
 	g    goruntime.G
 	walk *walkRecord
+	pre  int32
+}
+
+// prebuild builds, before the stop, the task of every group with a walk
+// (see nativeCheck.pre), after room for threads threads and some more.
+func (nc *nativeCheck) prebuild(threads int) {
+	n := 0
+	for k := range nc.groups {
+		if nc.groups[k].walk != nil {
+			n++
+		}
+	}
+	nc.room = threads + 16
+	nc.pre = make([]Task, nc.room, nc.room+n+preSlack(n))
+	nc.preGroup = make([]int32, 0, n)
+	for k := range nc.groups {
+		gr := &nc.groups[k]
+		gr.pre = -1
+		if gr.walk == nil {
+			continue
+		}
+		gr.pre = int32(len(nc.preGroup))
+		t := goTask(gr.g)
+		t.Thread = 0
+		t.Stack = gr.walk.stack
+		nc.pre = append(nc.pre, t)
+		nc.preGroup = append(nc.preGroup, int32(k))
+	}
+}
+
+// prebuilt returns the slice for the snapshot's tasks: room for the
+// threads' (len room), then the tasks prebuild made for the groups the
+// native check found unchanged — known, from goroutines — and whether each
+// is clean (nil when PrewalkFor did not check them). Nil when there are
+// none to use; used once.
+func (w *Walks) prebuilt(known []*gRecord) (tasks []Task, room int, clean []bool) {
+	if w == nil || w.native == nil || w.native.pre == nil || known == nil {
+		return nil, 0, nil
+	}
+	nc := w.native
+	tasks, room, clean = nc.pre, nc.room, nc.preClean
+	nc.pre, nc.preClean = nil, nil // the snapshot's now
+	n := len(nc.preGroup)
+	for j := 0; j < n; {
+		k := nc.preGroup[j]
+		if i := nc.at[k]; i < len(known) && known[i] == &nc.groups[k] {
+			j++
+			continue
+		}
+		// Changed: its task is built in the stop. The last takes its place.
+		n--
+		tasks[room+j], nc.preGroup[j] = tasks[room+n], nc.preGroup[n]
+		nc.groups[k].pre = -1
+		if clean != nil {
+			clean[j] = clean[n]
+		}
+	}
+	clear(tasks[room+n:])
+	if clean != nil {
+		clean = clean[:n]
+	}
+	return tasks[:room+n], room, clean
 }
 
 // prepareNative builds the groups of every g not bound to an m (whose
@@ -74,7 +153,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 		starts = append(starts, [2]int{len(items), len(expect)})
 		items = append(append(items, its...), 0)
 		expect = append(expect, exp...)
-		nc.groups = append(nc.groups, gRecord{g: gs[i], walk: rec})
+		nc.groups = append(nc.groups, gRecord{g: gs[i], walk: rec, pre: -1})
 		nc.at = append(nc.at, i)
 	}
 	if len(nc.groups) < least {

@@ -65,6 +65,12 @@ func (src Source) PrewalkFor(regions []Region) (*Walks, error) {
 	for _, rec := range w.byG {
 		rec.clean = len(checkTask(nil, &Task{Stack: rec.stack}, regions)) == 0
 	}
+	if nc := w.native; nc != nil && nc.pre != nil {
+		nc.preClean = make([]bool, len(nc.preGroup))
+		for j, k := range nc.preGroup {
+			nc.preClean[j] = nc.groups[k].walk.clean
+		}
+	}
 	return w, nil
 }
 
@@ -229,6 +235,10 @@ func (src Source) Prewalk() (*Walks, error) {
 	}
 	// Without it, every input is read back in the stop: not an error.
 	w.native, _ = src.prepareNative(src.Unwinder.Arch.Target, addrs, raw, gs, w.byG)
+	if w.native != nil {
+		threads, _ := src.Proc.CountThreads() // a guess: the stop counts them
+		w.native.prebuild(threads)
+	}
 	if len(walk) >= parallelGs*16 {
 		// What the stop allocates for many goroutines would likely start
 		// a collection of our heap in it (marking steals CPU and stalls

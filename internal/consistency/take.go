@@ -3,6 +3,7 @@ package consistency
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
@@ -42,7 +43,9 @@ func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
 
 // TakeAfter is Take reusing, for each goroutine whose inputs have not changed
 // since, the walk prior recorded before the stop (see Walks); nil prior
-// walks everything.
+// walks everything. With a native check, the first TakeAfter given prior
+// also takes the tasks prior built for the goroutines found unchanged as
+// they are (its snapshot owns them).
 func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	p := src.Proc
 	var s Snapshot
@@ -85,27 +88,34 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	}
 	covered := map[int]goruntime.G{} // thread → the goroutine it runs, reported with its stack
 	walk := make([]*goruntime.G, 0, len(gs))
-	// One slice for the snapshot: the goroutines' tasks go after room for
-	// every thread's, which are put right before them once known (copying
-	// 100,000 tasks of 200 bytes into a new slice cost milliseconds).
-	allTasks := make([]Task, len(tids)+len(gs))
-	goTasks := allTasks[len(tids):len(tids)]
-	walkOf := make([]int, 0, len(gs)) // goTasks index → walk index, -1 when not walked from its g
-	gOf := make([]int32, 0, len(gs))  // goTasks index → index in gs
-	var walkKnown []*gRecord          // walk index → the g's record when proven unchanged
+	// One slice for the snapshot: room for every thread's task, put there
+	// once known, then the goroutines' — first those Prewalk built for the
+	// goroutines the target found unchanged, where they are, then those
+	// built here (copying 100,000 tasks of 200 bytes cost milliseconds).
+	out, room, keptClean := prior.prebuilt(known)
+	kept := len(out) - room
+	usePre := out != nil
+	if !usePre {
+		room = len(tids)
+		out = make([]Task, room, room+len(gs))
+	}
+	goTasks := out[len(out):len(out)]
+	walkOf := make([]int, 0, len(gs)-kept) // goTasks index → walk index, -1 when not walked from its g
+	gOf := make([]int32, 0, len(gs)-kept)  // goTasks index → index in gs
+	var walkKnown []*gRecord               // walk index → the g's record when proven unchanged
 	if known != nil {
-		walkKnown = make([]*gRecord, 0, len(gs))
+		walkKnown = make([]*gRecord, 0, len(gs)-kept)
 	}
 	for gi, gp := range gs {
+		if usePre && known[gi] != nil && known[gi].pre >= 0 {
+			continue // its task is among the prebuilt
+		}
 		g := *gp
 		if !g.Live() {
 			continue
 		}
 		gOf = append(gOf, int32(gi))
-		t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread, Key: g.Addr}
-		if g.Status == goruntime.Waiting && t.Wait == "" {
-			t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
-		}
+		t := goTask(g)
 		// The thread of a goroutine on one (most are parked: no lookup).
 		onThread := g.Status == goruntime.Running || g.Status == goruntime.Syscall
 		i, seen := 0, false
@@ -144,6 +154,10 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	if err := src.walkFromG(goTasks, walkOf, walk, walkKnown, prior, goClean); err != nil {
 		return Snapshot{}, err
 	}
+	if kept > 0 {
+		prior.Reused += kept
+		prior.Native += kept
+	}
 	for i := range goTasks {
 		if len(goTasks[i].Stack.Callbacks) > 0 {
 			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, *gs[gOf[i]])
@@ -168,13 +182,30 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		}
 		threadTasks = append(threadTasks, t)
 	}
-	first := len(tids) - len(threadTasks)
-	copy(allTasks[first:], threadTasks)
 	if goClean != nil {
 		// Task i of the snapshot is clean when its reused walk was.
-		prior.clean = append(make([]bool, len(threadTasks)), goClean...)
+		if keptClean == nil {
+			keptClean = make([]bool, kept) // not known: checked again
+		}
+		prior.clean = slices.Concat(make([]bool, len(threadTasks)), keptClean, goClean)
 	}
-	return Snapshot{Tasks: allTasks[first : len(tids)+len(goTasks) : len(tids)+len(goTasks)]}, nil
+	first, end := room-len(threadTasks), len(out)+len(goTasks)
+	if first < 0 || cap(goTasks) != cap(out)-len(out) {
+		// More threads than room, or more goroutines than slack (goTasks
+		// grew apart): one copy.
+		return Snapshot{Tasks: slices.Concat(threadTasks, out[room:], goTasks)}, nil
+	}
+	copy(out[first:], threadTasks)
+	return Snapshot{Tasks: out[first:end:end]}, nil
+}
+
+// goTask is the task of goroutine g, its stack not set.
+func goTask(g goruntime.G) Task {
+	t := Task{Kind: "goroutine", ID: int(g.ID), Status: goruntime.StatusName(g.Status), Wait: g.Wait, Thread: g.Thread, Key: g.Addr}
+	if g.Status == goruntime.Waiting && t.Wait == "" {
+		t.Wait = fmt.Sprintf("wait reason %d", g.WaitReason)
+	}
+	return t
 }
 
 // goroutines returns every g of the stopped target and, where the native

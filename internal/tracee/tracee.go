@@ -263,6 +263,13 @@ func (p *Process) Threads() []int {
 	return out
 }
 
+// CountThreads returns how many threads the process has now, stopped or
+// not (from /proc: a thread may be born or exit right after).
+func (p *Process) CountThreads() (int, error) {
+	tids, err := listTasks(p.pid)
+	return len(tids), err
+}
+
 // Resume restarts every thread stopped by Stop and detaches from it.
 // If the process died while stopped, Resume reaps what is left and returns
 // an error matching ErrExited.

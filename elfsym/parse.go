@@ -131,9 +131,6 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	elfFuncs(elfSyms, false)
 	elfFuncs(dynSyms, true)
 	if goTab != nil {
-		// The line table, for LineAt and for telling Go's ABI wrappers
-		// (Module.goWrapper) when a name is ambiguous.
-		m.lines.once.Do(func() { m.lines.tab = goTab })
 		for i := range goTab.Funcs {
 			f := &goTab.Funcs[i]
 			if f.End <= f.Entry || !m.inExec(f.Entry) {

@@ -444,7 +444,7 @@ func boot(kernel, initrd string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-aarch64",
-		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "2048",
+		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "3072",
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3 mitigations=off")

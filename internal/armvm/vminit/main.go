@@ -139,6 +139,13 @@ func run(name string, timeout time.Duration, args []string) {
 			status = ee.ExitCode()
 		}
 		fmt.Printf("%s note %s: %v\n", Marker, name, err)
+		if strings.Contains(err.Error(), "signal: killed") {
+			// Not by us (the timeout is reported as such): say whether
+			// the kernel's OOM killer did it.
+			for _, l := range kernelLog("Out of memory", "oom-kill", "Killed process") {
+				fmt.Printf("%s note %s: kernel: %s\n", Marker, name, l)
+			}
+		}
 	}
 	// Kill whatever the test left behind in its process group.
 	unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
@@ -162,4 +169,33 @@ func loopbackUp() error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// kernelLog returns the messages of the kernel's log (/dev/kmsg, read
+// without waiting) that contain one of words.
+func kernelLog(words ...string) []string {
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return []string{"cannot read /dev/kmsg: " + err.Error()}
+	}
+	defer unix.Close(fd)
+	var out []string
+	buf := make([]byte, 8192)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EPIPE) {
+			continue // records were overwritten meanwhile
+		}
+		if err != nil || n <= 0 {
+			return out
+		}
+		// "PRIORITY,SEQ,TIME,FLAGS;MESSAGE\n"
+		_, msg, _ := strings.Cut(strings.TrimRight(string(buf[:n]), "\n"), ";")
+		for _, w := range words {
+			if strings.Contains(msg, w) {
+				out = append(out, msg)
+				break
+			}
+		}
+	}
 }

@@ -338,7 +338,7 @@ func TestPluginWrapAndByValue(t *testing.T) {
 func TestPluginParked(t *testing.T) {
 	needPluginTools(t)
 	fix := buildPlugin(t, "patch/agent/testdata/wrapfix", nil, asPlugin...)
-	slow, fast := "/greet?name=Slow&wait="+slowed(3*time.Second).String(), "/greet?name=Ada"
+	slow, fast := "/greet?name=Slow&wait="+slowed(4*time.Second).String(), "/greet?name=Ada"
 
 	t.Run("stop", func(t *testing.T) {
 		svc := testSvc(t)
@@ -371,7 +371,9 @@ func TestPluginParked(t *testing.T) {
 		}()
 		// While the slow request is parked in the old code, new requests
 		// run the new code.
-		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, slowed(2*time.Second), 20*time.Millisecond)
+		// (In the arm64 VM the apply's first pause came 10 s after its
+		// start once: the slow request waits 20 s there, this up to 15.)
+		require.Eventually(t, func() bool { b, _ := svc.get(fast); return b == "Hello, Ada! (wrapped)" }, slowed(3*time.Second), 20*time.Millisecond)
 		select {
 		case o := <-applied:
 			t.Fatalf("the apply returned while a goroutine was still on the old code: %+v", o)

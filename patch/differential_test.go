@@ -437,7 +437,10 @@ func matchedIn(vs []verdict, funcs ...string) int {
 
 // httpLoad sends n clients' rounds of requests each to url, concurrently,
 // on keep-alive connections it leaves open (idle, their server goroutines
-// parked) until the test ends, and returns how many there are.
+// parked) until the test ends, and returns how many stay open: those it
+// opened, but at most n — the transport keeps n idle and closes the others
+// (under the arm64 VM's timing it opened 34 for 24 clients once, and a
+// test expecting three quarters of 34 parked failed).
 func httpLoad(t *testing.T, url string, n, rounds int) int {
 	var opened atomic.Int64
 	tr := &http.Transport{
@@ -474,7 +477,7 @@ func httpLoad(t *testing.T, url string, n, rounds int) int {
 	for i := 0; i < n; i++ {
 		require.NoError(t, <-errs)
 	}
-	return int(opened.Load())
+	return min(int(opened.Load()), n)
 }
 
 // httpStack asks goservice for its dump, on a connection of its own.

@@ -169,7 +169,16 @@ func readTable(mem readerAt, rec *Record) ([]trampoline.TableEntry, bool, error)
 // its header alone), so a stop-mode switch stays cheap however large the
 // tables were sized.
 func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew bool) error {
-	b, err := trampoline.BuildTable(es, rec.TableCapacity, unlistedNew)
+	// Without entries, the header alone: the slots of a table sized for
+	// 100,000 goroutines are megabytes of zeros, and building and scanning
+	// them took milliseconds of a stop-mode pause.
+	var b []byte
+	var err error
+	if len(es) > 0 {
+		b, err = trampoline.BuildTable(es, rec.TableCapacity, unlistedNew)
+	} else {
+		b, err = trampoline.EmptyTableHeader(rec.TableCapacity, unlistedNew)
+	}
 	if err != nil {
 		return err
 	}
@@ -182,7 +191,8 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 		next = tableAddr(rec, 1)
 	}
 	// The byte range of slots used by the new table or the old content.
-	lo, hi := len(b), 0
+	size := trampoline.TableSize(rec.TableCapacity)
+	lo, hi := size, 0
 	mark := func(buf []byte) {
 		for off := trampoline.TableHeaderSize; off+trampoline.TableSlotSize <= len(buf); off += trampoline.TableSlotSize {
 			if binary.LittleEndian.Uint64(buf[off:]) != 0 {
@@ -196,11 +206,15 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 		return err
 	}
 	if binary.LittleEndian.Uint64(hdr[8:]) != 0 {
-		old := make([]byte, len(b))
+		old := make([]byte, size)
 		if _, err := t.proc.ReadAt(old, int64(next)); err != nil {
 			return err
 		}
 		mark(old)
+	}
+	if hi > lo && len(b) < hi {
+		// The new table's slots there are empty: zeros.
+		b = append(b, make([]byte, hi-len(b))...)
 	}
 	if hi > lo {
 		// Mark the buffer dirty first (a non-zero count makes the next

@@ -64,12 +64,8 @@ func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, e
 		return nil, fmt.Errorf("trampoline: %d keys do not fit a table of %d slots (at most half full)", len(entries), capacity)
 	}
 	b := make([]byte, TableSize(capacity))
+	putHeader(b, capacity, len(entries), unlistedNew)
 	mask := uint64(capacity-1) * TableSlotSize
-	binary.LittleEndian.PutUint64(b[0:], mask)
-	binary.LittleEndian.PutUint64(b[8:], uint64(len(entries)))
-	if unlistedNew {
-		binary.LittleEndian.PutUint64(b[16:], 1)
-	}
 	for _, e := range entries {
 		if e.Key == 0 {
 			return nil, fmt.Errorf("trampoline: a task key is 0")
@@ -88,6 +84,29 @@ func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, e
 		}
 	}
 	return b, nil
+}
+
+// EmptyTableHeader is the header of a table of the given capacity with
+// no entry (its slots are all zero): what BuildTable(nil, capacity,
+// unlistedNew) starts with, without the slots, which for a big table are
+// megabytes of zeros.
+func EmptyTableHeader(capacity int, unlistedNew bool) ([]byte, error) {
+	if capacity < 1 || capacity&(capacity-1) != 0 {
+		return nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
+	}
+	b := make([]byte, TableHeaderSize)
+	putHeader(b, capacity, 0, unlistedNew)
+	return b, nil
+}
+
+// putHeader writes a table's header: its mask, its count of entries and
+// its Sel.
+func putHeader(b []byte, capacity, n int, unlistedNew bool) {
+	binary.LittleEndian.PutUint64(b[0:], uint64(capacity-1)*TableSlotSize)
+	binary.LittleEndian.PutUint64(b[8:], uint64(n))
+	if unlistedNew {
+		binary.LittleEndian.PutUint64(b[16:], 1)
+	}
 }
 
 // ParseTable returns the entries of a table (in slot order) and its Sel. A

@@ -13,6 +13,23 @@ func TestTableCapacity(t *testing.T) {
 	}
 }
 
+// TestEmptyTableHeader: the header alone is exactly the start of an empty
+// table BuildTable lays out (whose slots are all zero).
+func TestEmptyTableHeader(t *testing.T) {
+	for _, capacity := range []int{4, 1024, 1 << 18} {
+		for _, sel := range []bool{false, true} {
+			full, err := BuildTable(nil, capacity, sel)
+			require.NoError(t, err)
+			hdr, err := EmptyTableHeader(capacity, sel)
+			require.NoError(t, err)
+			require.Equal(t, full[:TableHeaderSize], hdr, "capacity %d, sel %v", capacity, sel)
+			require.Equal(t, make([]byte, len(full)-TableHeaderSize), full[TableHeaderSize:])
+		}
+	}
+	_, err := EmptyTableHeader(6, true)
+	require.ErrorContains(t, err, "power of two")
+}
+
 func TestBuildParseTable(t *testing.T) {
 	// Keys that share their first slot (same bits under the mask) probe on.
 	entries := []TableEntry{{0xc000001000, 1}, {0xc000002000, 2}, {0xc000003000, 3}, {0xc000001010, 4}, {0x7f0000000040, 5}}

@@ -183,3 +183,36 @@ func equalStacks(a, b consistency.Task) bool {
 	}
 	return true
 }
+
+// TestPrewalkGoroutinesBornAfter: more goroutines born between the prewalk
+// and the stop than the room Prewalk left after the tasks it built before
+// the stop (TakeAfter then copies them all into one slice, once): the
+// snapshot still equals a full walk, and the unchanged goroutines' walks
+// are still the target's own check.
+func TestPrewalkGoroutinesBornAfter(t *testing.T) {
+	p := startTasks(t, "")
+	command(t, p, "park 600", regexp.MustCompile(`^parked 600$`))
+	tg := attach(t, p.Pid)
+	src, err := patch.SourceOf(tg)
+	require.NoError(t, err)
+	src.NativeMin = 1
+	prior, err := src.PrewalkFor(nil)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, prior.Close()) }()
+	// Room for 64 + 600/8 more: 400 is more.
+	command(t, p, "park 400", regexp.MustCompile(`^parked \d+$`))
+
+	proc := src.Proc
+	require.NoError(t, proc.Stop())
+	defer func() { require.NoError(t, proc.Resume()) }()
+	full, err := src.Take()
+	require.NoError(t, err)
+	again, err := src.TakeAfter(prior)
+	require.NoError(t, err)
+	require.NoError(t, prior.NativeErr)
+	require.Equal(t, inOrder(full), inOrder(again))
+	require.Greater(t, len(again.Tasks), 1000)
+	// (A collection in the target may have moved some of the 600 since.)
+	require.Positive(t, prior.Native, "goroutines parked before the prewalk, proven unchanged by the target")
+	require.GreaterOrEqual(t, prior.Rewalked, 400, "the 400 born after it, walked in the stop")
+}

@@ -69,10 +69,7 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 	proc := src.Proc
 	require.NoError(t, proc.Stop())
 	defer func() { require.NoError(t, proc.Resume()) }()
-	full, err := src.Take()
-	require.NoError(t, err)
-	again, err := src.TakeAfter(prior)
-	require.NoError(t, err)
+	full, again := takeBoth(t, src, prior)
 	require.Equal(t, inOrder(full), inOrder(again))
 	blockers := consistency.Check(full, regions)
 	require.Len(t, blockers, 200, "the 200 parked goroutines")
@@ -152,6 +149,17 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 	require.True(t, changedWalk, "changing one of the words read changes the walk (%d words)", nRead)
 }
 
+// takeBoth takes, in the stopped target, a snapshot that walks everything
+// and one that reuses prior.
+func takeBoth(t *testing.T, src consistency.Source, prior *consistency.Walks) (full, again consistency.Snapshot) {
+	t.Helper()
+	full, err := src.Take()
+	require.NoError(t, err)
+	again, err = src.TakeAfter(prior)
+	require.NoError(t, err)
+	return full, again
+}
+
 // inOrder returns s's tasks sorted (a snapshot lists the threads, then
 // the goroutines, in no particular order).
 func inOrder(s consistency.Snapshot) []consistency.Task {
@@ -205,10 +213,7 @@ func TestPrewalkGoroutinesBornAfter(t *testing.T) {
 	proc := src.Proc
 	require.NoError(t, proc.Stop())
 	defer func() { require.NoError(t, proc.Resume()) }()
-	full, err := src.Take()
-	require.NoError(t, err)
-	again, err := src.TakeAfter(prior)
-	require.NoError(t, err)
+	full, again := takeBoth(t, src, prior)
 	require.NoError(t, prior.NativeErr)
 	require.Equal(t, inOrder(full), inOrder(again))
 	require.Greater(t, len(again.Tasks), 1000)

@@ -349,26 +349,20 @@ func loadVDSO(mem io.ReaderAt, vm Mapping) (*Module, error) {
 	return m, nil
 }
 
-// index builds the lookup structures of the table. Modules do not
-// overlap in a process, so each is sorted alone; their symbols are unique
-// by (name, address), so the order is total.
+// index builds the lookup structures of the table. Symbols are unique by
+// (module, name, address) and modules do not overlap, so the order is
+// total and needs no stable sort.
 func (t *Table) index() {
-	byText := slices.Clone(t.Modules)
-	slices.SortFunc(byText, func(a, b *Module) int { return cmp.Compare(a.TextStart, b.TextStart) })
 	n := 0
-	for _, m := range byText {
+	for _, m := range t.Modules {
 		n += len(m.syms)
 	}
 	t.syms = make([]Symbol, 0, n)
-	for _, m := range byText {
-		slices.SortFunc(m.syms, symbolOrder)
+	for _, m := range t.Modules {
 		t.syms = append(t.syms, m.syms...)
 		m.syms = nil
 	}
-	if !slices.IsSortedFunc(t.syms, symbolOrder) {
-		// Modules whose symbols interleave (not seen in a process).
-		slices.SortFunc(t.syms, symbolOrder)
-	}
+	slices.SortFunc(t.syms, symbolOrder)
 	t.byName = make(map[string][]int, len(t.syms))
 	t.byAddr = t.byAddr[:0]
 	for i := range t.syms {

@@ -483,6 +483,12 @@ diffs:
 		require.True(t, accounted[m.Start], "killed at %s: %s is neither a patch's memory nor a leftover Status shows", at, key)
 	}
 	_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
+	for try := 1; try < 3 && err != nil && strings.Contains(err.Error(), "no padding for a system call stub"); try++ {
+		// arm64: no padding within a B's reach of the thread borrowed
+		// for the library's dlclose (a documented refusal, nothing
+		// changed): another try borrows another thread.
+		_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
+	}
 	require.NoError(t, err, "killed at %s", at)
 	recs, err = tg.Status()
 	require.NoError(t, err)

@@ -483,12 +483,6 @@ diffs:
 		require.True(t, accounted[m.Start], "killed at %s: %s is neither a patch's memory nor a leftover Status shows", at, key)
 	}
 	_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
-	for try := 1; try < 3 && err != nil && strings.Contains(err.Error(), "no padding for a system call stub"); try++ {
-		// arm64: no padding within a B's reach of the thread borrowed
-		// for the library's dlclose (a documented refusal, nothing
-		// changed): another try borrows another thread.
-		_, err = tg.RevertAll(context.Background(), patch.ApplyOptions{Mode: patch.ModeAuto, Timeout: 10 * time.Second, Interval: 5 * time.Millisecond})
-	}
 	require.NoError(t, err, "killed at %s", at)
 	recs, err = tg.Status()
 	require.NoError(t, err)
@@ -515,16 +509,6 @@ func TestTortureKillTarget(t *testing.T) {
 				tt := startTortureTarget(t, kind)
 				t0 := time.Now()
 				lines, _ := tt.patcher(at, "target", 15*time.Second)
-				for try := 1; try < 3 && refusedNoPadding(lines); try++ {
-					// arm64: no padding within a B's reach of the
-					// thread borrowed for a remote call (a documented
-					// refusal), before the step: nothing was killed.
-					// Another target borrows another thread.
-					tt.p.Kill()
-					tt = startTortureTarget(t, kind)
-					t0 = time.Now()
-					lines, _ = tt.patcher(at, "target", 15*time.Second)
-				}
 				took := time.Since(t0)
 				slowest = max(slowest, took)
 				if at == steps[len(steps)-1] && hasLine(lines, "done") {
@@ -537,15 +521,4 @@ func TestTortureKillTarget(t *testing.T) {
 			t.Logf("%s: killed the target at %d steps in %v; the slowest patcher ended %v after it started", kind, len(steps), time.Since(start).Round(time.Millisecond), slowest.Round(time.Millisecond))
 		})
 	}
-}
-
-// refusedNoPadding reports a patcher that refused for want of padding for a
-// remote call's stub, before any kill.
-func refusedNoPadding(lines []string) bool {
-	for _, l := range lines {
-		if strings.HasPrefix(l, "error:") && strings.Contains(l, "no padding") {
-			return true
-		}
-	}
-	return false
 }

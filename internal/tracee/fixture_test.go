@@ -328,7 +328,8 @@ func childMode(p *Process, tid int) error {
 // (testHookSyscallStep), so that a test can kill the tracer after every
 // ptrace request of a remote system call. With TRACEE_TEST_KILLAT=0 it runs
 // one mmap, prints "steps N" (the steps one remote system call takes) and
-// exits. TRACEE_TEST_MODE picks the thread as for callerChild.
+// exits. TRACEE_TEST_MODE picks the thread as for callerChild;
+// TRACEE_TEST_HOP places every stub out of reach, with a hop (arm64).
 func syscallerChild() {
 	killAt, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_KILLAT"))
 	p, tid := childTarget()
@@ -336,6 +337,7 @@ func syscallerChild() {
 		tid = 0
 	}
 	steps := 0
+	testForceHop = os.Getenv("TRACEE_TEST_HOP") != ""
 	testHookSyscallStep = func() {
 		steps++
 		if steps == killAt {
@@ -352,7 +354,7 @@ func syscallerChild() {
 	}
 	if killAt == 0 {
 		mmap()
-		fmt.Println("steps", steps)
+		fmt.Println("steps", steps, "hops", testHops)
 		p.Close()
 		os.Exit(0)
 	}
@@ -372,6 +374,7 @@ func markerChild() {
 			select {}
 		}
 	}
+	testForceHop = os.Getenv("TRACEE_TEST_HOP") != ""
 	p, _ := childTarget()
 	fmt.Println("ready marker")
 	if _, err := p.MmapScratch(pageSize, ProtRead|ProtWrite); err != nil {

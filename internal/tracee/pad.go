@@ -283,8 +283,9 @@ func (p *Process) readSections(base mapping, o *object, exe string) [][2]uint64 
 
 // restorePads puts the bytes of the object's file back into every run of
 // padding (see findPads) whose bytes differ from it: the system call stub
-// of a tool killed before it put the padding back. Runs that a thread's pc
-// lies in are left alone (a stub still running). The process is stopped
+// of a tool killed before it put the padding back. While a thread's pc
+// lies in one of them (a stub still running), all are left alone: the stub
+// may return through a hop in another (syscallHop). The process is stopped
 // for it if it is not. It returns the intent records (see intentRecord)
 // of the runs it restored, and their number.
 func (p *Process) restorePads() ([][7]uint64, int, error) {
@@ -316,13 +317,15 @@ func (p *Process) restorePads() ([][7]uint64, int, error) {
 		if err != nil {
 			return p.exited()
 		}
-	pads:
-		for _, d := range p.dirtyPads(maps) {
+		dirty := p.dirtyPads(maps)
+		for _, d := range dirty {
 			for _, r := range regs {
 				if pc := r.PC(); pc >= d.addr && pc < d.addr+d.size {
-					continue pads
+					return nil // a stub still running, maybe towards its hop
 				}
 			}
+		}
+		for _, d := range dirty {
 			if err := p.writeMem(d.addr, d.orig); err != nil {
 				return err
 			}

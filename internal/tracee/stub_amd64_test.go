@@ -100,7 +100,7 @@ func TestSyscallStubDecodes(t *testing.T) {
 	}
 	r.Eflags = 0x246
 	r.Rip = 0x401234
-	code := syscallStub(0x7f0000001000, &r)
+	code := syscallStub(0x7f0000001000, 0, &r)
 	require.Len(t, code, syscallStubSize)
 	ops := decodeStub(t, code)
 	want := []string{"syscall", "push 0x246", "popfq"}

@@ -152,7 +152,9 @@ func resumeSyscall(p *Process, r Regs) (uint64, bool) {
 
 // The system call stub decodes to the intended instructions: svc, then
 // sp, the NZCV flags and every register loaded from the data that follows
-// the code (x16, the base, last) and a direct branch to the interrupted pc.
+// the code (x16, the base, last) and a direct branch to the interrupted pc
+// — or, with a hop, x16 loaded with the hop's address (in x16's slot) and
+// br x16.
 func TestSyscallStubDecodes(t *testing.T) {
 	var r Regs
 	for i := range r.Regs {
@@ -162,32 +164,68 @@ func TestSyscallStubDecodes(t *testing.T) {
 	r.Pstate = 0x60001000
 	const at = 0x0000ffff12345000
 	r.Pc = at - 0x100000
-	code := syscallStub(at, &r)
-	require.Len(t, code, syscallStubSize)
-	var ops []string
-	for off := 0; off < ssCode-4; off += 4 {
-		in, err := arm64asm.Decode(code[off:])
-		require.NoError(t, err, "at %d", off)
-		ops = append(ops, arm64asm.GNUSyntax(in))
-	}
-	want := []string{"svc #0x0", fmt.Sprintf("adr x16, .+%#x", ssRegs-4),
-		"ldr x17, [x16,#248]", "mov sp, x17", "ldr x17, [x16,#256]", "msr s3_3_c4_c2_0, x17"} // msr nzcv, x17
-	for i := 0; i < 31; i += 2 {
-		switch i {
-		case 0:
-			want = append(want, "ldp x0, x1, [x16]")
-		case 16:
-			i--
-		default:
-			want = append(want, fmt.Sprintf("ldp x%d, x%d, [x16,#%d]", i, i+1, 8*i))
+	for _, hop := range []uint64{0, 0x0000aaaa00001230} {
+		code := syscallStub(at, hop, &r)
+		require.Len(t, code, syscallStubSize)
+		var ops []string
+		for off := 0; off < ssCode-4; off += 4 {
+			in, err := arm64asm.Decode(code[off:])
+			require.NoError(t, err, "at %d", off)
+			ops = append(ops, arm64asm.GNUSyntax(in))
 		}
+		want := []string{"svc #0x0", fmt.Sprintf("adr x16, .+%#x", ssRegs-4),
+			"ldr x17, [x16,#248]", "mov sp, x17", "ldr x17, [x16,#256]", "msr s3_3_c4_c2_0, x17"} // msr nzcv, x17
+		for i := 0; i < 31; i += 2 {
+			switch i {
+			case 0:
+				want = append(want, "ldp x0, x1, [x16]")
+			case 16:
+				i--
+			default:
+				want = append(want, fmt.Sprintf("ldp x%d, x%d, [x16,#%d]", i, i+1, 8*i))
+			}
+		}
+		want = append(want, "ldr x16, [x16,#128]")
+		x16 := r.Regs[16]
+		if hop != 0 {
+			want = append(want, "br x16")
+			x16 = hop
+		} else {
+			want = append(want, fmt.Sprintf("b .+%#x", uint64(int64(r.Pc)-int64(at+88))))
+		}
+		require.Equal(t, want, ops, "hop %#x", hop)
+		le := binary.LittleEndian
+		for i, v := range r.Regs {
+			if i == 16 {
+				v = x16
+			}
+			require.Equal(t, v, le.Uint64(code[ssRegs+8*i:]), "x%d", i)
+		}
+		require.Equal(t, r.Sp, le.Uint64(code[ssSP:]))
+		require.Equal(t, r.Pstate, le.Uint64(code[ssNZCV:]))
 	}
-	want = append(want, "ldr x16, [x16,#128]", fmt.Sprintf("b .+%#x", uint64(int64(r.Pc)-int64(at+88))))
-	require.Equal(t, want, ops)
-	le := binary.LittleEndian
-	for i, v := range r.Regs {
-		require.Equal(t, v, le.Uint64(code[ssRegs+8*i:]), "x%d", i)
+}
+
+// The hop a far stub returns through decodes to a landing pad, the load
+// of x16 from its literal and a direct branch to the interrupted pc, which
+// lies behind or ahead of it.
+func TestSyscallHopDecodes(t *testing.T) {
+	const at = 0x0000aaaa00001230
+	for _, pc := range []uint64{at - 0x7f00000, at + 0x400, at + 8} {
+		var r Regs
+		r.Pc = pc
+		r.Regs[16] = 0x1122334455667788
+		code := syscallHop(at, &r)
+		require.Len(t, code, syscallHopSize)
+		var ops []string
+		for off := 0; off < 16; off += 4 {
+			in, err := arm64asm.Decode(code[off:])
+			require.NoError(t, err, "at %d", off)
+			ops = append(ops, strings.TrimSpace(arm64asm.GNUSyntax(in)))
+		}
+		// hint #38 is bti jc (d50324df, as GNU as assembles it).
+		want := []string{"hint #0x26", "ldr x16, .+0xc", fmt.Sprintf("b .+%#x", uint64(int64(pc)-int64(at+8))), "nop"}
+		require.Equal(t, want, ops, "pc %#x", pc)
+		require.Equal(t, r.Regs[16], binary.LittleEndian.Uint64(code[16:]))
 	}
-	require.Equal(t, r.Sp, le.Uint64(code[ssSP:]))
-	require.Equal(t, r.Pstate, le.Uint64(code[ssNZCV:]))
 }

@@ -171,14 +171,14 @@ func (p *Process) runSyscallMarked(t *thread, nr uint64, args []uint64, mark fun
 	if mark != nil {
 		intent = intentRecord(nr, args)
 	}
-	at, orig, err := p.placeSyscallStub(&resume, intent)
+	pieces, err := p.placeSyscallStub(&resume, intent)
 	if err != nil {
 		return 0, err
 	}
 	syscallStep()
-	putBack := func() { _ = p.writeMem(at, orig) }
+	putBack := func() { p.putBack(pieces) }
 	r := saved
-	r.setupSyscallStub(at, nr, args)
+	r.setupSyscallStub(pieces[len(pieces)-1].at, nr, args)
 	if err := setRegs(t.tid, &r); err != nil {
 		putBack()
 		return 0, p.threadErr(t.tid, "set registers", err)
@@ -209,47 +209,113 @@ func (p *Process) runSyscallMarked(t *thread, nr uint64, args []uint64, mark fun
 	return res, err
 }
 
+// stubPiece is code written into padding for a system call: where, and
+// the bytes it replaced.
+type stubPiece struct {
+	at   uint64
+	orig []byte
+}
+
+// testForceHop, when set (by tests), makes every arm64 system call stub
+// return through a hop, as one placed out of reach does; testHops counts
+// the stubs placed with one.
+var (
+	testForceHop bool
+	testHops     int
+)
+
 // placeSyscallStub writes the stub of a system call that returns to resume
-// into padding, and returns its address and the bytes it replaced.
-func (p *Process) placeSyscallStub(resume *Regs, intent []byte) (uint64, []byte, error) {
+// into padding, and returns the pieces written, the stub (its entry) last.
+// On arm64 the stub goes within a branch's reach of resume's pc if
+// padding there has room for it; if none has, anywhere, with a hop of
+// syscallHopSize bytes within reach that it returns through.
+func (p *Process) placeSyscallStub(resume *Regs, intent []byte) ([]stubPiece, error) {
 	maps, err := readMaps(p.pid)
 	if err != nil {
-		return 0, nil, p.exited()
+		return nil, p.exited()
 	}
 	pc := resume.PC()
 	size := uint64(syscallStubSize)
 	if intent != nil {
 		size = (size+7)&^7 + uint64(len(intent))
 	}
-	for _, pd := range p.findPads(maps, size) {
-		if stubReach != 0 {
-			// Where the stub's last instruction may branch from.
-			lo, hi := pd.addr, pd.addr+pd.size-size
-			at := min(max(pc&^7, lo), hi) &^ 7
-			if at < lo || max(at, pc)-min(at, pc) > stubReach {
+	stub := func(at, hop uint64) stubPiece {
+		c := syscallStub(at, hop, resume)
+		if intent != nil {
+			c = append(c, make([]byte, (len(c)+7)&^7-len(c))...)
+			c = append(c, intent...)
+		}
+		return stubPiece{at, c}
+	}
+	pads := p.findPads(maps, size)
+	for _, pd := range pads {
+		if at, ok := nearPC(pd, pc, size); ok && !testForceHop {
+			if w, ok := p.writePieces(stub(at, 0)); ok {
+				return w, nil
+			}
+		}
+	}
+	if stubReach == 0 {
+		return nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping", p.pid, ErrNoPadding, size)
+	}
+	for _, h := range p.findPads(maps, syscallHopSize) {
+		hop, ok := nearPC(h, pc, syscallHopSize)
+		if !ok {
+			continue
+		}
+		for _, pd := range pads {
+			at := pd.addr
+			if at < hop+syscallHopSize && hop < at+size {
+				at = (hop + syscallHopSize + 15) &^ 15 // after the hop
+			}
+			if at+size > pd.addr+pd.size {
 				continue
 			}
-			pd.addr = at
+			if w, ok := p.writePieces(stubPiece{hop, syscallHop(hop, resume)}, stub(at, hop)); ok {
+				testHops++
+				return w, nil
+			}
 		}
-		stub := syscallStub(pd.addr, resume)
-		if intent != nil {
-			stub = append(stub, make([]byte, (len(stub)+7)&^7-len(stub))...)
-			stub = append(stub, intent...)
-		}
-		orig := make([]byte, len(stub))
-		if n, _ := p.readMem(orig, pd.addr); n != len(orig) {
-			continue
-		}
-		if err := p.writeMem(pd.addr, stub); err != nil {
-			_ = p.writeMem(pd.addr, orig)
-			continue
-		}
-		return pd.addr, orig, nil
 	}
-	if stubReach != 0 {
-		return 0, nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping within %d MiB of pc %#x", p.pid, ErrNoPadding, size, stubReach>>20, pc)
+	return nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping, nor %d within %d MiB of pc %#x", p.pid, ErrNoPadding, size, syscallHopSize, stubReach>>20, pc)
+}
+
+// nearPC returns where in pd n bytes lie nearest pc, if within stubReach
+// of it (stubReach 0: anywhere; at pd's start).
+func nearPC(pd pad, pc, n uint64) (uint64, bool) {
+	if stubReach == 0 {
+		return pd.addr, true
 	}
-	return 0, nil, fmt.Errorf("tracee: pid %d: %w: none of %d bytes in an executable mapping", p.pid, ErrNoPadding, size)
+	lo, hi := pd.addr, pd.addr+pd.size-n
+	at := min(max(pc&^7, lo), hi) &^ 7
+	return at, at >= lo && max(at, pc)-min(at, pc) <= stubReach
+}
+
+// writePieces writes each piece's code in turn (its orig is the code on
+// entry), and returns them with the bytes they replaced; on a failure it
+// puts back what it wrote.
+func (p *Process) writePieces(pieces ...stubPiece) ([]stubPiece, bool) {
+	var done []stubPiece
+	for _, pc := range pieces {
+		orig := make([]byte, len(pc.orig))
+		if n, _ := p.readMem(orig, pc.at); n != len(orig) {
+			p.putBack(done)
+			return nil, false
+		}
+		if err := p.writeMem(pc.at, pc.orig); err != nil {
+			p.putBack(append(done, stubPiece{pc.at, orig}))
+			return nil, false
+		}
+		done = append(done, stubPiece{pc.at, orig})
+	}
+	return done, true
+}
+
+// putBack writes back the bytes the pieces replaced, the last first.
+func (p *Process) putBack(pieces []stubPiece) {
+	for i := len(pieces) - 1; i >= 0; i-- {
+		_ = p.writeMem(pieces[i].at, pieces[i].orig)
+	}
 }
 
 // syscallStop is the stop signal of a syscall-entry or -exit stop

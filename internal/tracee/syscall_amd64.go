@@ -23,7 +23,9 @@ const syscallStubSize = 2 + 5 + 1 + 16*10 + 6 + 8
 // Everything is an immediate: the stub reads no data and, but for the 8
 // bytes of popfq's push below the red zone (see setupSyscallStub), writes
 // no memory. The FP state and the signal mask are never touched.
-func syscallStub(at uint64, r *Regs) []byte {
+//
+// hop is always 0 here: a stub anywhere reaches r.rip.
+func syscallStub(at, hop uint64, r *Regs) []byte {
 	c := make([]byte, 0, syscallStubSize)
 	c = append(c, syscallInsn...)
 	c = append(c, 0x68) // push imm32 (sign-extended; rflags fits in 22 bits)
@@ -51,6 +53,12 @@ func syscallStub(at uint64, r *Regs) []byte {
 	c = binary.LittleEndian.AppendUint64(c, r.Rip)
 	return c
 }
+
+// syscallHopSize and syscallHop: never used on x86-64, where stubReach is 0
+// (see syscall_arm64.go).
+const syscallHopSize = 0
+
+func syscallHop(at uint64, r *Regs) []byte { return nil }
 
 // setupSyscallStub makes r run system call nr with args on the stub at pc,
 // on a stack below the red zone (popfq's push in the stub must not touch

@@ -1076,13 +1076,19 @@ func (t *Target) snapshot() (consistency.Snapshot, error) {
 	if err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
-	if err := t.proc.Stop(); err != nil {
-		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
-	}
-	snap, err := src.Take()
-	if rerr := t.proc.Resume(); err == nil {
-		err = rerr
-	}
+	var snap consistency.Snapshot
+	// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
+	err = t.proc.Exclusive(func() error {
+		if err := t.proc.Stop(); err != nil {
+			return err
+		}
+		var err error
+		snap, err = src.Take()
+		if rerr := t.proc.Resume(); err == nil {
+			err = rerr
+		}
+		return err
+	})
 	if err != nil {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}

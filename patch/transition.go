@@ -380,24 +380,34 @@ func (t *Target) switchPause(ctx context.Context, deadline time.Time, src consis
 			}
 			return consistency.Snapshot{}, nil, 0, attempt - 1, fmt.Errorf("%w; nothing was switched", err)
 		}
-		start := time.Now()
-		if err := t.proc.Stop(); err != nil {
-			return consistency.Snapshot{}, nil, 0, attempt, err
-		}
-		snap, err := src.Take()
+		var snap consistency.Snapshot
 		var keep map[uint64]consistency.Task
-		ran := false
-		if err == nil {
-			b, in := inStub(rec, snap)
-			if stuck = nil; in {
-				stuck = []consistency.Blocker{b}
-			} else {
-				keep, err = sw(snap)
-				ran = true
+		var pause time.Duration
+		var err, rerr error
+		ran, stopped := false, false
+		// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
+		xerr := t.proc.Exclusive(func() error {
+			start := time.Now()
+			if err = t.proc.Stop(); err != nil {
+				return nil
 			}
+			stopped = true
+			if snap, err = src.Take(); err == nil {
+				b, in := inStub(rec, snap)
+				if stuck = nil; in {
+					stuck = []consistency.Blocker{b}
+				} else {
+					keep, err = sw(snap)
+					ran = true
+				}
+			}
+			rerr = t.proc.Resume()
+			pause = time.Since(start)
+			return nil
+		})
+		if !stopped {
+			return consistency.Snapshot{}, nil, 0, attempt, joinErr(err, xerr)
 		}
-		rerr := t.proc.Resume()
-		pause := time.Since(start)
 		if err != nil || rerr != nil {
 			return snap, nil, pause, attempt, joinErr(err, rerr)
 		}
@@ -606,14 +616,18 @@ func (pr pauseResult) waiting() int {
 // empty, finish tries the last step.
 func (t *Target) drivePause(src consistency.Source, rec *Record, dir direction, regions []consistency.Region, force bool) (pauseResult, error) {
 	var pr pauseResult
-	start := time.Now()
-	if err := t.proc.Stop(); err != nil {
-		return pr, err
-	}
-	err := t.drivePauseStopped(&pr, src, rec, dir, regions, force)
-	rerr := t.proc.Resume()
-	pr.pause = time.Since(start)
-	return pr, joinErr(err, rerr)
+	// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
+	err := t.proc.Exclusive(func() error {
+		start := time.Now()
+		if err := t.proc.Stop(); err != nil {
+			return err
+		}
+		err := t.drivePauseStopped(&pr, src, rec, dir, regions, force)
+		rerr := t.proc.Resume()
+		pr.pause = time.Since(start)
+		return joinErr(err, rerr)
+	})
+	return pr, err
 }
 
 func (t *Target) drivePauseStopped(pr *pauseResult, src consistency.Source, rec *Record, dir direction, regions []consistency.Region, force bool) error {

@@ -63,23 +63,33 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		prior, _ := src.PrewalkFor(regions)
 		p := src.Proc
 		release := holdForPause(src)
-		start := time.Now()
-		if err := p.Stop(); err != nil {
-			release()
-			prior.Close()
-			return res, err
-		}
-		snap, err := src.TakeAfter(prior)
 		var blockers []Blocker
-		if err == nil {
-			blockers = CheckAfter(snap, regions, prior)
-			if len(blockers) == 0 {
-				err = act(snap)
+		var err, rerr error
+		stopped := false
+		// The whole pause on the ptrace thread: one hand-off to it.
+		xerr := p.Exclusive(func() error {
+			start := time.Now()
+			if err = p.Stop(); err != nil {
+				return nil
 			}
-		}
-		rerr := p.Resume()
-		res.Pause = time.Since(start)
+			stopped = true
+			var snap Snapshot
+			snap, err = src.TakeAfter(prior)
+			if err == nil {
+				blockers = CheckAfter(snap, regions, prior)
+				if len(blockers) == 0 {
+					err = act(snap)
+				}
+			}
+			rerr = p.Resume()
+			res.Pause = time.Since(start)
+			return nil
+		})
 		release()
+		if !stopped {
+			prior.Close()
+			return res, errors.Join(err, xerr)
+		}
 		// What Prewalk mapped in the target goes: a failure to unmap it
 		// leaves scratch memory a later tool removes (tracee.Recover).
 		prior.Close()

@@ -20,11 +20,12 @@ func (p *Process) ReadAt(b []byte, off int64) (int, error) {
 	addr := uint64(off)
 	n, vmErr := vmRead(p.pid, b, addr)
 	var memErr error
-	if n < len(b) {
+	if n < len(b) && (!p.exclusive.Load() || p.onLoop()) {
 		// Pages process_vm_readv refuses (PROT_NONE, some special
 		// mappings) can still be read through /proc/PID/mem; do it on the
 		// ptrace thread, where kernels with proc_mem.force_override=ptrace
-		// allow it.
+		// allow it (not while it runs an Exclusive f, which may be
+		// waiting for us).
 		if err := p.do(func() error {
 			m, err := p.memRead(b[n:], addr+uint64(n))
 			n += m

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,11 +70,16 @@ func (e *SyscallError) Unwrap() error { return unix.Errno(e.Errno) }
 // Process is a target process. Create one with Open. All methods are safe for
 // use from any goroutine (they are funneled to one locked OS thread).
 type Process struct {
-	pid   int
-	reqs  chan func()
-	quit  chan struct{}
-	memfd int // /proc/PID/mem, O_RDWR, flock'ed; -1 after Close
-	id    identity
+	pid  int
+	reqs chan func()
+	quit chan struct{}
+	// loopTid is the ptrace thread's tid while it serves requests (0
+	// otherwise): a call from it runs at once (see do). exclusive: it
+	// runs an Exclusive f.
+	loopTid   atomic.Int64
+	exclusive atomic.Bool
+	memfd     int // /proc/PID/mem, O_RDWR, flock'ed; -1 after Close
+	id        identity
 
 	// Everything below is owned by the ptrace goroutine.
 	closed   bool
@@ -180,8 +186,11 @@ func (p *Process) loop() {
 		time.Sleep(50 * time.Microsecond)
 		runtime.LockOSThread()
 	}
-	p.tid = unix.Gettid()
-	p.pollMode = false // a new thread has no other children
+	tid := unix.Gettid()
+	p.tid = tid
+	p.loopTid.Store(int64(tid))
+	defer p.loopTid.CompareAndSwap(int64(tid), 0) // unless a respawned loop took over
+	p.pollMode = false                            // a new thread has no other children
 	tick := time.NewTimer(serviceTick)
 	defer tick.Stop()
 	for {
@@ -210,8 +219,15 @@ func (p *Process) loop() {
 	}
 }
 
-// do runs f on the ptrace goroutine and waits for it.
+// do runs f on the ptrace goroutine and waits for it; called on the ptrace
+// goroutine (within an Exclusive f), it runs f at once.
 func (p *Process) do(f func() error) error {
+	if p.onLoop() {
+		if p.closed {
+			return ErrClosed
+		}
+		return f()
+	}
 	var err error
 	done := make(chan struct{})
 	g := func() {
@@ -228,6 +244,38 @@ func (p *Process) do(f func() error) error {
 		return ErrClosed
 	}
 	<-done
+	return err
+}
+
+// onLoop reports whether the caller is the ptrace goroutine: the only one
+// its locked OS thread runs.
+func (p *Process) onLoop() bool {
+	t := p.loopTid.Load()
+	return t != 0 && int64(unix.Gettid()) == t
+}
+
+// Exclusive runs f on the ptrace goroutine, where every call f makes on p
+// runs at once instead of being handed to it and waited for: a pause (stop,
+// registers, check, writes, resume) is then one hand-off, not ten, each
+// of which costs thread wake-ups — tens of microseconds on a loaded
+// machine, more than the work. Meanwhile the calls of other goroutines
+// wait; their reads (ReadAt) go on, without the /proc/PID/mem fallback
+// that would wait for the ptrace goroutine. So f must not wait for another
+// goroutine that calls p but to read. A panic in f is raised again in the
+// caller.
+func (p *Process) Exclusive(f func() error) error {
+	var panicked any
+	err := p.do(func() error {
+		was := p.exclusive.Swap(true)
+		defer func() {
+			p.exclusive.Store(was)
+			panicked = recover()
+		}()
+		return f()
+	})
+	if panicked != nil {
+		panic(panicked)
+	}
 	return err
 }
 

@@ -596,3 +596,101 @@ func BenchmarkStopResume(b *testing.B) {
 		}
 	}
 }
+
+// Exclusive runs a whole pause on the ptrace goroutine: every call inside
+// it (stop, registers, a remote mmap, writes, a read through a PROT_NONE
+// page, resume) runs at once instead of waiting for the goroutine it runs
+// on; another goroutine's read of a readable page goes on meanwhile, one of
+// the PROT_NONE page fails instead of waiting for it, and another
+// goroutine's Stopped waits for the end. A panic in f comes back to the
+// caller, and the Process stays usable.
+func TestExclusive(t *testing.T) {
+	tg := startFixture(t, 2)
+	p := openT(t, tg.pid)
+	const size = 2 * 4096
+	data := bytes.Repeat([]byte("exclusive"), size/9+1)[:size]
+	var (
+		threads, regs int
+		inside        []byte
+		otherRead     error
+		otherNone     error
+		waited        = errors.New("waited for the ptrace goroutine")
+		stoppedEarly  bool
+		stoppedLate   = make(chan bool, 1)
+	)
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Exclusive(func() error {
+			if err := p.Stop(); err != nil {
+				return err
+			}
+			all, err := p.AllRegs()
+			if err != nil {
+				return err
+			}
+			threads, regs = len(p.Threads()), len(all)
+			addr, err := p.Mmap(0, size, ProtRead|ProtWrite, MapPrivate|MapAnonymous)
+			if err != nil {
+				return err
+			}
+			if err := p.WriteMem(addr, data); err != nil {
+				return err
+			}
+			if err := p.Mprotect(addr+4096, 4096, 0); err != nil {
+				return err
+			}
+			inside = make([]byte, size)
+			if _, err := p.ReadAt(inside, int64(addr)); err != nil {
+				return err
+			}
+			read := func(at uint64) error {
+				ch := make(chan error, 1)
+				go func() {
+					_, err := p.ReadAt(make([]byte, 64), int64(at))
+					ch <- err
+				}()
+				select {
+				case err := <-ch:
+					return err
+				case <-time.After(10 * time.Second):
+					return waited
+				}
+			}
+			otherRead, otherNone = read(addr), read(addr+4096)
+			go func() { stoppedLate <- p.Stopped() }()
+			select {
+			case <-stoppedLate:
+				stoppedEarly = true
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := p.Munmap(addr, size); err != nil {
+				return err
+			}
+			return p.Resume()
+		})
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Exclusive did not return: a call inside it waited for itself")
+	}
+	require.Positive(t, threads)
+	require.Equal(t, threads, regs, "registers of every thread")
+	require.Equal(t, data, inside, "read inside, through the PROT_NONE page too")
+	require.NoError(t, otherRead)
+	require.Error(t, otherNone, "another goroutine's read of a PROT_NONE page has no fallback meanwhile")
+	require.NotErrorIs(t, otherNone, waited)
+	require.False(t, stoppedEarly, "another goroutine's call ran inside Exclusive")
+	require.False(t, <-stoppedLate, "Stopped after Exclusive resumed")
+
+	require.PanicsWithValue(t, "boom", func() {
+		_ = p.Exclusive(func() error {
+			require.NoError(t, p.Stop())
+			panic("boom")
+		})
+	})
+	require.True(t, p.Stopped(), "the Process is usable after the panic")
+	require.NoError(t, p.Resume())
+	tg.waitBeats(tg.mark(), fixtureBeats(2)...)
+}

@@ -64,6 +64,10 @@ type Target struct {
 	goRT    *goruntime.Runtime // loaded on first use, Go targets only
 	goRTErr error
 	goRTOK  bool
+
+	// tableSlots: the used slots of each universe table this Target wrote
+	// (see usedSlots).
+	tableSlots map[tableBuffer][]int
 }
 
 // Attach opens process pid for patching: it checks that we may trace it and

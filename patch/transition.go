@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -165,20 +166,11 @@ func readTable(mem readerAt, rec *Record) ([]trampoline.TableEntry, bool, error)
 
 // writeTable makes a table with these entries and Sel active: it fills the
 // inactive table, then switches the control word with one 8-byte write. Only
-// the slots that change are written (an empty table over an empty one is
-// its header alone), so a stop-mode switch stays cheap however large the
-// tables were sized.
+// the slots that change are written, and only those are built: a table is
+// sized for twice the goroutines — megabytes at 100,000 — and the pause
+// lists a few.
 func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew bool) error {
-	// Without entries, the header alone: the slots of a table sized for
-	// 100,000 goroutines are megabytes of zeros, and building and scanning
-	// them took milliseconds of a stop-mode pause.
-	var b []byte
-	var err error
-	if len(es) > 0 {
-		b, err = trampoline.BuildTable(es, rec.TableCapacity, unlistedNew)
-	} else {
-		b, err = trampoline.EmptyTableHeader(rec.TableCapacity, unlistedNew)
-	}
+	hdr, slots, err := trampoline.LayoutTable(es, rec.TableCapacity, unlistedNew)
 	if err != nil {
 		return err
 	}
@@ -190,33 +182,13 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 	if binary.LittleEndian.Uint64(w[:]) == next {
 		next = tableAddr(rec, 1)
 	}
-	// The byte range of slots used by the new table or the old content.
-	size := trampoline.TableSize(rec.TableCapacity)
-	lo, hi := size, 0
-	mark := func(buf []byte) {
-		for off := trampoline.TableHeaderSize; off+trampoline.TableSlotSize <= len(buf); off += trampoline.TableSlotSize {
-			if binary.LittleEndian.Uint64(buf[off:]) != 0 {
-				lo, hi = min(lo, off), max(hi, off+trampoline.TableSlotSize)
-			}
-		}
-	}
-	mark(b)
-	var hdr [trampoline.TableHeaderSize]byte
-	if _, err := t.proc.ReadAt(hdr[:], int64(next)); err != nil {
+	old, err := t.usedSlots(rec, next)
+	if err != nil {
 		return err
 	}
-	if binary.LittleEndian.Uint64(hdr[8:]) != 0 {
-		old := make([]byte, size)
-		if _, err := t.proc.ReadAt(old, int64(next)); err != nil {
-			return err
-		}
-		mark(old)
-	}
-	if hi > lo && len(b) < hi {
-		// The new table's slots there are empty: zeros.
-		b = append(b, make([]byte, hi-len(b))...)
-	}
-	if hi > lo {
+	key := tableBuffer{rec.ID, next}
+	if runs := slotRuns(slots, old); len(runs) > 0 {
+		delete(t.tableSlots, key) // known again once written whole
 		// Mark the buffer dirty first (a non-zero count makes the next
 		// writer read it whole), so a death amid the slots leaves no
 		// stale key behind a header that says "empty".
@@ -224,14 +196,24 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 		if err := t.writeMem(next+8, dirty[:]); err != nil {
 			return err
 		}
-		if err := t.writeMem(next+uint64(lo), b[lo:hi]); err != nil {
-			return err
+		for _, r := range runs {
+			if err := t.writeMem(next+uint64(r.off), r.data); err != nil {
+				return err
+			}
 		}
 		step("transition:table-slots")
 	}
-	if err := t.writeMem(next, b[:trampoline.TableHeaderSize]); err != nil {
+	if err := t.writeMem(next, hdr); err != nil {
 		return err
 	}
+	offs := make([]int, len(slots))
+	for i, sl := range slots {
+		offs[i] = sl.Off
+	}
+	if t.tableSlots == nil {
+		t.tableSlots = map[tableBuffer][]int{}
+	}
+	t.tableSlots[key] = offs
 	step("transition:table-written")
 	binary.LittleEndian.PutUint64(w[:], next)
 	if err := t.writeMem(rec.Table, w[:]); err != nil {
@@ -239,6 +221,80 @@ func (t *Target) writeTable(rec *Record, es []trampoline.TableEntry, unlistedNew
 	}
 	step("transition:table-switched")
 	return nil
+}
+
+// tableBuffer names one of a patch's two universe tables.
+type tableBuffer struct {
+	id   string
+	addr uint64
+}
+
+// usedSlots returns the offsets of the used slots of the table at addr:
+// those this Target wrote there last, else read (none when its header
+// counts none: slots are cleared before a count of 0 is written).
+func (t *Target) usedSlots(rec *Record, addr uint64) ([]int, error) {
+	if offs, ok := t.tableSlots[tableBuffer{rec.ID, addr}]; ok {
+		return offs, nil
+	}
+	var hdr [trampoline.TableHeaderSize]byte
+	if _, err := t.proc.ReadAt(hdr[:], int64(addr)); err != nil {
+		return nil, err
+	}
+	if binary.LittleEndian.Uint64(hdr[8:]) == 0 {
+		return nil, nil
+	}
+	b := make([]byte, trampoline.TableSize(rec.TableCapacity))
+	if _, err := t.proc.ReadAt(b, int64(addr)); err != nil {
+		return nil, err
+	}
+	var offs []int
+	for off := trampoline.TableHeaderSize; off+trampoline.TableSlotSize <= len(b); off += trampoline.TableSlotSize {
+		if binary.LittleEndian.Uint64(b[off:]) != 0 {
+			offs = append(offs, off)
+		}
+	}
+	return offs, nil
+}
+
+// slotRun is bytes to write at an offset of a table.
+type slotRun struct {
+	off  int
+	data []byte
+}
+
+// slotRunGap is the widest run of empty slots written over to join two
+// runs into one write.
+const slotRunGap = 4096
+
+// slotRuns returns the writes that turn a table whose used slots are at
+// old into one whose used slots are slots: each slot of slots, zeros at
+// each of old that slots does not use, joined into runs where they lie
+// close (the empty slots between are zeros already, and stay so).
+func slotRuns(slots []trampoline.TableSlot, old []int) []slotRun {
+	all := make([]slotRun, 0, len(slots)+len(old))
+	used := make(map[int]bool, len(slots))
+	for i := range slots {
+		all = append(all, slotRun{slots[i].Off, slots[i].Data[:]})
+		used[slots[i].Off] = true
+	}
+	var zero [trampoline.TableSlotSize]byte
+	for _, off := range old {
+		if !used[off] {
+			all = append(all, slotRun{off, zero[:]})
+		}
+	}
+	slices.SortFunc(all, func(a, b slotRun) int { return a.off - b.off })
+	var runs []slotRun
+	for _, s := range all {
+		if n := len(runs); n > 0 && s.off-(runs[n-1].off+len(runs[n-1].data)) <= slotRunGap {
+			r := &runs[n-1]
+			r.data = append(r.data, make([]byte, s.off-(r.off+len(r.data)))...)
+			r.data = append(r.data, s.data...)
+			continue
+		}
+		runs = append(runs, slotRun{s.off, append([]byte(nil), s.data...)})
+	}
+	return runs
 }
 
 // entriesTo rewrites every entry whose bytes are one of from into to

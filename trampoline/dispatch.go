@@ -57,46 +57,57 @@ func TableSize(capacity int) int { return TableHeaderSize + capacity*TableSlotSi
 // two, at least twice len(entries): see TableCapacity). Keys must be non-zero
 // and distinct. unlistedNew is the header's Sel.
 func BuildTable(entries []TableEntry, capacity int, unlistedNew bool) ([]byte, error) {
-	if capacity < 1 || capacity&(capacity-1) != 0 {
-		return nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
-	}
-	if 2*len(entries) > capacity {
-		return nil, fmt.Errorf("trampoline: %d keys do not fit a table of %d slots (at most half full)", len(entries), capacity)
+	hdr, slots, err := LayoutTable(entries, capacity, unlistedNew)
+	if err != nil {
+		return nil, err
 	}
 	b := make([]byte, TableSize(capacity))
-	putHeader(b, capacity, len(entries), unlistedNew)
-	mask := uint64(capacity-1) * TableSlotSize
-	for _, e := range entries {
-		if e.Key == 0 {
-			return nil, fmt.Errorf("trampoline: a task key is 0")
-		}
-		for off := e.Key & mask; ; off = (off + TableSlotSize) & mask {
-			slot := b[TableHeaderSize+off:]
-			k := binary.LittleEndian.Uint64(slot)
-			if k == e.Key {
-				return nil, fmt.Errorf("trampoline: task key %#x listed twice", e.Key)
-			}
-			if k == 0 {
-				binary.LittleEndian.PutUint64(slot, e.Key)
-				binary.LittleEndian.PutUint64(slot[8:], e.ID)
-				break
-			}
-		}
+	copy(b, hdr)
+	for _, sl := range slots {
+		copy(b[sl.Off:], sl.Data[:])
 	}
 	return b, nil
 }
 
-// EmptyTableHeader is the header of a table of the given capacity with
-// no entry (its slots are all zero): what BuildTable(nil, capacity,
-// unlistedNew) starts with, without the slots, which for a big table are
-// megabytes of zeros.
-func EmptyTableHeader(capacity int, unlistedNew bool) ([]byte, error) {
+// TableSlot is a used slot of a table: its byte offset from the table's
+// start, and its key and ID.
+type TableSlot struct {
+	Off  int
+	Data [TableSlotSize]byte
+}
+
+// LayoutTable is BuildTable without the empty slots, which for a big table
+// are megabytes of zeros: the header, and the used slots in entries'
+// order.
+func LayoutTable(entries []TableEntry, capacity int, unlistedNew bool) (hdr []byte, slots []TableSlot, err error) {
 	if capacity < 1 || capacity&(capacity-1) != 0 {
-		return nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
+		return nil, nil, fmt.Errorf("trampoline: table capacity %d is not a power of two", capacity)
 	}
-	b := make([]byte, TableHeaderSize)
-	putHeader(b, capacity, 0, unlistedNew)
-	return b, nil
+	if 2*len(entries) > capacity {
+		return nil, nil, fmt.Errorf("trampoline: %d keys do not fit a table of %d slots (at most half full)", len(entries), capacity)
+	}
+	hdr = make([]byte, TableHeaderSize)
+	putHeader(hdr, capacity, len(entries), unlistedNew)
+	mask := uint64(capacity-1) * TableSlotSize
+	used := make(map[uint64]uint64, len(entries)) // slot offset → key
+	slots = make([]TableSlot, 0, len(entries))
+	for _, e := range entries {
+		if e.Key == 0 {
+			return nil, nil, fmt.Errorf("trampoline: a task key is 0")
+		}
+		off := e.Key & mask
+		for ; used[off] != 0; off = (off + TableSlotSize) & mask {
+			if used[off] == e.Key {
+				return nil, nil, fmt.Errorf("trampoline: task key %#x listed twice", e.Key)
+			}
+		}
+		used[off] = e.Key
+		sl := TableSlot{Off: TableHeaderSize + int(off)}
+		binary.LittleEndian.PutUint64(sl.Data[:], e.Key)
+		binary.LittleEndian.PutUint64(sl.Data[8:], e.ID)
+		slots = append(slots, sl)
+	}
+	return hdr, slots, nil
 }
 
 // putHeader writes a table's header: its mask, its count of entries and

@@ -1,6 +1,7 @@
 package trampoline
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,21 +14,39 @@ func TestTableCapacity(t *testing.T) {
 	}
 }
 
-// TestEmptyTableHeader: the header alone is exactly the start of an empty
-// table BuildTable lays out (whose slots are all zero).
-func TestEmptyTableHeader(t *testing.T) {
-	for _, capacity := range []int{4, 1024, 1 << 18} {
-		for _, sel := range []bool{false, true} {
-			full, err := BuildTable(nil, capacity, sel)
-			require.NoError(t, err)
-			hdr, err := EmptyTableHeader(capacity, sel)
-			require.NoError(t, err)
-			require.Equal(t, full[:TableHeaderSize], hdr, "capacity %d, sel %v", capacity, sel)
-			require.Equal(t, make([]byte, len(full)-TableHeaderSize), full[TableHeaderSize:])
-		}
+// TestLayoutTable: the header and the used slots alone, where the probe
+// puts each key (keys sharing a first slot probe on); with no entry, the
+// header of an all-zero table.
+func TestLayoutTable(t *testing.T) {
+	entries := []TableEntry{{0xc000001000, 1}, {0xc000002000, 2}, {0xc000003000, 3}, {0xc000001010, 4}, {0x7f0000000040, 5}}
+	hdr, slots, err := LayoutTable(entries, 16, true)
+	require.NoError(t, err)
+	require.Equal(t, []byte{0xf0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, hdr)
+	var offs []int
+	for i, sl := range slots {
+		offs = append(offs, sl.Off)
+		require.Equal(t, entries[i].Key, binary.LittleEndian.Uint64(sl.Data[:]))
+		require.Equal(t, entries[i].ID, binary.LittleEndian.Uint64(sl.Data[8:]))
 	}
-	_, err := EmptyTableHeader(6, true)
+	// 0x1000, 0x2000 and 0x3000 share slot 0; 0x1010's slot 1 is taken by
+	// then; 0x40 is slot 4.
+	require.Equal(t, []int{32, 48, 64, 80, 96}, offs)
+
+	for _, capacity := range []int{4, 1 << 18} {
+		hdr, slots, err := LayoutTable(nil, capacity, false)
+		require.NoError(t, err)
+		require.Empty(t, slots)
+		full, err := BuildTable(nil, capacity, false)
+		require.NoError(t, err)
+		require.Equal(t, full[:TableHeaderSize], hdr)
+		require.Equal(t, make([]byte, len(full)-TableHeaderSize), full[TableHeaderSize:])
+	}
+	_, _, err = LayoutTable(nil, 6, true)
 	require.ErrorContains(t, err, "power of two")
+	_, _, err = LayoutTable(entries[:3], 4, true)
+	require.ErrorContains(t, err, "at most half full")
+	_, _, err = LayoutTable([]TableEntry{{7, 1}, {7, 2}}, 8, true)
+	require.ErrorContains(t, err, "listed twice")
 }
 
 func TestBuildParseTable(t *testing.T) {

@@ -27,8 +27,10 @@ type nativeCheck struct {
 	routine *tracee.Routine
 	groups  []gRecord
 	// at[i] is groups[i]'s index in runtime.allgs (which only grows, in
-	// order: a g keeps its index).
+	// order: a g keeps its index); allgs is runtime.allgs as Prewalk read
+	// it.
 	at                          []int
+	allgs                       []uint64
 	itemsOff, expectOff, outOff uint64
 	// parts split the groups for threads side by side: each is the
 	// routine's arguments (offsets in its data, and a count of groups).
@@ -43,6 +45,11 @@ type nativeCheck struct {
 	room     int
 	preGroup []int32
 	preClean []bool
+	// preGs and preKnown are, by index in allgs, the g and record of every
+	// group, as goroutines returns them for groups found unchanged (nil
+	// elsewhere), built before the stop; nil once a TakeAfter used them.
+	preGs    []*goruntime.G
+	preKnown []*gRecord
 }
 
 // preSlack is how many more tasks than it holds pre has room for: the
@@ -72,6 +79,10 @@ func (nc *nativeCheck) prebuild(threads int) {
 		if nc.groups[k].walk != nil {
 			n++
 		}
+	}
+	nc.preGs, nc.preKnown = make([]*goruntime.G, len(nc.allgs)), make([]*gRecord, len(nc.allgs))
+	for k, i := range nc.at {
+		nc.preGs[i], nc.preKnown[i] = &nc.groups[k].g, &nc.groups[k]
 	}
 	nc.room = threads + 16
 	nc.pre = make([]Task, nc.room, nc.room+n+preSlack(n))
@@ -159,6 +170,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	if len(nc.groups) < least {
 		return nil, nil
 	}
+	nc.allgs = addrs
 	// The routine reads arch.CompareLookahead words past each item.
 	items = append(items, make([]uint64, arch.CompareLookahead)...)
 	nc.itemsOff = 0

@@ -428,3 +428,48 @@ func TestGWordsCoverDecode(t *testing.T) {
 		}
 	}
 }
+
+// AllGsAfter reads allgs past a prefix read before: the same list as
+// AllGs, the prefix itself when nothing was added; a prefix whose last
+// entry is not where it was, or longer than allgs, makes it read the whole
+// array (ok false).
+func TestAllGsAfter(t *testing.T) {
+	p, proc, b := live(t)
+	r, err := Load(b, proc)
+	require.NoError(t, err)
+	before, err := r.AllGs(proc)
+	require.NoError(t, err)
+	require.NotEmpty(t, before)
+	mark := p.Mark()
+	_, err = fmt.Fprintln(p.Stdin, "park 50")
+	require.NoError(t, err)
+	p.ExpectAfter(t, mark, regexp.MustCompile(`^parked 50$`), 30*time.Second)
+
+	require.NoError(t, proc.Stop())
+	defer func() { require.NoError(t, proc.Resume()) }()
+	all, err := r.AllGs(proc)
+	require.NoError(t, err)
+	require.Greater(t, len(all), len(before), "50 goroutines born")
+	require.Equal(t, before, all[:len(before)], "allgs only grows")
+
+	got, ok, err := r.AllGsAfter(proc, before)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, all, got)
+
+	got, ok, err = r.AllGsAfter(proc, all)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, all, got)
+	require.Same(t, &all[0], &got[0], "nothing added: the prefix itself")
+
+	moved := append([]uint64(nil), before...)
+	moved[len(moved)-1]++
+	longer := append(append([]uint64(nil), all...), 0xc000001000)
+	for name, prefix := range map[string][]uint64{"moved": moved, "longer": longer, "none": nil} {
+		got, ok, err := r.AllGsAfter(proc, prefix)
+		require.NoError(t, err, name)
+		require.False(t, ok, name)
+		require.Equal(t, all, got, name)
+	}
+}

@@ -617,28 +617,75 @@ func (r *Runtime) Goroutines(mem io.ReaderAt) ([]G, error) {
 
 // AllGs returns the address of every g in runtime.allgs, in its order.
 func (r *Runtime) AllGs(mem io.ReaderAt) ([]uint64, error) {
-	n, err := readWord(mem, r.AllGLen)
-	if err != nil {
-		return nil, fmt.Errorf("goruntime: read runtime.allglen: %w", err)
+	n, p, err := r.allgsAt(mem)
+	if err != nil || n == 0 {
+		return nil, err
 	}
-	if n > 1<<26 {
-		return nil, fmt.Errorf("goruntime: runtime.allglen is %d: not a goroutine count (wrong layout?)", n)
+	return readAllGs(mem, p, 0, n)
+}
+
+// AllGsAfter is AllGs for a target whose allgs began with prefix when read
+// before: allgs only grows, in order — a g keeps its index (runtime/proc.go:
+// "allgs contains all Gs ever created (including dead Gs), and thus never
+// shrinks") —, so it reads allglen, allgptr and the entries past the
+// prefix, and the prefix's last entry again to check that it is still
+// there. The result begins with prefix (it is prefix when nothing was
+// added: do not change it). ok is false when the check failed or allgs is
+// shorter than prefix: then it read the whole array.
+func (r *Runtime) AllGsAfter(mem io.ReaderAt, prefix []uint64) (addrs []uint64, ok bool, err error) {
+	n, p, err := r.allgsAt(mem)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(prefix) > 0 && n >= uint64(len(prefix)) {
+		from := uint64(len(prefix) - 1)
+		tail, err := readAllGs(mem, p, from, n)
+		if err != nil {
+			return nil, false, err
+		}
+		if tail[0] == prefix[from] {
+			if len(tail) == 1 {
+				return prefix, true, nil
+			}
+			return append(prefix[:len(prefix):len(prefix)], tail[1:]...), true, nil
+		}
 	}
 	if n == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
-	p, err := readWord(mem, r.AllGPtr)
+	addrs, err = readAllGs(mem, p, 0, n)
+	return addrs, false, err
+}
+
+// allgsAt reads runtime.allglen and, when it is not 0, runtime.allgptr.
+func (r *Runtime) allgsAt(mem io.ReaderAt) (n, p uint64, err error) {
+	n, err = readWord(mem, r.AllGLen)
 	if err != nil {
-		return nil, fmt.Errorf("goruntime: read runtime.allgptr: %w", err)
+		return 0, 0, fmt.Errorf("goruntime: read runtime.allglen: %w", err)
 	}
-	// A chunk at a time: buffers grow with what the target's memory
-	// really holds, never with a count read from it.
-	var addrs []uint64
-	for start := 0; start < int(n); start += gChunk {
-		k := min(gChunk, int(n)-start)
-		ptrs := make([]byte, 8*k)
-		at := p + 8*uint64(start)
-		if _, err := mem.ReadAt(ptrs, int64(at)); err != nil {
+	if n > 1<<26 {
+		return 0, 0, fmt.Errorf("goruntime: runtime.allglen is %d: not a goroutine count (wrong layout?)", n)
+	}
+	if n == 0 {
+		return 0, 0, nil
+	}
+	p, err = readWord(mem, r.AllGPtr)
+	if err != nil {
+		return 0, 0, fmt.Errorf("goruntime: read runtime.allgptr: %w", err)
+	}
+	return n, p, nil
+}
+
+// readAllGs reads entries [from, n) of the allgs array at p, a chunk at a
+// time: buffers grow with what the target's memory really holds, never
+// with a count read from it.
+func readAllGs(mem io.ReaderAt, p, from, n uint64) ([]uint64, error) {
+	addrs := make([]uint64, 0, min(n-from, gChunk))
+	ptrs := make([]byte, 8*min(n-from, gChunk))
+	for start := from; start < n; start += gChunk {
+		k := min(gChunk, n-start)
+		at := p + 8*start
+		if _, err := mem.ReadAt(ptrs[:8*k], int64(at)); err != nil {
 			return nil, fmt.Errorf("goruntime: read allgs array at %#x: %w", at, err)
 		}
 		for i := range k {

@@ -56,6 +56,14 @@ func (c *callTarget) tid(t *testing.T, comm string) int {
 }
 
 // healthy checks the target still beats and never reported a broken thread.
+// startGPR starts the "gpr" thread's spin.
+func (c *callTarget) startGPR(t *testing.T) {
+	t.Helper()
+	m := c.Mark()
+	fmt.Fprintln(c.Stdin, "gpr")
+	c.ExpectAfter(t, m, regexp.MustCompile(`^read 4 gpr$`), 5*time.Second)
+}
+
 func (c *callTarget) healthy(t *testing.T) {
 	t.Helper()
 	m := c.Mark()
@@ -273,9 +281,13 @@ func TestCallTracerKilled(t *testing.T) {
 	c := startCall(t)
 	require.NoError(t, c.p.Close()) // the helper tracers hold the target, one at a time
 	for _, how := range []struct{ mode, thread string }{
-		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"}, {"stopped", "gpr"},
-		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"}, {"stopped", "gpr"},
+		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
+		{"running", ""}, {"stopped", "sigstate"}, {"restart", "sleeper"},
+		{"stopped", "gpr"}, {"stopped", "gpr"}, // last: its spin takes a CPU
 	} {
+		if how.thread == "gpr" {
+			c.startGPR(t)
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=caller", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid),
 			fmt.Sprintf("TRACEE_TEST_FN=%x", c.addr(t, "spin_add")), "TRACEE_TEST_MODE="+how.mode)
@@ -314,7 +326,7 @@ func TestCallTracerKilled(t *testing.T) {
 // in user code with a value in a SIMD register, on "gpr" stopped in user
 // code that checks every general register, on "reader" blocked in
 // read(2), and on "sleeper" stopped while it continues its nanosleep
-// through restart_syscall. On arm64 each is also run with the stub placed
+// through restart_syscall. On arm64 three are also run with the stub placed
 // as if out of a branch's reach, returning through a hop (syscallHop).
 func TestSyscallTracerKilled(t *testing.T) {
 	c := startCall(t)
@@ -335,14 +347,21 @@ func TestSyscallTracerKilled(t *testing.T) {
 		mode, thread string
 		hop          bool
 	}
-	hows := []how{{"running", "", false}, {"stopped", "fp", false}, {"stopped", "gpr", false}, {"stopped", "reader", false}, {"restart", "sleeper", false}}
+	hows := []how{{"running", "", false}, {"stopped", "fp", false}, {"stopped", "reader", false}, {"restart", "sleeper", false}}
 	if stubReach != 0 {
-		for _, h := range hows[:len(hows):len(hows)] {
-			h.hop = true
-			hows = append(hows, h)
-		}
+		// Through a hop: the thread of the tracer's choice, a restarted
+		// sleep, and (below) every register checked.
+		hows = append(hows, how{"running", "", true}, how{"restart", "sleeper", true})
+	}
+	// Last: the gpr thread's spin takes a CPU from the rest.
+	hows = append(hows, how{"stopped", "gpr", false})
+	if stubReach != 0 {
+		hows = append(hows, how{"stopped", "gpr", true})
 	}
 	for _, how := range hows {
+		if how.thread == "gpr" && !how.hop {
+			c.startGPR(t)
+		}
 		// How many steps one remote system call takes.
 		out, err := helper(how.mode, how.thread, how.hop, 0).Output()
 		require.NoError(t, err, "%s", out)

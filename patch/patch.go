@@ -1081,16 +1081,9 @@ func (t *Target) snapshot() (consistency.Snapshot, error) {
 		return consistency.Snapshot{}, &Error{Op: "threads", Pid: t.pid, Err: err}
 	}
 	var snap consistency.Snapshot
-	// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
-	err = t.proc.Exclusive(func() error {
-		if err := t.proc.Stop(); err != nil {
-			return err
-		}
+	_, err = t.proc.Paused(func() error {
 		var err error
 		snap, err = src.Take()
-		if rerr := t.proc.Resume(); err == nil {
-			err = rerr
-		}
 		return err
 	})
 	if err != nil {

@@ -438,34 +438,23 @@ func (t *Target) switchPause(ctx context.Context, deadline time.Time, src consis
 		}
 		var snap consistency.Snapshot
 		var keep map[uint64]consistency.Task
-		var pause time.Duration
-		var err, rerr error
-		ran, stopped := false, false
-		// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
-		xerr := t.proc.Exclusive(func() error {
-			start := time.Now()
-			if err = t.proc.Stop(); err != nil {
+		ran := false
+		pause, err := t.proc.Paused(func() error {
+			var err error
+			if snap, err = src.Take(); err != nil {
+				return err
+			}
+			b, in := inStub(rec, snap)
+			if stuck = nil; in {
+				stuck = []consistency.Blocker{b}
 				return nil
 			}
-			stopped = true
-			if snap, err = src.Take(); err == nil {
-				b, in := inStub(rec, snap)
-				if stuck = nil; in {
-					stuck = []consistency.Blocker{b}
-				} else {
-					keep, err = sw(snap)
-					ran = true
-				}
-			}
-			rerr = t.proc.Resume()
-			pause = time.Since(start)
-			return nil
+			keep, err = sw(snap)
+			ran = true
+			return err
 		})
-		if !stopped {
-			return consistency.Snapshot{}, nil, 0, attempt, joinErr(err, xerr)
-		}
-		if err != nil || rerr != nil {
-			return snap, nil, pause, attempt, joinErr(err, rerr)
+		if err != nil {
+			return snap, nil, pause, attempt, err
 		}
 		if ran {
 			return snap, keep, pause, attempt, nil
@@ -672,16 +661,9 @@ func (pr pauseResult) waiting() int {
 // empty, finish tries the last step.
 func (t *Target) drivePause(src consistency.Source, rec *Record, dir direction, regions []consistency.Region, force bool) (pauseResult, error) {
 	var pr pauseResult
-	// The pause in one hand-off to the ptrace thread (tracee.Exclusive).
-	err := t.proc.Exclusive(func() error {
-		start := time.Now()
-		if err := t.proc.Stop(); err != nil {
-			return err
-		}
-		err := t.drivePauseStopped(&pr, src, rec, dir, regions, force)
-		rerr := t.proc.Resume()
-		pr.pause = time.Since(start)
-		return joinErr(err, rerr)
+	var err error
+	pr.pause, err = t.proc.Paused(func() error {
+		return t.drivePauseStopped(&pr, src, rec, dir, regions, force)
 	})
 	return pr, err
 }

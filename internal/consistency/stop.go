@@ -2,7 +2,6 @@ package consistency
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -64,41 +63,24 @@ func StopAndCheck(ctx context.Context, src Source, regions []Region, pol Policy,
 		p := src.Proc
 		release := holdForPause(src)
 		var blockers []Blocker
-		var err, rerr error
-		stopped := false
-		// The whole pause on the ptrace thread: one hand-off to it.
-		xerr := p.Exclusive(func() error {
-			start := time.Now()
-			if err = p.Stop(); err != nil {
-				return nil
+		pause, err := p.Paused(func() error {
+			snap, err := src.TakeAfter(prior)
+			if err != nil {
+				return err
 			}
-			stopped = true
-			var snap Snapshot
-			snap, err = src.TakeAfter(prior)
-			if err == nil {
-				blockers = CheckAfter(snap, regions, prior)
-				if len(blockers) == 0 {
-					err = act(snap)
-				}
+			if blockers = CheckAfter(snap, regions, prior); len(blockers) == 0 {
+				return act(snap)
 			}
-			rerr = p.Resume()
-			res.Pause = time.Since(start)
 			return nil
 		})
 		release()
-		if !stopped {
-			prior.Close()
-			return res, errors.Join(err, xerr)
-		}
 		// What Prewalk mapped in the target goes: a failure to unmap it
 		// leaves scratch memory a later tool removes (tracee.Recover).
 		prior.Close()
 		if err != nil {
-			return res, errors.Join(err, rerr)
+			return res, err
 		}
-		if rerr != nil {
-			return res, rerr
-		}
+		res.Pause = pause
 		if len(blockers) == 0 {
 			return res, nil
 		}

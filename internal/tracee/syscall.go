@@ -209,11 +209,11 @@ func (p *Process) runSyscallMarked(t *thread, nr uint64, args []uint64, mark fun
 	return res, err
 }
 
-// stubPiece is code written into padding for a system call: where, and
-// the bytes it replaced.
+// stubPiece is code for a system call in padding: where, the code, and
+// the bytes it replaced (once written).
 type stubPiece struct {
-	at   uint64
-	orig []byte
+	at         uint64
+	code, orig []byte
 }
 
 // testForceHop, when set (by tests), makes every arm64 system call stub
@@ -245,7 +245,7 @@ func (p *Process) placeSyscallStub(resume *Regs, intent []byte) ([]stubPiece, er
 			c = append(c, make([]byte, (len(c)+7)&^7-len(c))...)
 			c = append(c, intent...)
 		}
-		return stubPiece{at, c}
+		return stubPiece{at: at, code: c}
 	}
 	pads := p.findPads(maps, size)
 	for _, pd := range pads {
@@ -271,7 +271,7 @@ func (p *Process) placeSyscallStub(resume *Regs, intent []byte) ([]stubPiece, er
 			if at+size > pd.addr+pd.size {
 				continue
 			}
-			if w, ok := p.writePieces(stubPiece{hop, syscallHop(hop, resume)}, stub(at, hop)); ok {
+			if w, ok := p.writePieces(stubPiece{at: hop, code: syscallHop(hop, resume)}, stub(at, hop)); ok {
 				testHops++
 				return w, nil
 			}
@@ -291,24 +291,22 @@ func nearPC(pd pad, pc, n uint64) (uint64, bool) {
 	return at, at >= lo && max(at, pc)-min(at, pc) <= stubReach
 }
 
-// writePieces writes each piece's code in turn (its orig is the code on
-// entry), and returns them with the bytes they replaced; on a failure it
-// puts back what it wrote.
+// writePieces writes each piece's code in turn, and returns them with the
+// bytes they replaced; on a failure it puts back what it wrote.
 func (p *Process) writePieces(pieces ...stubPiece) ([]stubPiece, bool) {
-	var done []stubPiece
-	for _, pc := range pieces {
-		orig := make([]byte, len(pc.orig))
-		if n, _ := p.readMem(orig, pc.at); n != len(orig) {
-			p.putBack(done)
+	for i := range pieces {
+		pc := &pieces[i]
+		pc.orig = make([]byte, len(pc.code))
+		if n, _ := p.readMem(pc.orig, pc.at); n != len(pc.orig) {
+			p.putBack(pieces[:i])
 			return nil, false
 		}
-		if err := p.writeMem(pc.at, pc.orig); err != nil {
-			p.putBack(append(done, stubPiece{pc.at, orig}))
+		if err := p.writeMem(pc.at, pc.code); err != nil {
+			p.putBack(pieces[:i+1])
 			return nil, false
 		}
-		done = append(done, stubPiece{pc.at, orig})
 	}
-	return done, true
+	return pieces, true
 }
 
 // putBack writes back the bytes the pieces replaced, the last first.

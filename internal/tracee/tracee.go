@@ -279,6 +279,25 @@ func (p *Process) Exclusive(f func() error) error {
 	return err
 }
 
+// Paused stops the process, runs f and resumes it, all in one hand-off to
+// the ptrace goroutine (Exclusive), and returns how long the process was
+// stopped (0 when it could not be stopped) and Stop's error, or f's and
+// Resume's.
+func (p *Process) Paused(f func() error) (time.Duration, error) {
+	var pause time.Duration
+	err := p.Exclusive(func() error {
+		start := time.Now()
+		if err := p.Stop(); err != nil {
+			return err
+		}
+		err := f()
+		rerr := p.Resume()
+		pause = time.Since(start)
+		return errors.Join(err, rerr)
+	})
+	return pause, err
+}
+
 // Pid returns the process ID.
 func (p *Process) Pid() int { return p.pid }
 

@@ -603,7 +603,8 @@ func BenchmarkStopResume(b *testing.B) {
 // on; another goroutine's read of a readable page goes on meanwhile, one of
 // the PROT_NONE page fails instead of waiting for it, and another
 // goroutine's Stopped waits for the end. A panic in f comes back to the
-// caller, and the Process stays usable.
+// caller, and the Process stays usable. Paused is Stop, f and Resume in
+// one of them.
 func TestExclusive(t *testing.T) {
 	tg := startFixture(t, 2)
 	p := openT(t, tg.pid)
@@ -694,5 +695,18 @@ func TestExclusive(t *testing.T) {
 	})
 	require.True(t, p.Stopped(), "the Process is usable after the panic")
 	require.NoError(t, p.Resume())
+	tg.waitBeats(tg.mark(), fixtureBeats(2)...)
+
+	// Paused: stopped for f, resumed after it, f's error returned.
+	boom := errors.New("boom")
+	var stoppedInside bool
+	pause, err := p.Paused(func() error {
+		stoppedInside = p.Stopped()
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	require.True(t, stoppedInside, "stopped inside Paused")
+	require.Positive(t, pause)
+	require.False(t, p.Stopped(), "resumed after Paused")
 	tg.waitBeats(tg.mark(), fixtureBeats(2)...)
 }

@@ -957,16 +957,6 @@ func (t *Target) retryReport(o ApplyOptions, id string) func(int, time.Duration,
 	}
 }
 
-func joinErr(a, b error) error {
-	switch {
-	case a == nil:
-		return b
-	case b == nil:
-		return a
-	}
-	return fmt.Errorf("%w (and: %w)", a, b)
-}
-
 // faultCountdown, when positive, counts target writes down and panics with
 // errInjectedDeath at zero: tests use it to stop the patcher between any two
 // writes, as a SIGKILL would.

@@ -84,11 +84,13 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 		require.Zero(t, prior.Native)
 	}
 
-	// A parked goroutine, and the words its walk read.
+	// One of the 200 parked goroutines (they never wake: the main
+	// goroutine, say, sleeps in a loop, and a walk after it woke reads
+	// other words), and the words its walk read.
 	var target consistency.Task
 	for _, task := range full.Tasks {
 		if task.Kind == "goroutine" && task.Stack.Reliable && len(prior.Reads(task.Key)) > 0 &&
-			len(task.Stack.Frames) > 2 {
+			len(task.Stack.Frames) > 2 && task.Stack.Frames[1].PC == pc {
 			target = task
 			break
 		}
@@ -111,6 +113,7 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 			prior, err = src.PrewalkFor(regions)
 			require.NoError(t, err)
 			require.NoError(t, proc.Stop())
+			require.Equal(t, words[:nRead], prior.Reads(target.Key), "goroutine %d, parked, read the same words", target.ID)
 		}
 		var old [8]byte
 		_, err := proc.ReadAt(old[:], int64(addr))

@@ -45,6 +45,11 @@ type nativeCheck struct {
 	room     int
 	preGroup []int32
 	preClean []bool
+	// preGs and preKnown are, by index in allgs, the g and record of every
+	// group, as goroutines returns them for groups found unchanged (nil
+	// elsewhere), built before the stop; nil once a TakeAfter used them.
+	preGs    []*goruntime.G
+	preKnown []*gRecord
 }
 
 // preSlack is how many more tasks than it holds pre has room for: the
@@ -74,6 +79,10 @@ func (nc *nativeCheck) prebuild(threads int) {
 		if nc.groups[k].walk != nil {
 			n++
 		}
+	}
+	nc.preGs, nc.preKnown = make([]*goruntime.G, len(nc.allgs)), make([]*gRecord, len(nc.allgs))
+	for k, i := range nc.at {
+		nc.preGs[i], nc.preKnown[i] = &nc.groups[k].g, &nc.groups[k]
 	}
 	nc.room = threads + 16
 	nc.pre = make([]Task, nc.room, nc.room+n+preSlack(n))

@@ -222,10 +222,25 @@ func (src Source) goroutines(prior *Walks, same []bool) (gs []*goruntime.G, know
 	if err != nil {
 		return nil, nil, err
 	}
-	gs, known = make([]*goruntime.G, len(addrs)), make([]*gRecord, len(addrs))
-	for k, i := range nc.at {
-		if same[k] && (held || i < len(addrs) && addrs[i] == nc.groups[k].g.Addr) {
-			gs[i], known[i] = &nc.groups[k].g, &nc.groups[k]
+	if held && nc.preGs != nil {
+		// The groups' g's where allgs has them, built before the stop:
+		// only those found changed are taken out.
+		gs, known = nc.preGs, nc.preKnown
+		nc.preGs, nc.preKnown = nil, nil // the snapshot's now
+		if more := len(addrs) - len(gs); more > 0 {
+			gs, known = append(gs, make([]*goruntime.G, more)...), append(known, make([]*gRecord, more)...)
+		}
+		for k, i := range nc.at {
+			if !same[k] {
+				gs[i], known[i] = nil, nil
+			}
+		}
+	} else {
+		gs, known = make([]*goruntime.G, len(addrs)), make([]*gRecord, len(addrs))
+		for k, i := range nc.at {
+			if same[k] && i < len(addrs) && addrs[i] == nc.groups[k].g.Addr {
+				gs[i], known[i] = &nc.groups[k].g, &nc.groups[k]
+			}
 		}
 	}
 	var fresh []uint64

@@ -18,17 +18,14 @@ var ErrCallThreadState = errors.New("thread state cannot be carried through a re
 
 // ErrCallRanOn is returned by a call made in a stop (Routine.Run) whose
 // thread ran some of its own code after the call, before the tracer stopped
-// it again (the tracer was too slow for the stub's spin): what the call
+// it again (the tracer was too slow for the stub's wait): what the call
 // computed may no longer describe the target.
 var ErrCallRanOn = errors.New("tracee: the borrowed thread ran its own code after the call")
 
-// maxBusyPolls bounds the polls of a spinning call's flag made without
-// sleeping (a poll is a read of the target's memory, about a microsecond).
-const maxBusyPolls = 100_000
-
-// spinCount is how many times a spinning return stub loops (about 0.1 s)
-// waiting for the tracer to stop it before it restores the thread itself.
-const spinCount = 1 << 28
+// parkTimeout is how long, in nanoseconds, a parking return stub waits for
+// the tracer to stop it before it restores the thread itself (about 0.1 s;
+// a multiple of 1<<16, as the arm64 stub builds it with one instruction).
+const parkTimeout = 0x5f5 << 16
 
 // CallError is a function called in the target that died of a signal (a
 // fault, or abort). The thread's registers were restored and the signal
@@ -266,9 +263,9 @@ func (p *Process) runCall(t *thread, name string, fn, store uint64, args []uint6
 // callPages is memory mapped beforehand for a remote call (a Routine's):
 // the return stub goes at code, the call's data at data (dataSize bytes),
 // and the callee runs on its own stack below stackTop rather than below the
-// thread's stack pointer. Its stub spins (returnStub) and the call fails
-// with ErrCallRanOn if the thread ran its own code before the tracer
-// stopped it again.
+// thread's stack pointer. Its stub parks the thread (returnStub) and the
+// call fails with ErrCallRanOn if the thread ran its own code before the
+// tracer stopped it again.
 type callPages struct {
 	code, stubSize, data, dataSize, stackTop uint64
 }
@@ -281,7 +278,7 @@ type pendingCall struct {
 	fn                          uint64
 	s                           *callState
 	dataAddr, codeAddr, stubLen uint64
-	spin                        bool
+	park                        bool
 	free                        func()
 }
 
@@ -346,13 +343,13 @@ func (p *Process) prepareCall(t *thread, name string, fn, store uint64, args []u
 	}
 	step("call:set-up")
 	return &pendingCall{t: t, name: name, fn: fn, s: s, dataAddr: dataAddr, codeAddr: codeAddr,
-		stubLen: uint64(len(stub)), spin: at != nil, free: free}, nil
+		stubLen: uint64(len(stub)), park: at != nil, free: free}, nil
 }
 
 // finishCall runs a prepared call (continued already when started) to its
 // end and puts its thread back.
 func (p *Process) finishCall(c *pendingCall, started bool) (uint64, error) {
-	res, cerr := p.waitCall(c.t, c.name, c.fn, c.s, c.dataAddr, c.codeAddr, c.stubLen, c.spin, started)
+	res, cerr := p.waitCall(c.t, c.name, c.fn, c.s, c.dataAddr, c.codeAddr, c.stubLen, c.park, started)
 	step("call:returned")
 	if p.threads[c.t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
@@ -382,28 +379,38 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 // returns a *CallError.
 //
 // started: the thread was continued already (calls run side by side).
-// With spin (a spinning stub, callPages), the call is over once the stub
-// sets its spinning flag, and a thread stopped outside the stub ran its own
-// code meanwhile: ErrCallRanOn.
-func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, spin, started bool) (uint64, error) {
-	if !started {
-		if err := cont(t.tid, 0); err != nil {
-			return 0, p.threadErr(t.tid, "continue", err)
-		}
-	}
+// With park (a parking stub, callPages), the thread runs through
+// PTRACE_SYSCALL (contCall) and the tracer sleeps in wait4 until the stub's
+// ppoll stops it at its entry: the call is over, the thread is interrupted
+// in the stub and put back there. A thread stopped outside the stub ran
+// its own code meanwhile: ErrCallRanOn. Without park, the tracer polls the
+// done flag.
+func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, park, started bool) (uint64, error) {
 	var result [16]byte
 	done := false
-	maxBackoff := 500 * time.Microsecond
-	if spin {
-		maxBackoff = 20 * time.Microsecond // the thread spins until we stop it
+	run := func() error {
+		var err error
+		if park && !done {
+			err = contCall(t.tid)
+		} else {
+			err = cont(t.tid, 0)
+		}
+		if err != nil {
+			return p.threadErr(t.tid, "continue", err)
+		}
+		return nil
+	}
+	if !started {
+		if err := run(); err != nil {
+			return 0, err
+		}
 	}
 	interrupted := false
 	backoff := 10 * time.Microsecond
-	busy := 0 // polls made without sleeping (spin: the call is short)
 	for {
 		opts := unix.WNOHANG
-		if spin && interrupted {
-			opts = 0 // the interrupt stops it at once: no polling
+		if park {
+			opts = 0 // the stub's ppoll stops it: no polling
 		}
 		tid, ws, err := wait4(t.tid, opts)
 		if err != nil {
@@ -416,7 +423,7 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		if tid != t.tid {
 			// No event yet: is the call done?
 			if !done {
-				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && (result[ctxDone] == 1 || spin && result[ctxSpinning] == 1) {
+				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxDone] == 1 {
 					done = true
 					backoff = 10 * time.Microsecond
 				}
@@ -428,18 +435,8 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 				interrupted = true
 				continue
 			}
-			if spin && busy < maxBusyPolls {
-				// A routine runs a few ms at most: poll without sleeping
-				// (a sleep costs a scheduling round trip each), yielding
-				// the core (polling alone kept a borrowed thread queued
-				// behind us 8 ms on a busy machine; a sleep costs 1–2 ms).
-				busy++
-				// The borrowed thread may be waiting for this core.
-				unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-				continue
-			}
 			time.Sleep(backoff)
-			backoff = min(2*backoff, maxBackoff)
+			backoff = min(2*backoff, 500*time.Microsecond)
 			continue
 		}
 		if ws.Exited() || ws.Signaled() {
@@ -457,8 +454,8 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		if int(ws>>16) != 0 {
 			// PTRACE_EVENT_STOP: our interrupt (or a group-stop).
 			if !interrupted {
-				if err := cont(t.tid, 0); err != nil {
-					return 0, p.threadErr(t.tid, "continue", err)
+				if err := run(); err != nil {
+					return 0, err
 				}
 				continue
 			}
@@ -472,10 +469,28 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 				}
 				return binaryLE(result[ctxResult:]), nil
 			}
-			if spin {
+			if park {
 				return binaryLE(result[ctxResult:]), fmt.Errorf("tracee: remote call of %s on thread %d: %w", name, t.tid, ErrCallRanOn)
 			}
 			return binaryLE(result[ctxResult:]), nil
+		}
+		if park && int(ws.StopSignal()) == syscallStop {
+			// A system call's entry (or exit): the stub's ppoll once
+			// it set its flag, else one of the callee's own.
+			if !done {
+				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxParked] == 1 && inStub(r.PC(), codeAddr, codeLen) {
+					// Interrupted first, the ppoll returns at once.
+					if err := interrupt(t.tid); err != nil {
+						return 0, p.threadErr(t.tid, "interrupt", err)
+					}
+					done, interrupted = true, true
+					step("call:parked")
+				}
+			}
+			if err := run(); err != nil {
+				return 0, err
+			}
+			continue
 		}
 		sig := unix.Signal(ws.StopSignal())
 		var si unix.Siginfo
@@ -496,8 +511,8 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		}
 		// A signal for the target: keep it for later, suppress it now.
 		t.pending = append(t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
-		if err := cont(t.tid, 0); err != nil {
-			return 0, p.threadErr(t.tid, "continue", err)
+		if err := run(); err != nil {
+			return 0, err
 		}
 		if interrupted {
 			// This stop cleared our pending PTRACE_INTERRUPT (any trap

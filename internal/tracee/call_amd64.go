@@ -96,13 +96,17 @@ func (p *Process) archPrepare(t *thread, s *callState) error { return nil }
 
 // Layout of a remote call's data page (see returnStub).
 const (
-	ctxResult   = 0   // the call's rax
-	ctxDone     = 8   // set to 1 once the thread restored itself
-	ctxSpinning = 9   // set to 1 once a spinning stub waits for the tracer
-	ctxFlags    = 16  // rflags
-	ctxGP       = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
-	ctxFP       = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
+	ctxResult  = 0   // the call's rax
+	ctxDone    = 8   // set to 1 once the thread restored itself
+	ctxParked  = 9   // set to 1 once a parking stub waits for the tracer
+	ctxFlags   = 16  // rflags
+	ctxGP      = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
+	ctxTimeout = 160 // the parking ppoll's timespec
+	ctxFP      = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
 )
+
+// sysPpoll is ppoll(2), which a parking stub waits in.
+const sysPpoll = 271
 
 // ctxData is the data page of a remote call that returns to s.resume with
 // FP state s.fp.
@@ -130,12 +134,18 @@ func ctxData(s *callState) []byte {
 // stack (below the red zone) and store; the interrupted state is restored without the
 // tracer, so a tracer killed during the call leaves a target that runs on.
 //
-// With spin, the stub first sets the spinning flag and counts down
-// spinCount before it restores anything: a tracer that stops it there
-// restores the thread through ptrace, so that the thread runs none of its
-// own code between the call and the tracer's stop (CallInStop); a tracer
-// gone or too slow only delays it.
-func returnStub(data, store uint64, s *callState, spin bool) []byte {
+// With park, the stub first sets the parked flag and waits in
+// ppoll(NULL, 0, parkTimeout, NULL) before it restores anything: a tracer
+// that stops it there restores the thread through ptrace, so that the
+// thread runs none of its own code between the call and the tracer's stop
+// (CallInStop); a tracer gone or too slow only delays it. Waiting in the
+// kernel, the thread leaves its core to the tracer and to other threads
+// (a stub that spun instead kept them from it for milliseconds), and the tracer,
+// which continues it with PTRACE_SYSCALL, wakes at the ppoll's entry
+// rather than polling the flag. ppoll leaves the thread's restart block
+// alone (an interrupted ppoll returns -ERESTARTNOHAND), which a thread
+// stopped in a restartable sleep still needs.
+func returnStub(data, store uint64, s *callState, park bool) []byte {
 	pc, xsave := s.resume.PC(), s.fp.typ == fpRegSet
 	var c []byte
 	d32 := func(v int) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
@@ -146,19 +156,32 @@ func returnStub(data, store uint64, s *callState, spin bool) []byte {
 		}
 		c = append(c, 0x49, 0x89, 0x02) // mov [r10], rax
 	}
-	c = append(c, 0x49, 0xbb) // movabs r11, data
-	for i := 0; i < 8; i++ {
-		c = append(c, byte(data>>(8*i)))
+	dataBase := func() {
+		c = append(c, 0x49, 0xbb) // movabs r11, data
+		for i := 0; i < 8; i++ {
+			c = append(c, byte(data>>(8*i)))
+		}
 	}
+	dataBase()
 	c = append(c, 0x49, 0x89, 0x83) // mov [r11+result], rax
 	c = append(c, d32(ctxResult)...)
-	if spin {
-		c = append(c, 0x41, 0xc6, 0x83) // mov byte [r11+spinning], 1
-		c = append(c, d32(ctxSpinning)...)
+	if park {
+		c = append(c, 0x41, 0xc6, 0x83) // mov byte [r11+parked], 1
+		c = append(c, d32(ctxParked)...)
 		c = append(c, 1)
-		c = append(c, 0xb9) // mov ecx, spinCount (restored below)
-		c = append(c, d32(spinCount)...)
-		c = append(c, 0xff, 0xc9, 0x75, 0xfc) // 1: dec ecx; jnz 1b (rflags restored below)
+		c = append(c, 0x49, 0xc7, 0x83) // mov qword [r11+timeout], 0 (tv_sec)
+		c = append(c, d32(ctxTimeout)...)
+		c = append(c, d32(0)...)
+		c = append(c, 0x49, 0xc7, 0x83) // mov qword [r11+timeout+8], parkTimeout (tv_nsec)
+		c = append(c, d32(ctxTimeout+8)...)
+		c = append(c, d32(parkTimeout)...)
+		c = append(c, 0x49, 0x8d, 0x93) // lea rdx, [r11+timeout]
+		c = append(c, d32(ctxTimeout)...)
+		c = append(c, 0x31, 0xff, 0x31, 0xf6, 0x45, 0x31, 0xd2) // xor edi, edi; xor esi, esi; xor r10d, r10d
+		c = append(c, 0xb8)                                     // mov eax, ppoll
+		c = append(c, d32(sysPpoll)...)
+		c = append(c, 0x0f, 0x05) // syscall (rcx and r11 lost; all restored below)
+		dataBase()
 	}
 	c = append(c, 0xb8, 0xff, 0xff, 0xff, 0xff) // mov eax, -1
 	c = append(c, 0xba, 0xff, 0xff, 0xff, 0xff) // mov edx, -1

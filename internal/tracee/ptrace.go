@@ -31,6 +31,10 @@ func interrupt(tid int) error { return ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0) 
 
 func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
 
+// contCall continues a thread on a parking call (see waitCall) to its
+// next system call's entry (PTRACE_SYSCALL).
+func contCall(tid int) error { return ptrace(unix.PTRACE_SYSCALL, tid, 0, 0) }
+
 func listen(tid int) error { return ptrace(unix.PTRACE_LISTEN, tid, 0, 0) }
 
 func detach(tid, sig int) error { return ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }

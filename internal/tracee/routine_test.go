@@ -120,6 +120,12 @@ func TestRoutineCompare(t *testing.T) {
 	require.NoError(t, c.p.Resume())
 	require.Equal(t, []uint64{1, 1}, each)
 	require.Equal(t, []byte{0, 1, 0, 1, 9}, out)
+	// The threads borrowed, the leader in nanosleep and "reader" in
+	// read(0), go on where they were.
+	c.healthy(t)
+	m := c.Mark()
+	fmt.Fprintln(c.Stdin, "after the routine")
+	c.ExpectAfter(t, m, regexp.MustCompile(`^read 18 after the routine$`), 5*time.Second)
 
 	// A word it cannot read: the routine faults, the thread is put back.
 	put(itemsAt, []uint64{arch.CompareItem(0x1000, 1), 0})
@@ -141,7 +147,7 @@ func TestRoutineCompare(t *testing.T) {
 
 // BenchmarkRoutineRun is the fixed cost of running a routine in a stopped
 // process (arch.CompareWords over no group): borrowing a thread, its
-// state saved and restored, the stub spun and stopped.
+// state saved and restored, the stub parked and stopped.
 func BenchmarkRoutineRun(b *testing.B) {
 	c := startCall(b)
 	r, err := c.p.MapRoutine(hostArch().CompareWords, 4096)
@@ -161,21 +167,29 @@ func BenchmarkRoutineRun(b *testing.B) {
 	}
 }
 
-// A tool killed while its routine runs in the stopped target — the
-// routine's thread set up, about to be continued — leaves a target that
-// runs on: the tracer's death resumes every thread, the routine ends, its
-// stub spins for the tracer that is gone, then restores the thread itself
-// (the spin's end is what only this test runs). The routine's scratch
-// mappings are left, marked for a later tool (ScratchAt).
+// A tool killed while its routine runs in the stopped target leaves a
+// target that runs on: killed once the routine's thread is set up, about to
+// be continued, the tracer's death resumes every thread, the routine ends
+// and its stub waits for the tracer that is gone, then restores the thread
+// itself (the wait's end is what only this test runs); killed at the stub's
+// ppoll, its thread is set to stop there (interrupted), and is let go in
+// the kernel. The routine's scratch mappings are left, marked for a later
+// tool (ScratchAt).
 func TestRoutineTracerKilled(t *testing.T) {
+	for _, step := range []string{"call:set-up", "call:parked"} {
+		t.Run(step, func(t *testing.T) { testRoutineTracerKilled(t, step) })
+	}
+}
+
+func testRoutineTracerKilled(t *testing.T, step string) {
 	c := startCall(t)
 	require.NoError(t, c.p.Close()) // the helper holds the target
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=routiner", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid))
+	cmd.Env = append(os.Environ(), helperEnv+"=routiner", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid), "TRACEE_TEST_STEP="+step)
 	helper := startTarget(t, cmd)
 	helper.ExpectAfter(t, 0, regexp.MustCompile(`^dying$`), 30*time.Second)
 	helper.Wait()
-	time.Sleep(400 * time.Millisecond) // the stub's spin ends (about 0.1 s)
+	time.Sleep(400 * time.Millisecond) // the stub's wait ends (about 0.1 s)
 	c.healthy(t)
 	m := c.Mark()
 	fmt.Fprintln(c.Stdin, "after the routine")
@@ -204,7 +218,7 @@ func TestRoutineTracerKilled(t *testing.T) {
 }
 
 // routinerChild maps a routine in TRACEE_TEST_PID, stops it, and kills
-// itself once the routine's thread is set up (step "call:set-up").
+// itself at step TRACEE_TEST_STEP of the routine's call.
 func routinerChild() {
 	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
 	p, err := Open(pid)
@@ -227,7 +241,7 @@ func routinerChild() {
 	}
 	fmt.Println("ready running")
 	StepHook = func(step string) {
-		if step == "call:set-up" {
+		if step == os.Getenv("TRACEE_TEST_STEP") {
 			fmt.Println("dying")
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}

@@ -10,23 +10,31 @@ import (
 )
 
 // The return stub decodes to the intended instructions (it is also executed
-// by every remote-call test).
+// by every remote-call test); a parking one waits in ppoll first, and loads
+// its data address again after the syscall, which loses r11.
 func TestReturnStubDecodes(t *testing.T) {
-	for _, xsave := range []bool{true, false} {
+	for _, tc := range []struct{ xsave, park bool }{{true, false}, {false, false}, {true, true}} {
 		s := &callState{}
 		s.resume.Rip = 0x401234
 		s.fp.typ = fpRegSet
-		if !xsave {
+		if !tc.xsave {
 			s.fp.typ = fpRegSetFallback
 		}
-		code := returnStub(0x7f0000001000, 0, s, false)
+		code := returnStub(0x7f0000001000, 0, s, tc.park)
 		ops := decodeStub(t, code)
 		fp := "xrstor64 ptr [r11+0xc0]"
-		if !xsave {
+		if !tc.xsave {
 			fp = "fxrstor64 ptr [r11+0xc0]"
 		}
-		want := []string{
-			"mov r11, 0x7f0000001000", "mov qword ptr [r11], rax", "mov eax, -0x1", "mov edx, -0x1", fp,
+		want := []string{"mov r11, 0x7f0000001000", "mov qword ptr [r11], rax"}
+		if tc.park {
+			want = append(want,
+				"mov byte ptr [r11+0x9], 0x1",
+				"mov qword ptr [r11+0xa0], 0x0", "mov qword ptr [r11+0xa8], 0x5f50000", "lea rdx, ptr [r11+0xa0]",
+				"xor edi, edi", "xor esi, esi", "xor r10d, r10d", "mov eax, 0x10f", "syscall",
+				"mov r11, 0x7f0000001000")
+		}
+		want = append(want, "mov eax, -0x1", "mov edx, -0x1", fp,
 			"push qword ptr [r11+0x10]", "popfq",
 			"mov rax, qword ptr [r11+0x18]", "mov rdx, qword ptr [r11+0x20]", "mov rcx, qword ptr [r11+0x28]",
 			"mov rbx, qword ptr [r11+0x30]", "mov rsi, qword ptr [r11+0x38]", "mov rdi, qword ptr [r11+0x40]",
@@ -34,7 +42,7 @@ func TestReturnStubDecodes(t *testing.T) {
 			"mov r10, qword ptr [r11+0x68]", "mov r12, qword ptr [r11+0x78]", "mov r13, qword ptr [r11+0x80]",
 			"mov r14, qword ptr [r11+0x88]", "mov r15, qword ptr [r11+0x90]", "mov rsp, qword ptr [r11+0x50]",
 			"mov byte ptr [r11+0x8], 0x1", "mov r11, qword ptr [r11+0x70]", "jmp qword ptr [rip]",
-		}
+		)
 		require.Equal(t, len(want), len(ops), "%q", ops)
 		for i := range want {
 			require.Equal(t, strings.Join(strings.Fields(want[i]), " "), strings.Join(strings.Fields(ops[i]), " "), "instruction %d", i)

@@ -11,17 +11,17 @@ import (
 )
 
 // The return stub decodes to the intended instructions, uses only x0, x1,
-// x8, x16, x17 (all reloaded by rt_sigreturn) and sp, and ends in svc #0
-// with x8 = 139 (rt_sigreturn) and sp at the signal frame (it is also
-// executed by every remote-call test).
+// x8, x16, x17 (all reloaded by rt_sigreturn; a parking one x2 and x3 too)
+// and sp, and ends in svc #0 with x8 = 139 (rt_sigreturn) and sp at the
+// signal frame (it is also executed by every remote-call test).
 func TestReturnStubDecodes(t *testing.T) {
 	const data, store = 0x0000ffff12345000, 0x0000aaaa56789008
 	for _, tc := range []struct {
-		restart bool
-		store   uint64
-	}{{false, 0}, {true, 0}, {false, store}} {
+		restart, park bool
+		store         uint64
+	}{{false, false, 0}, {true, false, 0}, {false, false, store}, {false, true, 0}} {
 		restart := tc.restart
-		code := returnStub(data, tc.store, &callState{restart: restart}, false)
+		code := returnStub(data, tc.store, &callState{restart: restart}, tc.park)
 		var ops []string
 		for off := 0; off < len(code); off += 4 {
 			in, err := arm64asm.Decode(code[off:])
@@ -33,7 +33,7 @@ func TestReturnStubDecodes(t *testing.T) {
 				}
 				s := a.String()
 				for r := 0; r <= 30; r++ {
-					if r == 0 || r == 1 || r == 8 || r == 16 || r == 17 {
+					if r == 0 || r == 1 || r == 8 || r == 16 || r == 17 || tc.park && (r == 2 || r == 3) {
 						continue
 					}
 					for _, name := range []string{fmt.Sprintf("X%d", r), fmt.Sprintf("W%d", r)} {
@@ -52,6 +52,15 @@ func TestReturnStubDecodes(t *testing.T) {
 		want = append(want,
 			"mov x16, #0x5000", "movk x16, #0x1234, lsl #16", "movk x16, #0xffff, lsl #32", "movk x16, #0x0, lsl #48",
 			"str x0, [x16]",
+		)
+		if tc.park {
+			want = append(want,
+				"mov x1, #0x1", "strb w1, [x16,#9]", // parked
+				"str xzr, [x16,#16]", "mov x1, #0x5f50000", "str x1, [x16,#24]", // the timeout
+				"mov x0, #0x0", "mov x1, #0x0", "add x2, x16, #0x10", "mov x3, #0x0", "mov x8, #0x49", "svc #0x0", // ppoll
+			)
+		}
+		want = append(want,
 			"add x17, x16, #0x4, lsl #12",
 			"mov x0, #0x0", "add x1, x17, #0x90", "mov x8, #0x84", "svc #0x0", // sigaltstack(NULL, &uc_stack)
 			"mov x0, #0x1", "str x0, [x16,#8]", // done

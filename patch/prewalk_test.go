@@ -29,19 +29,23 @@ func TestPrewalkReusesOnlyUnchangedInputs(t *testing.T) {
 	p := startTasks(t, "")
 	command(t, p, "park 200", regexp.MustCompile(`^parked 200$`))
 	tg := attach(t, p.Pid)
-	for _, native := range []bool{false, true} {
-		t.Run(map[bool]string{false: "read-back", true: "native"}[native], func(t *testing.T) {
-			testPrewalkReuse(t, tg, native)
+	for _, tc := range []struct {
+		name    string
+		threads int // of the native check; 0: none
+	}{{"read-back", 0}, {"native", 1}, {"native-2-threads", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			testPrewalkReuse(t, tg, tc.threads)
 		})
 	}
 }
 
-func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
+func testPrewalkReuse(t *testing.T, tg *patch.Target, threads int) {
 	src, err := patch.SourceOf(tg)
 	require.NoError(t, err)
 	src.NativeMin = -1
+	native := threads > 0
 	if native {
-		src.NativeMin = 1
+		src.NativeMin, src.NativeThreads = 1, threads
 	}
 	// A region every parked goroutine returns into (their caller's call
 	// site): each is a blocker, found by the check made before the stop
@@ -84,15 +88,15 @@ func testPrewalkReuse(t *testing.T, tg *patch.Target, native bool) {
 		require.Zero(t, prior.Native)
 	}
 
-	// One of the 200 parked goroutines (they never wake: the main
+	// The last of the 200 parked goroutines (they never wake: the main
 	// goroutine, say, sleeps in a loop, and a walk after it woke reads
-	// other words), and the words its walk read.
+	// other words; the last is in the last part of a native check split
+	// for threads), and the words its walk read.
 	var target consistency.Task
 	for _, task := range full.Tasks {
 		if task.Kind == "goroutine" && task.Stack.Reliable && len(prior.Reads(task.Key)) > 0 &&
 			len(task.Stack.Frames) > 2 && task.Stack.Frames[1].PC == pc {
 			target = task
-			break
 		}
 	}
 	require.NotZero(t, target.Key, "no parked goroutine with a recorded walk")

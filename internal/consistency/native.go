@@ -176,7 +176,11 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	nc.itemsOff = 0
 	nc.expectOff = uint64(8 * len(items))
 	nc.outOff = nc.expectOff + uint64(8*len(expect))
-	nc.parts = splitParts(nc, starts, len(expect), nativeThreads())
+	threads := src.NativeThreads
+	if threads <= 0 {
+		threads = nativeThreads(len(nc.groups))
+	}
+	nc.parts = splitParts(nc, starts, len(expect), threads)
 	r, err := src.Proc.MapRoutine(a.CompareWords, nc.outOff+uint64(len(nc.groups)))
 	if err != nil {
 		return nil, err
@@ -254,15 +258,22 @@ func wordBytes(ws []uint64) []byte {
 	return b
 }
 
-// nativeThreads is how many of the target's threads the native check runs
-// on: one per two cores of the machine, since the tracer polls each call's
-// flag on a core of its own (on this project's 2-core machine, two threads
-// made the check 2–10× slower than one: a thread waited for a core behind
-// the poller). tracee.Routine.RunEach runs the rest in further rounds when
-// the target has fewer threads.
-func nativeThreads() int {
-	return max(1, min(runtime.NumCPU()/2, tracee.MaxRoutineThreads))
+// nativeThreads is how many of the target's threads the native check of
+// groups goroutines runs on: one per groupsPerThread, up to one per core of
+// the machine (the tracer sleeps while they run: see tracee.Routine).
+// tracee.Routine.RunEach runs the rest in further rounds when the target
+// has fewer threads.
+func nativeThreads(groups int) int {
+	return max(1, min(groups/groupsPerThread, runtime.NumCPU(), tracee.MaxRoutineThreads))
 }
+
+// groupsPerThread is the fewest goroutines worth another thread for the
+// native check. A thread borrowed costs 0.1-0.3 ms (its state saved and put
+// back, its stop); on this project's 2-core machine (A/B of
+// BenchmarkPause, apply-pause medians) two threads made 1,000 goroutines
+// slower (1.03-1.04 ms against 0.82-0.93), 10,000 no faster (2.78-2.93
+// against 2.59-2.83) and 100,000 faster (13.9-15.6 against 16.4-17.3).
+const groupsPerThread = 20_000
 
 // splitParts splits nc's groups into n runs of about as many expected
 // words each (the work), starts[i] being where group i starts in items and

@@ -26,6 +26,9 @@ type Source struct {
 	// stopped target compare their inputs itself (0: a default of 512;
 	// negative: never).
 	NativeMin int
+	// NativeThreads is how many of the target's threads the native check
+	// runs on (0: one per 20,000 goroutines, up to one per core).
+	NativeThreads int
 }
 
 // stackPrefetch bounds how much of a parked goroutine's stack is read in

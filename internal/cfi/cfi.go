@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 )
 
 // RuleKind says how to recover a register of the caller.
@@ -107,6 +109,23 @@ type Table struct {
 	hdrSize int    // size of one encoded value
 	hdrN    int    // number of entries
 	hdrBase int    // offset of the table in the .eh_frame_hdr section
+
+	// rows caches RowAt by pc (rowResult), at most maxCachedRows of them:
+	// a row is a function of the table and pc alone, and the threads of
+	// a snapshot ask for the same few (a pool of workers blocked at one
+	// call site), where evaluating one allocates and costs about a
+	// microsecond.
+	rows  sync.Map
+	nrows atomic.Int32
+}
+
+// maxCachedRows bounds a Table's cache of rows.
+const maxCachedRows = 4096
+
+type rowResult struct {
+	row Row
+	ok  bool
+	err error
 }
 
 // reader decodes the section.
@@ -384,8 +403,27 @@ func (t *Table) FuncRanges() [][2]uint64 {
 }
 
 // RowAt evaluates the CFI program of the FDE covering link-time pc, up to pc.
-// ok is false when no FDE covers pc.
+// ok is false when no FDE covers pc. The row may be shared with other
+// calls: do not change it. Safe for concurrent use.
 func (t *Table) RowAt(pc uint64) (row Row, ok bool, err error) {
+	if r, hit := t.rows.Load(pc); hit {
+		res := r.(*rowResult)
+		return res.row, res.ok, res.err
+	}
+	row, ok, err = t.evalRow(pc)
+	// A slot is taken before the row is stored, so that goroutines side
+	// by side never store more than maxCachedRows.
+	if t.nrows.Add(1) <= maxCachedRows {
+		if _, loaded := t.rows.LoadOrStore(pc, &rowResult{row, ok, err}); !loaded {
+			return row, ok, err
+		}
+	}
+	t.nrows.Add(-1)
+	return row, ok, err
+}
+
+// evalRow is RowAt without the cache.
+func (t *Table) evalRow(pc uint64) (row Row, ok bool, err error) {
 	var f *fde
 	if t.hdr != nil {
 		if f, err = t.lookupHdr(pc); err != nil || f == nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -292,4 +293,39 @@ long h(long x) { long a[16]; for (int i = 0; i < 16; i++) a[i] = g(i); return a[
 	interp, err := exec.Command(tool, "--debug-dump=frames-interp", so).Output()
 	require.NoError(t, err)
 	rowsMatchReadelf(t, a, so, interp, 10)
+}
+
+// RowAt's cache returns what evaluating the row returns, from goroutines
+// side by side, and holds at most maxCachedRows rows.
+func TestRowCache(t *testing.T) {
+	_, tab := load(t, libc(t))
+	var pcs []uint64
+	for _, r := range tab.FuncRanges() {
+		pcs = append(pcs, (r[0]+r[1])/2, r[0])
+	}
+	require.Greater(t, len(pcs), maxCachedRows, "enough rows to fill the cache")
+	errs := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			for round := range 2 {
+				for i := w; i < len(pcs); i += 2 {
+					pc := pcs[i]
+					got, gok, gerr := tab.RowAt(pc)
+					want, wok, werr := tab.evalRow(pc)
+					if gok != wok || fmt.Sprint(gerr) != fmt.Sprint(werr) || !reflect.DeepEqual(got, want) {
+						errs <- fmt.Errorf("round %d: RowAt(%#x) = %v %v %+v, want %v %v %+v", round, pc, gok, gerr, got, wok, werr, want)
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		require.NoError(t, <-errs)
+	}
+	require.EqualValues(t, maxCachedRows, tab.nrows.Load())
+	n := 0
+	tab.rows.Range(func(any, any) bool { n++; return true })
+	require.Equal(t, maxCachedRows, n)
 }

@@ -340,18 +340,21 @@ const pageSize = 4096
 // in one batch, the page each thread's stack pointer is in (none when the
 // batch cannot be read: the walks then read them on their own).
 func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs) *sharedPages {
-	c := &sharedPages{mem: p, pages: map[uint64][]byte{}}
+	c := &sharedPages{mem: p, pages: make(map[uint64][]byte, len(tids))}
 	addrs := make([]uint64, 0, len(tids))
 	for _, tid := range tids {
 		regs := all[tid]
 		if a := regs.SP() &^ (pageSize - 1); c.pages[a] == nil {
-			c.pages[a] = make([]byte, pageSize)
+			c.pages[a] = []byte{} // a placeholder, set below
 			addrs = append(addrs, a)
 		}
 	}
+	// One allocation for every page (256 threads: 256 pages).
+	arena := make([]byte, pageSize*len(addrs))
 	bufs := make([][]byte, len(addrs))
 	for i, a := range addrs {
-		bufs[i] = c.pages[a]
+		bufs[i] = arena[i*pageSize : (i+1)*pageSize : (i+1)*pageSize]
+		c.pages[a] = bufs[i]
 	}
 	if err := p.ReadMany(addrs, bufs); err != nil {
 		clear(c.pages)
@@ -364,7 +367,7 @@ func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs) *sharedP
 // while the target is stopped its memory does not change.
 type sharedPages struct {
 	mem   io.ReaderAt
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	pages map[uint64][]byte // page address → bytes (nil: unreadable)
 }
 
@@ -376,9 +379,9 @@ func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
 	if addr+uint64(len(b)) > page+pageSize {
 		return c.mem.ReadAt(b, off)
 	}
-	c.mu.Lock()
+	c.mu.RLock()
 	data, ok := c.pages[page]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if !ok {
 		data = make([]byte, pageSize)
 		if n, err := c.mem.ReadAt(data, int64(page)); err != nil || n != pageSize {

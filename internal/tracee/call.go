@@ -406,6 +406,7 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 		}
 	}
 	interrupted := false
+	var lost error // the parked call's result could not be read
 	backoff := 10 * time.Microsecond
 	for {
 		opts := unix.WNOHANG
@@ -467,6 +468,9 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 				if err := s.restore(t.tid); err != nil {
 					return 0, p.threadErr(t.tid, "leave the return stub", err)
 				}
+				if lost != nil {
+					return 0, lost
+				}
 				return binaryLE(result[ctxResult:]), nil
 			}
 			if park {
@@ -475,16 +479,19 @@ func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, data
 			return binaryLE(result[ctxResult:]), nil
 		}
 		if park && int(ws.StopSignal()) == syscallStop {
-			// A system call's entry (or exit): the stub's ppoll once
-			// it set its flag, else one of the callee's own.
-			if !done {
-				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxParked] == 1 && inStub(r.PC(), codeAddr, codeLen) {
-					// Interrupted first, the ppoll returns at once.
-					if err := interrupt(t.tid); err != nil {
-						return 0, p.threadErr(t.tid, "interrupt", err)
-					}
-					done, interrupted = true, true
-					step("call:parked")
+			// A system call's entry (or exit): in the stub, its ppoll
+			// (the stub's first), else one of the callee's own.
+			if !done && inStub(r.PC(), codeAddr, codeLen) {
+				// Interrupted first, the ppoll returns at once.
+				if err := interrupt(t.tid); err != nil {
+					return 0, p.threadErr(t.tid, "interrupt", err)
+				}
+				done, interrupted = true, true
+				step("call:parked")
+				if n, err := p.readMem(result[:], dataAddr); n < len(result) || result[ctxParked] != 1 {
+					// The call's data is gone or was not written: no
+					// result to trust. The thread is put back all the same.
+					lost = fmt.Errorf("tracee: remote call of %s on thread %d: its result cannot be read (%v)", name, t.tid, err)
 				}
 			}
 			if err := run(); err != nil {

@@ -349,7 +349,7 @@ func (p *Process) prepareCall(t *thread, name string, fn, store uint64, args []u
 // finishCall runs a prepared call (continued already when started) to its
 // end and puts its thread back.
 func (p *Process) finishCall(c *pendingCall, started bool) (uint64, error) {
-	res, cerr := p.waitCall(c.t, c.name, c.fn, c.s, c.dataAddr, c.codeAddr, c.stubLen, c.park, started)
+	res, cerr := p.waitCall(c, started)
 	step("call:returned")
 	if p.threads[c.t.tid] == nil {
 		return 0, cerr // gone: nothing left to free
@@ -373,162 +373,206 @@ func (p *Process) runSyscallErr(t *thread, name string, nr uint64, args ...uint6
 // inStub reports whether pc lies in the return stub.
 func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < codeAddr+codeLen }
 
-// waitCall runs t until the stub reports the call done and the thread is
-// stopped again outside the stub, holding the signals that arrive
-// meanwhile. If the called code crashes, it restores s through ptrace and
-// returns a *CallError.
+// waitCall runs c's thread until the stub reports the call done and the
+// thread is stopped again outside the stub, holding the signals that
+// arrive meanwhile. If the called code crashes, it restores the thread
+// through ptrace and returns a *CallError.
 //
 // started: the thread was continued already (calls run side by side).
-// With park (a parking stub, callPages), the thread runs through
+// With c.park (a parking stub, callPages), the thread runs through
 // PTRACE_SYSCALL (contCall) and the tracer sleeps in wait4 until the stub's
 // ppoll stops it at its entry: the call is over, the thread is interrupted
 // in the stub and put back there. A thread stopped outside the stub ran
 // its own code meanwhile: ErrCallRanOn. Without park, the tracer polls the
 // done flag.
-func (p *Process) waitCall(t *thread, name string, fn uint64, s *callState, dataAddr, codeAddr, codeLen uint64, park, started bool) (uint64, error) {
-	var result [16]byte
-	done := false
-	run := func() error {
-		var err error
-		if park && !done {
-			err = contCall(t.tid)
-		} else {
-			err = cont(t.tid, 0)
-		}
-		if err != nil {
-			return p.threadErr(t.tid, "continue", err)
-		}
-		return nil
-	}
+func (p *Process) waitCall(c *pendingCall, started bool) (uint64, error) {
+	w := &callWait{p: p, c: c, backoff: 10 * time.Microsecond}
 	if !started {
-		if err := run(); err != nil {
+		if err := w.run(); err != nil {
 			return 0, err
 		}
 	}
-	interrupted := false
-	var lost error // the parked call's result could not be read
-	backoff := 10 * time.Microsecond
 	for {
 		opts := unix.WNOHANG
-		if park {
+		if c.park {
 			opts = 0 // the stub's ppoll stops it: no polling
 		}
-		tid, ws, err := wait4(t.tid, opts)
+		tid, ws, err := wait4(c.t.tid, opts)
 		if err != nil {
 			if err == unix.ECHILD {
-				p.lost(t.tid)
-				return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
+				p.lost(c.t.tid)
+				return 0, fmt.Errorf("tracee: remote call of %s: %w", c.name, p.exited())
 			}
 			return 0, fmt.Errorf("tracee: pid %d: wait: %w", p.pid, err)
 		}
-		if tid != t.tid {
-			// No event yet: is the call done?
-			if !done {
-				if n, _ := p.readMem(result[:], dataAddr); n == len(result) && result[ctxDone] == 1 {
-					done = true
-					backoff = 10 * time.Microsecond
-				}
-			}
-			if done && !interrupted {
-				if err := interrupt(t.tid); err != nil {
-					return 0, p.threadErr(t.tid, "interrupt", err)
-				}
-				interrupted = true
-				continue
-			}
-			time.Sleep(backoff)
-			backoff = min(2*backoff, 500*time.Microsecond)
-			continue
-		}
-		if ws.Exited() || ws.Signaled() {
-			delete(p.threads, tid)
-			return 0, fmt.Errorf("tracee: remote call of %s: %w", name, p.exited())
-		}
-		if !ws.Stopped() {
-			continue
-		}
-		t.inSigStop = false
-		var r Regs
-		if err := getRegs(t.tid, &r); err != nil {
-			return 0, p.threadErr(t.tid, "get registers", err)
-		}
-		if int(ws>>16) != 0 {
-			// PTRACE_EVENT_STOP: our interrupt (or a group-stop).
-			if !interrupted {
-				if err := run(); err != nil {
-					return 0, err
-				}
-				continue
-			}
-			if inStub(r.PC(), codeAddr, codeLen) {
-				// The call is over, the thread still in the stub's
-				// last instructions: put it back ourselves. It is
-				// never single-stepped out: the step's SIGTRAP would
-				// kill it if we died before taking the trap.
-				if err := s.restore(t.tid); err != nil {
-					return 0, p.threadErr(t.tid, "leave the return stub", err)
-				}
-				if lost != nil {
-					return 0, lost
-				}
-				return binaryLE(result[ctxResult:]), nil
-			}
-			if park {
-				return binaryLE(result[ctxResult:]), fmt.Errorf("tracee: remote call of %s on thread %d: %w", name, t.tid, ErrCallRanOn)
-			}
-			return binaryLE(result[ctxResult:]), nil
-		}
-		if park && int(ws.StopSignal()) == syscallStop {
-			// A system call's entry (or exit): in the stub, its ppoll
-			// (the stub's first), else one of the callee's own.
-			if !done && inStub(r.PC(), codeAddr, codeLen) {
-				// Interrupted first, the ppoll returns at once.
-				if err := interrupt(t.tid); err != nil {
-					return 0, p.threadErr(t.tid, "interrupt", err)
-				}
-				done, interrupted = true, true
-				step("call:parked")
-				if n, err := p.readMem(result[:], dataAddr); n < len(result) || result[ctxParked] != 1 {
-					// The call's data is gone or was not written: no
-					// result to trust. The thread is put back all the same.
-					lost = fmt.Errorf("tracee: remote call of %s on thread %d: its result cannot be read (%v)", name, t.tid, err)
-				}
-			}
-			if err := run(); err != nil {
+		if tid != c.t.tid {
+			if err := w.poll(); err != nil {
 				return 0, err
 			}
 			continue
 		}
-		sig := unix.Signal(ws.StopSignal())
-		var si unix.Siginfo
-		gotInfo := getSiginfo(t.tid, &si) == nil
-		t.inSigStop = true
-		if !done && crashed(sig, &si, gotInfo, p.pid) {
-			ce := &CallError{Name: name, Fn: fn, Tid: t.tid, Sig: sig, PC: r.PC()}
-			if sig == unix.SIGSEGV || sig == unix.SIGBUS {
-				ce.Addr = siginfoWord(&si)
-			}
-			// At this signal-delivery-stop the kernel restarts an
-			// interrupted system call itself once the registers are back
-			// (x86-64; on arm64 they already hold the restart).
-			if err := s.restore(t.tid); err != nil {
-				return 0, errors.Join(ce, p.threadErr(t.tid, "restore the thread", err))
-			}
-			return 0, ce
+		if ws.Exited() || ws.Signaled() {
+			delete(p.threads, tid)
+			return 0, fmt.Errorf("tracee: remote call of %s: %w", c.name, p.exited())
 		}
-		// A signal for the target: keep it for later, suppress it now.
-		t.pending = append(t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
-		if err := run(); err != nil {
-			return 0, err
+		if !ws.Stopped() {
+			continue
 		}
-		if interrupted {
-			// This stop cleared our pending PTRACE_INTERRUPT (any trap
-			// does): ask again, or the thread would never stop.
-			if err := interrupt(t.tid); err != nil {
-				return 0, p.threadErr(t.tid, "interrupt", err)
-			}
+		c.t.inSigStop = false
+		var r Regs
+		if err := getRegs(c.t.tid, &r); err != nil {
+			return 0, p.threadErr(c.t.tid, "get registers", err)
+		}
+		var over bool
+		var res uint64
+		switch {
+		case int(ws>>16) != 0:
+			res, over, err = w.eventStop(r)
+		case c.park && int(ws.StopSignal()) == syscallStop:
+			err = w.syscallStop(r)
+		default:
+			res, over, err = w.signalStop(unix.Signal(ws.StopSignal()), r)
+		}
+		if over || err != nil {
+			return res, err
 		}
 	}
+}
+
+// callWait is the state of a waitCall.
+type callWait struct {
+	p      *Process
+	c      *pendingCall
+	result [16]byte // the call's result and flags, once read
+	// done: the call is over; interrupted: the thread was asked to
+	// stop (PTRACE_INTERRUPT) since.
+	done, interrupted bool
+	lost              error // a parked call's result that could not be read
+	backoff           time.Duration
+}
+
+// run continues the thread: through PTRACE_SYSCALL while a parked call
+// runs, else PTRACE_CONT.
+func (w *callWait) run() error {
+	var err error
+	if w.c.park && !w.done {
+		err = contCall(w.c.t.tid)
+	} else {
+		err = cont(w.c.t.tid, 0)
+	}
+	if err != nil {
+		return w.p.threadErr(w.c.t.tid, "continue", err)
+	}
+	return nil
+}
+
+// interrupt asks the thread to stop.
+func (w *callWait) interrupt() error {
+	if err := interrupt(w.c.t.tid); err != nil {
+		return w.p.threadErr(w.c.t.tid, "interrupt", err)
+	}
+	w.interrupted = true
+	return nil
+}
+
+// poll handles a wait with no event (a call that is not parked): once the
+// done flag is set the thread is interrupted, else the tracer sleeps a
+// little.
+func (w *callWait) poll() error {
+	if !w.done {
+		if n, _ := w.p.readMem(w.result[:], w.c.dataAddr); n == len(w.result) && w.result[ctxDone] == 1 {
+			w.done = true
+			w.backoff = 10 * time.Microsecond
+		}
+	}
+	if w.done && !w.interrupted {
+		return w.interrupt()
+	}
+	time.Sleep(w.backoff)
+	w.backoff = min(2*w.backoff, 500*time.Microsecond)
+	return nil
+}
+
+// eventStop handles a PTRACE_EVENT_STOP at r: our interrupt, which ends
+// the call (over), or a group-stop before it.
+func (w *callWait) eventStop(r Regs) (res uint64, over bool, err error) {
+	c := w.c
+	if !w.interrupted {
+		return 0, false, w.run()
+	}
+	res = binaryLE(w.result[ctxResult:])
+	if inStub(r.PC(), c.codeAddr, c.stubLen) {
+		// The call is over, the thread still in the stub's last
+		// instructions: put it back ourselves. It is never
+		// single-stepped out: the step's SIGTRAP would kill it if we
+		// died before taking the trap.
+		if err := c.s.restore(c.t.tid); err != nil {
+			return 0, true, w.p.threadErr(c.t.tid, "leave the return stub", err)
+		}
+		if w.lost != nil {
+			return 0, true, w.lost
+		}
+		return res, true, nil
+	}
+	if c.park {
+		return res, true, fmt.Errorf("tracee: remote call of %s on thread %d: %w", c.name, c.t.tid, ErrCallRanOn)
+	}
+	return res, true, nil
+}
+
+// syscallStop handles a system call's entry or exit stop of a parked call
+// at r: in the stub, its ppoll (the stub's first system call), which ends
+// the call; else one of the callee's own.
+func (w *callWait) syscallStop(r Regs) error {
+	c := w.c
+	if !w.done && inStub(r.PC(), c.codeAddr, c.stubLen) {
+		// Interrupted first, the ppoll returns at once.
+		if err := w.interrupt(); err != nil {
+			return err
+		}
+		w.done = true
+		step("call:parked")
+		if n, err := w.p.readMem(w.result[:], c.dataAddr); n < len(w.result) || w.result[ctxParked] != 1 {
+			// The call's data is gone or was not written: no result to
+			// trust. The thread is put back all the same.
+			w.lost = fmt.Errorf("tracee: remote call of %s on thread %d: its result cannot be read (%v)", c.name, c.t.tid, err)
+		}
+	}
+	return w.run()
+}
+
+// signalStop handles a signal-delivery-stop at r: a crash of the callee
+// ends the call with a *CallError (over), the thread restored; a signal
+// for the target is held for later.
+func (w *callWait) signalStop(sig unix.Signal, r Regs) (res uint64, over bool, err error) {
+	c := w.c
+	var si unix.Siginfo
+	gotInfo := getSiginfo(c.t.tid, &si) == nil
+	c.t.inSigStop = true
+	if !w.done && crashed(sig, &si, gotInfo, w.p.pid) {
+		ce := &CallError{Name: c.name, Fn: c.fn, Tid: c.t.tid, Sig: sig, PC: r.PC()}
+		if sig == unix.SIGSEGV || sig == unix.SIGBUS {
+			ce.Addr = siginfoWord(&si)
+		}
+		// At this signal-delivery-stop the kernel restarts an
+		// interrupted system call itself once the registers are back
+		// (x86-64; on arm64 they already hold the restart).
+		if err := c.s.restore(c.t.tid); err != nil {
+			return 0, true, errors.Join(ce, w.p.threadErr(c.t.tid, "restore the thread", err))
+		}
+		return 0, true, ce
+	}
+	// A signal for the target: keep it for later, suppress it now.
+	c.t.pending = append(c.t.pending, pendingSignal{sig: int(sig), info: si, ok: gotInfo})
+	if err := w.run(); err != nil {
+		return 0, false, err
+	}
+	if w.interrupted {
+		// This stop cleared our pending PTRACE_INTERRUPT (any trap
+		// does): ask again, or the thread would never stop.
+		return 0, false, w.interrupt()
+	}
+	return 0, false, nil
 }
 
 // binaryLE decodes a little-endian uint64.

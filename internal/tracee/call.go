@@ -18,14 +18,9 @@ var ErrCallThreadState = errors.New("thread state cannot be carried through a re
 
 // ErrCallRanOn is returned by a call made in a stop (Routine.Run) whose
 // thread ran some of its own code after the call, before the tracer stopped
-// it again (the tracer was too slow for the stub's wait): what the call
-// computed may no longer describe the target.
+// it again (the stub's system call was not seen): what the call computed
+// may no longer describe the target.
 var ErrCallRanOn = errors.New("tracee: the borrowed thread ran its own code after the call")
-
-// parkTimeout is how long, in nanoseconds, a parking return stub waits for
-// the tracer to stop it before it restores the thread itself (about 0.1 s;
-// a multiple of 1<<16, as the arm64 stub builds it with one instruction).
-const parkTimeout = 0x5f5 << 16
 
 // CallError is a function called in the target that died of a signal (a
 // fault, or abort). The thread's registers were restored and the signal
@@ -381,7 +376,7 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 // started: the thread was continued already (calls run side by side).
 // With c.park (a parking stub, callPages), the thread runs through
 // PTRACE_SYSCALL (contCall) and the tracer sleeps in wait4 until the stub's
-// ppoll stops it at its entry: the call is over, the thread is interrupted
+// getpid stops it at its entry: the call is over, the thread is interrupted
 // in the stub and put back there. A thread stopped outside the stub ran
 // its own code meanwhile: ErrCallRanOn. Without park, the tracer polls the
 // done flag.
@@ -395,7 +390,7 @@ func (p *Process) waitCall(c *pendingCall, started bool) (uint64, error) {
 	for {
 		opts := unix.WNOHANG
 		if c.park {
-			opts = 0 // the stub's ppoll stops it: no polling
+			opts = 0 // the stub's getpid stops it: no polling
 		}
 		tid, ws, err := wait4(c.t.tid, opts)
 		if err != nil {
@@ -521,12 +516,13 @@ func (w *callWait) eventStop(r Regs) (res uint64, over bool, err error) {
 }
 
 // syscallStop handles a system call's entry or exit stop of a parked call
-// at r: in the stub, its ppoll (the stub's first system call), which ends
+// at r: in the stub, its getpid (the stub's first system call), which ends
 // the call; else one of the callee's own.
 func (w *callWait) syscallStop(r Regs) error {
 	c := w.c
 	if !w.done && inStub(r.PC(), c.codeAddr, c.stubLen) {
-		// Interrupted first, the ppoll returns at once.
+		// Interrupted at its entry, the thread stops once the getpid
+		// is done, before it returns to user space.
 		if err := w.interrupt(); err != nil {
 			return err
 		}

@@ -96,17 +96,13 @@ func (p *Process) archPrepare(t *thread, s *callState) error { return nil }
 
 // Layout of a remote call's data page (see returnStub).
 const (
-	ctxResult  = 0   // the call's rax
-	ctxDone    = 8   // set to 1 once the thread restored itself
-	ctxParked  = 9   // set to 1 once a parking stub waits for the tracer
-	ctxFlags   = 16  // rflags
-	ctxGP      = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
-	ctxTimeout = 160 // the parking ppoll's timespec
-	ctxFP      = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
+	ctxResult = 0   // the call's rax
+	ctxDone   = 8   // set to 1 once the thread restored itself
+	ctxParked = 9   // set to 1 once a parking stub waits for the tracer
+	ctxFlags  = 16  // rflags
+	ctxGP     = 24  // 16 registers in DWARF order (rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8..r15)
+	ctxFP     = 192 // the XSAVE (or FXSAVE) image, 64-byte aligned
 )
-
-// sysPpoll is ppoll(2), which a parking stub waits in.
-const sysPpoll = 271
 
 // ctxData is the data page of a remote call that returns to s.resume with
 // FP state s.fp.
@@ -134,17 +130,16 @@ func ctxData(s *callState) []byte {
 // stack (below the red zone) and store; the interrupted state is restored without the
 // tracer, so a tracer killed during the call leaves a target that runs on.
 //
-// With park, the stub first sets the parked flag and waits in
-// ppoll(NULL, 0, parkTimeout, NULL) before it restores anything: a tracer
-// that stops it there restores the thread through ptrace, so that the
+// With park, the stub first sets the parked flag and makes a system call,
+// getpid, before it restores anything: the tracer continues the thread with
+// PTRACE_SYSCALL and sleeps in wait4 until that call's entry stops it, then
+// stops it there for good and restores it through ptrace, so that the
 // thread runs none of its own code between the call and the tracer's stop
-// (CallInStop); a tracer gone or too slow only delays it. Waiting in the
-// kernel, the thread leaves its core to the tracer and to other threads
-// (a stub that spun instead kept them from it for milliseconds), and the tracer,
-// which continues it with PTRACE_SYSCALL, wakes at the ppoll's entry
-// rather than polling the flag. ppoll leaves the thread's restart block
-// alone (an interrupted ppoll returns -ERESTARTNOHAND), which a thread
-// stopped in a restartable sleep still needs.
+// (CallInStop), and neither the tracer nor the finished thread takes a
+// core meanwhile (a stub that spun for a polling tracer kept both busy for
+// milliseconds). A tracer gone leaves a thread that makes the call, which
+// does nothing, and restores itself at once. getpid is in every seccomp
+// allow-list worth the name (systemd's @default among them).
 func returnStub(data, store uint64, s *callState, park bool) []byte {
 	pc, xsave := s.resume.PC(), s.fp.typ == fpRegSet
 	var c []byte
@@ -169,17 +164,8 @@ func returnStub(data, store uint64, s *callState, park bool) []byte {
 		c = append(c, 0x41, 0xc6, 0x83) // mov byte [r11+parked], 1
 		c = append(c, d32(ctxParked)...)
 		c = append(c, 1)
-		c = append(c, 0x49, 0xc7, 0x83) // mov qword [r11+timeout], 0 (tv_sec)
-		c = append(c, d32(ctxTimeout)...)
-		c = append(c, d32(0)...)
-		c = append(c, 0x49, 0xc7, 0x83) // mov qword [r11+timeout+8], parkTimeout (tv_nsec)
-		c = append(c, d32(ctxTimeout+8)...)
-		c = append(c, d32(parkTimeout)...)
-		c = append(c, 0x49, 0x8d, 0x93) // lea rdx, [r11+timeout]
-		c = append(c, d32(ctxTimeout)...)
-		c = append(c, 0x31, 0xff, 0x31, 0xf6, 0x45, 0x31, 0xd2) // xor edi, edi; xor esi, esi; xor r10d, r10d
-		c = append(c, 0xb8)                                     // mov eax, ppoll
-		c = append(c, d32(sysPpoll)...)
+		c = append(c, 0xb8) // mov eax, getpid
+		c = append(c, d32(int(sysGetpid))...)
 		c = append(c, 0x0f, 0x05) // syscall (rcx and r11 lost; all restored below)
 		dataBase()
 	}

@@ -153,11 +153,10 @@ func (p *Process) archPrepare(t *thread, s *callState) error {
 // (only possible once the tracer is gone: it holds signals during a call)
 // has the 16 KiB below it as its stack.
 const (
-	ctxResult  = 0  // the call's x0
-	ctxDone    = 8  // set to 1 once the stub no longer needs the call's state
-	ctxParked  = 9  // set to 1 once a parking stub waits for the tracer
-	ctxTimeout = 16 // the parking ppoll's timespec
-	ctxFrame   = 0x4000
+	ctxResult = 0 // the call's x0
+	ctxDone   = 8 // set to 1 once the stub no longer needs the call's state
+	ctxParked = 9 // set to 1 once a parking stub announces the call's end
+	ctxFrame  = 0x4000
 )
 
 // struct rt_sigframe { siginfo_t info; struct ucontext uc; } of
@@ -217,7 +216,6 @@ func ctxData(s *callState) []byte {
 const (
 	sysSigaltstack = 132
 	sysRtSigreturn = 139
-	sysPpoll       = 73
 )
 
 // A64 encodings the stub uses.
@@ -264,12 +262,11 @@ func a64Mov64(rd uint32, v uint64) []uint32 {
 // thread itself would have.
 //
 // With park, the stub sets the parked flag once the result is stored and
-// waits in ppoll(NULL, 0, parkTimeout, NULL) (x0-x3, x8) before anything
-// else: a tracer that stops it there restores the thread through ptrace
-// (nothing of the thread's state has been touched yet), so that the thread
-// runs none of its own code between the call and the tracer's stop
-// (CallInStop); a tracer gone or too slow only delays it. See the x86-64
-// stub for why it waits in the kernel.
+// calls getpid (x0, x8) before anything else: the tracer stops it at that
+// call's entry and restores the thread through ptrace (nothing of the
+// thread's state has been touched yet), so that the thread runs none of its
+// own code between the call and the tracer's stop (CallInStop); a tracer
+// gone lets it go on at once. See the x86-64 stub.
 func returnStub(data, store uint64, s *callState, park bool) []byte {
 	var w []uint32
 	if store != 0 {
@@ -282,14 +279,7 @@ func returnStub(data, store uint64, s *callState, park bool) []byte {
 		w = append(w,
 			a64Movz(1, 1, 0),
 			a64Strb(1, 16, ctxParked),
-			a64Str(31, 16, ctxTimeout), // tv_sec = 0 (xzr)
-			a64Movz(1, parkTimeout>>16, 1),
-			a64Str(1, 16, ctxTimeout+8), // tv_nsec
-			a64Movz(0, 0, 0),
-			a64Movz(1, 0, 0),
-			a64Add(2, 16, ctxTimeout, 0),
-			a64Movz(3, 0, 0),
-			a64Movz(8, sysPpoll, 0),
+			a64Movz(8, sysGetpid, 0),
 			a64Svc0,
 		)
 	}

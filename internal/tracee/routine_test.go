@@ -170,11 +170,11 @@ func BenchmarkRoutineRun(b *testing.B) {
 // A tool killed while its routine runs in the stopped target leaves a
 // target that runs on: killed once the routine's thread is set up, about to
 // be continued, the tracer's death resumes every thread, the routine ends
-// and its stub waits for the tracer that is gone, then restores the thread
-// itself (the wait's end is what only this test runs); killed at the stub's
-// ppoll, its thread is set to stop there (interrupted), and is let go in
-// the kernel. The routine's scratch mappings are left, marked for a later
-// tool (ScratchAt).
+// and its stub makes the system call the tracer would have stopped it at,
+// then restores the thread itself (what only this test runs); killed at
+// that call's entry, its thread is set to stop there (interrupted), and is
+// let go in the kernel. The routine's scratch mappings are left, marked
+// for a later tool (ScratchAt).
 func TestRoutineTracerKilled(t *testing.T) {
 	for _, step := range []string{"call:set-up", "call:parked"} {
 		t.Run(step, func(t *testing.T) { testRoutineTracerKilled(t, step) })
@@ -189,7 +189,7 @@ func testRoutineTracerKilled(t *testing.T, step string) {
 	helper := startTarget(t, cmd)
 	helper.ExpectAfter(t, 0, regexp.MustCompile(`^dying$`), 30*time.Second)
 	helper.Wait()
-	time.Sleep(400 * time.Millisecond) // the stub's wait ends (about 0.1 s)
+	time.Sleep(100 * time.Millisecond) // the thread leaves the stub
 	c.healthy(t)
 	m := c.Mark()
 	fmt.Fprintln(c.Stdin, "after the routine")

@@ -10,7 +10,7 @@ import (
 )
 
 // The return stub decodes to the intended instructions (it is also executed
-// by every remote-call test); a parking one waits in ppoll first, and loads
+// by every remote-call test); a parking one calls getpid first, and loads
 // its data address again after the syscall, which loses r11.
 func TestReturnStubDecodes(t *testing.T) {
 	for _, tc := range []struct{ xsave, park bool }{{true, false}, {false, false}, {true, true}} {
@@ -29,9 +29,7 @@ func TestReturnStubDecodes(t *testing.T) {
 		want := []string{"mov r11, 0x7f0000001000", "mov qword ptr [r11], rax"}
 		if tc.park {
 			want = append(want,
-				"mov byte ptr [r11+0x9], 0x1",
-				"mov qword ptr [r11+0xa0], 0x0", "mov qword ptr [r11+0xa8], 0x5f50000", "lea rdx, ptr [r11+0xa0]",
-				"xor edi, edi", "xor esi, esi", "xor r10d, r10d", "mov eax, 0x10f", "syscall",
+				"mov byte ptr [r11+0x9], 0x1", "mov eax, 0x27", "syscall", // parked; getpid
 				"mov r11, 0x7f0000001000")
 		}
 		want = append(want, "mov eax, -0x1", "mov edx, -0x1", fp,

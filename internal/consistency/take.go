@@ -340,16 +340,15 @@ const pageSize = 4096
 // in one batch, the page each thread's stack pointer is in (none when the
 // batch cannot be read: the walks then read them on their own).
 func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs) *sharedPages {
-	c := &sharedPages{mem: p, pages: make(map[uint64][]byte, len(tids))}
 	addrs := make([]uint64, 0, len(tids))
 	for _, tid := range tids {
 		regs := all[tid]
-		if a := regs.SP() &^ (pageSize - 1); c.pages[a] == nil {
-			c.pages[a] = []byte{} // a placeholder, set below
-			addrs = append(addrs, a)
-		}
+		addrs = append(addrs, regs.SP()&^(pageSize-1))
 	}
+	slices.Sort(addrs)
+	addrs = slices.Compact(addrs)
 	// One allocation for every page (256 threads: 256 pages).
+	c := &sharedPages{mem: p, pages: make(map[uint64][]byte, len(addrs))}
 	arena := make([]byte, pageSize*len(addrs))
 	bufs := make([][]byte, len(addrs))
 	for i, a := range addrs {

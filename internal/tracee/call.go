@@ -375,7 +375,7 @@ func inStub(pc, codeAddr, codeLen uint64) bool { return pc >= codeAddr && pc < c
 //
 // started: the thread was continued already (calls run side by side).
 // With c.park (a parking stub, callPages), the thread runs through
-// PTRACE_SYSCALL (contCall) and the tracer sleeps in wait4 until the stub's
+// PTRACE_SYSCALL (contSyscall) and the tracer sleeps in wait4 until the stub's
 // getpid stops it at its entry: the call is over, the thread is interrupted
 // in the stub and put back there. A thread stopped outside the stub ran
 // its own code meanwhile: ErrCallRanOn. Without park, the tracer polls the
@@ -451,7 +451,7 @@ type callWait struct {
 func (w *callWait) run() error {
 	var err error
 	if w.c.park && !w.done {
-		err = contCall(w.c.t.tid)
+		err = contSyscall(w.c.t.tid)
 	} else {
 		err = cont(w.c.t.tid, 0)
 	}

@@ -31,9 +31,10 @@ func interrupt(tid int) error { return ptrace(unix.PTRACE_INTERRUPT, tid, 0, 0) 
 
 func cont(tid, sig int) error { return ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
 
-// contCall continues a thread on a parking call (see waitCall) to its
-// next system call's entry (PTRACE_SYSCALL).
-func contCall(tid int) error { return ptrace(unix.PTRACE_SYSCALL, tid, 0, 0) }
+// contSyscall continues a thread to its next system call's entry or exit
+// (PTRACE_SYSCALL): a remote system call (traceSyscall), a parking call
+// (waitCall).
+func contSyscall(tid int) error { return ptrace(unix.PTRACE_SYSCALL, tid, 0, 0) }
 
 func listen(tid int) error { return ptrace(unix.PTRACE_LISTEN, tid, 0, 0) }
 

@@ -145,7 +145,7 @@ func (p *Process) runRound(r *Routine, calls [][]uint64, res []uint64) (int, err
 	}
 	started := make([]bool, len(pending))
 	for i, c := range pending {
-		started[i] = contCall(c.t.tid) == nil // else finishCall tries again
+		started[i] = contSyscall(c.t.tid) == nil // else finishCall tries again
 	}
 	var failed []error
 	for i, c := range pending {

@@ -342,7 +342,7 @@ func (p *Process) traceSyscall(t *thread) (uint64, error) {
 		if over {
 			err = cont(t.tid, 0)
 		} else {
-			err = ptrace(unix.PTRACE_SYSCALL, t.tid, 0, 0)
+			err = contSyscall(t.tid)
 		}
 		if err != nil {
 			return p.threadErr(t.tid, "continue", err)

@@ -76,6 +76,8 @@ func TestOpenPIDReuse(t *testing.T) {
 		assert.False(t, p.Stopped())
 		var b [8]byte
 		require.ErrorIs(t, p.ReadMany([]uint64{textMapping(t, newer.pid)}, [][]byte{b[:]}), ErrPIDReused)
+		_, err = p.ReadPages([]uint64{textMapping(t, newer.pid)}, [][]byte{b[:]})
+		require.ErrorIs(t, err, ErrPIDReused)
 		for tid, st := range threadStates(t, newer.pid) {
 			assert.NotEqual(t, "t", string(st), "thread %d of the newcomer stopped", tid)
 		}

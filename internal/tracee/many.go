@@ -95,3 +95,55 @@ func (p *Process) readMany(addrs []uint64, bufs [][]byte) error {
 	}
 	return nil
 }
+
+// ReadPages fills bufs[i] from addrs[i], each region read straight into its
+// buffer (no copy), up to 1024 regions a process_vm_readv, and reports in
+// ok which regions were read wholly. A region the kernel cannot read is
+// left out, not an error: for reads ahead of need (pages a walk may read),
+// where ReadMany would fall back to reading every later region one by one.
+// The error is the process's exit (what was read would not be its own).
+func (p *Process) ReadPages(addrs []uint64, bufs [][]byte) (ok []bool, err error) {
+	ok = make([]bool, len(addrs))
+	local := make([]unix.Iovec, 0, min(len(addrs), maxIov))
+	remote := make([]unix.RemoteIovec, 0, cap(local))
+	for i := 0; i < len(addrs); {
+		local, remote = local[:0], remote[:0]
+		for j := i; j < len(addrs) && len(local) < maxIov; j++ {
+			if len(bufs[j]) == 0 {
+				break
+			}
+			v := unix.Iovec{Base: &bufs[j][0]}
+			v.SetLen(len(bufs[j]))
+			local = append(local, v)
+			remote = append(remote, unix.RemoteIovec{Base: uintptr(addrs[j]), Len: len(bufs[j])})
+		}
+		if len(local) == 0 { // an empty buffer: nothing to read
+			ok[i] = true
+			i++
+			continue
+		}
+		got, rerr := unix.ProcessVMReadv(p.pid, local, remote, 0)
+		if rerr == unix.ESRCH {
+			return ok, p.exited()
+		}
+		if rerr != nil {
+			got = 0
+		}
+		// The kernel stops at the first region it cannot read: those
+		// before it are whole; that one is skipped.
+		whole := 0
+		for _, v := range local {
+			if got < int(v.Len) {
+				break
+			}
+			got -= int(v.Len)
+			ok[i+whole] = true
+			whole++
+		}
+		i += whole
+		if whole < len(local) {
+			i++
+		}
+	}
+	return ok, p.id.same(p.pid)
+}

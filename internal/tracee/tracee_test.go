@@ -496,7 +496,73 @@ func TestMemoryAfterExit(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoProcess)
 	require.ErrorContains(t, err, fmt.Sprintf("%#x", text))
 	require.ErrorIs(t, p.ReadMany([]uint64{text, text + 4096}, [][]byte{buf, buf}), ErrExited)
+	_, err = p.ReadPages([]uint64{text}, [][]byte{buf})
+	require.ErrorIs(t, err, ErrExited)
 	require.ErrorIs(t, p.WriteMem(text, buf[:1]), ErrExited)
+}
+
+// TestReadPages: every region the kernel can read is read, whole and
+// straight into its buffer, whatever regions it cannot read come before,
+// between or after it; those are reported, not an error.
+func TestReadPages(t *testing.T) {
+	tg := startFixture(t, 1)
+	p := openT(t, tg.pid)
+	text := textMapping(t, tg.pid)
+	want := func(addr uint64, n int) []byte {
+		b := make([]byte, n)
+		_, err := p.ReadAt(b, int64(addr))
+		require.NoError(t, err)
+		return b
+	}
+	const hole = 0x1000 // never mapped (mmap_min_addr)
+	for _, c := range []struct {
+		name  string
+		addrs []uint64
+		sizes []int
+	}{
+		{"all readable", []uint64{text, text + 4096, text + 100}, []int{4096, 4096, 8}},
+		{"hole first", []uint64{hole, text, text + 4096}, []int{4096, 4096, 16}},
+		{"hole between", []uint64{text, hole, hole + 4096, text + 4096}, []int{4096, 4096, 4096, 4096}},
+		{"hole last", []uint64{text, hole}, []int{4096, 4096}},
+		{"only holes", []uint64{hole, hole + 8192}, []int{4096, 4096}},
+		{"across into a hole", []uint64{text, hole - 8}, []int{4096, 16}},
+		{"empty buffer", []uint64{text, hole, text}, []int{4096, 0, 64}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bufs := make([][]byte, len(c.addrs))
+			for i, n := range c.sizes {
+				bufs[i] = make([]byte, n)
+			}
+			ok, err := p.ReadPages(c.addrs, bufs)
+			require.NoError(t, err)
+			require.Len(t, ok, len(c.addrs))
+			for i, a := range c.addrs {
+				readable := a >= text && c.sizes[i] > 0 || c.sizes[i] == 0
+				require.Equal(t, readable, ok[i], "region %d at %#x", i, a)
+				if readable {
+					require.Equal(t, want(a, c.sizes[i]), bufs[i], "region %d at %#x", i, a)
+				}
+			}
+		})
+	}
+	// More regions than one process_vm_readv takes (1024), a hole among them.
+	var addrs []uint64
+	var bufs [][]byte
+	for i := 0; i < 2500; i++ {
+		a := text + uint64(i%3)*64
+		if i == 1500 {
+			a = hole
+		}
+		addrs, bufs = append(addrs, a), append(bufs, make([]byte, 64))
+	}
+	ok, err := p.ReadPages(addrs, bufs)
+	require.NoError(t, err)
+	for i, a := range addrs {
+		require.Equal(t, i != 1500, ok[i], "region %d", i)
+		if ok[i] {
+			require.Equal(t, want(a, 64), bufs[i], "region %d", i)
+		}
+	}
 }
 
 // TestKillWhileStopped: the target dies while stopped; Resume returns an

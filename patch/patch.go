@@ -60,6 +60,9 @@ type Target struct {
 	tarch *arch.Arch
 	unw   *unwind.Unwinder
 	log   *slog.Logger
+	// prefetch carries the pages the threads' walks read from one stop to
+	// the next, which reads them in one system call.
+	prefetch consistency.Prefetch
 
 	goRT    *goruntime.Runtime // loaded on first use, Go targets only
 	goRTErr error
@@ -1034,7 +1037,7 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // source returns where tasks come from: the threads, and for a Go target its
 // goroutines.
 func (t *Target) source() (consistency.Source, error) {
-	src := consistency.Source{Proc: t.proc, Unwinder: t.unw, Symbols: t.syms}
+	src := consistency.Source{Proc: t.proc, Unwinder: t.unw, Symbols: t.syms, Prefetch: &t.prefetch}
 	if !t.goRTOK {
 		t.goRTOK = true
 		t.goRT, t.goRTErr = t.loadGoRuntime()

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 
 	"github.com/hotpatch-dev/hotpatch/elfsym"
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
@@ -29,6 +28,10 @@ type Source struct {
 	// NativeThreads is how many of the target's threads the native check
 	// runs on (0: one per 20,000 goroutines, up to one per core).
 	NativeThreads int
+	// Prefetch, when set, carries from one snapshot of the target to the
+	// next the pages its threads' walks read beyond their stack
+	// pointers' (see Prefetch).
+	Prefetch *Prefetch
 }
 
 // stackPrefetch bounds how much of a parked goroutine's stack is read in
@@ -74,11 +77,12 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	// run the same code, which a walk reads), seeded with the page each
 	// thread's stack pointer is in, read in one batch; the walks,
 	// independent, spread over cores.
-	pages := stackPages(p, tids, all)
+	pages := stackPages(p, tids, all, src.Prefetch)
 	s.Tasks = make([]Task, len(tids))
 	parallel(len(tids), parallelThreads, func(i int) {
 		s.Tasks[i] = src.thread(tids[i], all[tids[i]], pages)
 	})
+	pages.done(src.Prefetch)
 	for i, tid := range tids {
 		threads[tid] = i
 	}
@@ -333,68 +337,6 @@ func (src Source) thread(tid int, regs tracee.Regs, pages *sharedPages) Task {
 // parallelThreads is the fewest thread walks worth handing to another core
 // (a thread's walk, by CFI through libc, costs more than a goroutine's).
 const parallelThreads = 8
-
-const pageSize = 4096
-
-// stackPages returns a cache of the stopped target's pages holding, read
-// in one batch, the page each thread's stack pointer is in (none when the
-// batch cannot be read: the walks then read them on their own).
-func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs) *sharedPages {
-	addrs := make([]uint64, 0, len(tids))
-	for _, tid := range tids {
-		regs := all[tid]
-		addrs = append(addrs, regs.SP()&^(pageSize-1))
-	}
-	slices.Sort(addrs)
-	addrs = slices.Compact(addrs)
-	// One allocation for every page (256 threads: 256 pages).
-	c := &sharedPages{mem: p, pages: make(map[uint64][]byte, len(addrs))}
-	arena := make([]byte, pageSize*len(addrs))
-	bufs := make([][]byte, len(addrs))
-	for i, a := range addrs {
-		bufs[i] = arena[i*pageSize : (i+1)*pageSize : (i+1)*pageSize]
-		c.pages[a] = bufs[i]
-	}
-	if err := p.ReadMany(addrs, bufs); err != nil {
-		clear(c.pages)
-	}
-	return c
-}
-
-// sharedPages reads a stopped target's memory a page at a time and keeps
-// the pages, for every walk of one snapshot (safe for concurrent use):
-// while the target is stopped its memory does not change.
-type sharedPages struct {
-	mem   io.ReaderAt
-	mu    sync.RWMutex
-	pages map[uint64][]byte // page address → bytes (nil: unreadable)
-}
-
-// ReadAt serves reads that fit in one readable page from the cache, and
-// anything else from the underlying reader.
-func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
-	addr := uint64(off)
-	page := addr &^ (pageSize - 1)
-	if addr+uint64(len(b)) > page+pageSize {
-		return c.mem.ReadAt(b, off)
-	}
-	c.mu.RLock()
-	data, ok := c.pages[page]
-	c.mu.RUnlock()
-	if !ok {
-		data = make([]byte, pageSize)
-		if n, err := c.mem.ReadAt(data, int64(page)); err != nil || n != pageSize {
-			data = nil
-		}
-		c.mu.Lock()
-		c.pages[page] = data
-		c.mu.Unlock()
-	}
-	if data == nil {
-		return c.mem.ReadAt(b, off)
-	}
-	return copy(b, data[addr-page:]), nil
-}
 
 // walkFromG sets the stack of goTasks[i] for every walkOf[i] >= 0 by walking
 // walk[walkOf[i]] from its g, reusing prior's walks where their inputs are

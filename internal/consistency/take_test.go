@@ -1,7 +1,9 @@
 package consistency_test
 
 import (
+	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -113,4 +115,67 @@ func TestTakeGo(t *testing.T) {
 		require.Regexp(t, `runtime\.(goexit|mstart|rt0_go|mcall)$`, joined)
 	}
 	require.True(t, found, "no thread shows main.slowRead")
+}
+
+// BenchmarkTakeC measures a snapshot of a stopped C target (held stopped
+// for the whole benchmark: the walks alone, not the stop), with and
+// without a Prefetch carried from one snapshot to the next.
+func BenchmarkTakeC(b *testing.B) {
+	for _, threads := range []int{1, 256} {
+		p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2"), strconv.Itoa(threads-1), "sleep")
+		p.Expect(b, regexp.MustCompile(`^result`), 10*time.Second)
+		proc, err := tracee.Open(p.Pid)
+		require.NoError(b, err)
+		tab, err := elfsym.Load(p.Pid, proc)
+		require.NoError(b, err)
+		require.NoError(b, proc.Stop())
+		for _, prefetch := range []bool{false, true} {
+			src := consistency.Source{Proc: proc, Unwinder: unwind.ForTable(tab)}
+			if prefetch {
+				src.Prefetch = &consistency.Prefetch{}
+			}
+			b.Run(fmt.Sprintf("threads-%d/prefetch-%v", threads, prefetch), func(b *testing.B) {
+				// On the ptrace thread, as in a pause (Paused).
+				err := proc.Exclusive(func() error {
+					for b.Loop() {
+						snap, err := src.Take()
+						if err != nil || len(snap.Tasks) != threads {
+							return fmt.Errorf("%d tasks, %v", len(snap.Tasks), err)
+						}
+					}
+					return nil
+				})
+				require.NoError(b, err)
+			})
+		}
+		require.NoError(b, proc.Resume())
+		require.NoError(b, proc.Close())
+	}
+}
+
+// A Prefetch changes how many system calls read a snapshot's pages, never
+// its stacks: in one stop, snapshots without it, with it empty and with
+// what it remembered are equal, on a target built with and without frame
+// pointers.
+func TestTakePrefetchSameStacks(t *testing.T) {
+	for _, flags := range [][]string{{"-O2", "-fomit-frame-pointer"}, {"-O0", "-no-pie"}} {
+		p := fixture.Start(t, fixture.BuildC(t, "cservice", flags...), "4")
+		p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
+		proc, err := tracee.Open(p.Pid)
+		require.NoError(t, err)
+		tab, err := elfsym.Load(p.Pid, proc)
+		require.NoError(t, err)
+		require.NoError(t, proc.Stop())
+		src := consistency.Source{Proc: proc, Unwinder: unwind.ForTable(tab)}
+		plain, err := src.Take()
+		require.NoError(t, err)
+		src.Prefetch = &consistency.Prefetch{}
+		for round := range 2 {
+			snap, err := src.Take()
+			require.NoError(t, err)
+			require.Equal(t, plain, snap, "%v, round %d", flags, round)
+		}
+		require.NoError(t, proc.Resume())
+		require.NoError(t, proc.Close())
+	}
 }

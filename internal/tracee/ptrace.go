@@ -105,21 +105,35 @@ func (p *Process) nextEvent() (int, unix.WaitStatus, error) {
 	}
 }
 
-// listTasks returns the thread IDs of pid.
+// listTasks returns the thread IDs of pid, sorted. It reads the directory
+// with getdents64 directly: os.File's reads cost twice the system calls
+// (the poller's fcntl and epoll_ctl), and a held stop lists the threads
+// once inside the pause.
 func listTasks(pid int) ([]int, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/task", pid))
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	tids := make([]int, 0, len(names))
-	for _, n := range names {
-		if tid, err := strconv.Atoi(n); err == nil {
-			tids = append(tids, tid)
+	defer unix.Close(fd)
+	var buf [8192]byte
+	var tids []int
+	for {
+		n, err := unix.Getdents(fd, buf[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "getdents64", Path: dir, Err: err}
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+		for _, name := range names {
+			if tid, err := strconv.Atoi(name); err == nil {
+				tids = append(tids, tid)
+			}
 		}
 	}
 	sort.Ints(tids)

@@ -29,6 +29,7 @@ func (p *Process) stopAll() error {
 	// Held threads: once every thread seen has been through a stop since
 	// it was seized, none can be inside a clone that began before (whose
 	// child would not be auto-attached): later stops need not list them.
+	listed := !p.complete
 	for !p.complete {
 		tids, err := listTasks(p.pid)
 		if err != nil {
@@ -67,10 +68,14 @@ func (p *Process) stopAll() error {
 		return p.exited()
 	}
 	// The threads seized are the process's own only if it did not exit
-	// (and its PID go to another) since the check above.
-	if err := p.id.same(p.pid); err != nil {
-		p.abandon()
-		return err
+	// (and its PID go to another) since the check above. Threads held and
+	// not listed again are the ones seized before, still ours: a tracee
+	// that exits stays until we reap it.
+	if listed {
+		if err := p.id.same(p.pid); err != nil {
+			p.abandon()
+			return err
+		}
 	}
 	p.order = p.order[:0]
 	for tid := range p.threads {

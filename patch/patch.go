@@ -563,9 +563,11 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 	res, err := consistency.StopAndCheck(ctx, src, regions, pol, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			step("apply:paused")
-			if canDispatch {
+			if canDispatch && len(ps) > 1 {
 				// Through the stubs, so that the set switches with one
-				// write whatever happens to us meanwhile.
+				// write whatever happens to us meanwhile. One function
+				// switches with one write of its jump: no stub needed,
+				// and four fewer system calls in the pause.
 				return t.startForward(rec, nil)
 			}
 			if old1 != nil {
@@ -902,6 +904,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 	}
 	regions := []consistency.Region{{Name: "patch " + id + " memory", Start: rec.Region, End: rec.Region + rec.RegionSize}}
 	var writes []write
+	stubbed := false // an entry leads to its dispatch stub
 	for _, f := range rec.Functions {
 		regions = append(regions,
 			consistency.Region{Name: f.New, Start: f.NewAddr, End: f.NewAddr + max(f.NewSize, 1)},
@@ -916,6 +919,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 			// patch's record reverts)
 			continue
 		}
+		stubbed = stubbed || f.StubJump != nil && bytes.Equal(live, f.StubJump)
 		writes = append(writes, write{name: f.Old, addr: f.PatchAddr, old: f.Jump, new: f.Original})
 	}
 	src, err := t.source()
@@ -927,7 +931,9 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 		consistency.Policy{Timeout: timeout, Retry: t.retryReport(o, rec.ID)}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			step("revert:paused")
-			if rec.Table != 0 && rec.State == "applied" {
+			if rec.Table != 0 && rec.State == "applied" && (len(rec.Functions) > 1 || stubbed) {
+				// Through the stubs, so that the set switches back with
+				// one write (one function's jump is one write).
 				return t.stopBackward(rec)
 			}
 			return t.writeAll(rec.Region, writes, stateReverted)

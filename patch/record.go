@@ -108,7 +108,8 @@ type Function struct {
 	InlinedInto []string `json:"inlined_into"`
 	// StubAddr and StubSize locate the function's dispatch stub, and
 	// StubJump is the bytes at PatchAddr that jump to it. Every switch of
-	// the set goes through the stubs.
+	// a set of several functions goes through the stubs (one function's
+	// switch is one write of its entry), and so does every gradual one.
 	StubAddr uint64 `json:"stub_addr,omitempty"`
 	StubSize uint64 `json:"stub_size,omitempty"`
 	StubJump Bytes  `json:"stub_jump,omitempty"`

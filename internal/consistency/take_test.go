@@ -121,7 +121,7 @@ func TestTakeGo(t *testing.T) {
 // for the whole benchmark: the walks alone, not the stop), with and
 // without a Prefetch carried from one snapshot to the next.
 func BenchmarkTakeC(b *testing.B) {
-	for _, threads := range []int{1, 256} {
+	for _, threads := range []int{1, 64, 256} {
 		p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2"), strconv.Itoa(threads-1), "sleep")
 		p.Expect(b, regexp.MustCompile(`^result`), 10*time.Second)
 		proc, err := tracee.Open(p.Pid)

@@ -1,6 +1,7 @@
 package consistency_test
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -122,13 +123,7 @@ func TestTakeGo(t *testing.T) {
 // without a Prefetch carried from one snapshot to the next.
 func BenchmarkTakeC(b *testing.B) {
 	for _, threads := range []int{1, 64, 256} {
-		p := fixture.Start(b, fixture.BuildC(b, "cservice", "-O2"), strconv.Itoa(threads-1), "sleep")
-		p.Expect(b, regexp.MustCompile(`^result`), 10*time.Second)
-		proc, err := tracee.Open(p.Pid)
-		require.NoError(b, err)
-		tab, err := elfsym.Load(p.Pid, proc)
-		require.NoError(b, err)
-		require.NoError(b, proc.Stop())
+		proc, tab := stoppedC(b, []string{"-O2"}, strconv.Itoa(threads-1), "sleep")
 		for _, prefetch := range []bool{false, true} {
 			src := consistency.Source{Proc: proc, Unwinder: unwind.ForTable(tab)}
 			if prefetch {
@@ -148,9 +143,26 @@ func BenchmarkTakeC(b *testing.B) {
 				require.NoError(b, err)
 			})
 		}
-		require.NoError(b, proc.Resume())
-		require.NoError(b, proc.Close())
 	}
+}
+
+// stoppedC starts cservice built with flags, with args, and returns it
+// opened and stopped, with its symbols; the test's cleanup resumes it.
+func stoppedC(tb testing.TB, flags []string, args ...string) (*tracee.Process, *elfsym.Table) {
+	tb.Helper()
+	p := fixture.Start(tb, fixture.BuildC(tb, "cservice", flags...), args...)
+	p.Expect(tb, regexp.MustCompile(`^result`), 10*time.Second)
+	proc, err := tracee.Open(p.Pid)
+	require.NoError(tb, err)
+	tab, err := elfsym.Load(p.Pid, proc)
+	require.NoError(tb, err)
+	require.NoError(tb, proc.Stop())
+	tb.Cleanup(func() {
+		if err := errors.Join(proc.Resume(), proc.Close()); err != nil {
+			tb.Error(err)
+		}
+	})
+	return proc, tab
 }
 
 // A Prefetch changes how many system calls read a snapshot's pages, never
@@ -159,13 +171,7 @@ func BenchmarkTakeC(b *testing.B) {
 // pointers.
 func TestTakePrefetchSameStacks(t *testing.T) {
 	for _, flags := range [][]string{{"-O2", "-fomit-frame-pointer"}, {"-O0", "-no-pie"}} {
-		p := fixture.Start(t, fixture.BuildC(t, "cservice", flags...), "4")
-		p.Expect(t, regexp.MustCompile(`^result`), 10*time.Second)
-		proc, err := tracee.Open(p.Pid)
-		require.NoError(t, err)
-		tab, err := elfsym.Load(p.Pid, proc)
-		require.NoError(t, err)
-		require.NoError(t, proc.Stop())
+		proc, tab := stoppedC(t, flags, "4")
 		src := consistency.Source{Proc: proc, Unwinder: unwind.ForTable(tab)}
 		plain, err := src.Take()
 		require.NoError(t, err)
@@ -175,7 +181,5 @@ func TestTakePrefetchSameStacks(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, plain, snap, "%v, round %d", flags, round)
 		}
-		require.NoError(t, proc.Resume())
-		require.NoError(t, proc.Close())
 	}
 }

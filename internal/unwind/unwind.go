@@ -65,7 +65,8 @@ type Arch struct {
 	// Handwritten recognizes a return address pc (with the stack pointer
 	// sp) inside assembly code that has no unwind tables but whose code is
 	// known, and returns the caller's registers (DWARF numbers, the pc at
-	// RAReg) and the frame's CFA; nil or false: not recognized.
+	// RAReg) and the frame's CFA; nil or false: not recognized. Asked only
+	// in modules with Go code (a pclntab), where runtime/cgo lives.
 	Handwritten func(read func(addr uint64) (uint64, error), pc, sp uint64) (map[int]uint64, uint64, bool)
 	// GoHandwritten is Handwritten for Go assembly function name (live
 	// entry address entry) that the pclntab lists but whose frame it does
@@ -625,9 +626,12 @@ func (u *Unwinder) walk(mem io.ReaderAt, regs []uint64, exact bool) Stack {
 			exact = true
 			continue
 		}
-		if !interrupted && a.Handwritten != nil {
+		if !interrupted && a.Handwritten != nil && m.Pclntab != nil {
 			// Assembly without unwind tables whose code we know
-			// (runtime/cgo's crosscall1 on amd64).
+			// (runtime/cgo's crosscall1 on amd64), recognised by its
+			// code read back — only in a module with Go code: runtime/cgo
+			// is linked with it, so plain C code, every frame of which
+			// would otherwise have its code read, cannot hold it.
 			if regs, cfa, ok := a.Handwritten(read, pc, sp); ok {
 				fr.CFA, fr.Method = cfa, "handwritten"
 				for i := range valid {

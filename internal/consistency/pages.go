@@ -15,9 +15,9 @@ const pageSize = 4096
 const maxPrefetch = 1024
 
 // Prefetch remembers the pages the threads' walks of one snapshot read —
-// the stack pages, the code pages of the functions they stopped in and
-// returned to (a walk reads the code at each return address, to find
-// signal frames) — so that the next snapshot of the same target reads them
+// the stack pages, code pages (a walk reads the code at return addresses
+// to recognise assembly without unwind tables, and the arm64 vDSO's signal
+// trampoline) — so that the next snapshot of the same target reads them
 // all in one system call with the stack pointers' pages, instead of one
 // call per page on demand. They are read again in every stop, never reused
 // from an earlier one: what a walk sees is the stopped target's memory;

@@ -48,7 +48,7 @@ func (src Source) mstartFrames(g0 goruntime.G, sp uint64) (unwind.Stack, bool) {
 	}
 	regs := make([]uint64, u.Arch.RAReg+1)
 	regs[u.Arch.RAReg], regs[u.Arch.SPReg] = g0.PC, sp
-	tail := u.Unwind(unwind.NewPageCache(src.Proc), regs)
+	tail := u.Unwind(onDemandPages(src.Proc), regs)
 	if len(tail.Frames) < 2 || !isFunc(u, tail.Frames[1].PC-1, "runtime.mstart") {
 		return unwind.Stack{}, false
 	}
@@ -95,7 +95,7 @@ func (src Source) callbackFrames(st unwind.Stack, g goruntime.G) unwind.Stack {
 	u := src.Unwinder
 	regs := make([]uint64, u.Arch.RAReg+1)
 	regs[u.Arch.RAReg], regs[u.Arch.SPReg] = st.Frames[st.Callbacks[0]].PC, g0.SP
-	c := u.UnwindReturn(unwind.NewPageCache(src.Proc), regs)
+	c := u.UnwindReturn(onDemandPages(src.Proc), regs)
 	if !c.Reliable && c.SwitchedAt != "runtime.asmcgocall" {
 		return fail("system stack of m %#x: %s", m, c.Reason)
 	}

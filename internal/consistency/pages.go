@@ -68,7 +68,8 @@ func stackPages(p *tracee.Process, tids []int, all map[int]tracee.Regs, pf *Pref
 	addrs = append(addrs, ahead...)
 	slices.Sort(addrs)
 	addrs = slices.Compact(addrs)
-	c := &sharedPages{mem: p, batch: make(map[uint64]*cachedPage, len(addrs)), more: map[uint64]*cachedPage{}}
+	c := onDemandPages(p)
+	c.batch = make(map[uint64]*cachedPage, len(addrs))
 	need := pageSize * len(addrs)
 	if a, ok := arenas.Get().(*[]byte); ok && cap(*a) >= need {
 		c.arena = a
@@ -106,6 +107,12 @@ type sharedPages struct {
 	batch map[uint64]*cachedPage // read ahead; not changed during the walks
 	mu    sync.Mutex
 	more  map[uint64]*cachedPage // read on demand
+}
+
+// onDemandPages returns a sharedPages with no batch: each page is read the
+// first time a walk needs it.
+func onDemandPages(mem io.ReaderAt) *sharedPages {
+	return &sharedPages{mem: mem, more: map[uint64]*cachedPage{}}
 }
 
 // cachedPage is a page of sharedPages.

@@ -29,8 +29,8 @@ type Source struct {
 	// runs on (0: one per 20,000 goroutines, up to one per core).
 	NativeThreads int
 	// Prefetch, when set, carries from one snapshot of the target to the
-	// next the pages its threads' walks read beyond their stack
-	// pointers' (see Prefetch).
+	// next the pages its threads' walks read, for the next stop to read
+	// in one batch (see Prefetch).
 	Prefetch *Prefetch
 }
 
@@ -75,7 +75,8 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	}
 	// The walks share one cache of the stopped target's pages (threads
 	// run the same code, which a walk reads), seeded with the page each
-	// thread's stack pointer is in, read in one batch; the walks,
+	// thread's stack pointer is in and the pages the last snapshot's
+	// walks read (src.Prefetch), read in one batch; the walks,
 	// independent, spread over cores.
 	pages := stackPages(p, tids, all, src.Prefetch)
 	s.Tasks = make([]Task, len(tids))

@@ -10,11 +10,14 @@
 // aarch64 cross compiler, and the kernel, downloaded with apt for the arm64
 // architecture and cached under $XDG_CACHE_HOME/hotpatch or
 // ~/.cache/hotpatch). Run it from the module root: go run ./internal/armvm.
+// make test builds the image (-prepare DIR) while its host stages run, and
+// boots it (-initrd DIR) after them.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -24,7 +27,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,6 +89,8 @@ var (
 	timeout = flag.Duration("timeout", 25*time.Minute, "hard limit on the VM's run time (a full lane took about 6.5 minutes on 2 quiet cores before the Go plugin tests, which add about 5; twice that when the cores are shared)")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
 	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
+	prepare = flag.String("prepare", "", "only build the VM's image (test binaries, fixtures, initramfs) into this directory; boot it later with -initrd")
+	initrd  = flag.String("initrd", "", "boot the image -prepare built in this directory instead of building one")
 )
 
 func main() {
@@ -93,10 +101,17 @@ func main() {
 		fmt.Fprintf(os.Stderr, "armvm: FAIL after %.1fs\n", time.Since(start).Seconds())
 		os.Exit(1)
 	}
+	if *prepare != "" {
+		fmt.Printf("armvm: image in %s (boot it with -initrd %s)\n", *prepare, *prepare)
+		return
+	}
 	fmt.Printf("armvm: PASS in %.1fs\n", time.Since(start).Seconds())
 }
 
 func lane() error {
+	if *prepare != "" && *initrd != "" {
+		return errors.New("-prepare and -initrd: one builds the image, the other boots one")
+	}
 	if err := ensureTools(); err != nil {
 		return err
 	}
@@ -104,37 +119,92 @@ func lane() error {
 	if err != nil {
 		return err
 	}
+	if *initrd != "" {
+		pkgs, err := preparedPackages(*initrd)
+		if err != nil {
+			return err
+		}
+		return bootAndReport(kernel, filepath.Join(*initrd, "initrd.gz"), pkgs)
+	}
+	work := *prepare
+	if work == "" {
+		if work, err = os.MkdirTemp("", "hotpatch-armvm-"); err != nil {
+			return err
+		}
+		if *keep {
+			fmt.Println("armvm: work directory", work)
+		} else {
+			defer os.RemoveAll(work)
+		}
+	} else if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	pkgs, err := buildImage(work)
+	if err != nil || *prepare != "" {
+		return err
+	}
+	return bootAndReport(kernel, filepath.Join(work, "initrd.gz"), pkgs)
+}
+
+// buildImage builds the test binaries, the fixtures and the initramfs
+// (work/initrd.gz), and lists the packages whose tests it holds in
+// work/packages (for -initrd).
+func buildImage(work string) ([]Package, error) {
 	sleep, err := ensureDistroSleep()
 	if err != nil {
-		return err
-	}
-	work, err := os.MkdirTemp("", "hotpatch-armvm-")
-	if err != nil {
-		return err
-	}
-	if *keep {
-		fmt.Println("armvm: work directory", work)
-	} else {
-		defer os.RemoveAll(work)
+		return nil, err
 	}
 	root := filepath.Join(work, "root")
+	if err := os.RemoveAll(root); err != nil {
+		return nil, err
+	}
 	t0 := time.Now()
 	pkgs, err := buildRoot(root)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := copyFile(sleep, filepath.Join(root, "bin", "sleep")); err != nil {
-		return err
+		return nil, err
 	}
-	initrd := filepath.Join(work, "initrd.gz")
-	if err := packInitramfs(root, initrd); err != nil {
-		return err
+	if err := packInitramfs(root, filepath.Join(work, "initrd.gz")); err != nil {
+		return nil, err
+	}
+	if !*keep {
+		os.RemoveAll(root) // the initramfs holds it
+	}
+	var list strings.Builder
+	for _, p := range pkgs {
+		list.WriteString(p.Path + "\n")
+	}
+	if err := os.WriteFile(filepath.Join(work, "packages"), []byte(list.String()), 0o644); err != nil {
+		return nil, err
 	}
 	fmt.Printf("armvm: built %d test binaries, %d fixtures and the initramfs in %.1fs\n",
 		len(pkgs), len(fixture.Catalog), time.Since(t0).Seconds())
+	return pkgs, nil
+}
+
+// preparedPackages returns the packages whose tests the image -prepare
+// built in dir holds.
+func preparedPackages(dir string) ([]Package, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "packages"))
+	if err != nil {
+		return nil, fmt.Errorf("-initrd %s: %w (build the image with -prepare %s first)", dir, err, dir)
+	}
+	var pkgs []Package
+	for _, path := range strings.Fields(string(b)) {
+		i := slices.IndexFunc(Packages, func(p Package) bool { return p.Path == path })
+		if i < 0 {
+			return nil, fmt.Errorf("-initrd %s: the image holds the tests of %s, which Packages no longer lists: build it again", dir, path)
+		}
+		pkgs = append(pkgs, Packages[i])
+	}
+	return pkgs, nil
+}
+
+func bootAndReport(kernel, initrd string, pkgs []Package) error {
 	out, bootErr := boot(kernel, initrd)
-	res := Parse(out)
-	return report(pkgs, res, bootErr)
+	return report(pkgs, Parse(out), bootErr)
 }
 
 // run runs a command, showing its output only when it fails.
@@ -327,43 +397,27 @@ func buildRoot(root string) ([]Package, error) {
 			return nil, err
 		}
 	}
-	var plan bytes.Buffer
-	for _, p := range pkgs {
-		cmd := exec.Command("go", "test", "-c", "-o", filepath.Join(root, "tests", binName(p)), "./"+p.Path)
-		cmd.Env = append(env, "CGO_ENABLED=1", "CC=aarch64-linux-gnu-gcc")
-		if err := run(cmd); err != nil {
-			return nil, err
-		}
-		to := p.Timeout
-		if to == 0 {
-			to = 3 * time.Minute
-		}
-		fmt.Fprintf(&plan, "%s %s", binName(p), to)
-		if p.Skip != "" {
-			fmt.Fprintf(&plan, " -test.skip=%s", p.Skip)
-		}
-		if p.Run != "" {
-			fmt.Fprintf(&plan, " -test.run=%s", p.Run)
-		}
-		if *extra != "" {
-			fmt.Fprintf(&plan, " %s", *extra)
-		}
-		plan.WriteString("\n")
+	// The fixtures build while the test binaries do (both use every CPU
+	// only part of the time: a link is one process).
+	fixtures, err := filepath.Abs(filepath.Join(root, "fixtures"))
+	if err != nil {
+		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(root, "tests", "plan"), plan.Bytes(), 0o644); err != nil {
+	fixturesDone := make(chan error, 1)
+	go func() {
+		fixturesDone <- fixture.Prebuild(fixtures, fixture.Target{CC: "aarch64-linux-gnu-gcc", GOARCH: "arm64"})
+	}()
+	testsErr := buildTests(root, pkgs, env)
+	if err := cmp.Or(<-fixturesDone, testsErr); err != nil {
 		return nil, err
 	}
 	// Fixtures may name each other by absolute path (a program linked
 	// with a library's path, a library's -L directory): the VM links the
 	// path they were built at to /fixtures (vminit, /tests/fixtures-built-at).
-	fixtures, err := filepath.Abs(filepath.Join(root, "fixtures"))
-	if err != nil {
-		return nil, err
-	}
-	if err := fixture.Prebuild(fixtures, fixture.Target{CC: "aarch64-linux-gnu-gcc", GOARCH: "arm64"}); err != nil {
-		return nil, err
-	}
 	if err := os.WriteFile(filepath.Join(root, "tests", "fixtures-built-at"), []byte(fixtures+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(root, "tests", "plan"), plan(pkgs), 0o644); err != nil {
 		return nil, err
 	}
 	// The dynamic linker where binaries look for it, and the libraries
@@ -387,6 +441,51 @@ func buildRoot(root string) ([]Package, error) {
 	}
 	return pkgs, nil
 }
+
+// buildTests builds the packages' test binaries into root/tests with one
+// go command (which builds them in parallel), named by binName.
+func buildTests(root string, pkgs []Package, env []string) error {
+	dir := filepath.Join(root, "tests", "by-package")
+	args := []string{"test", "-c", "-o", dir + "/"}
+	for _, p := range pkgs {
+		args = append(args, "./"+p.Path)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(env, "CGO_ENABLED=1", "CC=aarch64-linux-gnu-gcc")
+	if err := run(cmd); err != nil {
+		return err
+	}
+	for _, p := range pkgs {
+		// go test -o DIR/ names each binary after its package's last element.
+		if err := os.Rename(filepath.Join(dir, filepath.Base(p.Path)+".test"), filepath.Join(root, "tests", binName(p))); err != nil {
+			return fmt.Errorf("test binary of %s: %w", p.Path, err)
+		}
+	}
+	return os.Remove(dir)
+}
+
+// plan returns vminit's plan: a line per test binary, "NAME TIMEOUT
+// [FLAGS...]", in the order of pkgs.
+func plan(pkgs []Package) []byte {
+	var plan bytes.Buffer
+	for _, p := range pkgs {
+		fmt.Fprintf(&plan, "%s %s", binName(p), p.timeout())
+		if p.Skip != "" {
+			fmt.Fprintf(&plan, " -test.skip=%s", p.Skip)
+		}
+		if p.Run != "" {
+			fmt.Fprintf(&plan, " -test.run=%s", p.Run)
+		}
+		if *extra != "" {
+			fmt.Fprintf(&plan, " %s", *extra)
+		}
+		plan.WriteString("\n")
+	}
+	return plan.Bytes()
+}
+
+// timeout is the bound on p's test binary.
+func (p Package) timeout() time.Duration { return cmp.Or(p.Timeout, 3*time.Minute) }
 
 func copyFile(src, dst string) error {
 	b, err := os.ReadFile(src)
@@ -443,8 +542,12 @@ func packInitramfs(root, out string) error {
 func boot(kernel, initrd string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	// As many CPUs as the host has, from 2 to 4 (a test binary and the
+	// processes it starts keep about two busy; more than the host has would
+	// wait for its cores), and 2 GiB of memory for each.
+	cpus := min(max(runtime.NumCPU(), 2), 4)
 	cmd := exec.CommandContext(ctx, "qemu-system-aarch64",
-		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "3072",
+		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(2048*cpus),
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3 mitigations=off")
@@ -463,7 +566,7 @@ func boot(kernel, initrd string) (string, error) {
 		close(done)
 	}()
 	start := time.Now()
-	fmt.Println("armvm: booting qemu-system-aarch64 -M virt (TCG)")
+	fmt.Printf("armvm: booting qemu-system-aarch64 -M virt (TCG), %d CPUs\n", cpus)
 	err := cmd.Run()
 	pw.Close()
 	<-done
@@ -476,10 +579,13 @@ func boot(kernel, initrd string) (string, error) {
 
 // Result is what the VM reported for one test binary.
 type Result struct {
-	Name             string
-	Status           int
-	Ended            bool
-	Elapsed          string
+	Name    string
+	Status  int
+	Ended   bool
+	Elapsed string
+	// CPU is the CPU time the binary and the processes it waited for
+	// used ("" from a vminit that did not say).
+	CPU              string
 	Pass, Fail, Skip int // top-level tests
 	// SubPass, SubFail, SubSkip count subtests (a parent whose subtests
 	// all skipped still reports PASS).
@@ -510,7 +616,7 @@ type Output struct {
 }
 
 var (
-	endRe  = regexp.MustCompile(`^` + marker + ` end (\S+) status=(-?\d+) elapsed=(\S+)`)
+	endRe  = regexp.MustCompile(`^` + marker + ` end (\S+) status=(-?\d+) elapsed=(\S+)(?: cpu=(\S+))?`)
 	testRe = regexp.MustCompile(`^(\s*)--- (PASS|FAIL|SKIP): `)
 )
 
@@ -534,7 +640,7 @@ func Parse(console string) Output {
 			m := endRe.FindStringSubmatch(line)
 			if cur != nil && cur.Name == m[1] {
 				fmt.Sscan(m[2], &cur.Status)
-				cur.Ended, cur.Elapsed = true, m[3]
+				cur.Ended, cur.Elapsed, cur.CPU = true, m[3], m[4]
 			}
 			cur = nil
 		case cur != nil:
@@ -585,8 +691,8 @@ func report(pkgs []Package, o Output, bootErr error) error {
 				p.Path, r.Status, r.Pass, r.Fail, r.Skip, r.SubPass, r.SubFail, r.SubSkip, r.Elapsed)
 			bad = append(bad, p.Path)
 		default:
-			fmt.Printf("armvm: %-24s ok   tests pass=%d skip=%d, subtests pass=%d skip=%d (%s)\n",
-				p.Path, r.Pass, r.Skip, r.SubPass, r.SubSkip, r.Elapsed)
+			fmt.Printf("armvm: %-24s ok   tests pass=%d skip=%d, subtests pass=%d skip=%d (%s, CPU %s)\n",
+				p.Path, r.Pass, r.Skip, r.SubPass, r.SubSkip, r.Elapsed, cmp.Or(r.CPU, "?"))
 		}
 		if p.Skip != "" {
 			fmt.Printf("armvm: %-24s not run on arm64: %s (%s)\n", "", p.Skip, p.SkipWhy)

@@ -3,6 +3,7 @@ package main
 import (
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -18,7 +19,7 @@ func TestParse(t *testing.T) {
 				"@@hotpatch-vm begin a.test\n" +
 				"=== RUN   TestX\n--- PASS: TestX (0.00s)\n--- SKIP: TestY (0.00s)\n" +
 				"--- PASS: TestZ (0.10s)\n    --- PASS: TestZ/1 (0.00s)\n    --- SKIP: TestZ/2 (0.00s)\nPASS\n" +
-				"@@hotpatch-vm end a.test status=0 elapsed=0.3s\n" +
+				"@@hotpatch-vm end a.test status=0 elapsed=0.3s cpu=0.5s\n" +
 				"@@hotpatch-vm begin b.test\n" +
 				"=== RUN   TestV\n    v_test.go:3: a log of a passing test\n--- PASS: TestV (0.00s)\n" +
 				"=== RUN   TestW\n    w_test.go:12: \n        \tError Trace:\t/x/w_test.go:12\n        \tError:      \tNot equal\n" +
@@ -28,7 +29,7 @@ func TestParse(t *testing.T) {
 				"@@hotpatch-vm end b.test status=1 elapsed=1.5s\n" +
 				"@@hotpatch-vm done 2.0s\n[    5.0] reboot: Power down\n",
 			want: Output{Boot: "2.19s", Done: true, Results: []*Result{
-				{Name: "a.test", Ended: true, Elapsed: "0.3s", Pass: 2, Skip: 1, SubPass: 1, SubSkip: 1},
+				{Name: "a.test", Ended: true, Elapsed: "0.3s", CPU: "0.5s", Pass: 2, Skip: 1, SubPass: 1, SubSkip: 1},
 				{Name: "b.test", Status: 1, Ended: true, Elapsed: "1.5s", Pass: 1, Fail: 1, SubFail: 1, Failures: []string{
 					"    w_test.go:12: ", "        \tError Trace:\t/x/w_test.go:12", "        \tError:      \tNot equal",
 					"--- FAIL: TestW (0.00s)", "        --- FAIL: TestW/x (0.00s)"}},
@@ -52,6 +53,16 @@ func TestParse(t *testing.T) {
 				t.Errorf("Parse:\n got %+v\nwant %+v", fmtOut(got), fmtOut(tt.want))
 			}
 		})
+	}
+}
+
+// The plan lists each binary with its timeout (3m unless the package says)
+// and flags.
+func TestPlan(t *testing.T) {
+	pkgs := []Package{{Path: "a"}, {Path: "b/c", Timeout: 10 * time.Minute, Skip: "^X$"}, {Path: "d", Run: "Y"}, {Path: "e", Timeout: 15 * time.Minute}}
+	want := "a.test 3m0s\nb_c.test 10m0s -test.skip=^X$\nd.test 3m0s -test.run=Y\ne.test 15m0s\n"
+	if got := string(plan(pkgs)); got != want {
+		t.Errorf("plan:\n%s\nwant\n%s", got, want)
 	}
 }
 

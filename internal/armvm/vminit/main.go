@@ -1,12 +1,11 @@
 // Command vminit is the init (PID 1) of the arm64 VM lane's initramfs: it
 // mounts the kernel file systems, runs every test binary listed in
 // /tests/plan with -test.v and a hard per-binary timeout, prints begin/end
-// markers and exit statuses on the console for the lane to parse, and
-// powers the machine off. It is built static (CGO_ENABLED=0) for arm64.
+// markers, exit statuses and CPU times on the console for the lane to
+// parse, and powers the machine off. It is built static (CGO_ENABLED=0) for arm64.
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -92,29 +91,31 @@ func uptime() string {
 }
 
 // runPlan runs each line of the plan: "NAME TIMEOUT [ARGS...]", the test
-// binary /tests/NAME with -test.v and ARGS.
+// binary /tests/NAME with -test.v and ARGS. One at a time: the lane's tests
+// keep the emulated CPUs busy, and two binaries side by side each took
+// twice as long (some of their deadlines, meant for one, passed).
 func runPlan(path string) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
 		if len(fields) < 2 {
 			continue
 		}
-		name := fields[0]
 		timeout, err := time.ParseDuration(fields[1])
 		if err != nil {
-			return fmt.Errorf("plan line %q: %w", sc.Text(), err)
+			return fmt.Errorf("plan line %q: %w", line, err)
 		}
-		run(name, timeout, fields[2:])
+		run(fields[0], timeout, fields[2:])
 	}
-	return sc.Err()
+	return nil
 }
 
+// run runs one test binary, its output on the console, and prints its exit
+// status, how long it ran and the CPU time it and the processes it waited
+// for used.
 func run(name string, timeout time.Duration, args []string) {
 	dir := filepath.Join("/tmp/run", name)
 	os.MkdirAll(dir, 0o755)
@@ -149,7 +150,11 @@ func run(name string, timeout time.Duration, args []string) {
 	}
 	// Kill whatever the test left behind in its process group.
 	unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-	fmt.Printf("%s end %s status=%d elapsed=%.1fs\n", Marker, name, status, time.Since(start).Seconds())
+	cpu := "?"
+	if cmd.ProcessState != nil {
+		cpu = fmt.Sprintf("%.1fs", (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds())
+	}
+	fmt.Printf("%s end %s status=%d elapsed=%.1fs cpu=%s\n", Marker, name, status, time.Since(start).Seconds(), cpu)
 }
 
 // loopbackUp sets the lo interface up (the kernel brings it up with its

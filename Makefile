@@ -38,7 +38,7 @@ ARMVM_IMAGE = $(CURDIR)/.armvm-image
 # testdata/fuzz/ already run in the plain go test; this looks for new
 # inputs. A failure is a real bug: go test writes the input to
 # testdata/fuzz/<target>/, where it stays as the regression test of the fix.
-FUZZTIME ?= 2s
+FUZZTIME ?= 1s
 FUZZ_TARGETS = \
 	./trampoline:FuzzParseTable ./trampoline:FuzzBuildTable ./trampoline:FuzzPlan ./trampoline:FuzzPlanARM64 \
 	./patch:FuzzReadRecord ./patch:FuzzParseLibRecord ./patch:FuzzParsePins ./elfsym:FuzzParseMappings ./internal/arch:FuzzFillerRun \
@@ -89,12 +89,12 @@ GO_TOOLCHAINS ?= go1.22.12 go1.23.12 go1.24.13 go1.25.14 go1.19.13 go1.21.13
 
 # deps installs the packages the tests build fixtures with (gcc; the arm64
 # cross compiler and qemu-user for the arm64 trampoline tests), and the older
-# Go toolchains.
+# Go toolchains (fetched side by side: one at a time took ~6 s each).
 APT_PACKAGES = gcc libc6-dev gdb binutils gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 deps:
-	@for tc in $(GO_TOOLCHAINS); do \
-		GOTOOLCHAIN=$$tc $(GO) version >/dev/null || { echo "cannot fetch Go toolchain $$tc through the module proxy"; exit 1; }; \
-	done
+	@pids=""; for tc in $(GO_TOOLCHAINS); do \
+		{ GOTOOLCHAIN=$$tc $(GO) version >/dev/null || { echo "cannot fetch Go toolchain $$tc through the module proxy"; exit 1; }; } & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
 	@missing=""; \
 	for tool in gcc gdb readelf aarch64-linux-gnu-gcc qemu-aarch64; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \

@@ -9,6 +9,13 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 
 test: deps vet
 	$(GO) test $(GOTEST_FLAGS) ./...
+	@# The arm64 VM lane's image (its cross-built tests and fixtures: about
+	@# two minutes of building) builds in the background while the stages
+	@# after the host's go test run (race, self-patching, gomonkey, fuzzing,
+	@# qemu-user), which time nothing against the clock; the VM boots it
+	@# after them.
+	@rm -rf $(ARMVM_IMAGE) && mkdir -p $(ARMVM_IMAGE) && \
+		{ $(GO) run ./internal/armvm -prepare $(ARMVM_IMAGE) > $(ARMVM_IMAGE)/build.log 2>&1; echo $$? > $(ARMVM_IMAGE)/build.st && mv $(ARMVM_IMAGE)/build.st $(ARMVM_IMAGE)/build.status; } &
 	$(GO) test $(GOTEST_FLAGS) -race -run 'TestFuncUnderLoad' ./patch
 	@# A test suite built without inlining, as an inlined function's refusal
 	@# advises (go test strips it too: allgs is found from the runtime's code).
@@ -16,12 +23,6 @@ test: deps vet
 	@# The comparison with gomonkey (a module of its own): each feature tried
 	@# with both libraries on the same function.
 	cd benchmarks/gomonkey && $(GO) test $(GOTEST_FLAGS) -gcflags=all=-l ./...
-	@# The arm64 VM lane's image (its cross-built tests and fixtures: about
-	@# two minutes of building) builds in the background while the fuzzing
-	@# and the qemu-user tests run, which time nothing against the clock;
-	@# the VM boots it after them.
-	@rm -rf $(ARMVM_IMAGE) && mkdir -p $(ARMVM_IMAGE) && \
-		{ $(GO) run ./internal/armvm -prepare $(ARMVM_IMAGE) > $(ARMVM_IMAGE)/build.log 2>&1; echo $$? > $(ARMVM_IMAGE)/build.st && mv $(ARMVM_IMAGE)/build.st $(ARMVM_IMAGE)/build.status; } &
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory test-arm64-user
 	@for i in $$(seq 1800); do [ -f $(ARMVM_IMAGE)/build.status ] && break; sleep 1; done; \

@@ -86,7 +86,7 @@ const marker = "@@hotpatch-vm"
 
 var (
 	keep    = flag.Bool("keep", false, "keep the work directory")
-	timeout = flag.Duration("timeout", 25*time.Minute, "hard limit on the VM's run time (a full lane took about 6.5 minutes on 2 quiet cores before the Go plugin tests, which add about 5; twice that when the cores are shared)")
+	timeout = flag.Duration("timeout", 25*time.Minute, "hard limit on the VM's run time (the full lane's ran 14-18 minutes on 2 quiet cores in December 2026; much longer when the cores are shared)")
 	only    = flag.String("pkg", "", "run only the packages whose path contains this")
 	extra   = flag.String("args", "", "more flags for every test binary (e.g. -test.count=10 -test.run=TestX, to chase a flake)")
 	prepare = flag.String("prepare", "", "only build the VM's image (test binaries, fixtures, initramfs) into this directory; boot it later with -initrd")
@@ -544,10 +544,11 @@ func boot(kernel, initrd string) (string, error) {
 	defer cancel()
 	// As many CPUs as the host has, from 2 to 4 (a test binary and the
 	// processes it starts keep about two busy; more than the host has would
-	// wait for its cores), and 2 GiB of memory for each.
+	// wait for its cores), and 1.5 GiB of memory for each (3 GiB for two,
+	// as the lane always had: 4 GiB was no faster).
 	cpus := min(max(runtime.NumCPU(), 2), 4)
 	cmd := exec.CommandContext(ctx, "qemu-system-aarch64",
-		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(2048*cpus),
+		"-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(1536*cpus),
 		"-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet loglevel=3 mitigations=off")

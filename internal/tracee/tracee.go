@@ -73,10 +73,10 @@ type Process struct {
 	pid  int
 	reqs chan func()
 	quit chan struct{}
-	// loopTid is the ptrace thread's tid while it serves requests (0
-	// otherwise): a call from it runs at once (see do). exclusive: it
-	// runs an Exclusive f.
-	loopTid   atomic.Int64
+	// loopG identifies the ptrace goroutine (its getg) while it serves
+	// requests (0 otherwise): a call from it runs at once (see do).
+	// exclusive: it runs an Exclusive f.
+	loopG     atomic.Uintptr
 	exclusive atomic.Bool
 	memfd     int // /proc/PID/mem, O_RDWR, flock'ed; -1 after Close
 	id        identity
@@ -186,11 +186,11 @@ func (p *Process) loop() {
 		time.Sleep(50 * time.Microsecond)
 		runtime.LockOSThread()
 	}
-	tid := unix.Gettid()
-	p.tid = tid
-	p.loopTid.Store(int64(tid))
-	defer p.loopTid.CompareAndSwap(int64(tid), 0) // unless a respawned loop took over
-	p.pollMode = false                            // a new thread has no other children
+	p.tid = unix.Gettid()
+	g := getg()
+	p.loopG.Store(g)
+	defer p.loopG.CompareAndSwap(g, 0) // unless a respawned loop took over
+	p.pollMode = false                 // a new thread has no other children
 	tick := time.NewTimer(serviceTick)
 	defer tick.Stop()
 	for {
@@ -247,11 +247,12 @@ func (p *Process) do(f func() error) error {
 	return err
 }
 
-// onLoop reports whether the caller is the ptrace goroutine: the only one
-// its locked OS thread runs.
+// onLoop reports whether the caller is the ptrace goroutine (the only one
+// its locked OS thread runs), without a system call: it is asked on every
+// call into the Process, several times in each pause.
 func (p *Process) onLoop() bool {
-	t := p.loopTid.Load()
-	return t != 0 && int64(unix.Gettid()) == t
+	g := p.loopG.Load()
+	return g != 0 && getg() == g
 }
 
 // Exclusive runs f on the ptrace goroutine, where every call f makes on p

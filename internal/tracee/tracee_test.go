@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -661,6 +662,23 @@ func BenchmarkStopResume(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// getg (onLoop's test) gives one value in one goroutine, every time, and
+// another in another goroutine alive at the same time.
+func TestGetg(t *testing.T) {
+	mine := getg()
+	require.NotZero(t, mine)
+	require.Equal(t, mine, getg())
+	other, release := make(chan uintptr), make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // another thread too
+		other <- getg()
+		<-release
+	}()
+	require.NotEqual(t, mine, <-other)
+	close(release)
+	require.Equal(t, mine, getg())
 }
 
 // Exclusive runs a whole pause on the ptrace goroutine: every call inside

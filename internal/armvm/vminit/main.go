@@ -1,8 +1,9 @@
 // Command vminit is the init (PID 1) of the arm64 VM lane's initramfs: it
 // mounts the kernel file systems, runs every test binary listed in
-// /tests/plan with -test.v and a hard per-binary timeout, prints begin/end
-// markers, exit statuses and CPU times on the console for the lane to
-// parse, and powers the machine off. It is built static (CGO_ENABLED=0) for arm64.
+// /tests/plan, one at a time, with -test.v and a hard per-binary timeout,
+// prints begin/end markers, exit statuses and CPU times on the console for
+// the lane to parse, and powers the machine off. It is built static
+// (CGO_ENABLED=0) for arm64.
 package main
 
 import (

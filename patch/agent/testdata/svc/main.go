@@ -1,6 +1,8 @@
 // Command svc is the agent tests' service: greeting has the bug ("Helo"),
 // greetingCompiled is a fix compiled in (for the CLI's --replace, the pause
-// it takes is compared with the plugin path's).
+// it takes is compared with the plugin path's). GET /greet?name=N&hold
+// parks the request inside greeting until GET /release; GET /held counts
+// the requests parked so.
 package main
 
 import (
@@ -9,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hotpatch-dev/hotpatch/patch/agent"
@@ -17,8 +20,33 @@ import (
 
 //go:noinline
 func greeting(name string, wait time.Duration) string {
-	time.Sleep(wait)
+	pause(wait)
 	return "Helo, " + name + "!"
+}
+
+// held counts the requests parked in greeting until the next /release
+// (a request with ?hold): the tests' slow request, whose end the test
+// decides instead of racing a timer.
+var held struct {
+	sync.Mutex
+	n       int
+	release chan struct{}
+}
+
+// pause sleeps for wait or, when wait is negative, until /release.
+func pause(wait time.Duration) {
+	if wait >= 0 {
+		time.Sleep(wait)
+		return
+	}
+	held.Lock()
+	held.n++
+	c := held.release
+	held.Unlock()
+	<-c
+	held.Lock()
+	held.n--
+	held.Unlock()
 }
 
 //go:noinline
@@ -39,9 +67,25 @@ func main() {
 	} else {
 		defer a.Close()
 	}
+	held.release = make(chan struct{})
 	http.HandleFunc("/greet", func(w http.ResponseWriter, r *http.Request) {
 		wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+		if r.URL.Query().Has("hold") {
+			wait = -1
+		}
 		fmt.Fprintln(w, greeting(r.URL.Query().Get("name"), wait))
+	})
+	http.HandleFunc("/held", func(w http.ResponseWriter, r *http.Request) {
+		held.Lock()
+		defer held.Unlock()
+		fmt.Fprintln(w, held.n)
+	})
+	http.HandleFunc("/release", func(w http.ResponseWriter, r *http.Request) {
+		held.Lock()
+		defer held.Unlock()
+		close(held.release)
+		held.release = make(chan struct{})
+		fmt.Fprintln(w, "released")
 	})
 	http.HandleFunc("/shout", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, greet.Shout(r.URL.Query().Get("name")))

@@ -87,6 +87,34 @@ func (r *Routine) Run(args ...uint64) (uint64, error) {
 	return res[0], nil
 }
 
+// RunAside is Run on a process that is neither stopped nor held: one of
+// its threads is stopped for the call alone (preferably one blocked in a
+// system call: see stopOne), runs the routine and is restored, while the
+// others run on. It serves to run a routine before a stop whose result
+// does not matter, for what the run leaves behind: the pages and cache
+// lines it touched, warm for the run in the stop.
+func (r *Routine) RunAside(args ...uint64) (uint64, error) {
+	p := r.p
+	if len(args) > maxCallArgs {
+		return 0, fmt.Errorf("tracee: routine: %d arguments, at most %d", len(args), maxCallArgs)
+	}
+	var res uint64
+	err := p.do(func() error {
+		if p.stopped || p.held {
+			return fmt.Errorf("tracee: pid %d: routine aside: %w", p.pid, ErrStopped)
+		}
+		return p.borrow(0, true, func(t *thread) error {
+			c, err := p.prepareCall(t, "routine", r.Code, 0, args, r.pages(0))
+			if err != nil {
+				return err
+			}
+			res, err = p.finishCall(c, false)
+			return err
+		})
+	})
+	return res, err
+}
+
 // RunEach is Run for each of calls (at most MaxRoutineThreads), side by
 // side, each on its own thread of the stopped process (the leader first):
 // work split in independent parts uses the machine's cores. With fewer

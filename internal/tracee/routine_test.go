@@ -127,8 +127,36 @@ func TestRoutineCompare(t *testing.T) {
 	fmt.Fprintln(c.Stdin, "after the routine")
 	c.ExpectAfter(t, m, regexp.MustCompile(`^read 18 after the routine$`), 5*time.Second)
 
-	// A word it cannot read: the routine faults, the thread is put back.
+	// Aside, on a running process: one thread is borrowed for the call
+	// (the others run on), the same result, and the process runs on as
+	// before; refused while it is stopped or held.
+	require.NoError(t, r.Write(outAt, []byte{9, 9, 9, 9, 9}))
+	changed, err = r.RunAside(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 4)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), changed)
+	_, err = c.p.ReadAt(out, int64(r.Data+outAt))
+	require.NoError(t, err)
+	require.Equal(t, []byte{0, 1, 0, 1, 9}, out)
+	require.False(t, c.p.Stopped())
+	c.healthy(t)
+	m = c.Mark()
+	fmt.Fprintln(c.Stdin, "after it ran aside")
+	c.ExpectAfter(t, m, regexp.MustCompile(`^read 19 after it ran aside$`), 5*time.Second)
+	require.NoError(t, c.p.Stop())
+	_, err = r.RunAside(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 4)
+	require.ErrorIs(t, err, ErrStopped)
+	require.NoError(t, c.p.Resume())
+	require.NoError(t, c.p.Hold())
+	_, err = r.RunAside(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 4)
+	require.ErrorIs(t, err, ErrStopped)
+	require.NoError(t, c.p.Release())
+
+	// A word it cannot read: the routine faults, the thread is put back
+	// (aside too).
 	put(itemsAt, []uint64{arch.CompareItem(0x1000, 1), 0})
+	_, err = r.RunAside(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 1)
+	require.ErrorIs(t, err, ErrCallCrashed)
+	c.healthy(t)
 	require.NoError(t, c.p.Stop())
 	_, err = r.Run(r.Data+itemsAt, r.Data+expectAt, r.Data+outAt, 1)
 	require.ErrorIs(t, err, ErrCallCrashed)
@@ -176,16 +204,22 @@ func BenchmarkRoutineRun(b *testing.B) {
 // let go in the kernel. The routine's scratch mappings are left, marked
 // for a later tool (ScratchAt).
 func TestRoutineTracerKilled(t *testing.T) {
-	for _, step := range []string{"call:set-up", "call:parked"} {
-		t.Run(step, func(t *testing.T) { testRoutineTracerKilled(t, step) })
+	for _, aside := range []bool{false, true} {
+		for _, step := range []string{"call:set-up", "call:parked"} {
+			name := step
+			if aside {
+				name += "/aside"
+			}
+			t.Run(name, func(t *testing.T) { testRoutineTracerKilled(t, step, aside) })
+		}
 	}
 }
 
-func testRoutineTracerKilled(t *testing.T, step string) {
+func testRoutineTracerKilled(t *testing.T, step string, aside bool) {
 	c := startCall(t)
 	require.NoError(t, c.p.Close()) // the helper holds the target
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=routiner", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid), "TRACEE_TEST_STEP="+step)
+	cmd.Env = append(os.Environ(), helperEnv+"=routiner", fmt.Sprintf("TRACEE_TEST_PID=%d", c.Pid), "TRACEE_TEST_STEP="+step, fmt.Sprintf("TRACEE_TEST_ASIDE=%v", aside))
 	helper := startTarget(t, cmd)
 	helper.ExpectAfter(t, 0, regexp.MustCompile(`^dying$`), 30*time.Second)
 	helper.Wait()
@@ -217,8 +251,9 @@ func testRoutineTracerKilled(t *testing.T, step string) {
 	}
 }
 
-// routinerChild maps a routine in TRACEE_TEST_PID, stops it, and kills
-// itself at step TRACEE_TEST_STEP of the routine's call.
+// routinerChild maps a routine in TRACEE_TEST_PID, stops it (or, with
+// TRACEE_TEST_ASIDE=true, runs it aside), and kills itself at step
+// TRACEE_TEST_STEP of the routine's call.
 func routinerChild() {
 	pid, _ := strconv.Atoi(os.Getenv("TRACEE_TEST_PID"))
 	p, err := Open(pid)
@@ -232,7 +267,8 @@ func routinerChild() {
 		binary.LittleEndian.PutUint64(item, arch.CompareItem(r.Data+1024, 1))
 		err = r.Write(0, item)
 	}
-	if err == nil {
+	aside := os.Getenv("TRACEE_TEST_ASIDE") == "true"
+	if err == nil && !aside {
 		err = p.Stop()
 	}
 	if err != nil {
@@ -247,7 +283,11 @@ func routinerChild() {
 			select {}
 		}
 	}
-	_, err = r.Run(r.Data, r.Data+2048, r.Data+3072, 1)
+	if aside {
+		_, err = r.RunAside(r.Data, r.Data+2048, r.Data+3072, 1)
+	} else {
+		_, err = r.Run(r.Data, r.Data+2048, r.Data+3072, 1)
+	}
 	fmt.Println("returned", err)
 	select {}
 }

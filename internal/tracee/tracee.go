@@ -23,6 +23,10 @@ var ErrExited = fmt.Errorf("process exited: %w", ErrNoProcess)
 // (GetRegs, SetRegs) when it is not.
 var ErrNotStopped = errors.New("tracee: thread is not stopped (call Stop first)")
 
+// ErrStopped is returned by operations meant for a running process
+// (Routine.RunAside) when it is stopped or held: run them in the stop.
+var ErrStopped = errors.New("tracee: process is stopped or held (this runs beside a running process)")
+
 // ErrClosed is returned by every method called after Close.
 var ErrClosed = errors.New("tracee: process handle is closed")
 

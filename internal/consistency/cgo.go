@@ -3,6 +3,7 @@ package consistency
 import (
 	"cmp"
 	"fmt"
+	"io"
 
 	"github.com/hotpatch-dev/hotpatch/internal/goruntime"
 	"github.com/hotpatch-dev/hotpatch/internal/unwind"
@@ -13,13 +14,14 @@ import (
 // registers describe, where the thread's own start frames are (mstart0,
 // mstart and, on a thread created through cgo, the C frames it returns
 // into when its m exits: crosscall1, threadentry, start_thread). key is
-// the g the thread runs (its g0 here).
-func (src Source) g0Frames(st unwind.Stack, key uint64) unwind.Stack {
+// the g the thread runs (its g0 here); mem reads the stopped target (the
+// snapshot's pages).
+func (src Source) g0Frames(mem io.ReaderAt, st unwind.Stack, key uint64) unwind.Stack {
 	if key == 0 {
 		st.Reliable, st.Reason = false, "ends at runtime.mcall and the thread's g0 is unknown"
 		return st
 	}
-	g0, err := src.Go.ReadG(src.Proc, key)
+	g0, err := src.Go.ReadG(mem, key)
 	if err != nil || g0.SP < g0.StackLo || g0.SP >= g0.StackHi {
 		if name, _ := src.Unwinder.GoFunc(g0.PC); err == nil && name != "runtime.mstart0" {
 			return st // an m C created for a callback: see below
@@ -27,7 +29,7 @@ func (src Source) g0Frames(st unwind.Stack, key uint64) unwind.Stack {
 		st.Reliable, st.Reason = false, fmt.Sprintf("ends at runtime.mcall and g0 %#x does not read as a g with saved registers", key)
 		return st
 	}
-	tail, ok := src.mstartFrames(g0, g0.SP)
+	tail, ok := src.mstartFrames(mem, g0, g0.SP)
 	if !ok {
 		// g0's registers were not saved by mstart1 (an m C created for a
 		// callback), or its stack pointer moved since: a cgo callback
@@ -40,15 +42,16 @@ func (src Source) g0Frames(st unwind.Stack, key uint64) unwind.Stack {
 }
 
 // mstartFrames walks g0's start frames, saved by mstart1 (its pc in
-// mstart0), from stack pointer sp; false when they are not there.
-func (src Source) mstartFrames(g0 goruntime.G, sp uint64) (unwind.Stack, bool) {
+// mstart0), from stack pointer sp, reading mem; false when they are not
+// there.
+func (src Source) mstartFrames(mem io.ReaderAt, g0 goruntime.G, sp uint64) (unwind.Stack, bool) {
 	u := src.Unwinder
 	if !isFunc(u, g0.PC, "runtime.mstart0") || sp < g0.StackLo || sp >= g0.StackHi {
 		return unwind.Stack{}, false
 	}
 	regs := make([]uint64, u.Arch.RAReg+1)
 	regs[u.Arch.RAReg], regs[u.Arch.SPReg] = g0.PC, sp
-	tail := u.Unwind(onDemandPages(src.Proc), regs)
+	tail := u.Unwind(mem, regs)
 	if len(tail.Frames) < 2 || !isFunc(u, tail.Frames[1].PC-1, "runtime.mstart") {
 		return unwind.Stack{}, false
 	}
@@ -109,7 +112,7 @@ func (src Source) callbackFrames(st unwind.Stack, g goruntime.G) unwind.Stack {
 	if err != nil {
 		return fail("read the system stack pointer cgocallback saved: %v", err)
 	}
-	if tail, ok := src.mstartFrames(g0, saved); ok {
+	if tail, ok := src.mstartFrames(onDemandPages(src.Proc), g0, saved); ok {
 		st.Frames = append(st.Frames, tail.Frames...)
 		if !tail.Reliable {
 			return fail("start frames of m %#x: %s", m, tail.Reason)
@@ -136,5 +139,5 @@ func (src Source) startFrames(m uint64) (unwind.Stack, bool) {
 	if err != nil {
 		return unwind.Stack{Reason: fmt.Sprintf("g0 %#x of m %#x cannot be read: %v", addr, m, err)}, true
 	}
-	return src.mstartFrames(g0, g0.SP)
+	return src.mstartFrames(onDemandPages(src.Proc), g0, g0.SP)
 }

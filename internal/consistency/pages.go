@@ -121,25 +121,31 @@ type cachedPage struct {
 	used atomic.Bool // a walk read it
 }
 
-// ReadAt serves reads that fit in one readable page from the cache, and
-// anything else from the underlying reader.
+// ReadAt serves reads of up to a page from the cache, page by page (a g
+// read whole spans two pages as often as not); a longer one, or one that
+// touches an unreadable page, is made from the underlying reader, which
+// reports what it cannot read.
 func (c *sharedPages) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) > pageSize {
+		return c.mem.ReadAt(b, off)
+	}
 	addr := uint64(off)
-	page := addr &^ (pageSize - 1)
-	if addr+uint64(len(b)) > page+pageSize {
-		return c.mem.ReadAt(b, off)
+	for n := 0; n < len(b); {
+		a := addr + uint64(n)
+		page := a &^ (pageSize - 1)
+		cp := c.batch[page]
+		if cp == nil {
+			cp = c.onDemand(page)
+		}
+		if !cp.used.Load() { // stored once: the line stays shared between cores
+			cp.used.Store(true)
+		}
+		if cp.data == nil {
+			return c.mem.ReadAt(b, off)
+		}
+		n += copy(b[n:], cp.data[a-page:])
 	}
-	cp := c.batch[page]
-	if cp == nil {
-		cp = c.onDemand(page)
-	}
-	if !cp.used.Load() { // stored once: the line stays shared between cores
-		cp.used.Store(true)
-	}
-	if cp.data == nil {
-		return c.mem.ReadAt(b, off)
-	}
-	return copy(b, cp.data[addr-page:]), nil
+	return len(b), nil
 }
 
 // onDemand returns a page not read in the batch, reading it the first time.

@@ -81,3 +81,58 @@ func TestStackPagesPrefetch(t *testing.T) {
 	c.done(pf)
 	require.Equal(t, []uint64{page}, pf.list(), "only readable pages are remembered")
 }
+
+// fakeMem is memory readable in [lo, hi), each byte its address's low
+// byte; it counts the reads made.
+type fakeMem struct {
+	lo, hi uint64
+	reads  int
+}
+
+func (m *fakeMem) ReadAt(b []byte, off int64) (int, error) {
+	m.reads++
+	a := uint64(off)
+	if a < m.lo || a+uint64(len(b)) > m.hi {
+		return 0, unix.EFAULT
+	}
+	for i := range b {
+		b[i] = byte(a + uint64(i))
+	}
+	return len(b), nil
+}
+
+// A read that spans two pages is served from the cache, each page read
+// once; one that touches an unreadable page, or is longer than a page, is
+// made from the target (which reports what it cannot read).
+func TestSharedPagesSpanning(t *testing.T) {
+	mem := &fakeMem{lo: 0x10000, hi: 0x13000}
+	c := onDemandPages(mem)
+	want := func(addr uint64, n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(addr + uint64(i))
+		}
+		return b
+	}
+	for range 2 {
+		b := make([]byte, 16)
+		n, err := c.ReadAt(b, 0x10ff8)
+		require.NoError(t, err)
+		require.Equal(t, 16, n)
+		require.Equal(t, want(0x10ff8, 16), b)
+		require.Equal(t, 2, mem.reads, "each page read once")
+	}
+	require.True(t, c.more[0x10000].used.Load())
+	require.True(t, c.more[0x11000].used.Load())
+
+	b := make([]byte, 16)
+	_, err := c.ReadAt(b, 0x12ff8)
+	require.ErrorIs(t, err, unix.EFAULT, "the page past the end")
+
+	big := make([]byte, pageSize+8)
+	reads := mem.reads
+	_, err = c.ReadAt(big, 0x10000)
+	require.NoError(t, err)
+	require.Equal(t, want(0x10000, pageSize+8), big)
+	require.Equal(t, reads+1, mem.reads, "longer than a page: one read of its own")
+}

@@ -314,9 +314,11 @@ func (m *prefetched) ReadAt(b []byte, off int64) (int, error) {
 }
 
 // thread walks one stopped thread from its registers, reading the target
-// through pages.
+// through pages (its g from its TLS, and an idle thread's g0 and start
+// frames, too: no read of its own in the stop, and the Prefetch
+// remembers them for the next).
 func (src Source) thread(tid int, regs tracee.Regs, pages *sharedPages) Task {
-	p, u := src.Proc, src.Unwinder
+	u := src.Unwinder
 	key := regs.ThreadPointer()
 	if src.Go != nil {
 		// The g the thread runs, where the runtime keeps it (a TLS
@@ -324,13 +326,13 @@ func (src Source) thread(tid int, regs tracee.Regs, pages *sharedPages) Task {
 		// a task cannot be listed in a universe table.
 		_, goCode := u.GoFunc(regs.PC())
 		var err error
-		if key, err = src.Go.ThreadG(p, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
+		if key, err = src.Go.ThreadG(pages, regs.ThreadPointer(), regs.DWARF(), goCode); err != nil {
 			key = 0
 		}
 	}
 	st := u.Unwind(pages, regs.DWARF())
 	if src.Go != nil && st.Reliable && st.Root == "runtime.mcall" {
-		st = src.g0Frames(st, key)
+		st = src.g0Frames(pages, st, key)
 	}
 	return Task{Kind: "thread", ID: tid, Key: key, Stack: st}
 }

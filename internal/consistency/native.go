@@ -192,9 +192,7 @@ func (src Source) prepareNative(a *arch.Arch, addrs []uint64, raw [][]byte, gs [
 	if err := r.Write(nc.expectOff, wordBytes(expect)); err != nil {
 		return nil, errors.Join(err, nc.close())
 	}
-	if !src.Proc.Stopped() {
-		nc.warm()
-	}
+	nc.warm()
 	return nc, nil
 }
 
@@ -313,8 +311,9 @@ func splitParts(nc *nativeCheck, starts [][2]int, words, n int) []nativePart {
 // project's virtual machines the first such touch of a page costs about a
 // microsecond: the stop's run took 7-9 ms for 10,000 goroutines cold and
 // 2 ms warm (BenchmarkPause/go-10000 timed inside). Its result does not
-// matter: the stop's run compares again, and a failure here (a held
-// target, one that exits) only leaves that run cold.
+// matter: the stop's run compares again, and a failure here (a stopped
+// or held target, which RunAside refuses; one that exits) only leaves
+// that run cold.
 func (nc *nativeCheck) warm() {
 	r := nc.routine
 	for _, pt := range nc.parts {

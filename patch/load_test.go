@@ -123,13 +123,13 @@ func (p *stats) set(s *loadStats) {
 
 // TestLoadCycles patches and reverts a service again and again while clients
 // load it: a C TCP service and a Go HTTP service, 200 apply/revert cycles
-// each (50 in the arm64 VM, whose emulated CPU is slow). Not one request may
+// each (25 in the arm64 VM, whose emulated CPU is slow). Not one request may
 // fail or be answered by anything but the old or the new code; the latency
 // with and without patching goes to the log.
 func TestLoadCycles(t *testing.T) {
 	cycles := 200
 	if runtime.GOARCH == "arm64" {
-		cycles = 50
+		cycles = 25
 	}
 	t.Run("c-tcp", func(t *testing.T) {
 		p := fixture.Start(t, fixture.BuildC(t, "ctcp", "-O2", "-fomit-frame-pointer"), "12") // 8 load clients and the probe

@@ -16,11 +16,11 @@ import (
 
 // Apply replaces each Old by its New, all or nothing, in a single pause.
 //
-// It goes through the phases of docs/DESIGN.md in turn: it checks the
-// request against the records in the target, resolves and plans every
-// replacement (planAll), chooses how they switch (applyMode), writes the
-// inert patch memory (prepareApply), and switches in one stop-and-check
-// pause (stopApply) or a gradual transition.
+// It goes through the phases of a patch in turn: it checks the request
+// against the records in the target, resolves and plans every replacement
+// (planAll), chooses how they switch (applyMode), writes the inert patch
+// memory (prepareApply), and switches in one stop-and-check pause
+// (stopApply) or a gradual transition.
 func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) (_ *Result, applyErr error) {
 	defer t.explain("apply", &applyErr)
 	if err := t.checkApply(reps, &o); err != nil {

@@ -60,7 +60,7 @@ func (t *Target) Apply(ctx context.Context, reps []Replacement, o ApplyOptions) 
 		return nil, err
 	}
 	for _, r := range records {
-		if r.State == "transition" || r.State == "reverting" {
+		if r.State == StateTransition || r.State == StateReverting {
 			return nil, t.applyErr("", ErrInTransition, fmt.Sprintf("patch %s is in a gradual %s with %d task(s) pending; finish it (Resume) or revert it first",
 				r.ID, r.State, r.Pending))
 		}
@@ -112,7 +112,7 @@ func (t *Target) checkApply(reps []Replacement, o *ApplyOptions) error {
 func livePatches(records []Record, old1 *Record) map[uint64]string {
 	patched := map[uint64]string{}
 	for _, r := range records {
-		if r.State == "reverted" || r.State == "prepared" || r.State == "superseded" || (old1 != nil && r.ID == old1.ID) {
+		if r.State == StateReverted || r.State == StatePrepared || r.State == StateSuperseded || (old1 != nil && r.ID == old1.ID) {
 			continue
 		}
 		for _, f := range r.Functions {
@@ -436,7 +436,7 @@ func (t *Target) stopApply(ctx context.Context, src consistency.Source, rec *Rec
 		}
 		return nil, t.applyErr(fn, err, "")
 	}
-	out := &Result{ID: rec.ID, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: "applied"}
+	out := &Result{ID: rec.ID, Functions: rec.Functions, Pause: res.Pause, PauseMicros: res.Pause.Microseconds(), Attempts: res.Attempts, State: StateApplied}
 	if old1 != nil {
 		t.dropSuperseded(old1)
 		out.Superseded = old1.ID

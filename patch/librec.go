@@ -161,7 +161,7 @@ func (t *Target) libRecords() ([]libRecord, error) {
 func libUsers(recs []Record) (byRecord map[uint64]string, byHandle map[uint64]string) {
 	byRecord, byHandle = map[uint64]string{}, map[uint64]string{}
 	for _, r := range recs {
-		if r.Lib == nil || r.State == "prepared" || r.State == "reverted" {
+		if r.Lib == nil || r.State == StatePrepared || r.State == StateReverted {
 			continue
 		}
 		byRecord[r.Lib.Record] = r.ID

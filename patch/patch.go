@@ -412,7 +412,7 @@ func (t *Target) Status() (_ []Record, err error) {
 		if rec.State, err = liveState(t.proc, rec, state); err != nil {
 			return nil, &Error{Op: "status", Pid: t.pid, ID: rec.ID, Err: err}
 		}
-		if (rec.State == "transition" || rec.State == "reverting") && rec.Table != 0 {
+		if (rec.State == StateTransition || rec.State == StateReverting) && rec.Table != 0 {
 			es, _, err := t.readTable(rec)
 			if err != nil {
 				return nil, &Error{Op: "status", Pid: t.pid, ID: rec.ID, Err: err}
@@ -511,7 +511,7 @@ func (t *Target) Revert(ctx context.Context, id string, o ApplyOptions) (_ *Resu
 		lib = rec.Lib
 	}
 	res, err := t.revert(ctx, id, o)
-	if err == nil && res != nil && res.State == "reverted" {
+	if err == nil && res != nil && res.State == StateReverted {
 		res.LibLoaded = t.unloadAfterRevert(ctx, lib, o)
 	}
 	return res, err
@@ -535,9 +535,9 @@ func (t *Target) revert(ctx context.Context, id string, o ApplyOptions) (*Result
 			rec = &records[i]
 		}
 	}
-	if rec != nil && (rec.State == "transition" || rec.State == "reverting" ||
-		(rec.State == "applied" && rec.Table != 0 && (o.Mode == ModeGradual || o.Mode == ModeAuto))) {
-		if rec.State == "applied" && o.Mode == ModeAuto {
+	if rec != nil && (rec.State == StateTransition || rec.State == StateReverting ||
+		(rec.State == StateApplied && rec.Table != 0 && (o.Mode == ModeGradual || o.Mode == ModeAuto))) {
+		if rec.State == StateApplied && o.Mode == ModeAuto {
 			res, err := t.stopRevert(ctx, rec, o, min(o.Timeout, autoStopTries))
 			if err == nil || !errors.Is(err, ErrBlocked) || ctx.Err() != nil {
 				return res, err
@@ -545,8 +545,8 @@ func (t *Target) revert(ctx context.Context, id string, o ApplyOptions) (*Result
 		}
 		return t.gradualRevert(ctx, rec, o)
 	}
-	if rec == nil || (rec.State != "applied" && rec.State != "partial") {
-		if rec != nil && (rec.State == "prepared" || rec.State == "reverted" || rec.State == "superseded") {
+	if rec == nil || (rec.State != StateApplied && rec.State != StatePartial) {
+		if rec != nil && (rec.State == StatePrepared || rec.State == StateReverted || rec.State == StateSuperseded) {
 			// Leftovers of a patcher that died: drop them.
 			if err := t.discard(ctx, rec, o); err != nil {
 				return nil, err
@@ -599,7 +599,7 @@ func (t *Target) stopRevert(ctx context.Context, rec *Record, o ApplyOptions, ti
 		consistency.Policy{Timeout: timeout, Retry: t.retryReport(o, rec.ID)}, t.syms.Symbolize,
 		func(consistency.Snapshot) error {
 			step("revert:paused")
-			if rec.Table != 0 && rec.State == "applied" && (len(rec.Functions) > 1 || stubbed) {
+			if rec.Table != 0 && rec.State == StateApplied && (len(rec.Functions) > 1 || stubbed) {
 				// Through the stubs, so that the set switches back with
 				// one write (one function's jump is one write).
 				return t.stopBackward(rec)

@@ -81,7 +81,7 @@ func (t *Target) readBack(rec *Record, res *Result, waiting int) error {
 			continue
 		}
 		res.State, res.Pending = r.State, r.Pending
-		if r.State == "transition" || r.State == "reverting" {
+		if r.State == StateTransition || r.State == StateReverting {
 			res.Pending = max(r.Pending, waiting)
 		}
 		return nil
@@ -95,7 +95,7 @@ func (t *Target) readBack(rec *Record, res *Result, waiting int) error {
 			return fmt.Errorf("%w: the memory of patch %s is gone but %s at %#x is % x, not its original bytes", ErrCodeChanged, rec.ID, f.Old, f.PatchAddr, live)
 		}
 	}
-	res.State = "reverted"
+	res.State = StateReverted
 	return nil
 }
 

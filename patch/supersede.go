@@ -72,9 +72,9 @@ func (t *Target) superseded(records []Record, o ApplyOptions) (*Record, error) {
 	switch {
 	case old == nil:
 		return fail(ErrNotApplied, "no patch of this process has that ID, so there is nothing to supersede; Status lists the patches")
-	case old.State == "transition" || old.State == "reverting":
+	case old.State == StateTransition || old.State == StateReverting:
 		return fail(ErrInTransition, fmt.Sprintf("it is in a gradual %s with %d task(s) pending; finish it (Resume) or revert it before superseding it", old.State, old.Pending))
-	case old.State != "applied":
+	case old.State != StateApplied:
 		return fail(ErrNotApplied, fmt.Sprintf("it is %s; only an applied patch can be superseded", old.State))
 	}
 	for _, f := range old.Functions {

@@ -384,7 +384,7 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 	if err != nil {
 		return fail(err)
 	}
-	res := Result{ID: rec.ID, Functions: rec.Functions, Pause: pause, PauseMicros: pause.Microseconds(), Attempts: attempts, State: "transition", Pending: len(old)}
+	res := Result{ID: rec.ID, Functions: rec.Functions, Pause: pause, PauseMicros: pause.Microseconds(), Attempts: attempts, State: StateTransition, Pending: len(old)}
 	t.report(o, rec, "transition", len(old), 0, pause, snap, old)
 	if res.Pending == 0 {
 		// Nothing was busy: the first pause already wrote direct jumps.
@@ -394,7 +394,7 @@ func (t *Target) gradualApply(ctx context.Context, rec *Record, o ApplyOptions) 
 		}
 		return &res, nil
 	}
-	rec.State = "transition"
+	rec.State = StateTransition
 	return t.drive(ctx, rec, forward, o, &res)
 }
 
@@ -614,7 +614,7 @@ func (t *Target) timedOut(ctx context.Context, rec *Record, dir direction, o App
 			cause = fmt.Errorf("%w; the timeout passed, and the revert that followed failed: %w", blocked, err)
 		}
 		hint := stateHint(rr)
-		if rr.State == "reverted" {
+		if rr.State == StateReverted {
 			hint = "the patch was reverted, the original bytes are back (retry with a longer timeout, or stay in transition, or force)"
 		}
 		return rr, &Error{Op: "apply", Pid: t.pid, ID: rec.ID, Err: cause, Hint: hint}
@@ -760,7 +760,7 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 	if err != nil {
 		return fail(err)
 	}
-	if rec.State != "reverting" {
+	if rec.State != StateReverting {
 		snap, newTasks, pause, attempts, err := t.switchPause(ctx, time.Now().Add(o.Timeout), src, rec, func(snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
 			return t.startBackward(rec, snap)
 		})
@@ -771,7 +771,7 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 		t.report(o, rec, "reverting", len(newTasks), 0, pause, snap, newTasks)
 	}
 	res, err = t.drive(ctx, rec, backward, o, res)
-	if err != nil || res.State != "reverted" {
+	if err != nil || res.State != StateReverted {
 		return res, err
 	}
 	step("revert:restored")
@@ -792,7 +792,7 @@ func (t *Target) gradualRevert(ctx context.Context, rec *Record, o ApplyOptions)
 // ran the old code keep it.
 func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint64]consistency.Task, error) {
 	onOld := map[uint64]bool{}
-	if rec.State == "transition" {
+	if rec.State == StateTransition {
 		es, _, err := t.readTable(rec)
 		if err != nil {
 			return nil, err
@@ -819,7 +819,7 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 	}
 	// From "applied" the entries jump to New: to the stubs first, whose
 	// table (empty, or the forward one) keeps everyone where they are.
-	if rec.State != "transition" {
+	if rec.State != StateTransition {
 		if err := t.writeTable(rec, nil, true); err != nil {
 			return nil, err
 		}
@@ -830,7 +830,7 @@ func (t *Target) startBackward(rec *Record, snap consistency.Snapshot) (map[uint
 	if err := t.writeTable(rec, entries(keep), false); err != nil {
 		return nil, err
 	}
-	rec.State = "reverting"
+	rec.State = StateReverting
 	return keep, nil
 }
 
@@ -854,12 +854,12 @@ func (t *Target) Resume(ctx context.Context, id string, o ApplyOptions) (_ *Resu
 	var res *Result
 	switch rec.State {
 	case "transition":
-		res, err = t.drive(ctx, rec, forward, o, &Result{ID: rec.ID, Functions: rec.Functions, State: "transition"})
+		res, err = t.drive(ctx, rec, forward, o, &Result{ID: rec.ID, Functions: rec.Functions, State: StateTransition})
 	case "reverting":
 		res, err = t.gradualRevert(ctx, rec, o)
 	}
 	if res != nil || err != nil {
-		if err == nil && res.State == "reverted" {
+		if err == nil && res.State == StateReverted {
 			res.LibLoaded = t.unloadAfterRevert(ctx, rec.Lib, o)
 		}
 		return res, err
@@ -876,7 +876,7 @@ func (t *Target) record(id string) (*Record, error) {
 	}
 	for i := range recs {
 		r := &recs[i]
-		if r.ID == id || (id == "" && (r.State == "transition" || r.State == "reverting")) {
+		if r.ID == id || (id == "" && (r.State == StateTransition || r.State == StateReverting)) {
 			return r, nil
 		}
 	}

@@ -53,49 +53,21 @@ func (src Source) Take() (Snapshot, error) { return src.TakeAfter(nil) }
 // also takes the tasks prior built for the goroutines found unchanged as
 // they are (its snapshot owns them).
 func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
-	p := src.Proc
-	var s Snapshot
 	// First, before any register is read: the native check runs on some
 	// of the threads, each then as it was — or, when one ran on
 	// (tracee.ErrCallRanOn), read as it is now.
-	same := prior.runNative(p)
+	same := prior.runNative(src.Proc)
 	if prior != nil {
 		prior.clean = nil
 	}
-	threads := map[int]int{} // tid → index in s.Tasks
-	all, err := p.AllRegs()  // one hand-off to the ptrace thread, not one per thread
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("consistency: registers: %w", err)
-	}
-	tids := p.Threads()
-	for _, tid := range tids {
-		if _, ok := all[tid]; !ok {
-			return Snapshot{}, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
-		}
-	}
-	// The walks share one cache of the stopped target's pages (threads
-	// run the same code, which a walk reads), seeded with the page each
-	// thread's stack pointer is in and the pages the last snapshot's
-	// walks read (src.Prefetch), read in one batch; the walks,
-	// independent, spread over cores.
-	pages := stackPages(p, tids, all, src.Prefetch)
-	s.Tasks = make([]Task, len(tids))
-	parallel(len(tids), parallelThreads, func(i int) {
-		s.Tasks[i] = src.thread(tids[i], all[tids[i]], pages)
-	})
-	pages.done(src.Prefetch)
-	for i, tid := range tids {
-		threads[tid] = i
-	}
-	if src.Go == nil {
-		return s, nil
+	threads, err := src.threads()
+	if err != nil || src.Go == nil {
+		return Snapshot{Tasks: threads}, err
 	}
 	gs, known, err := src.goroutines(prior, same)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("consistency: goroutines: %w", err)
 	}
-	covered := map[int]goruntime.G{} // thread → the goroutine it runs, reported with its stack
-	walk := make([]*goruntime.G, 0, len(gs))
 	// One slice for the snapshot: room for every thread's task, put there
 	// once known, then the goroutines' — first those Prewalk built for the
 	// goroutines the target found unchanged, where they are, then those
@@ -104,15 +76,102 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 	kept := len(out) - room
 	usePre := out != nil
 	if !usePre {
-		room = len(tids)
+		room = len(threads)
 		out = make([]Task, room, room+len(gs))
 	}
-	goTasks := out[len(out):len(out)]
-	walkOf := make([]int, 0, len(gs)-kept) // goTasks index → walk index, -1 when not walked from its g
-	gOf := make([]int32, 0, len(gs)-kept)  // goTasks index → index in gs
-	var walkKnown []*gRecord               // walk index → the g's record when proven unchanged
+	sp := splitGoroutines(threads, gs, known, usePre, out[len(out):len(out)], len(gs)-kept)
+	var goClean []bool
+	if prior != nil && prior.regions != nil {
+		goClean = make([]bool, len(sp.tasks))
+	}
+	if err := src.walkFromG(sp.tasks, sp.walkOf, sp.walk, sp.walkKnown, prior, goClean); err != nil {
+		return Snapshot{}, err
+	}
+	if kept > 0 {
+		prior.Reused += kept
+		prior.Native += kept
+	}
+	for i := range sp.tasks {
+		if len(sp.tasks[i].Stack.Callbacks) > 0 {
+			sp.tasks[i].Stack = src.callbackFrames(sp.tasks[i].Stack, *gs[sp.gOf[i]])
+		}
+	}
+	threadTasks := src.threadTasks(threads, sp.covered)
+	if goClean != nil {
+		// Task i of the snapshot is clean when its reused walk was.
+		if keptClean == nil {
+			keptClean = make([]bool, kept) // not known: checked again
+		}
+		prior.clean = slices.Concat(make([]bool, len(threadTasks)), keptClean, goClean)
+	}
+	first, end := room-len(threadTasks), len(out)+len(sp.tasks)
+	if first < 0 || cap(sp.tasks) != cap(out)-len(out) {
+		// More threads than room, or more goroutines than slack
+		// (sp.tasks grew apart): one copy.
+		return Snapshot{Tasks: slices.Concat(threadTasks, out[room:], sp.tasks)}, nil
+	}
+	copy(out[first:], threadTasks)
+	return Snapshot{Tasks: out[first:end:end]}, nil
+}
+
+// threads reads the registers of every stopped thread and walks each.
+func (src Source) threads() ([]Task, error) {
+	p := src.Proc
+	all, err := p.AllRegs() // one hand-off to the ptrace thread, not one per thread
+	if err != nil {
+		return nil, fmt.Errorf("consistency: registers: %w", err)
+	}
+	tids := p.Threads()
+	for _, tid := range tids {
+		if _, ok := all[tid]; !ok {
+			return nil, fmt.Errorf("consistency: registers of thread %d: %w", tid, tracee.ErrNotStopped)
+		}
+	}
+	// The walks share one cache of the stopped target's pages (threads
+	// run the same code, which a walk reads), seeded with the page each
+	// thread's stack pointer is in and the pages the last snapshot's
+	// walks read (src.Prefetch), read in one batch; the walks,
+	// independent, spread over cores.
+	pages := stackPages(p, tids, all, src.Prefetch)
+	tasks := make([]Task, len(tids))
+	parallel(len(tids), parallelThreads, func(i int) {
+		tasks[i] = src.thread(tids[i], all[tids[i]], pages)
+	})
+	pages.done(src.Prefetch)
+	return tasks, nil
+}
+
+// goSplit is what TakeAfter does with each goroutine not among the
+// prebuilt tasks: its task (tasks[i], for gs[gOf[i]]), and whether it is
+// walked from its g (walk[walkOf[i]], with its record when proven
+// unchanged, walkKnown) or takes its stack from elsewhere (walkOf[i] < 0).
+// covered maps a thread to the goroutine it runs, whose task has the
+// thread's stack.
+type goSplit struct {
+	tasks     []Task
+	walkOf    []int
+	gOf       []int32
+	walk      []*goruntime.G
+	walkKnown []*gRecord
+	covered   map[int]goruntime.G
+}
+
+// splitGoroutines builds the task of every live goroutine of gs but those
+// prebuilt (usePre, known[i].pre >= 0), appending to tasks (room for n).
+// A goroutine on one of threads takes that thread's stack; a running one on
+// a thread we did not stop, or one whose stack is being moved, is not
+// walked (unreliable); the others are walked from their g.
+func splitGoroutines(threads []Task, gs []*goruntime.G, known []*gRecord, usePre bool, tasks []Task, n int) goSplit {
+	byTID := make(map[int]int, len(threads)) // tid → index in threads
+	for i, t := range threads {
+		byTID[t.ID] = i
+	}
+	sp := goSplit{tasks: tasks, walkOf: make([]int, 0, n), gOf: make([]int32, 0, n), walk: make([]*goruntime.G, 0, len(gs)), covered: map[int]goruntime.G{}}
 	if known != nil {
-		walkKnown = make([]*gRecord, 0, len(gs)-kept)
+		sp.walkKnown = make([]*gRecord, 0, n)
+	}
+	add := func(gi int, t Task, walk int) {
+		sp.tasks, sp.walkOf, sp.gOf = append(sp.tasks, t), append(sp.walkOf, walk), append(sp.gOf, int32(gi))
 	}
 	for gi, gp := range gs {
 		if usePre && known[gi] != nil && known[gi].pre >= 0 {
@@ -122,65 +181,54 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		if !g.Live() {
 			continue
 		}
-		gOf = append(gOf, int32(gi))
 		t := goTask(g)
 		// The thread of a goroutine on one (most are parked: no lookup).
 		onThread := g.Status == goruntime.Running || g.Status == goruntime.Syscall
 		i, seen := 0, false
 		if onThread {
-			i, seen = threads[g.Thread]
+			i, seen = byTID[g.Thread]
 		}
-		if seen && onStack(s.Tasks[i].Stack, g) {
-			t.Stack = s.Tasks[i].Stack
-			covered[g.Thread] = g
-			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
-			continue
-		}
-		if g.Status == goruntime.Running && !seen {
-			// Its saved registers are stale while it runs, and the thread
-			// that runs it is not one we stopped: nothing can be proven.
+		switch {
+		case seen && onStack(threads[i].Stack, g):
+			t.Stack = threads[i].Stack
+			sp.covered[g.Thread] = g
+			add(gi, t, -1)
+		case g.Status == goruntime.Running && !seen:
+			// Its saved registers are stale while it runs, and the
+			// thread that runs it is not one we stopped: nothing can be
+			// proven.
 			t.Stack = unwind.Stack{Reason: fmt.Sprintf("running on thread %d, which is not among the stopped threads", g.Thread)}
-			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
-			continue
-		}
-		t.Thread = 0
-		if g.Status == goruntime.CopyStack {
+			add(gi, t, -1)
+		case g.Status == goruntime.CopyStack:
+			t.Thread = 0
 			t.Stack = unwind.Stack{Reason: "its stack is being moved"}
-			goTasks, walkOf = append(goTasks, t), append(walkOf, -1)
-			continue
-		}
-		goTasks, walkOf = append(goTasks, t), append(walkOf, len(walk))
-		walk = append(walk, gp)
-		if known != nil {
-			walkKnown = append(walkKnown, known[gi])
-		}
-	}
-	var goClean []bool
-	if prior != nil && prior.regions != nil {
-		goClean = make([]bool, len(goTasks))
-	}
-	if err := src.walkFromG(goTasks, walkOf, walk, walkKnown, prior, goClean); err != nil {
-		return Snapshot{}, err
-	}
-	if kept > 0 {
-		prior.Reused += kept
-		prior.Native += kept
-	}
-	for i := range goTasks {
-		if len(goTasks[i].Stack.Callbacks) > 0 {
-			goTasks[i].Stack = src.callbackFrames(goTasks[i].Stack, *gs[gOf[i]])
+			add(gi, t, -1)
+		default:
+			t.Thread = 0
+			add(gi, t, len(sp.walk))
+			sp.walk = append(sp.walk, gp)
+			if known != nil {
+				sp.walkKnown = append(sp.walkKnown, known[gi])
+			}
 		}
 	}
-	// A covered thread is reported as its goroutine, and, apart, with the
-	// frames of its own start on its m's g0 (mstart and, for a thread
-	// created through cgo, the C code that mstart returns into when the m
-	// exits): those are on no goroutine's stack.
-	threadTasks := make([]Task, 0, len(s.Tasks))
-	for _, t := range s.Tasks {
+	return sp
+}
+
+// threadTasks are the snapshot's thread tasks. A thread covered by the
+// goroutine it runs is reported as that goroutine, and, apart, with the
+// frames of its own start on its m's g0 (mstart and, for a thread created
+// through cgo, the C code that mstart returns into when the m exits):
+// those are on no goroutine's stack. A thread whose walk ended where it
+// switched to its system stack is complete: the goroutine's own frames are
+// checked from its g.
+func (src Source) threadTasks(threads []Task, covered map[int]goruntime.G) []Task {
+	out := make([]Task, 0, len(threads))
+	for _, t := range threads {
 		if g, ok := covered[t.ID]; ok {
 			if st, ok := src.startFrames(g.M); ok {
 				t.Stack = st
-				threadTasks = append(threadTasks, t)
+				out = append(out, t)
 			}
 			continue
 		}
@@ -188,23 +236,9 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 			t.Stack.Reliable = true
 			t.Stack.Reason = "system stack, entered at " + t.Stack.SwitchedAt + " (the goroutine's own frames are checked from its g)"
 		}
-		threadTasks = append(threadTasks, t)
+		out = append(out, t)
 	}
-	if goClean != nil {
-		// Task i of the snapshot is clean when its reused walk was.
-		if keptClean == nil {
-			keptClean = make([]bool, kept) // not known: checked again
-		}
-		prior.clean = slices.Concat(make([]bool, len(threadTasks)), keptClean, goClean)
-	}
-	first, end := room-len(threadTasks), len(out)+len(goTasks)
-	if first < 0 || cap(goTasks) != cap(out)-len(out) {
-		// More threads than room, or more goroutines than slack (goTasks
-		// grew apart): one copy.
-		return Snapshot{Tasks: slices.Concat(threadTasks, out[room:], goTasks)}, nil
-	}
-	copy(out[first:], threadTasks)
-	return Snapshot{Tasks: out[first:end:end]}, nil
+	return out
 }
 
 // goTask is the task of goroutine g, its stack not set.

@@ -46,11 +46,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	sigpipe := make(chan os.Signal, 1)
 	signal.Notify(sigpipe, syscall.SIGPIPE)
 	defer signal.Stop(sigpipe)
-	say := func(format string, a ...any) {
-		if _, err := fmt.Fprintf(stdout, format+"\n", a...); err != nil {
-			cancel(fmt.Errorf("demo: output closed: %w", err))
-		}
-	}
+	d := &demo{ctx: ctx, stdout: stdout, stderr: stderr, cancel: cancel}
 	defer func() {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("demo: stopped (%w); the service was killed and its files removed", context.Cause(ctx))
@@ -61,116 +57,167 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 		return err
 	}
 	defer os.RemoveAll(dir)
-
-	say("== hotpatch demo: fix a live Go service without restarting it ==")
-	say("")
-	say("1. Building the demo service (examples/hotpatch/demosvc): an HTTP greeter that")
-	say("   shipped with a typo in main.greeting; main.greetingFixed is the fix.")
-	bin, err := buildDemo(ctx, dir)
+	d.say("== hotpatch demo: fix a live Go service without restarting it ==")
+	d.say("")
+	svc, err := d.start(dir)
 	if err != nil {
 		return err
 	}
+	defer func() { svc.Process.Kill(); svc.Wait() }()
+
+	d.say("2. Load: 4 clients call the service continuously for the rest of the demo.")
+	d.load = startDemoLoad(ctx, d.url, "Hello,")
+	defer d.load.stop()
+	sleep(ctx, 300*time.Millisecond)
+	d.say("   %d requests served so far, %d failed", d.load.ok.Load(), d.load.failed.Load())
+	d.say("")
+	id, err := d.apply()
+	if err == nil {
+		err = d.status()
+	}
+	if err == nil {
+		err = d.revert(id)
+	}
+	d.load.stop()
+	if err != nil {
+		return err
+	}
+	return d.summary(svc)
+}
+
+// demo is the state of the demo's steps: the service (pid, url), and the
+// load on it.
+type demo struct {
+	ctx            context.Context
+	stdout, stderr io.Writer
+	cancel         context.CancelCauseFunc
+	pid            int
+	url            string
+	load           *demoLoad
+}
+
+// say prints a line of the demo; a failed write ends it.
+func (d *demo) say(format string, a ...any) {
+	if _, err := fmt.Fprintf(d.stdout, format+"\n", a...); err != nil {
+		d.cancel(fmt.Errorf("demo: output closed: %w", err))
+	}
+}
+
+func (d *demo) hello() string { return demoGet(d.ctx, d.url) }
+
+// start is step 1: build the service in dir, start it and show the bug.
+// The caller kills the service.
+func (d *demo) start(dir string) (*exec.Cmd, error) {
+	d.say("1. Building the demo service (examples/hotpatch/demosvc): an HTTP greeter that")
+	d.say("   shipped with a typo in main.greeting; main.greetingFixed is the fix.")
+	bin, err := buildDemo(d.ctx, dir)
+	if err != nil {
+		return nil, err
+	}
 	svc := exec.Command(bin)
-	svc.Stderr = stderr
+	svc.Stderr = d.stderr
 	// No PR_SET_PDEATHSIG here: it fires when the *thread* that forked
 	// exits, and the tracer's thread (runtime.LockOSThread, which exits
 	// with its Target) may be that thread: the service would die as soon
 	// as the apply's Target is closed. Every way the demo ends but SIGKILL
-	// kills the service below.
+	// kills the service (cmdDemo).
 	out, err := svc.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := svc.Start(); err != nil {
-		return fmt.Errorf("demo: start service: %w", err)
+		return nil, fmt.Errorf("demo: start service: %w", err)
 	}
-	defer func() { svc.Process.Kill(); svc.Wait() }()
 	line, err := bufio.NewReader(out).ReadString('\n')
 	m := regexp.MustCompile(`ready pid=(\d+) addr=(\S+)`).FindStringSubmatch(line)
 	if err != nil || m == nil {
-		return fmt.Errorf("demo: service did not start (%v): %q", err, line)
+		svc.Process.Kill()
+		svc.Wait()
+		return nil, fmt.Errorf("demo: service did not start (%v): %q", err, line)
 	}
-	pid, url := svc.Process.Pid, "http://"+m[2]+"/hello?name=operator"
-	say("   started: pid %d, serving %s", pid, url)
-	hello := func() string { return demoGet(ctx, url) }
-	say("   GET -> %q   <- the bug", hello())
-	say("")
+	d.pid, d.url = svc.Process.Pid, "http://"+m[2]+"/hello?name=operator"
+	d.say("   started: pid %d, serving %s", d.pid, d.url)
+	d.say("   GET -> %q   <- the bug", d.hello())
+	d.say("")
+	return svc, nil
+}
 
-	say("2. Load: 4 clients call the service continuously for the rest of the demo.")
-	load := startDemoLoad(ctx, url, "Hello,")
-	defer load.stop()
-	ok, failed, fixed := &load.ok, &load.failed, &load.fixed
-	stopLoad := load.stop
-	sleep(ctx, 300*time.Millisecond)
-	say("   %d requests served so far, %d failed", ok.Load(), failed.Load())
-	say("")
-
-	say("3. hotpatch apply --pid %d --replace main.greeting=main.greetingFixed", pid)
-	t, err := patch.Attach(pid, nil)
+// apply is step 3: the fix applied under load; it returns the patch's ID.
+func (d *demo) apply() (string, error) {
+	d.say("3. hotpatch apply --pid %d --replace main.greeting=main.greetingFixed", d.pid)
+	t, err := patch.Attach(d.pid, nil)
 	if err != nil {
-		stopLoad()
-		return err
+		return "", err
 	}
-	res, err := t.Apply(ctx, []patch.Replacement{{Old: "main.greeting", New: "main.greetingFixed"}}, patch.ApplyOptions{Timeout: 10 * time.Second})
+	res, err := t.Apply(d.ctx, []patch.Replacement{{Old: "main.greeting", New: "main.greetingFixed"}}, patch.ApplyOptions{Timeout: 10 * time.Second})
 	t.Close() // as the apply command exits: one tool holds a target at a time
 	if err != nil {
-		stopLoad()
-		return err
+		return "", err
 	}
 	f := res.Functions[0]
-	say("   applied %s: the service was stopped for %d us (%d attempt(s)),", res.ID, res.PauseMicros, res.Attempts)
-	say("   every thread's and every goroutine's stack was checked (none was in main.greeting), then %d bytes (a jump to the fix) were written at %#x.", len(f.Jump), f.PatchAddr)
-	say("   GET -> %q   <- fixed, same process, no restart", hello())
-	say("")
+	d.say("   applied %s: the service was stopped for %d us (%d attempt(s)),", res.ID, res.PauseMicros, res.Attempts)
+	d.say("   every thread's and every goroutine's stack was checked (none was in main.greeting), then %d bytes (a jump to the fix) were written at %#x.", len(f.Jump), f.PatchAddr)
+	d.say("   GET -> %q   <- fixed, same process, no restart", d.hello())
+	d.say("")
+	return res.ID, nil
+}
 
-	say("4. hotpatch status --pid %d   (a second process reads the record from the target)", pid)
+// status is step 4: a second process (this program's status command)
+// reads the record from the target.
+func (d *demo) status() error {
+	d.say("4. hotpatch status --pid %d   (a second process reads the record from the target)", d.pid)
 	self, err := os.Executable()
 	if err == nil {
 		var buf strings.Builder
-		st := exec.CommandContext(ctx, self, "status", "--pid", fmt.Sprint(pid))
-		st.Stdout, st.Stderr = &buf, stderr
+		st := exec.CommandContext(d.ctx, self, "status", "--pid", fmt.Sprint(d.pid))
+		st.Stdout, st.Stderr = &buf, d.stderr
 		err = st.Run()
 		for _, l := range strings.Split(strings.TrimRight(buf.String(), "\n"), "\n") {
-			say("   %s", l)
+			d.say("   %s", l)
 		}
 	}
 	if err != nil {
-		stopLoad()
 		return fmt.Errorf("demo: status: %w", err)
 	}
-	sleep(ctx, 300*time.Millisecond)
-	say("")
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
+	sleep(d.ctx, 300*time.Millisecond)
+	d.say("")
+	return d.ctx.Err()
+}
 
-	say("5. hotpatch revert --pid %d --id %s", pid, res.ID)
-	if t, err = patch.Attach(pid, nil); err != nil {
-		stopLoad()
+// revert is step 5: the patch reverted under load.
+func (d *demo) revert(id string) error {
+	d.say("5. hotpatch revert --pid %d --id %s", d.pid, id)
+	t, err := patch.Attach(d.pid, nil)
+	if err != nil {
 		return err
 	}
 	defer t.Close()
-	rr, err := t.Revert(ctx, res.ID, patch.ApplyOptions{Timeout: 10 * time.Second})
+	rr, err := t.Revert(d.ctx, id, patch.ApplyOptions{Timeout: 10 * time.Second})
 	if err != nil {
-		stopLoad()
 		return err
 	}
-	say("   reverted %s in a pause of %d us; the original bytes are back.", rr.ID, rr.PauseMicros)
-	say("   GET -> %q   <- the original code again", hello())
-	sleep(ctx, 200*time.Millisecond)
-	stopLoad()
-	say("")
-	say("6. Under load throughout: %d requests served (%d of them by the fix), %d failed.", ok.Load(), fixed.Load(), failed.Load())
+	d.say("   reverted %s in a pause of %d us; the original bytes are back.", rr.ID, rr.PauseMicros)
+	d.say("   GET -> %q   <- the original code again", d.hello())
+	sleep(d.ctx, 200*time.Millisecond)
+	return nil
+}
+
+// summary is step 6, the load stopped: what it saw, and whether the
+// service lived through it all.
+func (d *demo) summary(svc *exec.Cmd) error {
+	ok, failed, fixed := d.load.ok.Load(), d.load.failed.Load(), d.load.fixed.Load()
+	d.say("")
+	d.say("6. Under load throughout: %d requests served (%d of them by the fix), %d failed.", ok, fixed, failed)
 	if svc.Process.Signal(syscall.Signal(0)) != nil {
 		return fmt.Errorf("demo: the service died")
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
+	if d.ctx.Err() != nil {
+		return d.ctx.Err()
 	}
-	if failed.Load() > 0 {
-		return fmt.Errorf("demo: %d requests failed", failed.Load())
+	if failed > 0 {
+		return fmt.Errorf("demo: %d requests failed", failed)
 	}
-	say("   The service never restarted: pid %d is still serving.", pid)
+	d.say("   The service never restarted: pid %d is still serving.", d.pid)
 	return nil
 }
 

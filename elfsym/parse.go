@@ -28,6 +28,26 @@ type rawSym struct {
 func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	m.Machine = ef.Machine
 	m.arch, _ = arch.ForMachine(ef.Machine) // nil: no filler is recognised
+	if err := m.readCode(ef); err != nil {
+		return err
+	}
+	m.readNotes(ef)
+	m.readEHFrame(ef)
+	elfSyms, _ := ef.Symbols() // ErrNoSymbols for stripped files
+	dynSyms, _ := ef.DynamicSymbols()
+	goTab := m.readGo(ef, elfSyms, ra)
+	var fs funcSet
+	fs.seen = make(map[rawSym]int, len(elfSyms)+len(dynSyms))
+	m.elfFuncs(&fs, elfSyms, false)
+	m.elfFuncs(&fs, dynSyms, true)
+	m.goFuncs(&fs, goTab)
+	m.setSymbols(fs)
+	return nil
+}
+
+// readCode reads the executable segments, and where the code sections are
+// (the segments themselves when there is no section header).
+func (m *Module) readCode(ef *elf.File) error {
 	for _, p := range ef.Progs {
 		if p.Type != elf.PT_LOAD {
 			continue
@@ -59,7 +79,12 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	if len(m.texts) > 0 {
 		m.TextStart, m.TextEnd = m.texts[0][0], m.texts[len(m.texts)-1][1]
 	}
-	m.readNotes(ef)
+	return nil
+}
+
+// readEHFrame keeps the call frame information (.eh_frame and its index),
+// from the sections or, without them, from the segments.
+func (m *Module) readEHFrame(ef *elf.File) {
 	if s := ef.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS {
 		if d, err := s.Data(); err == nil {
 			m.ehFrame, m.ehAddr = d, s.Addr
@@ -73,83 +98,102 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	if m.ehFrame == nil {
 		m.ehFrameFromSegment(ef)
 	}
+}
 
-	elfSyms, _ := ef.Symbols() // ErrNoSymbols for stripped files
-	dynSyms, _ := ef.DynamicSymbols()
+// readGo reads the Go function table of a module with Go code, and its Go
+// release (nil for any other module).
+func (m *Module) readGo(ef *elf.File, elfSyms []elf.Symbol, ra io.ReaderAt) *gosym.Table {
+	pcln, addr := findPclntab(ef, elfSyms)
+	if pcln == nil {
+		return nil
+	}
+	text := m.goTextStart(ef, elfSyms, addr)
+	tab, err := newGoTable(pcln, text)
+	if err != nil || len(tab.Funcs) == 0 {
+		return nil
+	}
+	m.pclntab, m.goText, m.IsGo = pcln, text, true
+	m.goFunc = goFuncStart(ef, elfSyms, addr)
+	if bi, err := buildinfo.Read(ra); err == nil {
+		m.GoVersion = bi.GoVersion
+	}
+	m.GoUnsupported = goSupported(ef, m.GoVersion, pcln, text)
+	return tab
+}
 
-	var goTab *gosym.Table
-	if pcln, addr := findPclntab(ef, elfSyms); pcln != nil {
-		text := m.goTextStart(ef, elfSyms, addr)
-		if tab, err := newGoTable(pcln, text); err == nil && len(tab.Funcs) > 0 {
-			goTab, m.pclntab, m.goText, m.IsGo = tab, pcln, text, true
-			m.goFunc = goFuncStart(ef, elfSyms, addr)
-			if bi, err := buildinfo.Read(ra); err == nil {
-				m.GoVersion = bi.GoVersion
-			}
-			m.GoUnsupported = goSupported(ef, m.GoVersion, pcln, text)
+// funcSet collects functions, deduplicated by (name, address), and every
+// address where something starts (the end of the previous function's
+// padding).
+type funcSet struct {
+	raws   []rawSym
+	seen   map[rawSym]int // key with size 0 and bind 0
+	bounds []uint64
+}
+
+func (fs *funcSet) add(r rawSym) {
+	k := rawSym{name: r.name, addr: r.addr}
+	if i, ok := fs.seen[k]; ok {
+		if fs.raws[i].size == 0 {
+			fs.raws[i].size = r.size
+		}
+		if fs.raws[i].bind == elf.STB_LOCAL {
+			fs.raws[i].bind = r.bind
+		}
+		return
+	}
+	fs.seen[k] = len(fs.raws)
+	fs.raws = append(fs.raws, r)
+}
+
+// elfFuncs adds the functions of an ELF symbol table (dynamic: .dynsym,
+// whose non-default versions are kept in the name).
+func (m *Module) elfFuncs(fs *funcSet, syms []elf.Symbol, dynamic bool) {
+	for _, s := range syms {
+		typ := elf.ST_TYPE(s.Info)
+		if s.Section == elf.SHN_UNDEF || typ == elf.STT_SECTION || typ == elf.STT_FILE || !m.inExec(s.Value) {
+			continue
+		}
+		fs.bounds = append(fs.bounds, s.Value)
+		isFunc := typ == elf.STT_FUNC || typ == elf.STT_GNU_IFUNC || (m.IsGo && typ == elf.STT_NOTYPE)
+		if !isFunc || s.Size == 0 || s.Name == "" {
+			continue
+		}
+		name := s.Name
+		if dynamic && s.HasVersion && s.VersionIndex.IsHidden() && s.Version != "" {
+			name += "@" + s.Version // a non-default (compatibility) version
+		}
+		fs.add(rawSym{name: name, addr: s.Value, size: s.Size, bind: elf.ST_BIND(s.Info)})
+	}
+}
+
+// goFuncs adds the functions of the Go function table (nil: none).
+func (m *Module) goFuncs(fs *funcSet, goTab *gosym.Table) {
+	if goTab == nil {
+		return
+	}
+	for i := range goTab.Funcs {
+		f := &goTab.Funcs[i]
+		if f.End <= f.Entry || !m.inExec(f.Entry) {
+			continue
+		}
+		fs.bounds = append(fs.bounds, f.Entry)
+		r := rawSym{name: f.Name, addr: f.Entry, size: goFuncSize(goTab, m.bytesAt(f.Entry, f.End), f.Entry), bind: elf.STB_GLOBAL}
+		fs.add(r)
+		if strings.Contains(r.name, "·") {
+			// The ELF symtab spells the middle dot as ".".
+			r.name = strings.ReplaceAll(r.name, "·", ".")
+			fs.add(r)
 		}
 	}
+}
 
-	// Collect functions, deduplicated by (name, address), and every
-	// address where something starts (the end of the previous function's
-	// padding).
-	var raws []rawSym
-	seen := make(map[rawSym]int, len(elfSyms)+len(dynSyms)) // key with size 0 and bind 0
-	var bounds []uint64
-	add := func(r rawSym) {
-		k := rawSym{name: r.name, addr: r.addr}
-		if i, ok := seen[k]; ok {
-			if raws[i].size == 0 {
-				raws[i].size = r.size
-			}
-			if raws[i].bind == elf.STB_LOCAL {
-				raws[i].bind = r.bind
-			}
-			return
-		}
-		seen[k] = len(raws)
-		raws = append(raws, r)
-	}
-	elfFuncs := func(syms []elf.Symbol, dynamic bool) {
-		for _, s := range syms {
-			typ := elf.ST_TYPE(s.Info)
-			if s.Section == elf.SHN_UNDEF || typ == elf.STT_SECTION || typ == elf.STT_FILE || !m.inExec(s.Value) {
-				continue
-			}
-			bounds = append(bounds, s.Value)
-			isFunc := typ == elf.STT_FUNC || typ == elf.STT_GNU_IFUNC || (m.IsGo && typ == elf.STT_NOTYPE)
-			if !isFunc || s.Size == 0 || s.Name == "" {
-				continue
-			}
-			name := s.Name
-			if dynamic && s.HasVersion && s.VersionIndex.IsHidden() && s.Version != "" {
-				name += "@" + s.Version // a non-default (compatibility) version
-			}
-			add(rawSym{name: name, addr: s.Value, size: s.Size, bind: elf.ST_BIND(s.Info)})
-		}
-	}
-	elfFuncs(elfSyms, false)
-	elfFuncs(dynSyms, true)
-	if goTab != nil {
-		for i := range goTab.Funcs {
-			f := &goTab.Funcs[i]
-			if f.End <= f.Entry || !m.inExec(f.Entry) {
-				continue
-			}
-			bounds = append(bounds, f.Entry)
-			r := rawSym{name: f.Name, addr: f.Entry, size: goFuncSize(goTab, m.bytesAt(f.Entry, f.End), f.Entry), bind: elf.STB_GLOBAL}
-			add(r)
-			if strings.Contains(r.name, "·") {
-				// The ELF symtab spells the middle dot as ".".
-				r.name = strings.ReplaceAll(r.name, "·", ".")
-				add(r)
-			}
-		}
-	}
-
+// setSymbols makes m.syms of the functions collected, at live addresses,
+// each with the filler that pads it up to whatever starts next.
+func (m *Module) setSymbols(fs funcSet) {
+	bounds := fs.bounds
 	sort.Slice(bounds, func(i, j int) bool { return bounds[i] < bounds[j] })
-	m.syms = make([]Symbol, 0, len(raws))
-	for _, r := range raws {
+	m.syms = make([]Symbol, 0, len(fs.raws))
+	for _, r := range fs.raws {
 		if r.size == 0 {
 			continue
 		}
@@ -158,24 +202,27 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 		if i := sort.Search(len(bounds), func(i int) bool { return bounds[i] >= end }); i < len(bounds) && bounds[i] < limit {
 			limit = bounds[i]
 		}
-		var pad uint64
-		if limit > end {
-			run := uint64(m.fillerRun(m.bytesAt(end, limit)))
-			if run < limit-end {
-				// The run stopped at code we have no symbol for: keep
-				// only whole 8-byte steps up to an aligned address, so a
-				// nop that begins that code is never counted.
-				run = alignDown(end+run, 8)
-				if run < end {
-					run = end
-				}
-				run -= end
-			}
-			pad = run
-		}
-		m.syms = append(m.syms, Symbol{Name: r.name, Addr: r.addr + m.Bias, Size: r.size, Module: m, Padding: pad, bind: r.bind})
+		m.syms = append(m.syms, Symbol{Name: r.name, Addr: r.addr + m.Bias, Size: r.size, Module: m, Padding: m.padding(end, limit), bind: r.bind})
 	}
-	return nil
+}
+
+// padding is how much of [end, limit) after a function is filler.
+func (m *Module) padding(end, limit uint64) uint64 {
+	if limit <= end {
+		return 0
+	}
+	run := uint64(m.fillerRun(m.bytesAt(end, limit)))
+	if run < limit-end {
+		// The run stopped at code we have no symbol for: keep only whole
+		// 8-byte steps up to an aligned address, so a nop that begins
+		// that code is never counted.
+		run = alignDown(end+run, 8)
+		if run < end {
+			run = end
+		}
+		run -= end
+	}
+	return run
 }
 
 func alignDown(x, a uint64) uint64 { return x &^ (a - 1) }

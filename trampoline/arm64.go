@@ -269,46 +269,96 @@ func bcTarget(w uint32, pc uint64) (uint64, bool) {
 // call returns, which Plan.Overwrites reports so the activeness check can
 // refuse to write the jump meanwhile.
 func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
-	refuse := func(at uint64, err error, format string, args ...any) (*Plan, error) {
-		return nil, &Error{Func: fn.Name, Addr: at, Err: err, Detail: fmt.Sprintf(format, args...)}
-	}
 	if fn.Addr&3 != 0 {
-		return refuse(fn.Addr, ErrCannotRelocate, "the entry %#x is not 4-byte aligned, so it is not an AArch64 instruction address; check the symbol", fn.Addr)
+		return nil, refuseA64(fn, fn.Addr, ErrCannotRelocate, "the entry %#x is not 4-byte aligned, so it is not an AArch64 instruction address; check the symbol", fn.Addr)
 	}
 	if thunkAddr&3 != 0 || newAddr&3 != 0 {
-		return refuse(fn.Addr, ErrCannotRelocate, "the replacement %#x and the thunk %#x must be 4-byte aligned; allocate them on an instruction boundary", newAddr, thunkAddr)
+		return nil, refuseA64(fn, fn.Addr, ErrCannotRelocate, "the replacement %#x and the thunk %#x must be 4-byte aligned; allocate them on an instruction boundary", newAddr, thunkAddr)
 	}
-	code, padding := fn.Code, fn.Padding
-	word := func(off int) uint32 { return binary.LittleEndian.Uint32(code[off:]) }
-	if len(code)%4 == 0 {
-		// Go counts the zero words that align the next function in the
-		// symbol's size: they are padding.
-		n := len(code)
-		for n >= 4 && word(n-4) == 0 {
-			n -= 4
-		}
-		if n > 0 && n < len(code) {
-			padding = append(append([]byte(nil), code[n:]...), fn.Padding...)
-			code = code[:n]
-		}
+	p := &a64Planner{fn: fn, newAddr: newAddr, thunkAddr: thunkAddr}
+	p.trimZeros()
+	if len(p.code) >= 4 && isBTI(p.word(0)) {
+		p.start = 4
 	}
-	start := 0
-	if len(code) >= 4 && isBTI(word(0)) {
-		start = 4
+	p.addr = fn.Addr + uint64(p.start)
+	p.jump = a.Jump(p.addr, newAddr)
+	if err := p.displace(); err != nil {
+		return nil, err
 	}
-	addr := fn.Addr + uint64(start)
-	jump := a.Jump(addr, newAddr)
+	if err := p.overwritten(); err != nil {
+		return nil, err
+	}
+	if err := p.checkInbound(); err != nil {
+		return nil, err
+	}
+	p.goEnd = goStackCheckEnd(p.code[p.start:], p.addr)
+	thunk, err := p.thunk()
+	if err != nil {
+		return nil, err
+	}
+	j := make([]byte, len(p.original))
+	copy(j, p.jump)
+	for i := len(p.jump); i+4 <= len(j); i += 4 {
+		binary.LittleEndian.PutUint32(j[i:], a64BRK0)
+	}
+	return &Plan{Func: fn.Name, Addr: p.addr, Original: p.original, Jump: j, ThunkAddr: thunkAddr, Thunk: thunk}, nil
+}
 
-	// Displaced instructions.
-	var displaced []*a64Inst
-	pos := start
-	for pos-start < len(jump) && pos < len(code) {
-		at := fn.Addr + uint64(pos)
-		if len(code)-pos < 4 {
-			return refuse(at, ErrCannotRelocate, "the function's code ends %d bytes into the instruction at %#x (bytes % x): it is truncated; check the function's bounds", len(code)-pos, at, code[pos:])
+// refuseA64 is Plan's typed refusal of fn, at address at.
+func refuseA64(fn Func, at uint64, err error, format string, args ...any) error {
+	return &Error{Func: fn.Name, Addr: at, Err: err, Detail: fmt.Sprintf(format, args...)}
+}
+
+// a64Planner is one arm64 Plan in progress: the function's code (its
+// trailing zero words moved to padding), where the jump goes (addr, after
+// a kept BTI: start), the instructions it displaces, the bytes it
+// overwrites ([addr, end)), and where Go's stack-growth check ends.
+type a64Planner struct {
+	fn                        Func
+	newAddr, thunkAddr        uint64
+	code, padding             []byte
+	start                     int
+	addr, end, dispEnd, goEnd uint64
+	jump, original            []byte
+	displaced                 []*a64Inst
+	whole                     bool // the displaced instructions are the whole function
+}
+
+func (p *a64Planner) refuse(at uint64, err error, format string, args ...any) error {
+	return refuseA64(p.fn, at, err, format, args...)
+}
+
+func (p *a64Planner) word(off int) uint32 { return binary.LittleEndian.Uint32(p.code[off:]) }
+
+// trimZeros sets the code and padding: Go counts the zero words that align
+// the next function in the symbol's size, and they are padding.
+func (p *a64Planner) trimZeros() {
+	p.code, p.padding = p.fn.Code, p.fn.Padding
+	if len(p.code)%4 != 0 {
+		return
+	}
+	n := len(p.code)
+	for n >= 4 && p.word(n-4) == 0 {
+		n -= 4
+	}
+	if n > 0 && n < len(p.code) {
+		p.padding = append(append([]byte(nil), p.code[n:]...), p.fn.Padding...)
+		p.code = p.code[:n]
+	}
+}
+
+// displace decodes the instructions the jump overwrites, refusing what
+// cannot move into a thunk: a word the decoder does not know (but hints
+// and PC-independent classes), a landing pad, an exclusive access.
+func (p *a64Planner) displace() error {
+	pos := p.start
+	for pos-p.start < len(p.jump) && pos < len(p.code) {
+		at := p.fn.Addr + uint64(pos)
+		if len(p.code)-pos < 4 {
+			return p.refuse(at, ErrCannotRelocate, "the function's code ends %d bytes into the instruction at %#x (bytes % x): it is truncated; check the function's bounds", len(p.code)-pos, at, p.code[pos:])
 		}
-		w := word(pos)
-		inst, err := arm64asm.Decode(code[pos:])
+		w := p.word(pos)
+		inst, err := arm64asm.Decode(p.code[pos:])
 		if err != nil && (isHint(w) || pcIndependentClass(w)) {
 			// Hints (PACIASP, newer NOP-space instructions) and classes
 			// with no PC-relative form (LSE atomics, newer loads, SIMD,
@@ -316,57 +366,68 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 			inst, err = arm64asm.Inst{Op: arm64asm.HINT, Enc: w}, nil
 		}
 		if err != nil && !isBTI(w) {
-			return refuse(at, ErrCannotRelocate, "the decoder does not know the word %08x at %#x, so it cannot be moved out of the way of the jump (it may be PC-relative); patch the function's callers instead", w, at)
+			return p.refuse(at, ErrCannotRelocate, "the decoder does not know the word %08x at %#x, so it cannot be moved out of the way of the jump (it may be PC-relative); patch the function's callers instead", w, at)
 		}
 		in := &a64Inst{Inst: inst, Addr: at}
 		switch {
 		case isBTI(w):
-			return refuse(at, ErrBranchIntoPatch, "%s is an indirect-branch landing pad inside the bytes the jump would overwrite; patch the function's callers instead", in)
+			return p.refuse(at, ErrBranchIntoPatch, "%s is an indirect-branch landing pad inside the bytes the jump would overwrite; patch the function's callers instead", in)
 		case isExclusive(inst.Op):
-			return refuse(at, ErrCannotRelocate, "%s is a load/store-exclusive: moved into the thunk it is separated from its pair by the jump back (and a retry loop would branch into the patch), which can make the exclusive sequence never succeed; patch the function's callers instead", in)
+			return p.refuse(at, ErrCannotRelocate, "%s is a load/store-exclusive: moved into the thunk it is separated from its pair by the jump back (and a retry loop would branch into the patch), which can make the exclusive sequence never succeed; patch the function's callers instead", in)
 		}
-		displaced = append(displaced, in)
+		p.displaced = append(p.displaced, in)
 		pos += 4
 	}
-	whole := pos >= len(code)
-	original := append([]byte(nil), code[start:pos]...)
-	if len(original) < len(jump) {
-		need := len(jump) - len(original)
+	p.whole = pos >= len(p.code)
+	p.original = append([]byte(nil), p.code[p.start:pos]...)
+	return nil
+}
+
+// overwritten completes the bytes the jump overwrites with the padding
+// after a function too short for it (zero or NOP words only).
+func (p *a64Planner) overwritten() error {
+	if len(p.original) < len(p.jump) {
+		need := len(p.jump) - len(p.original)
 		fl := 0
-		for fl+4 <= len(padding) && isA64Filler(binary.LittleEndian.Uint32(padding[fl:])) {
+		for fl+4 <= len(p.padding) && isA64Filler(binary.LittleEndian.Uint32(p.padding[fl:])) {
 			fl += 4
 		}
-		if len(code)&3 != 0 || fl < need {
-			return refuse(fn.Addr, ErrTooShort, "the jump to %#x needs %d bytes at %#x, but the function has %d bytes of code there and %d bytes of zero/NOP padding after it; %s",
-				newAddr, len(jump), addr, len(original), fl, arm64TooShortAdvice(len(jump), len(original)+fl))
+		if len(p.code)&3 != 0 || fl < need {
+			return p.refuse(p.fn.Addr, ErrTooShort, "the jump to %#x needs %d bytes at %#x, but the function has %d bytes of code there and %d bytes of zero/NOP padding after it; %s",
+				p.newAddr, len(p.jump), p.addr, len(p.original), fl, arm64TooShortAdvice(len(p.jump), len(p.original)+fl))
 		}
-		original = append(original, padding[:need]...)
+		p.original = append(p.original, p.padding[:need]...)
 	}
-	end := addr + uint64(len(original))
-	dispEnd := addr + 4*uint64(len(displaced))
-	// internal returns the index of the displaced instruction a displaced
-	// branch goes to, other than the first (a branch to addr reaches the
-	// jump, as from anywhere else).
-	internal := func(in *a64Inst) (int, bool) {
-		t, ok := in.pcrel()
-		if !ok || in.Addr < addr || in.Addr >= dispEnd || !isBranch(in.Enc) || t <= addr || t >= dispEnd || t&3 != 0 {
-			return 0, false
-		}
-		return int(t-addr) / 4, true
-	}
+	p.end = p.addr + uint64(len(p.original))
+	p.dispEnd = p.addr + 4*uint64(len(p.displaced))
+	return nil
+}
 
-	// Nothing else in the function may branch into, or load from, the
-	// overwritten bytes (a branch to addr itself reaches the jump; a
-	// branch among the displaced instructions is retargeted in the thunk).
-	// Words the decoder does not know are taken for data (Go and gcc keep
-	// literal pools in functions), except BC.cond, which is a branch.
-	for p := 0; p+4 <= len(code); p += 4 {
-		at := fn.Addr + uint64(p)
-		w := word(p)
-		inst, err := arm64asm.Decode(code[p:])
+// internal returns the index of the displaced instruction a displaced
+// branch goes to, other than the first (a branch to addr reaches the
+// jump, as from anywhere else).
+func (p *a64Planner) internal(in *a64Inst) (int, bool) {
+	t, ok := in.pcrel()
+	if !ok || in.Addr < p.addr || in.Addr >= p.dispEnd || !isBranch(in.Enc) || t <= p.addr || t >= p.dispEnd || t&3 != 0 {
+		return 0, false
+	}
+	return int(t-p.addr) / 4, true
+}
+
+// checkInbound refuses a function in which anything else branches into,
+// or loads from, the overwritten bytes (a branch to addr itself reaches
+// the jump; a branch among the displaced instructions is retargeted in
+// the thunk). Words the decoder does not know are taken for data (Go and
+// gcc keep literal pools in functions), except BC.cond, which is a branch.
+func (p *a64Planner) checkInbound() error {
+	addr, end := p.addr, p.end
+	for off := 0; off+4 <= len(p.code); off += 4 {
+		at := p.fn.Addr + uint64(off)
+		w := p.word(off)
+		inst, err := arm64asm.Decode(p.code[off:])
 		if err != nil {
 			if t, ok := bcTarget(w, at); ok && t > addr && t < end {
-				return refuse(at, ErrBranchIntoPatch, "BC.cond (%08x) at %#x branches to %#x, inside the %d bytes [%#x, %#x) the jump would overwrite; patch the function's callers instead", w, at, t, len(original), addr, end)
+				return p.refuse(at, ErrBranchIntoPatch, "BC.cond (%08x) at %#x branches to %#x, inside the %d bytes [%#x, %#x) the jump would overwrite; patch the function's callers instead", w, at, t, len(p.original), addr, end)
 			}
 			continue
 		}
@@ -377,55 +438,60 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 		}
 		if lk := literalKind(w); lk != nil {
 			if t < end && t+uint64(lk.size) > addr {
-				return refuse(at, ErrBranchIntoPatch, "%s loads the %d bytes at %#x, which overlap the %d bytes [%#x, %#x) the jump would overwrite; patch the function's callers instead", in, lk.size, t, len(original), addr, end)
+				return p.refuse(at, ErrBranchIntoPatch, "%s loads the %d bytes at %#x, which overlap the %d bytes [%#x, %#x) the jump would overwrite; patch the function's callers instead", in, lk.size, t, len(p.original), addr, end)
 			}
 			continue
 		}
-		if _, ok := internal(in); !ok && t > addr && t < end {
-			return refuse(at, ErrBranchIntoPatch, "%s refers to %#x, inside the %d bytes [%#x, %#x) the jump would overwrite; the function cannot be patched at its entry: patch its callers instead", in, t, len(original), addr, end)
+		if _, ok := p.internal(in); !ok && t > addr && t < end {
+			return p.refuse(at, ErrBranchIntoPatch, "%s refers to %#x, inside the %d bytes [%#x, %#x) the jump would overwrite; the function cannot be patched at its entry: patch its callers instead", in, t, len(p.original), addr, end)
 		}
 	}
+	return nil
+}
 
-	// Scratch register for sequences that reach further than the field of
-	// the instruction they replace: X16, or X17 if X16 is in use. Go's
-	// stack-growth check (see goStackCheckEnd) computes in X16/X17 (and
-	// R27) for itself only: its branches go to the morestack tail, which
-	// reads neither, and after it the function body starts afresh, so the
-	// check's own uses do not count there.
-	goEnd := goStackCheckEnd(code[start:], addr)
-	scratchAt := func(at uint64) uint32 {
-		if goEnd != 0 && at < goEnd {
-			return regX16 // a branch of the check, to the morestack tail
-		}
-		for _, r := range []uint32{regX16, regX17} {
-			used := false
-			for _, in := range displaced {
-				if goEnd != 0 && in.Addr < goEnd && at >= goEnd {
-					continue
-				}
-				used = used || in.mentions(r)
-			}
-			if !used {
-				return r
-			}
-		}
-		return 0 // none free
+// scratchAt is the scratch register for sequences that reach further than
+// the field of the instruction they replace, at address at: X16, or X17
+// if X16 is in use, 0 if neither is free. Go's stack-growth check (see
+// goStackCheckEnd) computes in X16/X17 (and R27) for itself only: its
+// branches go to the morestack tail, which reads neither, and after it
+// the function body starts afresh, so the check's own uses do not count
+// there.
+func (p *a64Planner) scratchAt(at uint64) uint32 {
+	if p.goEnd != 0 && at < p.goEnd {
+		return regX16 // a branch of the check, to the morestack tail
 	}
+	for _, r := range []uint32{regX16, regX17} {
+		used := false
+		for _, in := range p.displaced {
+			if p.goEnd != 0 && in.Addr < p.goEnd && at >= p.goEnd {
+				continue
+			}
+			used = used || in.mentions(r)
+		}
+		if !used {
+			return r
+		}
+	}
+	return 0
+}
 
+// thunk builds the thunk: the kept BTI, the displaced instructions
+// relocated, then the jump back (or BRK #0 after a whole function). Two
+// passes: the first finds where each displaced instruction lands (a
+// branch among them is always one word: the thunk is far shorter than any
+// branch's reach), the second retargets them.
+func (p *a64Planner) thunk() ([]byte, error) {
 	var thunk []byte
-	if start > 0 {
-		thunk = append(thunk, code[:4]...)
+	if p.start > 0 {
+		thunk = append(thunk, p.code[:4]...)
 	}
-	// Two passes: the first finds where each displaced instruction lands
-	// in the thunk (a branch among them is always one word: the thunk is
-	// far shorter than any branch's reach), the second retargets them.
-	offsets := make([]int, len(displaced))
+	offsets := make([]int, len(p.displaced))
 	body := len(thunk)
 	for pass := range 2 {
 		thunk = thunk[:body]
-		for i, in := range displaced {
+		for i, in := range p.displaced {
 			offsets[i] = len(thunk)
-			if j, ok := internal(in); ok {
+			if j, ok := p.internal(in); ok {
 				w, _ := setBranchOffset(in.Enc, int64(offsets[j]-offsets[i]))
 				if pass == 0 {
 					w = in.Enc
@@ -433,31 +499,26 @@ func (a ARM64) Plan(fn Func, newAddr, thunkAddr uint64) (*Plan, error) {
 				thunk = append(thunk, words(w)...)
 				continue
 			}
-			b, err := relocateARM64(in, thunkAddr+uint64(len(thunk)), scratchAt(in.Addr))
+			b, err := relocateARM64(in, p.thunkAddr+uint64(len(thunk)), p.scratchAt(in.Addr))
 			if err != nil {
-				return refuse(in.Addr, ErrCannotRelocate, "%v", err)
+				return nil, p.refuse(in.Addr, ErrCannotRelocate, "%v", err)
 			}
 			thunk = append(thunk, b...)
 		}
 	}
-	if whole {
+	if p.whole {
 		thunk = append(thunk, words(a64BRK0)...)
 	} else {
-		back, err := jumpARM64(thunkAddr+uint64(len(thunk)), end, scratchAt(end))
+		back, err := jumpARM64(p.thunkAddr+uint64(len(thunk)), p.end, p.scratchAt(p.end))
 		if err != nil {
-			return refuse(addr, ErrCannotRelocate, "the jump back from the thunk to %#x: %v", end, err)
+			return nil, p.refuse(p.addr, ErrCannotRelocate, "the jump back from the thunk to %#x: %v", p.end, err)
 		}
 		thunk = append(thunk, back...)
 	}
 	if len(thunk) > arm64MaxThunk {
-		return refuse(addr, ErrCannotRelocate, "internal error: thunk of %d bytes exceeds MaxThunkSize %d; please report this function's bytes", len(thunk), arm64MaxThunk)
+		return nil, p.refuse(p.addr, ErrCannotRelocate, "internal error: thunk of %d bytes exceeds MaxThunkSize %d; please report this function's bytes", len(thunk), arm64MaxThunk)
 	}
-	j := make([]byte, len(original))
-	copy(j, jump)
-	for i := len(jump); i+4 <= len(j); i += 4 {
-		binary.LittleEndian.PutUint32(j[i:], a64BRK0)
-	}
-	return &Plan{Func: fn.Name, Addr: addr, Original: original, Jump: j, ThunkAddr: thunkAddr, Thunk: thunk}, nil
+	return thunk, nil
 }
 
 func arm64TooShortAdvice(jumpLen, have int) string {

@@ -36,8 +36,7 @@ func (m *Module) parse(ef *elf.File, ra io.ReaderAt) error {
 	elfSyms, _ := ef.Symbols() // ErrNoSymbols for stripped files
 	dynSyms, _ := ef.DynamicSymbols()
 	goTab := m.readGo(ef, elfSyms, ra)
-	var fs funcSet
-	fs.seen = make(map[rawSym]int, len(elfSyms)+len(dynSyms))
+	fs := funcSet{seen: make(map[rawSym]int, len(elfSyms)+len(dynSyms))}
 	m.elfFuncs(&fs, elfSyms, false)
 	m.elfFuncs(&fs, dynSyms, true)
 	m.goFuncs(&fs, goTab)

@@ -61,8 +61,11 @@ func (src Source) TakeAfter(prior *Walks) (Snapshot, error) {
 		prior.clean = nil
 	}
 	threads, err := src.threads()
-	if err != nil || src.Go == nil {
-		return Snapshot{Tasks: threads}, err
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if src.Go == nil {
+		return Snapshot{Tasks: threads}, nil
 	}
 	gs, known, err := src.goroutines(prior, same)
 	if err != nil {
